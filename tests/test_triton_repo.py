@@ -360,3 +360,33 @@ def test_max_aggregating_families_export_ragged(family, make_checkpoint, tmp_pat
     kw = {"aggr": "max"} if family == "sage" else {}
     result = export_triton_repo(make_checkpoint(family, **kw), tmp_path, TritonRepoConfig(name=family, verify_mixes=3))
     assert result.report.passed and result.checks["control_flow_nodes"] == []
+
+
+def test_python_backend_flavour_config_and_files(make_checkpoint, tmp_path):
+    """--triton-backend python: the same ragged inputs, no batch_input, model.py beside model.onnx."""
+    from click.testing import CliRunner
+
+    from edgemp.cli.main import cli
+    from edgemp.export.triton_config import TritonRepoConfig, parse_config
+
+    ckpt = str(make_checkpoint("gine"))
+    res = CliRunner().invoke(cli, ["export", ckpt, "--triton-repo", str(tmp_path / "repo"), "--name", "g",
+                                   "--triton-backend", "python", "--max-batch-size", "8", "--max-queue-size", "100"])
+    assert res.exit_code == 0, res.output
+    assert "edgemp triton serve" in res.output
+    model = tmp_path / "repo" / "g"
+    assert (model / "1" / "model.py").is_file() and (model / "1" / "model.onnx").is_file()
+    msg = parse_config((model / "config.pbtxt").read_text())
+    assert msg.backend == "python" and not msg.platform and msg.max_batch_size == 8
+    assert [i.name for i in msg.input] == ["x", "edge_index", "edge_attr"] and not msg.batch_input
+    assert all(i.allow_ragged_batch and list(i.dims) == [-1] for i in msg.input)
+    policy = msg.dynamic_batching.default_queue_policy
+    assert policy.max_queue_size == 100 and policy.allow_timeout_override
+    assert load(model / "1" / "model.onnx", "cpu").spec.extra["triton"]["backend"] == "python"
+    with pytest.raises(ExportError, match="need --triton-backend onnxruntime"):
+        TritonRepoConfig(backend="python", instance_kind="gpu")
+    with pytest.raises(ExportError, match="not one of"):
+        TritonRepoConfig(backend="tensorflow")
+    res = CliRunner().invoke(cli, ["export", ckpt, "--triton-repo", str(tmp_path / "r2"), "--triton-backend", "python",
+                                   "--precision", "fp16"])
+    assert res.exit_code == 1 and "need --triton-backend onnxruntime" in res.output

@@ -54,18 +54,21 @@ def serve_cmd(repository, http_port, grpc_port, metrics_port, host, backend_env,
         stop_requested.append(signum)
         server.terminate()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, forward)
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        server.start()
-    except Exception:
-        if stop_requested:  # stopped while starting: not a failure to report
-            sys.exit(0)
-        raise
-    click.echo(f"Triton ready: HTTP {server.http_url}, gRPC {host}:{grpc_port}, metrics "
-               f"http://{host}:{metrics_port}/metrics; models {sorted(server.models)}", err=True)
-    code = server.wait()
-    server.stop()
+        try:
+            server.start()
+        except Exception:
+            if stop_requested:  # stopped while starting: not a failure to report
+                sys.exit(0)
+            raise
+        click.echo(f"Triton ready: HTTP {server.http_url}, gRPC {host}:{grpc_port}, metrics "
+                   f"http://{host}:{metrics_port}/metrics; models {sorted(server.models)}", err=True)
+        code = server.wait()
+        server.stop()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     sys.exit(code)
 
 

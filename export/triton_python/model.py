@@ -89,7 +89,9 @@ class TritonPythonModel:
                     responses[i] = _error(f"the batch of {len(graphs)} graphs failed: {e}")
             if per_graph is not None:
                 for i, out in zip(good, per_graph):
-                    tensors = [pb_utils.Tensor(n, np.ascontiguousarray(out[n], dtype=np.float32)) for n in self.outputs]
+                    # [1, W]: the request's batch dim (one graph) in front of the graph-level row
+                    tensors = [pb_utils.Tensor(n, np.ascontiguousarray(out[n], dtype=np.float32).reshape(1, -1))
+                               for n in self.outputs]
                     responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
         return responses
 
