@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 
 from edgemp.errors import ExportError, MissingExtraError
-from edgemp.runtime.ragged import RaggedLayout
+from edgemp.runtime.ragged import WIDTH_PARAMETERS, RaggedLayout
 from edgemp.spec import ModelSpec
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")  # what edgemp serve accepts as a model folder
@@ -186,6 +186,9 @@ def render_config(cfg: TritonRepoConfig, spec: ModelSpec, lay: RaggedLayout) -> 
                       f"  data_type: {b.data_type}", f"  source_input: {_q(b.source_input)}", "}"]
     for o in spec.outputs:
         lines += ["output {", f"  name: {_q(o.name)}", "  data_type: TYPE_FP32", f"  dims: [ {o.width} ]", "}"]
+    # Feature widths for clients: Triton's metadata shows the flat inputs as [-1, -1].
+    for key, value in ((WIDTH_PARAMETERS[0], spec.node_features), (WIDTH_PARAMETERS[1], spec.edge_features)):
+        lines.append(f"parameters {{ key: {_q(key)} value {{ string_value: {_q(str(value))} }} }}")
     lines += [
         "",
         "dynamic_batching {",
