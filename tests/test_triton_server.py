@@ -204,6 +204,20 @@ def test_metrics_endpoint_counts_the_model(triton):
     assert 'nv_inference_request_success{model="gine",version="1"}' in text
 
 
+def test_edgemp_bench_url_drives_triton_in_its_one_graph_layout(triton):
+    """The side-by-side benchmark's client: widths from /config, one flat graph per request, no errors."""
+    from edgemp.bench.server import ServerBenchConfig, run_server_bench
+    from edgemp.errors import EdgempError
+
+    url = f"http://127.0.0.1:{triton.http}"
+    report = run_server_bench(ServerBenchConfig(url=url, model="gine", concurrency=(8,), duration_s=1.0, warmup_s=0.2))
+    (row,) = report.rows
+    assert row.ok and row.metrics["errors"] == 0 and row.metrics["successes"] > 0
+    assert row.metrics["server"]["executions"] > 0  # Triton's own statistics were read
+    with pytest.raises(EdgempError, match="one graph per request"):
+        run_server_bench(ServerBenchConfig(url=url, model="gine", concurrency=(1,), duration_s=0.5, batch=4))
+
+
 def test_sigterm_stops_triton_cleanly(triton, expected):
     """Last in this module: stops the shared server. SIGTERM to `edgemp triton serve` reaches tritonserver,
     which unloads the model and exits 0; so does the command."""
