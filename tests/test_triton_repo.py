@@ -390,3 +390,19 @@ def test_python_backend_flavour_config_and_files(make_checkpoint, tmp_path):
     res = CliRunner().invoke(cli, ["export", ckpt, "--triton-repo", str(tmp_path / "r2"), "--triton-backend", "python",
                                    "--precision", "fp16"])
     assert res.exit_code == 1 and "need --triton-backend onnxruntime" in res.output
+
+
+def test_python_flavour_kserve_manifest_names_a_runtime_it_defines():
+    yaml = pytest.importorskip("yaml")
+    from server_utils import ROOT
+
+    runtime, isvc = yaml.safe_load_all((ROOT / "deploy" / "kserve-inferenceservice-python.yaml").read_text())
+    assert runtime["kind"] == "ServingRuntime" and isvc["kind"] == "InferenceService"
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"] and model["protocolVersion"] == "v2"
+    assert model["modelFormat"]["name"] in [f["name"] for f in runtime["spec"]["supportedModelFormats"]]
+    (container,) = runtime["spec"]["containers"]
+    assert container["args"][0] == "tritonserver" and "--model-store=/mnt/models" in container["args"]
+    assert (ROOT / "deploy" / "triton-python.Dockerfile").is_file()
+    doc = (ROOT / "docs" / "scaling-out.md").read_text()
+    assert "deploy/kserve-inferenceservice-python.yaml" in doc and "edgemp triton serve" in doc
