@@ -35,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 EDGEMP = [sys.executable, "-m", "edgemp.cli.main"]
 CONCURRENCY = (1, 8, 32)
+ANALYSIS_MARKER = "<!-- reading: kept when the table above is regenerated -->"
 
 
 def _port() -> int:
@@ -150,6 +151,10 @@ def _write(args, runs, codes, load_before) -> None:
               f"onnxruntime {onnxruntime.__version__}, numpy {numpy.__version__} (main env; Triton's backend env: numpy<2), "
               f"tritonserver 2.51.0 (nvidia-pytriton 0.7.0); load average before the run "
               f"{load_before[0]:.1f}/{load_before[1]:.1f}/{load_before[2]:.1f}"]
+    # Keep the hand-written reading of the figures (below the marker) across reruns.
+    kept = args.out.read_text().split(ANALYSIS_MARKER, 1) if args.out.exists() else []
+    if len(kept) == 2:
+        lines += ["", ANALYSIS_MARKER + kept[1].rstrip("\n")]
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
