@@ -85,6 +85,7 @@ def triton(tmp_path_factory, make_checkpoint):
     export_triton_repo(make_checkpoint("gine"), repo,
                        TritonRepoConfig(name="gine", backend="python", max_batch_size=MAX_BATCH, verify_mixes=4))
     t = _start(repo, tmp)
+    t.repo = repo
     yield t
     if t.proc.poll() is None:
         t.proc.send_signal(signal.SIGTERM)
@@ -216,6 +217,24 @@ def test_edgemp_bench_url_drives_triton_in_its_one_graph_layout(triton):
     assert row.metrics["server"]["executions"] > 0  # Triton's own statistics were read
     with pytest.raises(EdgempError, match="one graph per request"):
         run_server_bench(ServerBenchConfig(url=url, model="gine", concurrency=(1,), duration_s=0.5, batch=4))
+
+
+def test_a_model_that_fails_to_load_is_one_error_with_tritons_reason(triton, tmp_path):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from edgemp.cli.main import cli
+
+    repo = tmp_path / "broken"
+    shutil.copytree(triton.repo, repo)
+    (repo / "gine" / "1" / "model.onnx").write_bytes(b"not an onnx file")
+    res = CliRunner().invoke(cli, ["triton", "serve", str(repo), "--backend-env", str(ENV), "--quiet",
+                                   "--http-port", str(free_port()), "--grpc-port", str(free_port()),
+                                   "--metrics-port", str(free_port())])
+    assert res.exit_code == 1, res.output
+    assert "exited with code" in res.output and "before it was ready" in res.output, res.output
+    assert "model.onnx" in res.output, res.output  # Triton's own reason, from model.py's initialize
 
 
 def test_sigterm_stops_triton_cleanly(triton, expected):
