@@ -211,6 +211,13 @@ def prepare_backends(install: TritonInstall, env: BackendEnv, workdir: Path) -> 
     return backends
 
 
+def _message(line: str) -> str:
+    """A Triton log line without its prefix (``E1201 04:59:43.28 31032 file.cc:642] "...``) or Python traceback."""
+    if '] "' in line:
+        line = line.split('] "', 1)[1].rstrip('"')
+    return line.split("\\n", 1)[0].strip()
+
+
 def _die_with_parent() -> None:
     """Child-side: SIGTERM the server if this process dies without stopping it (Linux)."""
     try:
@@ -299,8 +306,14 @@ class TritonServer:
                 log.debug("tritonserver: %s", line.rstrip("\n"))
 
     def errors(self) -> list[str]:
-        """Triton's error lines so far (``E…`` log lines and Python tracebacks' last lines)."""
-        return [l for l in self.log_tail if l.startswith("E") or "Error" in l or "error:" in l]
+        """Triton's error lines so far (``E…`` log lines and its final ``error:`` line)."""
+        return [line for line in self.log_tail if line.startswith("E") or line.startswith("error:")]
+
+    def reason(self) -> str:
+        """Why the server stopped, in one line: the model load failure if there is one, else its last errors."""
+        lines = [line for line in self.log_tail if "failed to load '" in line][:1] or self.errors()[-2:] \
+            or list(self.log_tail)[-3:]
+        return "; ".join(_message(line) for line in lines)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.cfg.ready_timeout_s
@@ -308,8 +321,8 @@ class TritonServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 self._reader.join(timeout=5)
-                detail = "; ".join(self.errors()[-6:]) or "; ".join(list(self.log_tail)[-6:])
-                raise EdgempError(f"tritonserver exited with code {self.proc.returncode} before it was ready: {detail}")
+                raise EdgempError(f"tritonserver exited with code {self.proc.returncode} before it was ready: "
+                                  f"{self.reason()}")
             try:
                 with urllib.request.urlopen(url, timeout=2) as r:
                     if r.status == 200:
@@ -319,7 +332,7 @@ class TritonServer:
                 pass
             time.sleep(0.2)
         raise EdgempError(f"tritonserver was not ready at {url} within {self.cfg.ready_timeout_s:.0f} s: "
-                          + "; ".join(self.errors()[-6:]))
+                          f"{self.reason()}")
 
     def terminate(self) -> None:
         """Ask Triton to drain and exit (SIGTERM), without waiting."""
