@@ -260,18 +260,6 @@ def test_cli_writes_a_repository_and_refuses_nonsense(make_checkpoint, tmp_path)
         assert res.exit_code == 1 and why in res.output, (args, res.output)
 
 
-def _triton_inputs(graph: Graph, th) -> list:
-    """The tritonclient call docs/scaling-out.md shows: one graph, flat, batch dim 1."""
-    tensors = {"x": graph.x.reshape(1, -1), "edge_index": graph.edge_index.T.reshape(1, -1),
-               "edge_attr": graph.edge_attr.reshape(1, -1)}
-    inputs = []
-    for name, arr in tensors.items():
-        inp = th.InferInput(name, list(arr.shape), "FP32" if arr.dtype == np.float32 else "INT64")
-        inp.set_data_from_numpy(np.ascontiguousarray(arr))
-        inputs.append(inp)
-    return inputs
-
-
 def test_edgemp_serve_answers_tritonclient_from_the_repository(gine_repo, export_checkpoint, tmp_path):
     """Both request layouts: edgemp's sparse batch (as for any model) and Triton's one-graph ragged one."""
     import concurrent.futures
@@ -279,7 +267,7 @@ def test_edgemp_serve_answers_tritonclient_from_the_repository(gine_repo, export
     import tritonclient.http as th
     from tritonclient.utils import InferenceServerException
 
-    from server_utils import assert_outputs_match, batch_tensors, expected_layout, start_server
+    from server_utils import assert_outputs_match, batch_tensors, expected_layout, start_server, triton_inputs
 
     repo, _ = gine_repo
     plain = load(export_checkpoint("gine"), "cpu")
@@ -299,13 +287,13 @@ def test_edgemp_serve_answers_tritonclient_from_the_repository(gine_repo, export
             assert_outputs_match({"prediction": result.as_numpy("prediction")}, want, f"{k} graphs")
         # Triton's layout, 24 concurrent one-graph requests (the batcher merges them)
         graphs = _graphs(np.random.default_rng(3), 24)
-        pending = [client.async_infer("gine", _triton_inputs(g, th)) for g in graphs]
+        pending = [client.async_infer("gine", triton_inputs(g, th)) for g in graphs]
         for g, p in zip(graphs, pending):
             got = p.get_result().as_numpy("prediction")
             want = plain.predict([g])[0]["prediction"].reshape(1, -1)
             assert got.shape == (1, 1)
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-        bad = _triton_inputs(graphs[0], th)
+        bad = triton_inputs(graphs[0], th)
         bad[0] = th.InferInput("x", [1, 7], "FP32")
         bad[0].set_data_from_numpy(np.zeros((1, 7), np.float32))
         with pytest.raises(InferenceServerException, match="multiple of 8"):

@@ -22,7 +22,7 @@ import pytest
 
 from edgemp.graph import Graph
 from edgemp.graphio import read_graphs, write_jsonl
-from server_utils import ROOT, free_port
+from server_utils import ROOT, free_port, triton_inputs
 
 ENV = Path(os.environ.get("EDGEMP_TRITON_ENV") or ROOT / ".venv-triton")
 pytestmark = [
@@ -116,17 +116,6 @@ def expected(tmp_path_factory, export_checkpoint):
     return run
 
 
-def _inputs(mod, g: Graph) -> list:
-    tensors = {"x": g.x.reshape(1, -1), "edge_index": g.edge_index.T.reshape(1, -1),
-               "edge_attr": g.edge_attr.reshape(1, -1)}
-    out = []
-    for name, arr in tensors.items():
-        inp = mod.InferInput(name, list(arr.shape), "FP32" if arr.dtype == np.float32 else "INT64")
-        inp.set_data_from_numpy(np.ascontiguousarray(arr))
-        out.append(inp)
-    return out
-
-
 def _stats(client) -> tuple[int, int]:
     s = client.get_inference_statistics("gine")["model_stats"][0]
     return int(s["inference_count"]), int(s["execution_count"])
@@ -141,11 +130,11 @@ def test_http_and_grpc_answers_equal_edgemp_predict(triton, expected):
         assert client.is_server_ready() and client.is_model_ready("gine")
         meta = client.get_model_metadata("gine")
         assert [i["name"] for i in meta["inputs"]] == ["x", "edge_index", "edge_attr"]
-        pending = [client.async_infer("gine", _inputs(th, g)) for g in graphs]
+        pending = [client.async_infer("gine", triton_inputs(g, th)) for g in graphs]
         got_http = np.concatenate([p.get_result().as_numpy("prediction") for p in pending])
     client = tg.InferenceServerClient(f"127.0.0.1:{triton.grpc}")
     try:
-        got_grpc = np.concatenate([client.infer("gine", _inputs(tg, g)).as_numpy("prediction") for g in graphs])
+        got_grpc = np.concatenate([client.infer("gine", triton_inputs(g, tg)).as_numpy("prediction") for g in graphs])
     finally:
         client.close()
     assert got_http.shape == got_grpc.shape == want.shape == (40, 1)
@@ -162,7 +151,7 @@ def test_32_concurrent_clients_are_batched_by_tritons_dynamic_batcher(triton, ex
 
     def one_client(worker: int) -> list[tuple[int, np.ndarray]]:
         with th.InferenceServerClient(f"127.0.0.1:{triton.http}") as c:
-            return [(i, c.infer("gine", _inputs(th, graphs[i])).as_numpy("prediction"))
+            return [(i, c.infer("gine", triton_inputs(graphs[i], th)).as_numpy("prediction"))
                     for i in range(worker, len(graphs), 32)]
 
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
@@ -182,14 +171,14 @@ def test_a_malformed_graph_fails_only_its_own_request(triton, expected):
 
     graphs, want = expected(_graphs(2, 12), "with_bad")
     bad = Graph(np.ones((2, F), np.float32), np.array([[0], [5]], np.int64), np.ones((1, FE), np.float32))
-    short = _inputs(th, graphs[0])
+    short = triton_inputs(graphs[0], th)
     short[0] = th.InferInput("x", [1, 7], "FP32")
     short[0].set_data_from_numpy(np.zeros((1, 7), np.float32))
     with th.InferenceServerClient(f"127.0.0.1:{triton.http}", concurrency=16) as client:
         # the bad ones are sent amid the good ones, so the batcher puts them into the same executions
-        pending = [client.async_infer("gine", _inputs(th, g)) for g in graphs[:6]]
-        bad_pending = [client.async_infer("gine", _inputs(th, bad)), client.async_infer("gine", short)]
-        pending += [client.async_infer("gine", _inputs(th, g)) for g in graphs[6:]]
+        pending = [client.async_infer("gine", triton_inputs(g, th)) for g in graphs[:6]]
+        bad_pending = [client.async_infer("gine", triton_inputs(bad, th)), client.async_infer("gine", short)]
+        pending += [client.async_infer("gine", triton_inputs(g, th)) for g in graphs[6:]]
         got = np.concatenate([p.get_result().as_numpy("prediction") for p in pending])
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
         with pytest.raises(InferenceServerException, match="edge_index holds node 5 but the graph has 2 nodes"):
@@ -244,7 +233,7 @@ def test_sigterm_stops_triton_cleanly(triton, expected):
 
     graphs, want = expected(_graphs(3, 8), "before_stop")
     with th.InferenceServerClient(f"127.0.0.1:{triton.http}", concurrency=8) as client:
-        pending = [client.async_infer("gine", _inputs(th, g)) for g in graphs]
+        pending = [client.async_infer("gine", triton_inputs(g, th)) for g in graphs]
         got = np.concatenate([p.get_result().as_numpy("prediction") for p in pending])
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
     triton.proc.send_signal(signal.SIGTERM)
