@@ -59,7 +59,6 @@ class RemoteModel:
         order = [n for n in ("x", "edge_index", "edge_attr", "node_graph", "graph_node_counts") if n in shapes]
         return cls(name, tuple(order), int(nf), int(ef), str(meta.get("platform", "")))
 
-
     @classmethod
     def _ragged(cls, name: str, shapes: dict, config: dict | None, platform: str) -> "RemoteModel":
         params = (config or {}).get("parameters", {})
