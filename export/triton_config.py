@@ -16,6 +16,12 @@ What each part is for:
 * ``output`` dims ``[W]``: the model answers ``[G, W]``, one row per request.
 * ``optimization.execution_accelerators``: ONNX Runtime's TensorRT execution provider on
   GPU instances, with an optimisation profile sized from the batch and graph limits.
+
+Two flavours (``TritonRepoConfig.backend``): ``onnxruntime`` (the ONNX Runtime backend of
+NVIDIA's full containers computes the ``batch_input`` offsets itself) and ``python``
+(Triton's Python backend hands ``model.py`` the list of batched requests; it joins them
+itself with the torch-free ``edgemp.runtime``, so there are no ``batch_input`` entries).
+Both declare the same ragged inputs, so clients send the same requests to either.
 """
 from __future__ import annotations
 
@@ -23,12 +29,13 @@ import re
 from dataclasses import dataclass
 
 from edgemp.errors import ExportError, MissingExtraError
-from edgemp.runtime.ragged import RaggedLayout
+from edgemp.runtime.ragged import WIDTH_PARAMETERS, RaggedLayout
 from edgemp.spec import ModelSpec
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")  # what edgemp serve accepts as a model folder
 INSTANCE_KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 PRECISIONS = {"fp32": "FP32", "fp16": "FP16"}
+BACKENDS = ("onnxruntime", "python")
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,11 @@ class TritonRepoConfig:
         instances: model instances per device (default: 1).
         instance_kind: ``"cpu"`` or ``"gpu"`` (default: ``"cpu"``).
         tensorrt: TensorRT accelerator settings, GPU instances only (default: none).
+        backend: ``"onnxruntime"`` (Triton's ONNX Runtime backend, full containers) or
+            ``"python"`` (Triton's Python backend running ``edgemp.runtime``; what the
+            ``nvidia-pytriton`` wheel's ``tritonserver`` can load) (default: ``"onnxruntime"``).
+        max_queue_size: requests the dynamic batcher queues before it rejects new ones
+            (default: 1024, as ``edgemp serve``; 0 = unbounded).
         verify_mixes: random request mixes checked against the plain model (default: 24).
         seed: seed for those mixes (default: 0).
     """
@@ -88,6 +100,8 @@ class TritonRepoConfig:
     instances: int = 1
     instance_kind: str = "cpu"
     tensorrt: TensorRTSettings | None = None
+    backend: str = "onnxruntime"
+    max_queue_size: int = 1024
     verify_mixes: int = 24
     seed: int = 0
 
@@ -110,6 +124,13 @@ class TritonRepoConfig:
             raise ExportError(f"verify_mixes must be >= 0, got {self.verify_mixes}")
         if self.tensorrt is not None and self.instance_kind != "gpu":
             raise ExportError("TensorRT acceleration needs GPU instances: add --instance-kind gpu")
+        if self.backend not in BACKENDS:
+            raise ExportError(f"Triton backend {self.backend!r} is not one of {list(BACKENDS)}")
+        if self.backend == "python" and (self.tensorrt is not None or self.instance_kind != "cpu"):
+            raise ExportError("the python backend runs edgemp.runtime on CPU instances; --precision and "
+                              "--instance-kind gpu need --triton-backend onnxruntime")
+        if self.max_queue_size < 0:
+            raise ExportError(f"--max-queue-size must be >= 0, got {self.max_queue_size}")
 
 
 def _q(s: str) -> str:
@@ -145,9 +166,10 @@ def render_config(cfg: TritonRepoConfig, spec: ModelSpec, lay: RaggedLayout) -> 
     bad = [o.name for o in spec.outputs if o.level != "graph"]
     if bad:
         raise ExportError(f"node-level output(s) {bad} cannot be split per request by Triton")
+    python = cfg.backend == "python"
     lines = [
         f"name: {_q(cfg.name)}",
-        'platform: "onnxruntime_onnx"',
+        'backend: "python"' if python else 'platform: "onnxruntime_onnx"',
         f"max_batch_size: {cfg.max_batch_size}",
         "",
         "# One graph per request; Triton concatenates these flat (see edgemp.runtime.ragged).",
@@ -155,16 +177,28 @@ def render_config(cfg: TritonRepoConfig, spec: ModelSpec, lay: RaggedLayout) -> 
     for r in lay.ragged:
         lines += ["input {", f"  name: {_q(r.name)}", f"  data_type: {r.data_type}", "  dims: [ -1 ]",
                   "  allow_ragged_batch: true", "}"]
-    lines.append("# Computed by Triton once the batch is formed: where each request's elements start.")
-    for b in lay.batch_inputs:
-        lines += ["batch_input {", f"  kind: {b.kind}", f"  target_name: {_q(b.target_name)}",
-                  f"  data_type: {b.data_type}", f"  source_input: {_q(b.source_input)}", "}"]
+    if python:
+        lines.append("# model.py (edgemp.runtime) joins the batched requests itself: no batch_input.")
+    else:
+        lines.append("# Computed by Triton once the batch is formed: where each request's elements start.")
+        for b in lay.batch_inputs:
+            lines += ["batch_input {", f"  kind: {b.kind}", f"  target_name: {_q(b.target_name)}",
+                      f"  data_type: {b.data_type}", f"  source_input: {_q(b.source_input)}", "}"]
     for o in spec.outputs:
         lines += ["output {", f"  name: {_q(o.name)}", "  data_type: TYPE_FP32", f"  dims: [ {o.width} ]", "}"]
+    # Feature widths for clients: Triton's metadata shows the flat inputs as [-1, -1].
+    for key, value in ((WIDTH_PARAMETERS[0], spec.node_features), (WIDTH_PARAMETERS[1], spec.edge_features)):
+        lines.append(f"parameters {{ key: {_q(key)} value {{ string_value: {_q(str(value))} }} }}")
     lines += [
         "",
         "dynamic_batching {",
         f"  max_queue_delay_microseconds: {cfg.max_queue_delay_us}",
+        "  # A full queue rejects at once; a client may shorten its own timeout (request parameter).",
+        "  default_queue_policy {",
+        "    timeout_action: REJECT",
+        f"    max_queue_size: {cfg.max_queue_size}",
+        "    allow_timeout_override: true",
+        "  }",
         "}",
         "instance_group {",
         f"  count: {cfg.instances}",
@@ -201,10 +235,21 @@ def parse_config(text: str):
         raise ExportError(f"config.pbtxt does not parse as Triton's ModelConfig: {e}") from e
 
 
+def declared_inputs(cfg: TritonRepoConfig, lay: RaggedLayout) -> tuple[str, ...]:
+    """The inputs config.pbtxt must declare: ragged inputs, plus batch inputs for the ONNX Runtime backend."""
+    return tuple(r.name for r in lay.ragged) if cfg.backend == "python" else lay.input_names
+
+
 def check_config(text: str, input_names: tuple[str, ...], output_names: tuple[str, ...]):
-    """Parse and cross-check: every ONNX input is a config input or a batch input, and vice versa."""
+    """Parse and cross-check: every declared input (config input or batch input) is expected, and vice versa.
+
+    ``input_names`` is :func:`declared_inputs`: the ONNX model's inputs for the ONNX Runtime
+    backend; only the ragged ones for the Python backend, whose ``model.py`` computes offsets.
+    """
     msg = parse_config(text)
     declared = [i.name for i in msg.input] + [t for b in msg.batch_input for t in b.target_name]
+    if msg.backend == "python" and msg.batch_input:
+        raise ExportError("config.pbtxt: the python backend does not compute batch_input tensors; drop them")
     if sorted(declared) != sorted(input_names):
         raise ExportError(f"config.pbtxt declares inputs {sorted(declared)} but the ONNX model takes {sorted(input_names)}")
     outs = [o.name for o in msg.output]

@@ -6,6 +6,8 @@ Writes::
                                  dynamic batching, instance groups, optional TensorRT EP
     DIR/NAME/config.json         the same batch budget for ``edgemp serve DIR``
     DIR/NAME/<version>/model.onnx  the Triton-ragged model (form "triton-ragged")
+    DIR/NAME/<version>/model.py    --triton-backend python only: Triton's Python backend
+                                   runs the ONNX file with edgemp.runtime (triton_python/model.py)
 
 The ONNX model takes one graph per request in the flat layout of
 :mod:`edgemp.runtime.ragged` and rebuilds node offsets and graph ids in-graph
@@ -32,13 +34,15 @@ from edgemp.errors import ExportError, MissingExtraError
 from edgemp.export.config import ExportConfig
 from edgemp.export.onnx_export import _require_export_deps, finish_graph, torch_export, write_metadata
 from edgemp.export.source import ExportSource, resolve_source
-from edgemp.export.triton_config import TritonRepoConfig, check_config, render_config
+from edgemp.export.triton_config import TritonRepoConfig, check_config, declared_inputs, render_config
 from edgemp.export.verify import VerificationReport, _random_graph, compare, verification_cases
 from edgemp.graph import Graph, collate
 from edgemp.runtime import ragged
 from edgemp.spec import ExportedModelSpec
 
 log = logging.getLogger(__name__)
+
+PYTHON_MODEL_TEMPLATE = Path(__file__).parent / "triton_python" / "model.py"
 
 
 @dataclass
@@ -232,7 +236,7 @@ def export_triton_repo(model_or_checkpoint, repo: str | Path, repo_cfg: TritonRe
     io_shapes = _require_triton_shapes(model, output_names)
 
     triton_info = {
-        "name": repo_cfg.name, "max_batch_size": repo_cfg.max_batch_size,
+        "name": repo_cfg.name, "backend": repo_cfg.backend, "max_batch_size": repo_cfg.max_batch_size,
         "ragged_inputs": [r.name for r in lay.ragged],
         "batch_inputs": {b.target_name: [b.kind, b.source_input] for b in lay.batch_inputs},
     }
@@ -257,6 +261,8 @@ def export_triton_repo(model_or_checkpoint, repo: str | Path, repo_cfg: TritonRe
             report.require_passed("the Triton-ragged model disagrees with the plain model",
                                   "the repository was not written")
         tmp_out.replace(onnx_path)
+        if repo_cfg.backend == "python":
+            shutil.copyfile(PYTHON_MODEL_TEMPLATE, version_dir / "model.py")
     except BaseException:
         if fresh:  # leave no half-written model folder for Triton or edgemp serve to trip on
             shutil.rmtree(model_dir, ignore_errors=True)
@@ -265,9 +271,12 @@ def export_triton_repo(model_or_checkpoint, repo: str | Path, repo_cfg: TritonRe
         tmp_out.unlink(missing_ok=True)
 
     config_path = model_dir / "config.pbtxt"
-    checked = _write_config(render_config(repo_cfg, spec_m, lay), config_path, input_names, output_names)
+    checked = _write_config(render_config(repo_cfg, spec_m, lay), config_path, declared_inputs(repo_cfg, lay),
+                            output_names)
     # edgemp serve reads the same batch budget from config.json (Triton ignores the file).
     batch = {"max_batch_graphs": repo_cfg.max_batch_size, "max_queue_delay_us": repo_cfg.max_queue_delay_us}
+    if repo_cfg.max_queue_size:  # Triton's 0 = unbounded; edgemp serve keeps its own default then
+        batch["max_queue_size"] = repo_cfg.max_queue_size
     (model_dir / "config.json").write_text(json.dumps(batch, indent=2) + "\n", encoding="utf-8")
     checks.update(io_shapes=io_shapes, config_schema_checked=checked)
     log.info("wrote Triton repository model %s (%s)", model_dir, "verified" if report else "not verified")

@@ -44,6 +44,9 @@ from edgemp.graph import Graph, GraphBatch
 FORM = "triton-ragged"
 X_OFFSETS = "x_offsets"
 EDGE_OFFSETS = "edge_index_offsets"
+# config.pbtxt parameters holding the node / edge feature widths: Triton's metadata shows the
+# flat inputs as [-1, -1], so a client (``edgemp bench --url``) reads the widths from /config.
+WIDTH_PARAMETERS = ("edgemp_node_features", "edgemp_edge_features")
 
 BATCH_INPUT_KINDS = (
     "BATCH_ELEMENT_COUNT",

@@ -184,3 +184,19 @@ def assert_outputs_match(got: dict[str, np.ndarray], want: dict[str, np.ndarray]
     for name in want:
         assert got[name].shape == want[name].shape, f"{what}: {name} shape {got[name].shape} != {want[name].shape}"
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5, err_msg=f"{what}: {name}")
+
+
+def triton_inputs(graph: Graph, client_module) -> list:
+    """One graph as Triton's one-graph ragged request (docs/scaling-out.md): flat, batch dim 1.
+
+    ``client_module`` is ``tritonclient.http`` or ``tritonclient.grpc``.
+    """
+    tensors = {"x": graph.x.reshape(1, -1), "edge_index": graph.edge_index.T.reshape(1, -1)}
+    if graph.edge_attr is not None:
+        tensors["edge_attr"] = graph.edge_attr.reshape(1, -1)
+    inputs = []
+    for name, arr in tensors.items():
+        inp = client_module.InferInput(name, list(arr.shape), "FP32" if arr.dtype == np.float32 else "INT64")
+        inp.set_data_from_numpy(np.ascontiguousarray(arr))
+        inputs.append(inp)
+    return inputs

@@ -260,18 +260,6 @@ def test_cli_writes_a_repository_and_refuses_nonsense(make_checkpoint, tmp_path)
         assert res.exit_code == 1 and why in res.output, (args, res.output)
 
 
-def _triton_inputs(graph: Graph, th) -> list:
-    """The tritonclient call docs/scaling-out.md shows: one graph, flat, batch dim 1."""
-    tensors = {"x": graph.x.reshape(1, -1), "edge_index": graph.edge_index.T.reshape(1, -1),
-               "edge_attr": graph.edge_attr.reshape(1, -1)}
-    inputs = []
-    for name, arr in tensors.items():
-        inp = th.InferInput(name, list(arr.shape), "FP32" if arr.dtype == np.float32 else "INT64")
-        inp.set_data_from_numpy(np.ascontiguousarray(arr))
-        inputs.append(inp)
-    return inputs
-
-
 def test_edgemp_serve_answers_tritonclient_from_the_repository(gine_repo, export_checkpoint, tmp_path):
     """Both request layouts: edgemp's sparse batch (as for any model) and Triton's one-graph ragged one."""
     import concurrent.futures
@@ -279,7 +267,7 @@ def test_edgemp_serve_answers_tritonclient_from_the_repository(gine_repo, export
     import tritonclient.http as th
     from tritonclient.utils import InferenceServerException
 
-    from server_utils import assert_outputs_match, batch_tensors, expected_layout, start_server
+    from server_utils import assert_outputs_match, batch_tensors, expected_layout, start_server, triton_inputs
 
     repo, _ = gine_repo
     plain = load(export_checkpoint("gine"), "cpu")
@@ -299,13 +287,13 @@ def test_edgemp_serve_answers_tritonclient_from_the_repository(gine_repo, export
             assert_outputs_match({"prediction": result.as_numpy("prediction")}, want, f"{k} graphs")
         # Triton's layout, 24 concurrent one-graph requests (the batcher merges them)
         graphs = _graphs(np.random.default_rng(3), 24)
-        pending = [client.async_infer("gine", _triton_inputs(g, th)) for g in graphs]
+        pending = [client.async_infer("gine", triton_inputs(g, th)) for g in graphs]
         for g, p in zip(graphs, pending):
             got = p.get_result().as_numpy("prediction")
             want = plain.predict([g])[0]["prediction"].reshape(1, -1)
             assert got.shape == (1, 1)
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-        bad = _triton_inputs(graphs[0], th)
+        bad = triton_inputs(graphs[0], th)
         bad[0] = th.InferInput("x", [1, 7], "FP32")
         bad[0].set_data_from_numpy(np.zeros((1, 7), np.float32))
         with pytest.raises(InferenceServerException, match="multiple of 8"):
@@ -360,3 +348,49 @@ def test_max_aggregating_families_export_ragged(family, make_checkpoint, tmp_pat
     kw = {"aggr": "max"} if family == "sage" else {}
     result = export_triton_repo(make_checkpoint(family, **kw), tmp_path, TritonRepoConfig(name=family, verify_mixes=3))
     assert result.report.passed and result.checks["control_flow_nodes"] == []
+
+
+def test_python_backend_flavour_config_and_files(make_checkpoint, tmp_path):
+    """--triton-backend python: the same ragged inputs, no batch_input, model.py beside model.onnx."""
+    from click.testing import CliRunner
+
+    from edgemp.cli.main import cli
+    from edgemp.export.triton_config import TritonRepoConfig, parse_config
+
+    ckpt = str(make_checkpoint("gine"))
+    res = CliRunner().invoke(cli, ["export", ckpt, "--triton-repo", str(tmp_path / "repo"), "--name", "g",
+                                   "--triton-backend", "python", "--max-batch-size", "8", "--max-queue-size", "100"])
+    assert res.exit_code == 0, res.output
+    assert "edgemp triton serve" in res.output
+    model = tmp_path / "repo" / "g"
+    assert (model / "1" / "model.py").is_file() and (model / "1" / "model.onnx").is_file()
+    msg = parse_config((model / "config.pbtxt").read_text())
+    assert msg.backend == "python" and not msg.platform and msg.max_batch_size == 8
+    assert [i.name for i in msg.input] == ["x", "edge_index", "edge_attr"] and not msg.batch_input
+    assert all(i.allow_ragged_batch and list(i.dims) == [-1] for i in msg.input)
+    policy = msg.dynamic_batching.default_queue_policy
+    assert policy.max_queue_size == 100 and policy.allow_timeout_override
+    assert load(model / "1" / "model.onnx", "cpu").spec.extra["triton"]["backend"] == "python"
+    with pytest.raises(ExportError, match="need --triton-backend onnxruntime"):
+        TritonRepoConfig(backend="python", instance_kind="gpu")
+    with pytest.raises(ExportError, match="not one of"):
+        TritonRepoConfig(backend="tensorflow")
+    res = CliRunner().invoke(cli, ["export", ckpt, "--triton-repo", str(tmp_path / "r2"), "--triton-backend", "python",
+                                   "--precision", "fp16"])
+    assert res.exit_code == 1 and "need --triton-backend onnxruntime" in res.output
+
+
+def test_python_flavour_kserve_manifest_names_a_runtime_it_defines():
+    yaml = pytest.importorskip("yaml")
+    from server_utils import ROOT
+
+    runtime, isvc = yaml.safe_load_all((ROOT / "deploy" / "kserve-inferenceservice-python.yaml").read_text())
+    assert runtime["kind"] == "ServingRuntime" and isvc["kind"] == "InferenceService"
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"] and model["protocolVersion"] == "v2"
+    assert model["modelFormat"]["name"] in [f["name"] for f in runtime["spec"]["supportedModelFormats"]]
+    (container,) = runtime["spec"]["containers"]
+    assert container["args"][0] == "tritonserver" and "--model-store=/mnt/models" in container["args"]
+    assert (ROOT / "deploy" / "triton-python.Dockerfile").is_file()
+    doc = (ROOT / "docs" / "scaling-out.md").read_text()
+    assert "deploy/kserve-inferenceservice-python.yaml" in doc and "edgemp triton serve" in doc

@@ -22,7 +22,8 @@ from edgemp.bench import env as envmod
 from edgemp.bench.loadgen import DISTRIBUTIONS, LoadResult, Target, closed_loop, open_loop
 from edgemp.bench.results import BenchReport, ResultRow
 from edgemp.bench.stats import DEFAULT_PERCENTILES, percentile, stability, summarize
-from edgemp.bench.v2client import RemoteModel, encode, metrics_delta, parse_metrics, request_tensors, stats_delta
+from edgemp.bench.v2client import (RemoteModel, encode, is_ragged, metrics_delta, parse_metrics, request_tensors,
+                                   stats_delta)
 from edgemp.bench.workload import WorkloadSpec, build_buckets, make_schedule
 from edgemp.errors import EdgempError
 
@@ -127,7 +128,9 @@ async def _run(cfg: ServerBenchConfig, on_progress, argv) -> BenchReport:
         await client.get_json("/v2/health/ready")
         server_meta = await client.get_json("/v2", required=False) or {}
         is_edgemp = server_meta.get("name") == "edgemp"
-        remote = RemoteModel.from_metadata(await client.get_json(f"/v2/models/{cfg.model}"))
+        meta = await client.get_json(f"/v2/models/{cfg.model}")
+        config = await client.get_json(f"/v2/models/{cfg.model}/config", required=False) if is_ragged(meta) else None
+        remote = RemoteModel.from_metadata(meta, config)
         report.environment["server"] = {"url": cfg.url, "name": server_meta.get("name"),
                                         "version": server_meta.get("version"), "platform": remote.platform}
         target = _target(cfg, remote)

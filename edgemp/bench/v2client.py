@@ -16,6 +16,8 @@ import numpy as np
 
 from edgemp.errors import EdgempError
 from edgemp.graph import Graph, collate
+from edgemp.runtime import ragged
+from edgemp.runtime.ragged import WIDTH_PARAMETERS
 
 logger = logging.getLogger(__name__)
 
@@ -33,15 +35,19 @@ class RemoteModel:
     node_features: int
     edge_features: int
     platform: str = ""
+    ragged: bool = False  # Triton's one-graph-per-request layout (edgemp.runtime.ragged)
 
     @classmethod
-    def from_metadata(cls, meta: dict) -> "RemoteModel":
+    def from_metadata(cls, meta: dict, config: dict | None = None) -> "RemoteModel":
+        """``config`` (``/v2/models/{m}/config``) is needed only for a Triton-ragged model."""
         try:
             shapes = {i["name"]: i["shape"] for i in meta["inputs"]}
             name = meta["name"]
         except (KeyError, TypeError) as e:
             raise EdgempError(f"model metadata is not V2 model metadata (missing {e})") from e
         missing = [n for n in REQUIRED if n not in shapes]
+        if missing and is_ragged(meta):
+            return cls._ragged(name, shapes, config, str(meta.get("platform", "")))
         if missing:
             raise EdgempError(
                 f"model {name!r} does not take the edgemp graph layout: inputs {sorted(shapes)} lack {missing}"
@@ -53,8 +59,31 @@ class RemoteModel:
         order = [n for n in ("x", "edge_index", "edge_attr", "node_graph", "graph_node_counts") if n in shapes]
         return cls(name, tuple(order), int(nf), int(ef), str(meta.get("platform", "")))
 
+    @classmethod
+    def _ragged(cls, name: str, shapes: dict, config: dict | None, platform: str) -> "RemoteModel":
+        params = (config or {}).get("parameters", {})
+        try:
+            nf, ef = (int(params[k]["string_value"]) for k in WIDTH_PARAMETERS)
+        except (KeyError, TypeError, ValueError) as e:
+            raise EdgempError(f"model {name!r} takes one flat graph per request, but its config does not give the "
+                              f"feature widths ({', '.join(WIDTH_PARAMETERS)}); re-export it with edgemp") from e
+        order = [n for n in ("x", "edge_index", "edge_attr") if n in shapes]
+        return cls(name, tuple(order), nf, ef, platform, ragged=True)
+
+
+def is_ragged(meta: dict) -> bool:
+    """Inputs x and edge_index without node_graph: Triton's one-graph layout."""
+    names = {i.get("name") for i in meta.get("inputs", []) if isinstance(i, dict)}
+    return {"x", "edge_index"} <= names and "node_graph" not in names
+
 
 def request_tensors(graphs: list[Graph], model: RemoteModel) -> dict[str, np.ndarray]:
+    if model.ragged:
+        if len(graphs) != 1:
+            raise EdgempError(f"model {model.name!r} takes one graph per request (Triton ragged batching): "
+                              f"use --batch 1, not {len(graphs)}")
+        t = ragged.graph_to_request(graphs[0], model.edge_features)
+        return {n: t[n] for n in model.inputs}
     b = collate(graphs)
     t = b.tensors()
     return {n: np.ascontiguousarray(t[n]) for n in model.inputs}

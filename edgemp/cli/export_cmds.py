@@ -34,6 +34,11 @@ from edgemp.text_spec import TEXT_TASKS
 @click.option("--max-queue-delay-us", type=int, default=0, show_default=True,
               help="--triton-repo: how long Triton's dynamic batcher may hold a batch open (0 = greedy).")
 @click.option("--instances", type=int, default=1, show_default=True, help="--triton-repo: model instances per device.")
+@click.option("--triton-backend", type=click.Choice(["onnxruntime", "python"]), default="onnxruntime", show_default=True,
+              help="--triton-repo: onnxruntime (NVIDIA's full containers, GPUs) or python (model.py runs "
+                   "edgemp.runtime; what `edgemp triton serve` runs here).")
+@click.option("--max-queue-size", type=int, default=1024, show_default=True,
+              help="--triton-repo: requests Triton queues before rejecting new ones (0 = unbounded).")
 @click.option("--instance-kind", type=click.Choice(["cpu", "gpu"]), default=None,
               help="--triton-repo: KIND_CPU or KIND_GPU instances (default: cpu; gpu with --precision).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default=None,
@@ -50,7 +55,7 @@ from edgemp.text_spec import TEXT_TASKS
               help="Hugging Face embedding models: token pooling (default: sentence-transformers config, else mean).")
 def export_cmd(checkpoint, output, target, form, max_nodes, opset, report_path, no_verify, factory, weights, output_names,
                task, max_length, pooling, triton_repo, name, max_batch_size, max_queue_delay_us, instances, instance_kind, precision,
-               trt_max_nodes, trt_max_edges):
+               trt_max_nodes, trt_max_edges, triton_backend, max_queue_size):
     """Export CHECKPOINT (a directory from `edgemp train`) to verified ONNX.
 
     A Hugging Face model directory (config.json with a model_type) is exported with optimum
@@ -90,7 +95,8 @@ def export_cmd(checkpoint, output, target, form, max_nodes, opset, report_path, 
         if precision:
             trt = TensorRTSettings(precision=precision, max_nodes_per_graph=trt_max_nodes, max_edges_per_graph=trt_max_edges)
         repo_cfg = TritonRepoConfig(name=name, max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
-                                    instances=instances, instance_kind=instance_kind, tensorrt=trt)
+                                    instances=instances, instance_kind=instance_kind, tensorrt=trt,
+                                    backend=triton_backend, max_queue_size=max_queue_size)
         return _export_triton(source, triton_repo, repo_cfg, cfg, report_path)
     result = _reported(lambda: export_model(source, output, cfg), report_path)
     c = result.checks
@@ -118,7 +124,10 @@ def _export_triton(source, repo: Path, repo_cfg, cfg, report_path) -> None:
         f"wrote Triton model {result.model_dir} (config.pbtxt {schema}; max_batch_size={repo_cfg.max_batch_size}, "
         f"ragged verification {'passed' if result.report else 'skipped'})"
     )
-    click.echo(f"serve it: tritonserver --model-repository={repo.resolve()}   or   edgemp serve {repo}")
+    if repo_cfg.backend == "python":
+        click.echo(f"serve it: edgemp triton serve {repo}   or   edgemp serve {repo}")
+    else:
+        click.echo(f"serve it: tritonserver --model-repository={repo.resolve()}   or   edgemp serve {repo}")
 
 
 @click.command("inspect")

@@ -31,9 +31,9 @@ def cli() -> None:
 
 def _register() -> None:
     # Each module defines click commands whose bodies import heavy dependencies lazily.
-    from edgemp.cli import bench_cmds, data_cmds, export_cmds, quantize_cmds, runtime_cmds, serve, train_cmds
+    from edgemp.cli import bench_cmds, data_cmds, export_cmds, quantize_cmds, runtime_cmds, serve, train_cmds, triton_cmds
 
-    for mod in (data_cmds, train_cmds, export_cmds, quantize_cmds, runtime_cmds, serve, bench_cmds):
+    for mod in (data_cmds, train_cmds, export_cmds, quantize_cmds, runtime_cmds, serve, bench_cmds, triton_cmds):
         for cmd in mod.COMMANDS:
             cli.add_command(cmd)
 
