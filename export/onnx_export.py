@@ -255,7 +255,7 @@ def finish_graph(model, src: ExportSource, cfg: ExportConfig) -> dict:
         log.info("merged %d duplicated constant(s) the exporter folded per use", dropped)
     rewritten = scatter_elements_to_scatternd(model) if cfg.scatter_impl == "index_add" else 0
     # TensorRT's parser has no Unique: only the ONNX Runtime targets get distinct-row edge networks.
-    distinct = edge_network_on_distinct_rows(model) if cfg.target != "tensorrt" else 0
+    distinct = edge_network_on_distinct_rows(model) if cfg.distinct_edge_rows and cfg.target != "tensorrt" else 0
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as e:
