@@ -24,7 +24,9 @@ from edgemp.errors import MissingExtraError
 
 logger = logging.getLogger(__name__)
 
-GEMM_OPS = frozenset({"MatMul", "Gemm", "FusedGemm", "FusedMatMul"})
+# A·B with A [..., M, K]: K is A's last dim. Gemm (A possibly transposed) is handled apart.
+MATMUL_OPS = frozenset({"MatMul", "FusedMatMul", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"})
+GEMM_OPS = MATMUL_OPS | {"Gemm", "FusedGemm"}
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ def gemm_profile(model_path: str | Path, feeds: Mapping[str, np.ndarray], thread
         if out_size == 0:
             continue
         # MatMul: K is A's last dim; Gemm: A may be transposed, but |A| / M is K either way.
-        k = a[-1] if args["op_name"] in ("MatMul", "FusedMatMul") else int(np.prod(a)) // max(out[0], 1)
+        k = a[-1] if args["op_name"] in MATMUL_OPS else int(np.prod(a)) // max(out[0], 1)
         flops = 2 * out_size * k
         total += flops
         if flops > best_flops:
