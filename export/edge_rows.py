@@ -224,37 +224,39 @@ def edge_network_on_distinct_rows(model, gemv_to_gemm_cost: int = GEMV_TO_GEMM_C
     e_e = node("Mul", [e, by_edge], p + "E_e")  # 0 or E: edges done one by one
     rows_t = node("Slice", [p + "rows", zero, u_t, zero], p + "rows_t")
     attr_e = node("Slice", [EDGE_INPUT, zero, e_e, zero], p + "attr_e")
-
-    def edge_net(inp: str, tag: str) -> str:
-        """A copy of the edge network (same weights) reading ``inp`` instead of edge_attr."""
-        rename = {EDGE_INPUT: inp}
-        for orig in chain:
-            copy = helper.make_node(orig.op_type, [rename.get(i, i) for i in orig.input],
-                                    [f"{orig.output[0]}_{tag}"], name=f"{orig.output[0]}_{tag}")
-            copy.attribute.extend(orig.attribute)
-            new.append(copy)
-            rename[orig.output[0]] = copy.output[0]
-        return rename[chain[-1].output[0]]
-
-    mats_t = node("Reshape", [edge_net(rows_t, "t"), reshape.input[1]], p + "mats_t")  # [U_t, H, H] = [out, in]
+    # ONE edge network (the exported nodes, rewired) on [edges done one by one; distinct rows]:
+    # one part is empty, and int8 calibration always sees the network run on real rows.
+    for i, name in enumerate(chain[0].input):
+        if name == EDGE_INPUT:
+            chain[0].input[i] = node("Concat", [attr_e, rows_t], p + "edge_net_rows", axis=0)
+    mats = reshape.output[0]  # [E_e + U_t, H, H] = [out, in]
+    mats_t = node("Slice", [mats, e_e, node("Add", [e_e, u_t], p + "E_e_plus_U_t"), zero], p + "mats_t")
     # [U_t, H_out, H_in] -> [H_in, U_t·H_out]: one GEMM gives every node times every matrix.
-    mats_cols = node("Reshape", [node("Transpose", [mats_t], p + "mats_in_first", perm=[2, 0, 1]),
-                                 const(p + "cols_shape", [hidden, -1])], p + "mats_cols")
-    mats_e = node("Reshape", [edge_net(attr_e, "e"), reshape.input[1]], p + "mats_e")  # [E_e, H, H]
+    cols_t = node("Reshape", [node("Transpose", [mats_t], p + "mats_in_first", perm=[2, 0, 1]),
+                              const(p + "cols_shape", [hidden, -1])], p + "cols_t")
+    # Plus one spare zero block, so this GEMM never has an empty operand: int8 calibration
+    # (ORT's histogram calibrators) fails on a MatMul input that is empty in every batch.
+    spare = node("ConstantOfShape", [const(p + "spare_shape", [hidden, hidden])], p + "spare_block")
+    mats_cols = node("Concat", [cols_t, spare], p + "mats_cols", axis=1)  # [H, (U_t + 1)·H]
+    blocks = node("Add", [u_t, one], p + "blocks")
     src_t = node("Slice", [src, zero, e_t, zero], p + "src_t")
     row_t = node("Slice", [p + "row_of_edge", zero, e_t, zero], p + "row_t")
-    pick = node("Add", [node("Mul", [src_t, u_t], p + "src_times_U"), row_t], p + "pick")  # src·U + row
-    src_e = node("Slice", [src, zero, e_e, zero], p + "src_e")
+    pick = node("Add", [node("Mul", [src_t, blocks], p + "src_times_blocks"), row_t], p + "pick")  # src·(U+1) + row
+    # Per-edge products run over all E_e + U_t matrices (the U_t extra ones read node 0, are
+    # dropped, and exist only when E_e = 0): no copy of the big [E, H, H] tensor either way.
+    src_e = node("Concat", [node("Slice", [src, zero, e_e, zero], p + "src_e_only"),
+                            node("Expand", [zero, u_t], p + "node0_for_rows")], p + "src_e", axis=0)
     hidden_rows = const(p + "row_shape", [-1, hidden])
     for k, (gather, unsq, mm, squeeze) in enumerate(rounds):
         h, q = gather.input[0], f"{p}round{k}_"
         by_node = node("Reshape", [node("MatMul", [h, mats_cols], q + "node_products"), hidden_rows],
-                       q + "node_type_rows")  # [N·U_t, H]
+                       q + "node_type_rows")  # [N·(U_t + 1), H]
         msg_t = node("Gather", [by_node, pick], q + "msg_t", axis=0)  # [E_t, H]
         h_src = node("Unsqueeze", [node("Gather", [h, src_e], q + "h_src_e", axis=0), unsq.input[1]], q + "h_src_col")
-        msg_e = node("Squeeze", [node("MatMul", [mats_e, h_src], q + "mm_e"), squeeze.input[1]], q + "msg_e")
+        prod = node("Squeeze", [node("MatMul", [mats, h_src], q + "mm_e"), squeeze.input[1]], q + "prod_e")
+        msg_e = node("Slice", [prod, zero, e_e, zero], q + "msg_e")  # [E_e, H]
         node("Concat", [msg_t, msg_e], squeeze.output[0], axis=0)  # exactly one part has rows
-    dead = {id(x) for r in rounds for x in r} | {id(x) for x in chain} | {id(reshape)}
+    dead = {id(x) for r in rounds for x in r}
     kept = [x for x in model.graph.node if id(x) not in dead]
     model.graph.initializer.extend(consts)
     ordered = _topological(model, kept + new)
