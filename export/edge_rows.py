@@ -2,42 +2,42 @@
 
 Gilmer's MPNN maps every edge's features through an MLP to an H×H matrix (Fe → 2H → H²,
 ~0.5 MMAC per edge at H = 64): most of the model's arithmetic. A molecule batch holds
-only a handful of distinct bond-feature rows (10 in 64 solubility molecules with 1,346
-bonds), so the MLP is rewritten to run on ``Unique(edge_attr, axis=0)`` and its rows are
-gathered back per edge with the inverse index. Row-wise ops give the same row for the
-same input, so the result is the same computation, just not repeated; export
-verification (continuous, all-distinct features included) checks the numerics.
+only a handful of distinct bond-feature rows (10 in 64 solubility molecules with 1,102
+bonds), so the exported graph is rewritten to run the network on ``Unique(edge_attr,
+axis=0)`` and to compute each round's messages as *type products*: one GEMM of every node
+state with every distinct matrix, then one gathered row per edge. No ``[E, H, H]`` tensor
+is built at all. Row-wise ops give the same row for the same input, so this is the same
+computation, not repeated; export verification (a bond-type-like case and continuous,
+all-distinct features) checks the numerics against eager PyTorch.
+
+Continuous features make every row distinct, and type products would then cost N× more.
+The graph therefore picks, from the batch's own sizes, type products or the exported
+per-edge products (no If: the branch not taken runs on zero rows), so such graphs pay only
+a ``Unique`` and a few empty ops. The crossover weight was measured here
+(benchmarks/results/mpnn.md).
 
 Only a chain of row-wise nodes (Gemm / MatMul by a weight, bias Add, elementwise
-activations) that starts at ``edge_attr`` and costs far more per row than the gather
-that replaces it is rewritten: for GINE's single Fe → H projection the gather would cost
-as much as the projection, so it stays as is. TensorRT's parser has no ``Unique``: the
-rewrite is for the ONNX Runtime targets only.
+activations) from ``edge_attr`` to a ``Reshape`` into H×H matrices that feed per-edge
+matrix-vector products is rewritten: GINE's cheap Fe → H projection stays as is.
+TensorRT's parser has no ``Unique``: the rewrite is for the ONNX Runtime targets only.
 """
 from __future__ import annotations
 
 import logging
+
+from edgemp.export.rewrite import _attr, _const_ints
 
 log = logging.getLogger(__name__)
 
 EDGE_INPUT = "edge_attr"
 ROW_WISE_UNARY = frozenset({"Relu", "Sigmoid", "Tanh", "LeakyRelu", "Elu", "Gelu", "Softplus"})
 # Rewrite only when the chain spends at least this many multiply-adds per output element
-# it produces: the added Gather copies one output row per edge (Gilmer's MPNN: ~128).
+# (Gilmer's MPNN: ~128): cheaper networks do not pay for the Unique and the extra nodes.
 MIN_MACS_PER_OUTPUT = 16
 
 
 def _initializers(model) -> dict:
     return {i.name: i for i in model.graph.initializer}
-
-
-def _attr(node, name: str, default=None):
-    import onnx
-
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
 
 
 def _row_wise(node, value: str, inits: dict) -> tuple[int, int] | None:
@@ -82,19 +82,6 @@ def _edge_chain(model) -> tuple[list, int, int] | None:
         width = step[1] or width
         value = users[0].output[0]
     return (chain, macs, width) if chain and width else None
-
-
-def _const_ints(model, name: str) -> list[int] | None:
-    from onnx import numpy_helper
-
-    for init in model.graph.initializer:
-        if init.name == name:
-            return numpy_helper.to_array(init).reshape(-1).tolist()
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.output[0] == name:
-            value = _attr(node, "value")
-            return None if value is None else numpy_helper.to_array(value).reshape(-1).tolist()
-    return None
 
 
 def _per_edge_products(model, matrices: str) -> list[tuple] | None:
@@ -149,7 +136,8 @@ def _topological(model, nodes: list) -> list:
 
 # Relative cost of one multiply-add in a batched H×H matrix-vector product (each edge reads
 # its own 16 KB matrix: memory-bound) against one in a plain GEMM (MLAS, cache-blocked).
-# Measured on the 2-core dev box, ORT 1.32, H = 64 (see benchmarks/results/export.md).
+# Measured on the 2-core dev box, ORT 1.32, H = 64: the two forms cross near U = 100 distinct
+# rows for 551 nodes / 1,102 edges, i.e. G ≈ 11; 8 leans to the per-edge form (benchmarks/results/mpnn.md).
 GEMV_TO_GEMM_COST = 8
 
 
