@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"p50 of collate + run + split per call; {args.rounds} interleaved rounds x {args.calls} calls "
           f"(batch 1: x5) per engine and case; {args.threads} intra-op thread(s) for ORT and torch. "
-          "Peak: a plain ORT MatMul of the model's largest GEMM shape at that batch, timed in the same rounds.")
+          "Peak: a pair of chained plain ORT MatMuls of the model's largest GEMM shape at that batch, "
+          "timed in the same rounds.")
     print(f"command: {env.get('command')}")
     print(f"edgemp {env.get('edgemp')}, onnxruntime {env.get('onnxruntime')}, torch {env.get('torch')}, "
           f"python {env.get('python')}; cpu: {env.get('cpu')} ({env.get('usable_cores')} usable cores), "
