@@ -80,16 +80,18 @@ def gemm_profile(model_path: str | Path, feeds: Mapping[str, np.ndarray], thread
 class GemmPeak:
     """A chain of plain fp32 ``MatMul`` nodes of one shape in ONNX Runtime: the sgemm rate to compare against.
 
-    ``CHAIN`` products per call (``a @ B1 @ B2`` with ``B1 [K, N]``, ``B2 [N, K]``, each
-    ``M·K·N`` multiply-adds) so the per-call cost of ``run`` does not hide the GEMM rate of
+    A chain of products per call (``a @ B1 @ B2 @ B1 ...`` with ``B1 [K, N]``, ``B2 [N, K]``,
+    each ``M·K·N`` multiply-adds) so the per-call cost of ``run`` does not hide the GEMM rate of
     small shapes. Build it once, then call :meth:`sample` inside the benchmark's rounds so the
     peak is measured under the same machine conditions as the rows it is compared with.
     """
 
-    # Two products amortise ORT's per-call cost (a 25x128 @ 128x128 GEMM: 53 GFLOP/s alone, 74 as
-    # a pair); longer chains measured erratically here (1600x128 @ 128x128: 93 GFLOP/s as a pair,
-    # 21 as a chain of 4), so a pair it is.
-    CHAIN = 2
+    # Products per call: enough for ~MIN_CHAIN_FLOPS of work, so ORT's per-call cost (~10 µs)
+    # does not hide a small shape's GEMM rate (a 25x128 @ 128x128 product: 53 GFLOP/s alone,
+    # 74 as a pair, 87 as four), and 2 for big shapes, where longer chains measured erratically
+    # here (1600x128 @ 128x128: 93 GFLOP/s as a pair, 21 as a chain of 4).
+    MIN_CHAIN_FLOPS = 4_000_000
+    MAX_CHAIN = 16
 
     def __init__(self, m: int, k: int, n: int, threads: int = 1) -> None:
         import onnxruntime as ort
@@ -99,15 +101,17 @@ class GemmPeak:
         except ImportError as e:
             raise MissingExtraError("onnx", "export", "the GEMM-peak benchmark column") from e
         self.shape = (m, k, n)
+        per_product = 2 * m * k * n
+        self.chain = min(self.MAX_CHAIN, max(2, 2 * -(-self.MIN_CHAIN_FLOPS // (2 * max(per_product, 1)))))
         rng = np.random.default_rng(0)
         b1 = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)  # keeps values O(1) down the chain
         b2 = (rng.standard_normal((n, k)) / np.sqrt(n)).astype(np.float32)
         nodes, prev = [], "a"
-        for i in range(self.CHAIN):
-            out = "y" if i == self.CHAIN - 1 else f"t{i}"
+        for i in range(self.chain):
+            out = "y" if i == self.chain - 1 else f"t{i}"
             nodes.append(helper.make_node("MatMul", [prev, "b1" if i % 2 == 0 else "b2"], [out]))
             prev = out
-        last = [m, n] if self.CHAIN % 2 else [m, k]
+        last = [m, n] if self.chain % 2 else [m, k]
         graph = helper.make_graph(
             nodes, "sgemm_chain",
             [helper.make_tensor_value_info("a", TensorProto.FLOAT, [m, k])],
@@ -122,7 +126,7 @@ class GemmPeak:
         so.log_severity_level = 3
         self.session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
         self.feeds = {"a": rng.standard_normal((m, k)).astype(np.float32)}
-        self.flops = self.CHAIN * 2 * m * k * n
+        self.flops = self.chain * per_product
         self.samples_ns: list[int] = []
         for _ in range(3):
             self.session.run(None, self.feeds)
