@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import edgemp.runtime as rt
+    from edgemp.bench.floor import GemmPeak, gemm_profile, share_of_peak
     from edgemp.export import ExportConfig, export_model, export_onnx
     from edgemp.export.quantize import QuantizeConfig, quantize
     from edgemp.export.source import ExportSource
@@ -111,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
             "edgemp GIN fp32 (ScatterND), ORT": lambda: sessions["gin"].predict(gs),
             "edgemp GIN int8-dynamic, ORT": lambda: sessions["gin_int8"].predict(gs),
         }
+        # The floor: GEMM FLOPs each ORT engine runs per call, against a same-run sgemm of the largest shape.
+        onnx_of = dict(zip(list(engines)[2:], ("pyg", "gin", "gin_int8")))
+        flops = {label: gemm_profile(tmp / f"{name}.onnx", b.tensors()).flops for label, name in onnx_of.items()}
+        peak = GemmPeak(*gemm_profile(tmp / "gin.onnx", b.tensors()).largest)
         times: dict[str, list[int]] = {k: [] for k in engines}
         for fn in engines.values():  # warm-up
             for _ in range(5):
@@ -124,14 +129,22 @@ def main(argv: list[str] | None = None) -> int:
                     t0 = time.perf_counter_ns()
                     fn()
                     times[name].append(time.perf_counter_ns() - t0)
+            peak.sample(3)
         base = float(np.median(times["PyG eager"]))
+        best_peer = min(float(np.median(times[n])) for n in list(engines)[:2])
         for name, ts in times.items():
             arr = np.asarray(ts) / 1e3
-            rows.append((batch, name, np.median(arr), np.percentile(arr, 99), base / 1e3 / np.median(arr)))
+            floor = "-"
+            if name in flops:
+                share = share_of_peak(flops[name], float(np.median(ts)), peak.gflops)
+                floor = f"{flops[name] / 1e6:.0f} M, {share * 100:.0f}% of {peak.gflops:.0f} GFLOP/s ({peak.label()})"
+            rows.append((batch, name, np.median(arr), np.percentile(arr, 99), base / 1e3 / np.median(arr),
+                         best_peer / 1e3 / np.median(arr), floor))
 
-    print(f"| batch | engine | p50 µs | p99 µs | vs PyG eager (p50) |\n|---|---|---|---|---|")
-    for batch, name, p50, p99, ratio in rows:
-        print(f"| {batch} | {name} | {p50:.0f} | {p99:.0f} | {ratio:.2f}x |")
+    print("| batch | engine | p50 µs | p99 µs | vs PyG eager (p50) | vs best peer (p50) "
+          "| GEMM FLOP/call, % of same-run sgemm peak |\n|---|---|---|---|---|---|---|")
+    for batch, name, p50, p99, ratio, vs_best, floor in rows:
+        print(f"| {batch} | {name} | {p50:.0f} | {p99:.0f} | {ratio:.2f}x | {vs_best:.2f}x | {floor} |")
     print(f"\nGIN x{LAYERS}, hidden {HIDDEN}, 25 nodes / 54 edges per graph, 1 thread, "
           f"{args.rounds} rounds x {args.per_round} calls per engine, interleaved")
     import onnxruntime

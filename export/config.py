@@ -27,6 +27,9 @@ class ExportConfig:
         atol, rtol: a verification element passes if ``|ort - torch| <= atol + rtol·|torch|``;
             rtol covers float32 reassociation in sums over many nodes (default 1e-5, 1e-5).
         seed: seed for the verification graphs.
+        distinct_edge_rows: run an edge network once per distinct edge-feature row
+            (:mod:`edgemp.export.edge_rows`; ONNX Runtime targets only). Off only to
+            measure the per-edge form it replaces.
     """
 
     target: str = "ort-cpu"
@@ -37,6 +40,7 @@ class ExportConfig:
     atol: float = 1e-5
     rtol: float = 1e-5
     seed: int = 0
+    distinct_edge_rows: bool = True
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:

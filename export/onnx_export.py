@@ -21,7 +21,8 @@ import numpy as np
 from edgemp import __version__
 from edgemp.errors import ExportError, MissingExtraError
 from edgemp.export.config import ExportConfig
-from edgemp.export.rewrite import scatter_elements_to_scatternd
+from edgemp.export.edge_rows import edge_network_on_distinct_rows
+from edgemp.export.rewrite import scatter_elements_to_scatternd, scatter_into_addend
 from edgemp.export.source import ExportSource, resolve_source
 from edgemp.export.translations import custom_translations
 from edgemp.export.verify import VerificationReport, compare, verification_cases
@@ -253,6 +254,9 @@ def finish_graph(model, src: ExportSource, cfg: ExportConfig) -> dict:
     if dropped:
         log.info("merged %d duplicated constant(s) the exporter folded per use", dropped)
     rewritten = scatter_elements_to_scatternd(model) if cfg.scatter_impl == "index_add" else 0
+    into_addend = scatter_into_addend(model) if cfg.scatter_impl == "index_add" else 0
+    # TensorRT's parser has no Unique: only the ONNX Runtime targets get distinct-row edge networks.
+    distinct = edge_network_on_distinct_rows(model) if cfg.distinct_edge_rows and cfg.target != "tensorrt" else 0
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as e:
@@ -270,6 +274,8 @@ def finish_graph(model, src: ExportSource, cfg: ExportConfig) -> dict:
         "parameters_in_model": int(params),
         "parameters_in_file": int(in_file),
         "scatter_elements_rewritten_to_scatternd": rewritten,
+        "edge_network_nodes_on_distinct_rows": distinct,
+        "scatters_into_self_term": into_addend,
         "lint": {cfg.target: lint.problems},
     }
 

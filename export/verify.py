@@ -91,6 +91,13 @@ def _random_graph(rng: np.random.Generator, spec: ModelSpec, n: int, e: int, *, 
     return Graph(x=x, edge_index=ei, edge_attr=ea)
 
 
+def _with_edge_palette(rng: np.random.Generator, g: Graph, palette: np.ndarray) -> Graph:
+    """``g`` with edge features drawn from the rows of ``palette``, as bond types are in molecules."""
+    if g.edge_attr is None:
+        return g
+    return Graph(x=g.x, edge_index=g.edge_index, edge_attr=palette[rng.integers(0, palette.shape[0], g.edge_attr.shape[0])])
+
+
 def verification_cases(spec: ModelSpec, seed: int = 0, max_nodes: int = 0) -> list[tuple[str, list[Graph]]]:
     """Deterministic unseen batches; node counts capped at ``max_nodes`` for dense models."""
     rng = np.random.default_rng(seed + 12345)
@@ -103,6 +110,8 @@ def verification_cases(spec: ModelSpec, seed: int = 0, max_nodes: int = 0) -> li
         n = size(5, 30)
         return _random_graph(rng, spec, n, int(rng.integers(n, 2 * n + 2)))
 
+    # Its own generator, so adding this case left the earlier cases' graphs unchanged.
+    palette = np.random.default_rng(seed + 777).standard_normal((6, max(spec.edge_features, 1))).astype(np.float32)
     cases = [
         ("single_node", [_random_graph(rng, spec, 1, 0)]),
         ("molecule_batch", [mol() for _ in range(8)]),
@@ -112,6 +121,8 @@ def verification_cases(spec: ModelSpec, seed: int = 0, max_nodes: int = 0) -> li
         ("duplicate_edges", [_random_graph(rng, spec, size(4, 10), 24, duplicates=True) for _ in range(4)]),
         ("all_negative", [_random_graph(rng, spec, size(4, 12), 16, sign=-1.0) for _ in range(4)]),
         ("big_graph", [_random_graph(rng, spec, cap, 3 * cap)]),
+        # Few distinct edge-feature rows (bond types): what distinct-row edge networks exploit.
+        ("repeated_edge_rows", [_with_edge_palette(rng, mol(), palette) for _ in range(16)]),
     ]
     return cases
 

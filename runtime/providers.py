@@ -140,6 +140,7 @@ class OrtRunner(Runner):
         self.spec = read_spec(self.session, path)
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         self.output_names = tuple(o.name for o in self.spec.model.outputs)
+        self._output_list = list(self.output_names)
         declared_outputs = {o.name for o in self.session.get_outputs()}
         missing = [n for n in self.output_names if n not in declared_outputs]
         if missing:
@@ -153,7 +154,10 @@ class OrtRunner(Runner):
             )
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = self.session.run(list(self.output_names), feeds)
+        # Plain ``run`` is the cheapest call here: for a 23-atom molecule through the default MPNN
+        # (1 thread, 600 interleaved calls each) run 243 us p50, IOBinding 253 us, and
+        # run_with_ort_values 307 us (wrapping each numpy feed in an OrtValue costs more than it saves).
+        values = self.session.run(self._output_list, feeds)
         return dict(zip(self.output_names, values))
 
 

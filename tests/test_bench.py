@@ -155,6 +155,9 @@ def test_cli_inprocess_json_csv_raw_plot(gin_model, tmp_path):
     assert ort["speedup_p50_vs_eager"] > 0 and ort["max_abs_diff_vs_eager"] < 1e-4
     assert len(ort["raw_us"]) == 40 and ort["latency"]["count"] == 40
     assert set(ort["breakdown_mean_us"]) == {"collate", "run", "split"}
+    # The floor columns: GEMM work per call from ORT's profile, against a same-run sgemm peak.
+    assert ort["gemm_flops_per_call"] > 0 and 0 < ort["share_of_gemm_peak_p50"] < 1.5
+    assert ort["gemm_peak_gflops"] > 0 and "GFLOP/s" in res.output
     assert set(ort["latency"]["percentiles_us"]) == {"p50", "p90", "p95", "p99", "p99.9"}
     eager = next(r for r in ok if r["backend"] == "torch-eager" and r["batch"] == 4 and r["bucket"] == "all")
     assert eager["speedup_p50_vs_eager"] == pytest.approx(1.0)

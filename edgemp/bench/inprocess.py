@@ -22,6 +22,7 @@ import numpy as np
 
 from edgemp.bench import env as envmod
 from edgemp.bench.backends import BASELINE, Backend, BackendUnavailable, make_backend
+from edgemp.bench.floor import GemmPeak, gemm_profile, share_of_peak
 from edgemp.bench.results import BenchReport, ResultRow
 from edgemp.bench.stats import DEFAULT_PERCENTILES, stability, summarize
 from edgemp.bench.workload import Bucket, Schedule, WorkloadSpec, build_buckets, make_schedule
@@ -86,6 +87,8 @@ class _Unit:
     compile_s: float | None = None
     reference: dict | None = None
     failed: str = ""
+    gemm_flops: float | None = None  # mean GEMM FLOPs per call (ORT CPU rows; see edgemp.bench.floor)
+    peak: GemmPeak | None = None  # same-run sgemm of the model's largest GEMM shape
 
     def step(self) -> None:
         i = self.pos % len(self.schedule)
@@ -206,6 +209,7 @@ def _settings(cfg: InProcessConfig) -> dict:
 
 def _make_units(cfg: InProcessConfig, backends, buckets: list[Bucket], report: BenchReport) -> list[_Unit]:
     schedules = {b: make_schedule(buckets, b) for b in cfg.batches}
+    peaks: dict = {}  # one GemmPeak per (shape, threads), shared by the units that compare with it
     units = []
     for backend, info in backends:
         for bs in cfg.batches:
@@ -214,8 +218,34 @@ def _make_units(cfg: InProcessConfig, backends, buckets: list[Bucket], report: B
                 backend.prepare([g for batch in u.schedule.batches for g in batch])
             except GraphValidationError as e:
                 u.failed = f"graphs do not fit this model: {e}"
+            if not u.failed and backend.name == "ort-cpu":
+                _attach_floor(u, peaks)
             units.append(u)
     return units
+
+
+FLOOR_PROFILED_BATCHES = 3
+
+
+def _attach_floor(u: _Unit, peaks: dict) -> None:
+    """GEMM FLOPs per call (mean over a few of the unit's batches) and the peak to compare with."""
+    from edgemp.graph import collate
+
+    model = u.backend.model
+    if model.path is None or model.path.suffix != ".onnx":
+        return
+    try:
+        profiles = [gemm_profile(model.path, model.feeds(collate(batch)), u.backend.threads)
+                    for batch in u.schedule.batches[:FLOOR_PROFILED_BATCHES]]
+        u.gemm_flops = float(np.mean([p.flops for p in profiles]))
+        largest = max(profiles, key=lambda p: p.largest[0] * p.largest[1] * p.largest[2]).largest
+        if u.gemm_flops and all(largest):
+            key = (largest, u.backend.threads)
+            if key not in peaks:
+                peaks[key] = GemmPeak(*largest, threads=u.backend.threads)
+            u.peak = peaks[key]
+    except EdgempError as e:  # e.g. onnx missing for the peak model: the row keeps its latency, without a floor
+        logger.info("no FLOPs / peak column for %s: %s", model.path.name, e)
 
 
 def _warm_up(cfg: InProcessConfig, units: list[_Unit]) -> None:
@@ -255,6 +285,8 @@ def _measure(cfg: InProcessConfig, units: list[_Unit], on_progress) -> None:
                 u.step()
                 while time.perf_counter_ns() < end:
                     u.step()
+            if u.peak is not None:
+                u.peak.sample(2)  # in the same rounds as the rows it is compared with
             done += 1
             if on_progress:
                 on_progress(done, total)
@@ -281,6 +313,12 @@ def _row(cfg: InProcessConfig, u: _Unit, label: str, mask: np.ndarray | None) ->
         "speedup_p99_vs_eager": None,
         "throughput_ratio_vs_eager": None,
     }
+    if u.gemm_flops is not None and mask is None:
+        metrics["gemm_flops_per_call"] = u.gemm_flops
+        if u.peak is not None:
+            metrics["gemm_peak_gflops"] = u.peak.gflops
+            metrics["gemm_peak_shape"] = u.peak.label()
+            metrics["share_of_gemm_peak_p50"] = share_of_peak(u.gemm_flops, lat.p(50) * 1e3, u.peak.gflops)
     row = ResultRow(ident, "ok", "", lat, stability(sel, cfg.windows, cfg.stability_threshold), metrics)
     if cfg.raw:
         row.raw_us = [round(v / 1e3, 3) for v in sel.tolist()]

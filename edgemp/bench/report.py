@@ -36,6 +36,18 @@ def fmt_rate(v: float | None) -> str:
     return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
 
 
+def floor_cell(metrics: dict) -> str:
+    """``"244 M, 10% of 109 GFLOP/s"``: the call's GEMM work and its share of the same-run sgemm peak."""
+    flops = metrics.get("gemm_flops_per_call")
+    if flops is None:
+        return "-"
+    text = f"{flops / 1e9:.3g} G" if flops >= 1e9 else f"{flops / 1e6:.3g} M"
+    share, peak = metrics.get("share_of_gemm_peak_p50"), metrics.get("gemm_peak_gflops")
+    if share is not None and peak is not None and not math.isnan(share):
+        text += f", {share * 100:.0f}% of {peak:.0f} GFLOP/s"
+    return text
+
+
 def _table_percentiles(report: BenchReport) -> list[float]:
     ps = [float(p) for p in report.settings.get("percentiles", [50, 90, 99])]
     keep = [p for p in ps if p in (50.0, 90.0, 99.0, 99.9)]
@@ -54,7 +66,8 @@ def inprocess_table(report: BenchReport, summary: bool = False) -> tuple[list[st
     ps = _table_percentiles(report)
     offline = report.settings.get("scenario") == "offline"
     head = ["model", "form", "prec", "backend", "thr", "batch", "bucket"]
-    head += [percentile_key(p) for p in ps] + ["mean ± sd", "graphs/s", "vs eager", "collate/run/split µs", "spread"]
+    head += [percentile_key(p) for p in ps] + ["mean ± sd", "graphs/s", "vs eager", "collate/run/split µs",
+                                                "GEMM FLOP/call, % of same-run peak", "spread"]
     body = []
     for r in report.rows:
         c = r.config
@@ -71,7 +84,7 @@ def inprocess_table(report: BenchReport, summary: bool = False) -> tuple[list[st
         cells += [fmt_us(r.latency.p(p)) for p in ps]
         cells += [f"{fmt_us(r.latency.mean_us)} ± {fmt_us(r.latency.stdev_us)}", fmt_rate(m.get("graphs_per_s")),
                   fmt_ratio(ratio), "/".join(f"{bd.get(s, math.nan):.0f}" for s in ("collate", "run", "split")),
-                  _stable_cell(r)]
+                  floor_cell(m), _stable_cell(r)]
         if r.note:
             cells[-1] += f" ({r.note})"
         body.append(cells)

@@ -1,0 +1,45 @@
+"""GEMM FLOPs from ONNX Runtime's profile and the same-run sgemm peak (edgemp.bench.floor)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from edgemp.bench.floor import GemmPeak, gemm_profile, share_of_peak
+
+
+def _model(path) -> None:
+    """a [M, 4] -> Gemm(transB, W [3, 4]) -> Relu -> MatMul(B [3, 6]) -> y [M, 6]."""
+    rng = np.random.default_rng(0)
+    w, b = rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal((3, 6)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["a", "w"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("MatMul", ["r", "b"], ["y"])],
+        "two_gemms",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["m", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", 6])],
+        [helper.make_tensor("w", TensorProto.FLOAT, [3, 4], w.ravel().tolist()),
+         helper.make_tensor("b", TensorProto.FLOAT, [3, 6], b.ravel().tolist())],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+
+
+def test_gemm_flops_follow_the_shapes_each_call_ran(tmp_path):
+    path = tmp_path / "m.onnx"
+    _model(path)
+    for m in (5, 37):  # dynamic rows: FLOPs are read from the run, not from static shapes
+        prof = gemm_profile(path, {"a": np.ones((m, 4), np.float32)})
+        assert prof.flops == 2 * m * 4 * 3 + 2 * m * 3 * 6
+        assert prof.largest == (m, 3, 6)
+    assert gemm_profile(path, {"a": np.ones((0, 4), np.float32)}).flops == 0
+
+
+def test_peak_is_a_measured_rate_and_share_divides_by_it():
+    peak = GemmPeak(64, 64, 64)
+    assert math.isnan(peak.gflops)  # nothing sampled yet: no made-up figure
+    peak.sample(3)
+    assert len(peak.samples_ns) == 3 and 0 < peak.gflops < 1e5 and peak.label() == "64x64 @ 64x64"
+    assert share_of_peak(2_000, 1_000.0, 4.0) == 0.5  # 2 GFLOP/s of a 4 GFLOP/s peak
+    assert math.isnan(share_of_peak(10, 0.0, 1.0))
