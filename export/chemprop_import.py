@@ -81,8 +81,9 @@ def _activation(value: Any) -> tuple[str, tuple]:
                 f"chemprop checkpoint: activation {name} is not supported; supported: {sorted(_ACTIVATIONS)}")
         attrs = value.attrs
         return name, tuple((k, attrs[k]) for k in _ACTIVATIONS[name] if k in attrs)
-    if isinstance(value, InertObject) and value.global_name.startswith("chemprop.nn.utils.Activation"):
-        raise CheckpointError("chemprop checkpoint: activation given as an enum record; re-save with chemprop 2.1+")
+    if isinstance(value, InertObject) and value.global_name == "chemprop.nn.utils.Activation":
+        if len(value.args) == 1 and isinstance(value.args[0], str):  # the enum pickles as Activation("relu")
+            return _activation(value.args[0])
     raise CheckpointError(f"chemprop checkpoint: cannot read the activation ({_short(value)})")
 
 
@@ -143,6 +144,9 @@ def read_chemprop_checkpoint(path: str | Path):
         raise CheckpointError("chemprop checkpoint: the predictor reads more than the fingerprint (extra descriptors)")
     hidden = pred.get("hidden_dim", 300)
     hidden = tuple(int(h) for h in hidden) if isinstance(hidden, (list, tuple)) else (int(hidden),) * int(pred.get("n_layers", 1))
+    transform = pred.get("output_transform")
+    if transform is not None and _short(transform) != "UnscaleTransform":
+        raise CheckpointError(f"chemprop checkpoint: output transform {_short(transform)} is not supported")
     act, act_args = _activation(mp.get("activation", "relu"))
     ffn_act, ffn_args = _activation(pred.get("activation", "relu"))
     cfg = DMPNNConfig(
@@ -150,7 +154,7 @@ def read_chemprop_checkpoint(path: str | Path):
         bias=bool(mp.get("bias", False)), activation=act, activation_args=act_args,
         ffn_activation=ffn_act, ffn_activation_args=ffn_args, undirected=bool(mp.get("undirected", False)),
         aggregation=agg_kind, norm=float(agg.get("norm", 100.0)), batch_norm=bool(hp.get("batch_norm", False)),
-        ffn_hidden=hidden, task=task, n_tasks=int(pred.get("n_tasks", 1)), n_classes=int(pred.get("n_classes", 1)),
+        ffn_hidden=hidden, task=task, unscale=transform is not None, n_tasks=int(pred.get("n_tasks", 1)), n_classes=int(pred.get("n_classes", 1)),
         featurizer=f"chemprop-{schemes[d_v].name}/1",
     )
     state = data["state_dict"]

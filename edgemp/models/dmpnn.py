@@ -55,6 +55,7 @@ class DMPNNConfig:
     batch_norm: bool = False
     ffn_hidden: tuple[int, ...] = (300,)  # one width per hidden layer
     task: str = "regression"
+    unscale: bool = True  # regression: chemprop's UnscaleTransform (y * scale + mean) is in the weights
     n_tasks: int = 1
     n_classes: int = 1  # multiclass only
     featurizer: str = "chemprop-v2/1"
@@ -145,7 +146,8 @@ class Predictor(nn.Module):
     def __init__(self, cfg: DMPNNConfig) -> None:
         super().__init__()
         self.ffn = _ffn(cfg)
-        self.output_transform = UnscaleTransform(cfg.n_tasks) if cfg.task == "regression" else nn.Identity()
+        unscale = cfg.task == "regression" and cfg.unscale
+        self.output_transform = UnscaleTransform(cfg.n_tasks) if unscale else nn.Identity()
 
 
 def reverse_edges(num_edges: int, device: torch.device) -> Tensor:
