@@ -19,6 +19,8 @@ from edgemp.runtime.batcher import Batcher, BatchFuture
 from edgemp.runtime.model import Model, load
 from edgemp.runtime.server.layout import graphs_to_tensors, input_specs, output_specs, tensors_to_graphs
 from edgemp.runtime.server.metrics import ServerMetrics
+from edgemp.runtime.server.molecules import SMILES_INPUT, takes_smiles
+from edgemp.runtime.server.molecules import tensor_to_graphs as smiles_tensor_to_graphs
 from edgemp.runtime.server.repository import ModelSource
 from edgemp.runtime.server.stats import ModelStats
 from edgemp.runtime.text import text_model_files
@@ -59,6 +61,8 @@ class ServedModel:
     def __init__(self, source: ModelSource, model: Model, metrics: ServerMetrics) -> None:
         self._setup(source, model, metrics, input_specs(model.spec), output_specs(model.spec),
                     lambda: Batcher(_MeteredModel(model, self), source.batcher))  # type: ignore[arg-type]
+        if takes_smiles(model.spec):  # molecule models also take a V2 BYTES "smiles" input
+            self.input_types = {**self.input_types, SMILES_INPUT: "BYTES"}
 
     def _setup(self, source: ModelSource, model, metrics: ServerMetrics, inputs, outputs, make_batcher) -> None:
         """State shared by graph and text models; ``make_batcher`` builds the model's batcher."""
@@ -116,6 +120,8 @@ class ServedModel:
 
     def to_items(self, tensors: dict[str, np.ndarray]) -> list:
         """A V2 request's input tensors as what the batcher takes (graphs; texts for a text model)."""
+        if SMILES_INPUT in tensors:
+            return smiles_tensor_to_graphs(tensors, self.spec)
         return tensors_to_graphs(tensors, self.spec)
 
     def to_tensors(self, results: list, names: Sequence[str]) -> dict[str, np.ndarray]:
