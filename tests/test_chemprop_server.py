@@ -71,6 +71,11 @@ def test_v1_smiles_answers_in_order_with_per_item_errors(chemprop_onnx, tmp_path
                               json.dumps({"graphs": [graph_to_json(g)]}).encode())
         assert status == 200
         np.testing.assert_allclose(json.loads(raw)["outputs"][0]["prediction"], got[0], atol=1e-5)
+        # ... but a graph whose edges are not reverse pairs would silently get a wrong answer: refused
+        bad = graph_to_json(g)
+        bad["edge_index"] = [[0, 1, 1, 2], [1, 2, 0, 1]]
+        status, _, raw = http(server, "POST", "/v1/models/model/predict", json.dumps({"graphs": [bad]}).encode())
+        assert status == 400 and "not the reverse of edge 0" in json.loads(raw)["error"]
     finally:
         assert server.stop() == 0
 

@@ -137,3 +137,27 @@ def mol_to_chemprop_graph(mol: Any, scheme: AtomScheme) -> Graph:
         edge_index[:, 2 * k] = (u, v)
         edge_index[:, 2 * k + 1] = (v, u)
     return Graph(x=x, edge_index=edge_index, edge_attr=edge_attr)
+
+
+PAIRED_EDGE_FAMILIES = ("chemprop-dmpnn-",)  # model families that read edge 2k+1 as the reverse of 2k
+
+
+def require_reverse_pairs(g: Graph, index: int) -> None:
+    """Refuse a graph whose edges are not laid out as reverse pairs (``2k + 1`` = ``2k`` reversed).
+
+    A D-MPNN finds each edge's reverse by position, so any other layout would give a wrong
+    answer, not an error; graphs from :mod:`edgemp.chem` always pass.
+    """
+    from edgemp.errors import GraphValidationError
+
+    ei = g.edge_index
+    if ei.shape[1] % 2:
+        raise GraphValidationError(
+            f"graph {index}: a chemprop model needs each bond as two directed edges (u→v, then v→u), "
+            f"but edge_index has an odd number of edges ({ei.shape[1]})")
+    bad = np.flatnonzero((ei[0, 0::2] != ei[1, 1::2]) | (ei[1, 0::2] != ei[0, 1::2]))
+    if bad.size:
+        k = int(bad[0])
+        raise GraphValidationError(
+            f"graph {index}: edge {2 * k + 1} is not the reverse of edge {2 * k}; a chemprop model needs each "
+            "bond as two consecutive directed edges (u→v, then v→u), as edgemp.chem featurizes molecules")

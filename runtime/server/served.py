@@ -107,8 +107,8 @@ class ServedModel:
         m = self.spec.model
         g = Graph(
             x=np.zeros((2, m.node_features), np.float32),
-            edge_index=np.array([[0], [1]], np.int64),
-            edge_attr=np.zeros((1, m.edge_features), np.float32) if m.edge_features > 0 else None,
+            edge_index=np.array([[0, 1], [1, 0]], np.int64),  # one bond both ways: valid for every family
+            edge_attr=np.zeros((2, m.edge_features), np.float32) if m.edge_features > 0 else None,
         )
         self.model.predict([g])
 
