@@ -62,33 +62,53 @@ def _hybridization_index(scheme: AtomScheme) -> dict[int, int]:
     return {int(getattr(HybridizationType, n)): i for i, n in enumerate(scheme.hybridizations)}
 
 
-def _index(choices: Sequence[int], value: int) -> int:
-    return choices.index(value) if value in choices else len(choices)
+def _positions(choices: Sequence[int]) -> dict[int, int]:
+    return {v: i for i, v in enumerate(choices)}
+
+
+_DEGREE_POS, _CHARGE_POS = _positions(_DEGREES), _positions(_FORMAL_CHARGES)
+_CHIRAL_POS, _NUM_HS_POS, _STEREO_POS = _positions(_CHIRAL_TAGS), _positions(_NUM_HS), _positions(_STEREOS)
 
 
 def atom_features(mol: Any, scheme: AtomScheme) -> np.ndarray:
-    """[N, scheme.width] float32 features of every atom of ``mol``, as chemprop computes them."""
-    atoms = list(mol.GetAtoms())
-    x = np.zeros((len(atoms), scheme.width), dtype=np.float64)
+    """[N, scheme.width] float32 features of every atom of ``mol``, as chemprop computes them.
+
+    The set bits are collected as flat positions and written in one numpy call: featurizing
+    is on the serving path, and per-element numpy writes would cost more than rdkit itself.
+    """
     hyb = _hybridization_index(scheme)
     nums = {n: i for i, n in enumerate(scheme.atomic_nums)}
-    for row, a in enumerate(atoms):
-        offset = 0
-        x[row, offset + nums.get(a.GetAtomicNum(), len(nums))] = 1
-        offset += len(nums) + 1
-        for value, choices in (
-            (a.GetTotalDegree(), _DEGREES),
-            (a.GetFormalCharge(), _FORMAL_CHARGES),
-            (int(a.GetChiralTag()), _CHIRAL_TAGS),
-            (int(a.GetTotalNumHs()), _NUM_HS),
-        ):
-            x[row, offset + _index(choices, value)] = 1
-            offset += len(choices) + 1
-        x[row, offset + hyb.get(int(a.GetHybridization()), len(hyb))] = 1
-        offset += len(hyb) + 1
-        x[row, offset] = int(a.GetIsAromatic())
-        x[row, offset + 1] = 0.01 * a.GetMass()  # in float64 first, as chemprop does
-    return x.astype(np.float32)
+    # where each one-hot block starts (each block has an "unknown" slot at its end)
+    o_deg = len(nums) + 1
+    o_chg = o_deg + len(_DEGREES) + 1
+    o_chi = o_chg + len(_FORMAL_CHARGES) + 1
+    o_hs = o_chi + len(_CHIRAL_TAGS) + 1
+    o_hyb = o_hs + len(_NUM_HS) + 1
+    o_aro = o_hyb + len(hyb) + 1
+    width = scheme.width
+    # the "unknown" slot of each block, hoisted out of the loop
+    u_num, u_deg, u_chg = len(nums), o_deg + len(_DEGREES), o_chg + len(_FORMAL_CHARGES)
+    u_chi, u_hs, u_hyb = o_chi + len(_CHIRAL_TAGS), o_hs + len(_NUM_HS), o_hyb + len(hyb)
+    bits: list[int] = []
+    masses: list[float] = []
+    for row in range(mol.GetNumAtoms()):
+        a = mol.GetAtomWithIdx(row)  # not mol.GetAtoms(): its Python sequence wrapper costs more than the features
+        base = row * width
+        bits += (
+            base + nums.get(a.GetAtomicNum(), u_num),
+            base + o_deg + _DEGREE_POS.get(a.GetTotalDegree(), u_deg - o_deg),
+            base + o_chg + _CHARGE_POS.get(a.GetFormalCharge(), u_chg - o_chg),
+            base + o_chi + _CHIRAL_POS.get(int(a.GetChiralTag()), u_chi - o_chi),
+            base + o_hs + _NUM_HS_POS.get(int(a.GetTotalNumHs()), u_hs - o_hs),
+            base + o_hyb + hyb.get(int(a.GetHybridization()), u_hyb - o_hyb),
+        )
+        if a.GetIsAromatic():
+            bits.append(base + o_aro)
+        masses.append(a.GetMass())
+    x = np.zeros((len(masses), width), dtype=np.float32)
+    x.reshape(-1)[bits] = 1.0
+    x[:, -1] = 0.01 * np.asarray(masses, dtype=np.float64)  # in float64 first, as chemprop does
+    return x
 
 
 @lru_cache(maxsize=1)
@@ -98,15 +118,23 @@ def _bond_type_index() -> dict[int, int]:
     return {int(t): i for i, t in enumerate((BondType.SINGLE, BondType.DOUBLE, BondType.TRIPLE, BondType.AROMATIC))}
 
 
-def bond_features(bond: Any) -> np.ndarray:
-    """[14] float32 features of one rdkit bond (an unknown bond type sets no type bit, as in chemprop)."""
-    x = np.zeros(BOND_FEATURES, dtype=np.float32)
-    t = _bond_type_index().get(int(bond.GetBondType()))
+def _bond_bits(bond: Any, types: dict[int, int]) -> list[int]:
+    """Set positions of one bond's 14 features (an unknown bond type sets no type bit, as in chemprop)."""
+    bits = [7 + _STEREO_POS.get(int(bond.GetStereo()), len(_STEREOS))]
+    t = types.get(int(bond.GetBondType()))
     if t is not None:
-        x[1 + t] = 1
-    x[5] = int(bond.GetIsConjugated())
-    x[6] = int(bond.IsInRing())
-    x[7 + _index(_STEREOS, int(bond.GetStereo()))] = 1
+        bits.append(1 + t)
+    if bond.GetIsConjugated():
+        bits.append(5)
+    if bond.IsInRing():
+        bits.append(6)
+    return bits
+
+
+def bond_features(bond: Any) -> np.ndarray:
+    """[14] float32 features of one rdkit bond: null, type, conjugated, in ring, stereo."""
+    x = np.zeros(BOND_FEATURES, dtype=np.float32)
+    x[_bond_bits(bond, _bond_type_index())] = 1.0
     return x
 
 
@@ -128,16 +156,22 @@ def parse_smiles_like_chemprop(smiles: str) -> Any:
 def mol_to_chemprop_graph(mol: Any, scheme: AtomScheme) -> Graph:
     """A molecule as chemprop's ``SimpleMoleculeMolGraphFeaturizer`` lays it out (edges in reverse pairs)."""
     x = atom_features(mol, scheme)
-    bonds = list(mol.GetBonds())
-    edge_attr = np.zeros((2 * len(bonds), BOND_FEATURES), dtype=np.float32)
-    edge_index = np.zeros((2, 2 * len(bonds)), dtype=np.int64)
-    for k, bond in enumerate(bonds):
+    types = _bond_type_index()
+    ends: list[int] = []
+    bits: list[int] = []
+    for k in range(mol.GetNumBonds()):
+        bond = mol.GetBondWithIdx(k)
         u, v = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
-        edge_attr[2 * k : 2 * k + 2] = bond_features(bond)
-        edge_index[:, 2 * k] = (u, v)
-        edge_index[:, 2 * k + 1] = (v, u)
+        ends += (u, v)
+        for b in _bond_bits(bond, types):  # the same features on u→v (row 2k) and v→u (row 2k+1)
+            bits += (2 * k * BOND_FEATURES + b, (2 * k + 1) * BOND_FEATURES + b)
+    pairs = np.asarray(ends, dtype=np.int64).reshape(-1, 2)  # [B, 2] = (u, v)
+    edge_index = np.empty((2, 2 * len(pairs)), dtype=np.int64)
+    edge_index[0, 0::2], edge_index[1, 0::2] = pairs[:, 0], pairs[:, 1]  # u→v
+    edge_index[0, 1::2], edge_index[1, 1::2] = pairs[:, 1], pairs[:, 0]  # v→u
+    edge_attr = np.zeros((2 * len(pairs), BOND_FEATURES), dtype=np.float32)
+    edge_attr.reshape(-1)[bits] = 1.0
     return Graph(x=x, edge_index=edge_index, edge_attr=edge_attr)
-
 
 PAIRED_EDGE_FAMILIES = ("chemprop-dmpnn-",)  # model families that read edge 2k+1 as the reverse of 2k
 
