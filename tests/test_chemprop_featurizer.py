@@ -6,7 +6,9 @@ valences), plus hand-picked edge cases. chemprop is the reference; it is only im
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -95,3 +97,42 @@ def test_featurizers_import_without_torch():
     code = ("import sys; from edgemp.chem import get_featurizer; get_featurizer('chemprop-v2/1').featurize('CCO'); "
             "bad = [m for m in ('torch', 'chemprop', 'onnx') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_edgemp_data_checkpoints_record_their_featurizer_and_take_smiles(tmp_path):
+    """`edgemp data csv` → train → export: the model names edgemp-mol/1 and answers SMILES as it answers graphs."""
+    pytest.importorskip("torch")
+    import json
+
+    from click.testing import CliRunner
+
+    from edgemp.cli.main import cli
+
+    smiles = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "CCN(CC)CC", "OC(=O)c1ccccc1", "CCCCCCO"] * 3
+    (tmp_path / "mols.csv").write_text("smiles,y\n" + "".join(f"{s},{i % 3}\n" for i, s in enumerate(smiles)))
+    run = CliRunner()
+    for args in (["data", "csv", "mols.csv", "--target-column", "y", "-o", "g.jsonl"],
+                 ["data", "csv", "mols.csv", "--target-column", "y", "-o", "g.npz"],
+                 ["train", "--family", "gin", "--train", "g.npz", "-o", "ck", "--epochs", "1", "--hidden", "8",
+                  "--no-progress"],
+                 ["export", "ck", "-o", "m.onnx"],
+                 ["predict", "m.onnx", "mols.csv", "--smiles-column", "smiles", "-o", "from_smiles.jsonl"],
+                 ["predict", "m.onnx", "g.jsonl", "-o", "from_graphs.jsonl"]):
+        with _chdir(tmp_path):
+            r = run.invoke(cli, args)
+        assert r.exit_code == 0, (args, r.output)
+    from edgemp.graphio import read_featurizer
+
+    assert read_featurizer(tmp_path / "g.jsonl") == read_featurizer(tmp_path / "g.npz") == "edgemp-mol/1"
+    assert json.loads((tmp_path / "ck" / "config.json").read_text())["model"]["featurizer"] == "edgemp-mol/1"
+    assert (tmp_path / "from_smiles.jsonl").read_text() == (tmp_path / "from_graphs.jsonl").read_text()
+
+
+@contextlib.contextmanager
+def _chdir(path):
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
