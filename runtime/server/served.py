@@ -115,8 +115,11 @@ class ServedModel:
     def describe(self) -> dict[str, str]:
         """Model facts for the ``parameters`` of ``/config``."""
         levels = self.spec.model.output_levels
-        return {"edgemp_form": self.spec.form, "edgemp_task": self.spec.model.task,
-                "edgemp_output_levels": ",".join(f"{k}:{v}" for k, v in levels.items())}
+        facts = {"edgemp_form": self.spec.form, "edgemp_task": self.spec.model.task,
+                 "edgemp_output_levels": ",".join(f"{k}:{v}" for k, v in levels.items())}
+        if takes_smiles(self.spec):  # it also takes a BYTES "smiles" input, featurized like this
+            facts["edgemp_featurizer"] = self.spec.model.featurizer
+        return facts
 
     def to_items(self, tensors: dict[str, np.ndarray]) -> list:
         """A V2 request's input tensors as what the batcher takes (graphs; texts for a text model)."""
