@@ -226,6 +226,9 @@ def main() -> None:
     for k in engines:
         m1, m64 = float(np.median(rates[k][1])), float(np.median(rates[k][64]))
         print(f"| {k} | {m1:,.0f} | {m1 / base[1]:.2f} | {m64:,.0f} | {m64 / base[64]:.2f} | {parity[k]:.2e} |")
+    print("\nper round (mol/s), batch 1 | batch 64:")
+    for k in engines:
+        print(f"  {k}: {[round(v) for v in rates[k][1]]} | {[round(v) for v in rates[k][64]]}")
     print("\n| engine | cold start to first answer (s) | peak RSS (MB) |")
     print("|---|---:|---:|")
     print(f"| chemprop (in-process) | {cold['chemprop'][0]:.2f} | {cold['chemprop'][1]:.0f} |")
