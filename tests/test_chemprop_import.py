@@ -132,7 +132,7 @@ def test_binary_and_multiclass_export_and_predict_smiles_like_chemprop(api_model
     """Through the whole product path: export (verified), then predict --smiles-column torch-free."""
     smiles = UNSEEN[:40]
     csv_path = tmp_path / "mols.csv"
-    csv_path.write_text("smiles\n" + "\n".join(smiles) + "\n")
+    csv_path.write_text("smiles\n" + "\n".join(smiles[:3]) + "\nnot-a-molecule\n" + "\n".join(smiles[3:]) + "\n")
     for kind in ("binary-undirected-leakyrelu-norm", "multiclass-atom-sum-tanh"):
         path, _ = api_models[kind]
         onnx_path, out = tmp_path / f"{kind}.onnx", tmp_path / f"{kind}.jsonl"
@@ -141,8 +141,12 @@ def test_binary_and_multiclass_export_and_predict_smiles_like_chemprop(api_model
         r = CliRunner().invoke(cli, ["predict", str(onnx_path), str(csv_path), "--smiles-column", "smiles",
                                      "-o", str(out)])
         assert r.exit_code == 0, r.output
-        got = np.array([json.loads(line)["outputs"]["probabilities"] for line in out.read_text().splitlines()])
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        assert lines[3] == {"error": "row 4: invalid SMILES 'not-a-molecule'"} and len(lines) == len(smiles) + 1
+        got = np.array([line["outputs"]["probabilities"] for line in lines[:3] + lines[4:]])
         np.testing.assert_allclose(got, _chemprop_predict(path, smiles), rtol=0, atol=1e-4)
+    r = CliRunner().invoke(cli, ["predict", str(onnx_path), str(csv_path), "--smiles-column", "SMILES"])
+    assert r.exit_code == 1 and "no column 'SMILES'; available columns: smiles" in r.output
 
 
 @pytest.fixture(scope="module")
