@@ -23,7 +23,7 @@ def graph_from_json(obj: object, index: int | None = None) -> Graph:
     for key in ("x", "edge_index"):
         if key not in obj:
             raise GraphValidationError(f"{where}missing field {key!r}")
-    unknown = set(obj) - {"x", "edge_index", "edge_attr", "y", "id"}
+    unknown = set(obj) - {"x", "edge_index", "edge_attr", "y", "id", "featurizer"}
     if unknown:
         raise GraphValidationError(f"{where}unknown field(s) {sorted(unknown)}")
     try:
@@ -65,16 +65,20 @@ def iter_jsonl(path: str | Path) -> Iterator[Graph]:
             index += 1
 
 
-def write_jsonl(graphs: Iterable[Graph], path: str | Path) -> int:
+def write_jsonl(graphs: Iterable[Graph], path: str | Path, featurizer: str = "") -> int:
+    """One graph per line; ``featurizer`` (edgemp.chem ``NAME/VERSION``) is stamped on every line."""
     n = 0
     with Path(path).open("w", encoding="utf-8") as fh:
         for g in graphs:
-            fh.write(json.dumps(graph_to_json(g), separators=(",", ":")) + "\n")
+            d = graph_to_json(g)
+            if featurizer:
+                d["featurizer"] = featurizer
+            fh.write(json.dumps(d, separators=(",", ":")) + "\n")
             n += 1
     return n
 
 
-def write_npz(graphs: list[Graph], path: str | Path) -> None:
+def write_npz(graphs: list[Graph], path: str | Path, featurizer: str = "") -> None:
     """Store graphs as one collated batch plus per-graph node/edge counts."""
     b = collate(graphs)
     arrays = {
@@ -90,6 +94,8 @@ def write_npz(graphs: list[Graph], path: str | Path) -> None:
         arrays["y"] = np.concatenate([y.reshape(-1) for y in ys])
         arrays["y_sizes"] = np.array([y.size for y in ys], np.int64)
         arrays["y_shapes"] = np.array([list(y.shape) + [-1] * (2 - y.ndim) for y in ys], np.int64)
+    if featurizer:
+        arrays["featurizer"] = np.array(featurizer)  # a unicode scalar: readable with allow_pickle=False
     np.savez(path, **arrays)
 
 
@@ -145,9 +151,27 @@ def read_graphs(path: str | Path) -> list[Graph]:
     raise EdgempError(f"{p}: unknown graph file type {p.suffix!r}; expected .jsonl or .npz")
 
 
-def write_graphs(graphs: list[Graph], path: str | Path) -> None:
+def write_graphs(graphs: list[Graph], path: str | Path, featurizer: str = "") -> None:
+    """Write graphs; ``featurizer`` records which molecule featurizer made them (see :func:`read_featurizer`)."""
     p = Path(path)
     if p.suffix == ".npz":
-        write_npz(graphs, p)
+        write_npz(graphs, p, featurizer)
     else:
-        write_jsonl(graphs, p)
+        write_jsonl(graphs, p, featurizer)
+
+
+def read_featurizer(path: str | Path) -> str:
+    """The featurizer a graph file records (``""`` if none), so a model trained on it can say how to
+    featurize new molecules. Reads only the first graph of a JSONL file."""
+    p = Path(path)
+    try:
+        if p.suffix == ".npz":
+            with np.load(p, allow_pickle=False) as data:
+                return str(data["featurizer"]) if "featurizer" in data else ""
+        with p.open("r", encoding="utf-8") as fh:
+            first = next((line for line in fh if line.strip()), "")
+        obj = json.loads(first) if first else {}
+    except (OSError, ValueError) as e:
+        raise EdgempError(f"cannot read graph file {p}: {e}") from e
+    value = obj.get("featurizer", "") if isinstance(obj, dict) else ""
+    return value if isinstance(value, str) else ""

@@ -44,6 +44,9 @@ class ModelSpec:
     target_mean: tuple[float, ...] = ()
     target_std: tuple[float, ...] = ()
     class_names: tuple[str, ...] = ()
+    # The molecule featurizer (``NAME/VERSION``, edgemp.chem) that made the training inputs;
+    # "" when the model takes graphs from elsewhere. Lets SMILES in featurize as training did.
+    featurizer: str = ""
 
     @property
     def output_levels(self) -> dict[str, str]:

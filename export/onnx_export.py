@@ -157,7 +157,7 @@ def _feeds(batch: GraphBatch, cfg: ExportConfig, input_names) -> dict[str, np.nd
 def verify_onnx_file(model_or_checkpoint, path: str | Path, cfg: ExportConfig = ExportConfig()) -> VerificationReport:
     """Verify any ONNX file in the edgemp layout against a PyTorch source (e.g. a legacy export)."""
     src = resolve_source(model_or_checkpoint)
-    if src.is_graphnet:
+    if hasattr(src.module, "set_scatter_impl"):  # GraphNet and the chemprop D-MPNN
         src.module.set_scatter_impl(cfg.scatter_impl)
     wrapper = _wrap(src, cfg)
     output_names = tuple(o.name for o in src.spec.outputs)
@@ -200,7 +200,7 @@ def export_model(model_or_checkpoint, output: str | Path, cfg: ExportConfig = Ex
     import onnx
 
     src = resolve_source(model_or_checkpoint)
-    if src.is_graphnet:
+    if hasattr(src.module, "set_scatter_impl"):  # GraphNet and the chemprop D-MPNN
         src.module.set_scatter_impl(cfg.scatter_impl)
     wrapper = _wrap(src, cfg)
     input_names = wrapper.input_names()

@@ -41,6 +41,10 @@ def resolve_source(model_or_checkpoint) -> ExportSource:
     if isinstance(model_or_checkpoint, ExportSource):
         return model_or_checkpoint
     if isinstance(model_or_checkpoint, (str, Path)):
+        from edgemp.export.chemprop_import import chemprop_source, is_chemprop_checkpoint
+
+        if is_chemprop_checkpoint(model_or_checkpoint):  # a chemprop v2 best.pt / .ckpt file
+            return chemprop_source(model_or_checkpoint)
         return from_checkpoint(model_or_checkpoint)
     from edgemp.models.net import GraphNet
 

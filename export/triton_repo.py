@@ -217,7 +217,7 @@ def export_triton_repo(model_or_checkpoint, repo: str | Path, repo_cfg: TritonRe
         raise ExportError(f"a Triton repository holds the ragged form of the sparse model; --form {cfg.form} does not apply")
     src = resolve_source(model_or_checkpoint)
     _refuse_node_level(src)
-    if src.is_graphnet:
+    if hasattr(src.module, "set_scatter_impl"):  # GraphNet and the chemprop D-MPNN
         src.module.set_scatter_impl(cfg.scatter_impl)
     spec_m = src.spec
     lay = ragged.layout(spec_m.node_features, spec_m.edge_features)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from edgemp.chem.chemprop_features import PAIRED_EDGE_FAMILIES, require_reverse_pairs
 from edgemp.errors import GraphValidationError, ModelFormatError
 from edgemp.graph import Graph, GraphBatch, collate, split, validate_graph
 from edgemp.runtime import dense, ragged
@@ -43,6 +44,7 @@ class Model:
         self.spec: ExportedModelSpec = runner.spec
         self.path = path
         self._levels = self.spec.model.output_levels
+        self._paired_edges = self.spec.model.family.startswith(PAIRED_EDGE_FAMILIES)  # chemprop D-MPNN
         self._check_contract()
 
     # -- what the model is --------------------------------------------------------------
@@ -113,6 +115,8 @@ class Model:
                 g, i, node_features=spec.model.node_features, edge_features=spec.model.edge_features,
                 max_nodes=max_nodes,
             )
+            if self._paired_edges:
+                require_reverse_pairs(g, i)
             out.append(g)
         return out
 

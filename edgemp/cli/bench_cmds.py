@@ -6,6 +6,7 @@ folded into the same shape). The library does the measuring and never prints.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -69,6 +70,12 @@ def _progress(quiet: bool):
                    "tensorrt (default: torch-eager,ort-cpu).")
 @click.option("--checkpoint", default=None, help="Checkpoint directory for the PyTorch baseline rows.")
 @click.option("--graphs", "graphs_file", default=None, help="Graph file (.jsonl/.npz): sizes bucketed by node count.")
+@click.option("--smiles", "smiles_file", default=None,
+              help="CSV of molecules (--smiles-column) featurized into the graph workload with the model's recorded "
+                   "featurizer (or --featurizer); invalid rows are skipped. Needs rdkit.")
+@click.option("--smiles-column", default="smiles", show_default=True, help="--smiles: the column holding SMILES.")
+@click.option("--featurizer", default=None,
+              help="--smiles: featurizer NAME/VERSION (default: the first MODEL's; needed with --url).")
 @click.option("--synthetic", multiple=True,
               help="Synthetic graphs nodes=N[-M],edges=E[-F],graphs=G (repeat for several size buckets; "
                    "default nodes=25,edges=54,graphs=1).")
@@ -103,7 +110,7 @@ def _progress(quiet: bool):
               help="Text models: texts, one per line (or JSON lines with \"text\"). MODELS are text model dirs.")
 @click.option("--synthetic-lengths", default=None,
               help="Text models: synthetic texts of N tokens, A-B tokens, or 'realistic' (queries/sentences/passages).")
-def bench(models, backend, checkpoint, graphs_file, synthetic, batch, threads, scenario, warmup, duration,
+def bench(models, backend, checkpoint, graphs_file, smiles_file, smiles_column, featurizer, synthetic, batch, threads, scenario, warmup, duration,
           iterations, rounds, percentiles, windows, stability_threshold, require_stable, url, model_name, protocol,
           concurrency, request_rate, distribution, p99_bound_ms, warmup_time, timeout_s, json_path, csv_path, raw, plot_path,
           quiet, summary, texts_file, synthetic_lengths) -> None:
@@ -126,8 +133,10 @@ def bench(models, backend, checkpoint, graphs_file, synthetic, batch, threads, s
         stability_threshold=_floats(stability_threshold, "--stability-threshold")[0],
         raw=raw,
     )
-    if graphs_file and synthetic:
-        raise EdgempError("give --graphs or --synthetic, not both")
+    if sum(bool(v) for v in (graphs_file, smiles_file, synthetic)) > 1:
+        raise EdgempError("give one of --graphs, --smiles or --synthetic")
+    if smiles_file:
+        graphs_file = _featurize_smiles(smiles_file, smiles_column, featurizer, models)
     if graphs_file and not Path(graphs_file).exists():
         raise EdgempError(f"graph file {graphs_file} does not exist")
     workload = WorkloadSpec(Path(graphs_file) if graphs_file else None,
@@ -150,6 +159,36 @@ def bench(models, backend, checkpoint, graphs_file, synthetic, batch, threads, s
             f"{len(report.unstable)} result(s) unstable (window p50 spread above "
             f"{common['stability_threshold'] * 100:.0f}%): --require-stable"
         )
+
+
+def _featurize_smiles(csv_file: str, column: str, featurizer_id: str | None, models) -> str:
+    """The molecules of ``csv_file`` as a temporary graph file, featurized as the model was trained."""
+    import atexit
+    import tempfile
+
+    from edgemp.chem import featurize_smiles, get_featurizer
+    from edgemp.graphio import write_graphs
+    from edgemp.runtime.smiles import model_featurizer, read_smiles_column
+
+    if featurizer_id:
+        f = get_featurizer(featurizer_id)
+    elif models:
+        from edgemp.runtime import load
+
+        f = model_featurizer(load(Path(models[0])).spec, str(models[0]))
+    else:
+        raise EdgempError("--smiles with --url needs --featurizer NAME/VERSION (the served model's)")
+    items = featurize_smiles(f, read_smiles_column(csv_file, column))
+    graphs = [g for g in items if not isinstance(g, EdgempError)]
+    if len(graphs) < len(items):
+        click.echo(f"--smiles: skipped {len(items) - len(graphs)} rows that are not valid molecules", err=True)
+    if not graphs:
+        raise EdgempError(f"{csv_file}: no valid molecule in column {column!r}")
+    fd, path = tempfile.mkstemp(suffix=".npz", prefix="edgemp-smiles-")
+    os.close(fd)
+    atexit.register(lambda: Path(path).unlink(missing_ok=True))
+    write_graphs(graphs, path)
+    return path
 
 
 def _inprocess(models, backend, checkpoint, batch, threads, scenario, warmup, dur, iterations, rounds, workload,

@@ -18,14 +18,14 @@ _OUTPUT = click.option(
 )
 
 
-def _write(graphs: list, output: Path) -> None:
+def _write(graphs: list, output: Path, featurizer: str = "") -> None:
     from edgemp.errors import EdgempError
     from edgemp.graphio import write_graphs
 
     if output.suffix not in (".jsonl", ".npz", ".json", ".ndjson"):
         raise EdgempError(f"{output}: unknown graph file type {output.suffix!r}; expected .jsonl or .npz")
     try:
-        write_graphs(graphs, output)
+        write_graphs(graphs, output, featurizer)
     except OSError as e:
         raise EdgempError(f"cannot write {output}: {e.strerror or e}") from e
     click.echo(f"wrote {len(graphs)} graphs to {output}", err=True)
@@ -44,7 +44,9 @@ def solubility_cmd(split: str, output: Path) -> None:
     """Featurise the packaged aqueous-solubility molecules (y = logS). Needs rdkit."""
     from edgemp.data.solubility import load_solubility
 
-    _write(load_solubility(split), output)
+    from edgemp.chem.featurizers import EDGEMP_MOL
+
+    _write(load_solubility(split), output, EDGEMP_MOL.id)
 
 
 @data.command("csv")
@@ -63,7 +65,9 @@ def csv_cmd(csv_file: Path, smiles_column: str, target_column: str | None, outpu
     click.echo(f"converted {len(graphs)} molecules, skipped {len(skipped)} rows", err=True)
     if not graphs:
         raise EdgempError(f"{csv_file}: no molecule could be converted")
-    _write(graphs, output)
+    from edgemp.chem.featurizers import EDGEMP_MOL
+
+    _write(graphs, output, EDGEMP_MOL.id)
 
 
 @data.command("synthetic")

@@ -56,7 +56,7 @@ from edgemp.text_spec import TEXT_TASKS
 def export_cmd(checkpoint, output, target, form, max_nodes, opset, report_path, no_verify, factory, weights, output_names,
                task, max_length, pooling, triton_repo, name, max_batch_size, max_queue_delay_us, instances, instance_kind, precision,
                trt_max_nodes, trt_max_edges, triton_backend, max_queue_size):
-    """Export CHECKPOINT (a directory from `edgemp train`) to verified ONNX.
+    """Export CHECKPOINT (a directory from `edgemp train`, or a chemprop v2 best.pt / .ckpt) to verified ONNX.
 
     A Hugging Face model directory (config.json with a model_type) is exported with optimum
     instead: -o is then a directory that receives model.onnx and the tokenizer files.

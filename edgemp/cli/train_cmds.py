@@ -67,7 +67,7 @@ def train_cmd(family: str, train_file: Path, val_file: Path | None, task: str, e
               output: Path) -> None:
     """Train a model on a graph file and write a checkpoint directory."""
     _require_torch()
-    from edgemp.graphio import read_graphs
+    from edgemp.graphio import read_featurizer, read_graphs
     from edgemp.models.checkpoint import save_checkpoint
     from edgemp.train import TrainConfig, train
 
@@ -77,6 +77,8 @@ def train_cmd(family: str, train_file: Path, val_file: Path | None, task: str, e
     val_graphs = read_graphs(val_file) if val_file is not None else None
     _ensure_log_handler()
     model, history = train(train_graphs, val_graphs, cfg, progress=not no_progress)
+    # graphs from `edgemp data` name their molecule featurizer; the checkpoint (and every export) keeps it
+    model.cfg = dataclasses.replace(model.cfg, featurizer=read_featurizer(train_file))
     summary = {
         "train_file": train_file.name,
         "val_file": val_file.name if val_file is not None else None,

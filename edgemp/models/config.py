@@ -35,6 +35,7 @@ class ModelConfig:
     target_mean: tuple[float, ...] = ()
     target_std: tuple[float, ...] = ()
     class_names: tuple[str, ...] = ()
+    featurizer: str = ""  # NAME/VERSION from edgemp.chem when trained on featurized molecules
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
@@ -75,6 +76,7 @@ class ModelConfig:
             target_mean=tuple(self.target_mean),
             target_std=tuple(self.target_std),
             class_names=tuple(self.class_names),
+            featurizer=self.featurizer,
         )
 
     def to_dict(self) -> dict:

@@ -19,6 +19,8 @@ from edgemp.runtime.batcher import Batcher, BatchFuture
 from edgemp.runtime.model import Model, load
 from edgemp.runtime.server.layout import graphs_to_tensors, input_specs, output_specs, tensors_to_graphs
 from edgemp.runtime.server.metrics import ServerMetrics
+from edgemp.runtime.server.molecules import SMILES_INPUT, takes_smiles
+from edgemp.runtime.server.molecules import tensor_to_graphs as smiles_tensor_to_graphs
 from edgemp.runtime.server.repository import ModelSource
 from edgemp.runtime.server.stats import ModelStats
 from edgemp.runtime.text import text_model_files
@@ -59,6 +61,8 @@ class ServedModel:
     def __init__(self, source: ModelSource, model: Model, metrics: ServerMetrics) -> None:
         self._setup(source, model, metrics, input_specs(model.spec), output_specs(model.spec),
                     lambda: Batcher(_MeteredModel(model, self), source.batcher))  # type: ignore[arg-type]
+        if takes_smiles(model.spec):  # molecule models also take a V2 BYTES "smiles" input
+            self.input_types = {**self.input_types, SMILES_INPUT: "BYTES"}
 
     def _setup(self, source: ModelSource, model, metrics: ServerMetrics, inputs, outputs, make_batcher) -> None:
         """State shared by graph and text models; ``make_batcher`` builds the model's batcher."""
@@ -103,19 +107,24 @@ class ServedModel:
         m = self.spec.model
         g = Graph(
             x=np.zeros((2, m.node_features), np.float32),
-            edge_index=np.array([[0], [1]], np.int64),
-            edge_attr=np.zeros((1, m.edge_features), np.float32) if m.edge_features > 0 else None,
+            edge_index=np.array([[0, 1], [1, 0]], np.int64),  # one bond both ways: valid for every family
+            edge_attr=np.zeros((2, m.edge_features), np.float32) if m.edge_features > 0 else None,
         )
         self.model.predict([g])
 
     def describe(self) -> dict[str, str]:
         """Model facts for the ``parameters`` of ``/config``."""
         levels = self.spec.model.output_levels
-        return {"edgemp_form": self.spec.form, "edgemp_task": self.spec.model.task,
-                "edgemp_output_levels": ",".join(f"{k}:{v}" for k, v in levels.items())}
+        facts = {"edgemp_form": self.spec.form, "edgemp_task": self.spec.model.task,
+                 "edgemp_output_levels": ",".join(f"{k}:{v}" for k, v in levels.items())}
+        if takes_smiles(self.spec):  # it also takes a BYTES "smiles" input, featurized like this
+            facts["edgemp_featurizer"] = self.spec.model.featurizer
+        return facts
 
     def to_items(self, tensors: dict[str, np.ndarray]) -> list:
         """A V2 request's input tensors as what the batcher takes (graphs; texts for a text model)."""
+        if SMILES_INPUT in tensors:
+            return smiles_tensor_to_graphs(tensors, self.spec)
         return tensors_to_graphs(tensors, self.spec)
 
     def to_tensors(self, results: list, names: Sequence[str]) -> dict[str, np.ndarray]:

@@ -15,6 +15,8 @@ from aiohttp import web
 
 from edgemp.graphio import graph_from_json
 from edgemp.runtime.server.middleware import read_body
+from edgemp.runtime.server.molecules import is_smiles_body, takes_smiles
+from edgemp.runtime.server.molecules import predict_v1 as predict_smiles
 from edgemp.runtime.server.protocol import parse_v1_body
 from edgemp.runtime.server.state import effective_timeout_us
 from edgemp.runtime.server.text_served import TextServedModel
@@ -41,6 +43,8 @@ async def predict(request: web.Request) -> web.Response:
     served = _served(request)
     if isinstance(served, TextServedModel):  # {"texts": [...]} instead of {"graphs": [...]}
         return await predict_text(request, state, served)
+    if takes_smiles(served.spec) and is_smiles_body(await read_body(request)):  # {"smiles": [...]}
+        return await predict_smiles(request, state, served)
     with state.admit(served) as scope:
         body = await read_body(request)
         graphs, requested, request_id = await offload(state, len(body), _parse, body)
