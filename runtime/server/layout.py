@@ -76,6 +76,8 @@ def tensors_to_graphs(tensors: dict[str, np.ndarray], spec: ExportedModelSpec) -
         raise ProtocolError("graph_node_counts is empty; a request needs at least one graph")
     if counts.min() < 1:
         raise ProtocolError(f"graph_node_counts holds {int(counts.min())}; every graph needs at least one node")
+    if counts.max() > num_nodes:  # bounds every count first, so their int64 sum cannot wrap around
+        raise ProtocolError(f"graph_node_counts holds {int(counts.max())} but x has {num_nodes} nodes")
     if int(counts.sum()) != num_nodes:
         raise ProtocolError(f"graph_node_counts add up to {int(counts.sum())} but x has {num_nodes} nodes")
     if node_graph.shape[0] != num_nodes:

@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgemp.errors import EdgempError
+
+if TYPE_CHECKING:
+    from edgemp.runtime.server.served import ServedModel
 
 # The datatypes edgemp models speak; a V2 name maps to one little-endian numpy dtype.
 DTYPES: dict[str, np.dtype] = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8")}
@@ -25,6 +28,8 @@ V2_DATATYPES = frozenset(
 )
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MAX_NAME = 64  # longest client string echoed back in an error
+MAX_DIMS = 64  # more dimensions than any edgemp tensor has; Triton's limit is similar
+MAX_ELEMENTS = 1 << 40  # a shape asking for more elements is an error before any array is sized
 
 
 class ProtocolError(EdgempError):
@@ -75,12 +80,51 @@ def _parameters(obj: dict, where: str) -> dict[str, Any]:
     return params
 
 
-def _shape(value: object, where: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in value):
+def check_shape(value: object, where: str) -> tuple[int, ...]:
+    """A client's tensor shape, checked before anything is sized from it (HTTP and gRPC)."""
+    if not isinstance(value, (list, tuple)) or not all(isinstance(d, int) and not isinstance(d, bool) for d in value):
         raise ProtocolError(f"{where}: 'shape' must be a list of integers")
+    if len(value) > MAX_DIMS:
+        raise ProtocolError(f"{where}: 'shape' has {len(value)} dimensions; at most {MAX_DIMS} are allowed")
     if any(d < 0 for d in value):
-        raise ProtocolError(f"{where}: 'shape' {value} has a negative dimension")
+        raise ProtocolError(f"{where}: 'shape' {_name(list(value))} has a negative dimension")
+    count = 1
+    for d in value:  # Python ints: no wrap-around, and stop as soon as it is absurd
+        count *= d
+        if count > MAX_ELEMENTS:
+            raise ProtocolError(f"{where}: 'shape' {_name(list(value))} has more than {MAX_ELEMENTS} elements")
     return tuple(value)
+
+
+def check_datatype(name: str, datatype: object, expected: dict[str, str], where: str) -> str:
+    """The input's declared datatype, which must be the model's (any client value is safe here)."""
+    if name not in expected:
+        raise ProtocolError(f"unexpected {where}; the model takes {sorted(expected)}")
+    if datatype != expected[name]:
+        known = isinstance(datatype, str) and datatype in V2_DATATYPES
+        raise ProtocolError(f"{where}: {'unexpected' if known else 'unknown'} datatype {_name(datatype)!r}, "
+                            f"expecting {expected[name]}")
+    return datatype  # type: ignore[return-value]
+
+
+def array_from_bytes(raw: bytes | memoryview, datatype: str, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """A numeric tensor from its little-endian bytes (no copy); the size must match the shape."""
+    dtype = DTYPES[datatype]
+    need = math.prod(shape) * dtype.itemsize
+    if len(raw) != need:
+        raise ProtocolError(f"{where}: {len(raw)} bytes of data but shape {list(shape)} {datatype} needs {need}")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def load_json(data: bytes | str, what: str) -> Any:
+    """``json.loads`` whose every failure (syntax, encoding, nesting depth, huge ints) is a 400."""
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise ProtocolError(f"{what} is not valid JSON: {_name(e)}") from e
+
+
+
 
 
 def _from_json_data(data: object, dtype: np.dtype, shape: tuple[int, ...], where: str) -> np.ndarray:
@@ -125,10 +169,7 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvi
 def decode_infer_request(body: bytes, header_length: str | None, expected: dict[str, str]) -> InferRequest:
     """Decode a V2 infer body; ``expected`` maps each model input name to its V2 datatype."""
     header, binary = _split_body(body, header_length)
-    try:
-        obj = json.loads(header)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ProtocolError(f"request header is not valid JSON: {e}") from e
+    obj = load_json(header, "request header")
     if not isinstance(obj, dict):
         raise ProtocolError("request must be a JSON object")
     request_id = obj.get("id")
@@ -152,17 +193,12 @@ def decode_infer_request(body: bytes, header_length: str | None, expected: dict[
         where = f"input {_name(name)!r}"
         if name in decoded:
             raise ProtocolError(f"{where} is given twice")
-        if name not in expected:
-            raise ProtocolError(f"unexpected {where}; the model takes {sorted(expected)}")
-        datatype = spec.get("datatype")
-        if datatype != expected[name]:
-            what = "unknown" if datatype not in V2_DATATYPES else "unexpected"
-            raise ProtocolError(f"{where}: {what} datatype {_name(datatype)!r}, expecting {expected[name]}")
+        datatype = check_datatype(name, spec.get("datatype"), expected, where)
         if datatype == "BYTES":  # texts: variable-length elements, decoded apart from the numeric types
             decoded[name], offset = _bytes_input(spec, binary, offset, where)
             continue
         dtype = DTYPES[datatype]
-        shape = _shape(spec.get("shape"), where)
+        shape = check_shape(spec.get("shape"), where)
         size = _parameters(spec, where).get("binary_data_size")
         if size is None:
             if "data" not in spec:
@@ -178,7 +214,7 @@ def decode_infer_request(body: bytes, header_length: str | None, expected: dict[
             raise ProtocolError(f"{where}: binary_data_size is {size} bytes but shape {list(shape)} {datatype} needs {need}")
         if offset + size > len(binary):
             raise ProtocolError(f"{where}: binary data runs past the end of the body")
-        decoded[name] = np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(shape)
+        decoded[name] = array_from_bytes(binary[offset : offset + size], datatype, shape, where)
         offset += size
     if offset != len(binary):
         raise ProtocolError(f"body has {len(binary) - offset} bytes of binary data that no input claims")
@@ -206,7 +242,7 @@ def _bytes_input(spec: dict, binary: memoryview, offset: int, where: str) -> tup
     Binary form (Triton's): each element is a 4-byte little-endian length, then its bytes;
     ``binary_data_size`` must cover the elements exactly.
     """
-    shape = _shape(spec.get("shape"), where)
+    shape = check_shape(spec.get("shape"), where)
     count = math.prod(shape)
     size = _parameters(spec, where).get("binary_data_size")
     items: list = []
@@ -297,10 +333,7 @@ def parse_v1_body(body: bytes, key: str, example: str) -> tuple[list, int | None
     Returns the non-empty item list (unparsed), the timeout and the id; ``example`` shows
     the expected shape in the error message.
     """
-    try:
-        obj = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ProtocolError(f"request is not valid JSON: {e}") from e
+    obj = load_json(body, "request")
     if not isinstance(obj, dict) or not isinstance(obj.get(key), list) or not obj[key]:
         raise ProtocolError(f"request must be {example}")
     unknown = set(obj) - {key, "timeout_us", "id"}
@@ -313,3 +346,40 @@ def parse_v1_body(body: bytes, key: str, example: str) -> tuple[list, int | None
     if request_id is not None and not isinstance(request_id, str):
         raise ProtocolError("'id' must be a string")
     return obj[key], timeout, request_id
+
+
+def wanted_outputs(request: InferRequest, output_names: list[str]) -> list[tuple[str, bool]]:
+    """(name, binary) per output to answer, in the order the client asked (all when it did not)."""
+    if request.outputs is None:
+        return [(name, request.binary_default) for name in output_names]
+    wanted, seen = [], set()
+    for out in request.outputs:
+        if out.name not in output_names:
+            raise ProtocolError(f"unknown output {_name(out.name)!r}; the model has {output_names}")
+        if out.name in seen:
+            raise ProtocolError(f"output {_name(out.name)!r} is requested twice")
+        seen.add(out.name)
+        wanted.append((out.name, request.binary_default if out.binary is None else out.binary))
+    return wanted
+
+
+class V2Call:
+    """A decoded V2 infer request (from HTTP or gRPC) as the request core runs it.
+
+    Subclasses add ``encode(results)`` for their wire format; everything else — the model's
+    items, the outputs to answer and the queue timeout — is decided here, once.
+    """
+
+    __slots__ = ("served", "request", "items", "wanted", "timeout_us")
+
+    def __init__(self, served: "ServedModel", request: InferRequest) -> None:
+        self.served = served
+        self.request = request
+        self.items = served.to_items(request.inputs)
+        self.wanted = wanted_outputs(request, served.output_names)
+        self.timeout_us = request.timeout_us
+
+    def outputs(self, results: list) -> list[tuple[str, np.ndarray, bool]]:
+        """(name, array, binary) per wanted output, in the request's layout."""
+        tensors = self.served.to_tensors(results, [name for name, _ in self.wanted])
+        return [(name, tensors[name], binary) for name, binary in self.wanted]
