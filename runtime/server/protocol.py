@@ -259,19 +259,29 @@ def _bytes_input(spec: dict, binary: memoryview, offset: int, where: str) -> tup
             raise ProtocolError(f"{where}: 'binary_data_size' must be a non-negative integer")
         if offset + size > len(binary):
             raise ProtocolError(f"{where}: binary data runs past the end of the body")
-        chunk, pos = binary[offset : offset + size], 0
-        for i in range(count):
-            n = int.from_bytes(chunk[pos : pos + 4], "little") if pos + 4 <= size else -1
-            if n < 0 or pos + 4 + n > size:
-                raise ProtocolError(f"{where}: BYTES element {i} runs past binary_data_size ({size} bytes)")
-            items.append(bytes(chunk[pos + 4 : pos + 4 + n]))
-            pos += 4 + n
-        if pos != size:
-            raise ProtocolError(f"{where}: binary_data_size is {size} bytes but its {count} BYTES elements use {pos}")
+        items = bytes_elements(binary[offset : offset + size], count, where)
         offset += size
-    arr = np.empty(count, dtype=object)
+    return object_array(items, shape), offset
+
+
+def bytes_elements(chunk: bytes | memoryview, count: int, where: str) -> list[bytes]:
+    """``count`` BYTES elements in Triton's raw form: each a 4-byte little-endian length, then its bytes."""
+    items, pos, size = [], 0, len(chunk)
+    for i in range(count):
+        n = int.from_bytes(chunk[pos : pos + 4], "little") if pos + 4 <= size else -1
+        if n < 0 or pos + 4 + n > size:
+            raise ProtocolError(f"{where}: BYTES element {i} runs past the tensor's {size} bytes")
+        items.append(bytes(chunk[pos + 4 : pos + 4 + n]))
+        pos += 4 + n
+    if pos != size:
+        raise ProtocolError(f"{where}: the tensor has {size} bytes but its {count} BYTES elements use {pos}")
+    return items
+
+
+def object_array(items: list, shape: tuple[int, ...]) -> np.ndarray:
+    arr = np.empty(len(items), dtype=object)
     arr[:] = items
-    return arr.reshape(shape), offset
+    return arr.reshape(shape)
 
 
 def _requested_outputs(obj: dict) -> list[RequestedOutput] | None:
