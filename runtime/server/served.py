@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edgemp.graph import Graph
+from edgemp.runtime.batch_outputs import BatchSlice
 from edgemp.runtime.batcher import Batcher, RequestTiming
 from edgemp.runtime.model import Model, load
 from edgemp.runtime.server.layout import graphs_to_tensors, input_specs, output_specs, tensors_to_graphs
@@ -92,6 +93,8 @@ class ServedModel:
 
     def to_tensors(self, results: list, names: Sequence[str]) -> dict[str, np.ndarray]:
         """Per-item results back as the V2 output tensors ``names``."""
+        if isinstance(results, BatchSlice):  # rows of the batch the request ran in: views, no copies
+            return results.tensors(names)
         return graphs_to_tensors(results, self.spec, list(names))
 
     async def run(self, items: Sequence, timeout_us: int | None,
