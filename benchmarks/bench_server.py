@@ -59,6 +59,11 @@ class Server:
                 return int(line.split()[1]) / 1024
         return float("nan")
 
+    def cpu_s(self) -> float:
+        """User + system CPU seconds the server process has used (all its threads)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> int:
         self.proc.terminate()
         return self.proc.wait(60)
@@ -241,18 +246,33 @@ def latency(requests: int, tmp: Path, grpc: bool) -> list[str]:
                 dt = time.perf_counter_ns() - t0
                 if i >= 100:
                     samples[name].append(dt)
+        cpu = {}  # CPU per call: contention inflates wall time, much less the CPU a request burns
+        for name, call in paths.items():
+            if name.startswith("in-process"):
+                t0 = time.process_time()
+                for i in range(requests):
+                    call(i)
+                cpu[name] = (time.process_time() - t0) / requests * 1e6
+            else:
+                t0 = srv.cpu_s()
+                for i in range(requests):
+                    call(i)
+                cpu[name] = (srv.cpu_s() - t0) / requests * 1e6
     finally:
         srv.stop()
     base = pct(samples["in-process Model.predict"], 50)
     lines = [f"model: solubility-style MPNN (hidden 64, 3 rounds, random weights), {len(graphs)} solubility "
              f"test molecules (median {int(np.median([g.num_nodes for g in graphs]))} atoms); {requests} calls per "
              "path, interleaved", "",
-             "| batch-1 path (keep-alive, sequential) | p50 µs | p99 µs | p50 − in-process p50 µs |",
-             "|---|---:|---:|---:|"]
+             "| batch-1 path (keep-alive, sequential) | p50 µs | p99 µs | p50 − in-process p50 µs | "
+             "server CPU µs/call |", "|---|---:|---:|---:|---:|"]
     for name, s in samples.items():
         p50 = pct(s, 50)
         over = "" if name.startswith("in-process") or "floor" in name else f"{p50 - base:+.0f}"
-        lines.append(f"| {name} | {p50:.0f} | {pct(s, 99):.0f} | {over} |")
+        lines.append(f"| {name} | {p50:.0f} | {pct(s, 99):.0f} | {over} | {cpu[name]:.0f} |")
+    lines.append("")
+    lines.append("server CPU µs/call: the server process's user+system CPU over the same number of calls "
+                 "per path, run after the interleaved timing (in-process row: this process's CPU per predict)")
     return lines
 
 

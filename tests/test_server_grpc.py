@@ -296,3 +296,29 @@ def test_malformed_requests_are_invalid_argument(server, models):
     result = c.infer("gnn", _inputs(batch_tensors(graphs)))
     want = expected_layout(models["gnn"], graphs)
     assert_outputs_match({k: result.as_numpy(k) for k in want}, want, "after fuzzing")
+
+
+def test_bench_over_grpc_reports_its_ceiling(server, tmp_path):
+    """`edgemp bench --protocol grpc` drives ModelInfer and reports the client's own ceiling."""
+    import json
+
+    from click.testing import CliRunner
+
+    from edgemp.cli.main import cli
+
+    out = tmp_path / "g.json"
+    res = CliRunner().invoke(cli, [
+        "bench", "--url", server.base, "--grpc-url", f"127.0.0.1:{server.grpc_port}", "--model", "gnn",
+        "--protocol", "grpc", "--concurrency", "1,4", "--duration", "0.5", "--warmup-time", "0.2",
+        "--synthetic", "nodes=6,edges=10,graphs=4", "--json", str(out), "--quiet",
+    ])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(out.read_text())["results"]
+    assert [r["load"] for r in rows] == ["c=1", "c=4"]
+    for r in rows:
+        assert r["status"] == "ok" and r["errors"] == 0 and r["successes"] > 5
+        assert r["client_ceiling_rps"] > 0 and isinstance(r["client_bound"], bool)
+        assert r["server"]["success_count"] >= r["successes"]
+    res = CliRunner().invoke(cli, ["bench", "--url", server.base, "--grpc-url", f"127.0.0.1:{server.grpc_port}",
+                                   "--model", "nope", "--protocol", "grpc", "--duration", "0.5"])
+    assert res.exit_code == 1 and res.output.startswith("error: ")
