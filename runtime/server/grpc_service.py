@@ -91,7 +91,7 @@ def decode_request(msg: Any, expected: dict[str, str]) -> InferRequest:
             if tensor.HasField("contents"):
                 raise ProtocolError(f"{where} has both 'contents' and raw_input_contents")
             if datatype == "BYTES":
-                decoded[tensor.name] = object_array(bytes_elements(raw[i], count, where), shape)
+                decoded[tensor.name] = object_array(bytes_elements(raw[i], count, where, "its raw_input_contents"), shape)
             else:
                 decoded[tensor.name] = array_from_bytes(raw[i], datatype, shape, where)
             continue

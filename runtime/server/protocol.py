@@ -264,17 +264,17 @@ def _bytes_input(spec: dict, binary: memoryview, offset: int, where: str) -> tup
     return object_array(items, shape), offset
 
 
-def bytes_elements(chunk: bytes | memoryview, count: int, where: str) -> list[bytes]:
+def bytes_elements(chunk: bytes | memoryview, count: int, where: str, size_name: str = "binary_data_size") -> list[bytes]:
     """``count`` BYTES elements in Triton's raw form: each a 4-byte little-endian length, then its bytes."""
     items, pos, size = [], 0, len(chunk)
     for i in range(count):
         n = int.from_bytes(chunk[pos : pos + 4], "little") if pos + 4 <= size else -1
         if n < 0 or pos + 4 + n > size:
-            raise ProtocolError(f"{where}: BYTES element {i} runs past the tensor's {size} bytes")
+            raise ProtocolError(f"{where}: BYTES element {i} runs past {size_name} ({size} bytes)")
         items.append(bytes(chunk[pos + 4 : pos + 4 + n]))
         pos += 4 + n
     if pos != size:
-        raise ProtocolError(f"{where}: the tensor has {size} bytes but its {count} BYTES elements use {pos}")
+        raise ProtocolError(f"{where}: {size_name} is {size} bytes but its {count} BYTES elements use {pos}")
     return items
 
 
