@@ -56,14 +56,18 @@ def _check_shape(name: str, arr: np.ndarray, want: tuple[int, ...]) -> None:
         raise ProtocolError(f"input {name!r} has shape {list(arr.shape)}; expected [{', '.join(shown)}]")
 
 
-def tensors_to_graphs(tensors: dict[str, np.ndarray], spec: ExportedModelSpec) -> list[Graph]:
-    """Split a request's batch tensors into graphs (views where possible), checking consistency."""
+def tensors_to_graphs(tensors: dict[str, np.ndarray], spec: ExportedModelSpec,
+                      specs: dict[str, TensorSpec] | None = None) -> list[Graph]:
+    """Split a request's batch tensors into graphs (views where possible), checking consistency.
+
+    ``specs`` is :func:`input_specs` by name (pass it to skip rebuilding it per request).
+    """
     if spec.form == ragged.FORM and "node_graph" not in tensors and "graph_node_counts" not in tensors:
         try:  # Triton's layout for this model: exactly one graph
             return [ragged.request_to_graph(tensors, spec.model.node_features, spec.model.edge_features)]
         except GraphValidationError as e:
             raise ProtocolError(str(e)) from e
-    specs = {s.name: s for s in input_specs(spec)}
+    specs = specs or {s.name: s for s in input_specs(spec)}
     missing = [n for n in specs if n not in tensors]
     if missing:
         raise ProtocolError(f"missing input(s) {missing}; the model takes {list(specs)}")

@@ -82,14 +82,16 @@ def _parameters(obj: dict, where: str) -> dict[str, Any]:
 
 def check_shape(value: object, where: str) -> tuple[int, ...]:
     """A client's tensor shape, checked before anything is sized from it (HTTP and gRPC)."""
-    if not isinstance(value, (list, tuple)) or not all(isinstance(d, int) and not isinstance(d, bool) for d in value):
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_DIMS:
+        if isinstance(value, (list, tuple)):
+            raise ProtocolError(f"{where}: 'shape' has {len(value)} dimensions; at most {MAX_DIMS} are allowed")
         raise ProtocolError(f"{where}: 'shape' must be a list of integers")
-    if len(value) > MAX_DIMS:
-        raise ProtocolError(f"{where}: 'shape' has {len(value)} dimensions; at most {MAX_DIMS} are allowed")
-    if any(d < 0 for d in value):
-        raise ProtocolError(f"{where}: 'shape' {_name(list(value))} has a negative dimension")
     count = 1
-    for d in value:  # Python ints: no wrap-around, and stop as soon as it is absurd
+    for d in value:  # one pass; Python ints cannot wrap, and an absurd product stops early
+        if type(d) is not int:  # noqa: E721 - bool (an int subclass) is not a dimension
+            raise ProtocolError(f"{where}: 'shape' must be a list of integers")
+        if d < 0:
+            raise ProtocolError(f"{where}: 'shape' {_name(list(value))} has a negative dimension")
         count *= d
         if count > MAX_ELEMENTS:
             raise ProtocolError(f"{where}: 'shape' {_name(list(value))} has more than {MAX_ELEMENTS} elements")

@@ -50,6 +50,7 @@ class ServedModel:
         self.inputs = inputs
         self.outputs = outputs
         self.input_types = {t.name: t.datatype for t in self.inputs}
+        self._input_specs = {t.name: t for t in self.inputs}
         self.output_names = [t.name for t in self.outputs]
         self.closed = False
         self.batcher = batcher_class(model, source.batcher, on_batch=self.stats.record_batch)
@@ -89,7 +90,7 @@ class ServedModel:
 
     def to_items(self, tensors: dict[str, np.ndarray]) -> list:
         """A V2 request's input tensors as what the batcher takes (graphs; texts for a text model)."""
-        return tensors_to_graphs(tensors, self.spec)
+        return tensors_to_graphs(tensors, self.spec, self._input_specs)
 
     def to_tensors(self, results: list, names: Sequence[str]) -> dict[str, np.ndarray]:
         """Per-item results back as the V2 output tensors ``names``."""
