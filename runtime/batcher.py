@@ -156,14 +156,16 @@ class Batcher:
         self._worker.start()
 
     # -- caller side --------------------------------------------------------------------
-    def submit(self, graphs: Sequence[Graph], timeout_us: int | None = None) -> BatchFuture:
+    def submit(self, graphs: Sequence[Graph], timeout_us: int | None = None, *, wake: bool = True) -> BatchFuture:
         """Queue ``graphs`` as one request; the future resolves to one output dict per graph.
 
         Raises at once (nothing queued) :class:`GraphValidationError` for a bad graph,
         :class:`QueueFullError` when ``max_queue_size`` requests wait, and
         :class:`ShuttingDownError` after :meth:`close`. ``timeout_us`` (default from the
         config; 0 = none) bounds the time in the queue: past it the future fails with
-        :class:`RequestTimeoutError` and the graphs are not run.
+        :class:`RequestTimeoutError` and the graphs are not run. ``wake=False`` leaves the
+        worker asleep until :meth:`wake`, so a caller that queues many requests at once (an
+        event loop turn's worth) hands the worker one batch instead of a trickle of small ones.
         """
         checked = self._admit(graphs)
         future = BatchFuture()
@@ -184,7 +186,8 @@ class Batcher:
                 full = ""
                 self._queue.append(req)
                 self._queue_graphs += len(checked)
-                self._cond.notify()
+                if wake:
+                    self._cond.notify()
         if full == "closed":
             self._reject("rejected")
             raise ShuttingDownError("the batcher is shutting down and accepts no new requests")
@@ -239,6 +242,11 @@ class Batcher:
                 self._busy = False
                 if self._queue or self._closed:
                     self._cond.notify_all()
+
+    def wake(self) -> None:
+        """Let the worker see requests submitted with ``wake=False``."""
+        with self._cond:
+            self._cond.notify()
 
     def predict(self, graphs: Sequence[Graph], timeout_us: int | None = None) -> list[dict[str, np.ndarray]]:
         """Blocking convenience: submit and wait for the result."""

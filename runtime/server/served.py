@@ -1,16 +1,19 @@
 """A loaded model behind its own dynamic batcher, as the protocol handlers see it.
 
 :meth:`ServedModel.run` hands a request to the batcher, whose worker thread runs the
-model, and awaits the future; the await is shielded, so a client that disconnects
-mid-request cancels only its own wait, never the shared batch. A small request that is
-alone in the server runs at once on the calling thread instead (:meth:`Batcher.run_now`):
-the two thread hand-offs cost about as much as a small molecule's model run.
+model, and awaits a future of its own that the batcher's result is copied onto, so a
+client that disconnects mid-request cancels only its own wait, never the shared batch.
+Requests queued in one event-loop turn wake the worker once, so they batch together. A
+small request that is alone in the server runs at once on the calling thread instead
+(:meth:`Batcher.run_now`): the two thread hand-offs cost about as much as a small
+molecule's model run.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from concurrent.futures import Future
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -27,10 +30,18 @@ from edgemp.runtime.text import text_model_files
 logger = logging.getLogger(__name__)
 
 
-def _consume(fut: "asyncio.Future[Any]") -> None:
-    """Retrieve an abandoned result so asyncio does not log 'exception never retrieved'."""
-    if not fut.cancelled():
-        fut.exception()
+def _transfer(source: Future, target: "asyncio.Future[Any]") -> None:
+    """Copy a batcher result onto the event loop's future (unless its caller gave up waiting)."""
+    if target.done():
+        return
+    if source.cancelled():
+        target.cancel()
+        return
+    error = source.exception()
+    if error is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(source.result())
 
 
 class ServedModel:
@@ -53,6 +64,7 @@ class ServedModel:
         self._input_specs = {t.name: t for t in self.inputs}
         self.output_names = [t.name for t in self.outputs]
         self.closed = False
+        self._wake_pending = False
         self.batcher = batcher_class(model, source.batcher, on_batch=self.stats.record_batch)
 
     @classmethod
@@ -113,11 +125,19 @@ class ServedModel:
                 done = self.batcher.run_now(items)
                 if done is not None:
                     return done
-        future = self.batcher.submit(items, timeout_us)
-        wrapped = asyncio.wrap_future(future)
-        wrapped.add_done_callback(_consume)
-        results = await asyncio.shield(wrapped)  # a cancelled caller must not cancel the batch
+        future = self.batcher.submit(items, timeout_us, wake=False)
+        if not self._wake_pending:  # one wake-up per event-loop turn: requests decoded together batch together
+            self._wake_pending = True
+            asyncio.get_running_loop().call_soon(self._wake)
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()  # its own future: a cancelled caller cancels this wait, never the batch
+        future.add_done_callback(lambda f: loop.call_soon_threadsafe(_transfer, f, done))
+        results = await done
         return results, future.timing
+
+    def _wake(self) -> None:
+        self._wake_pending = False
+        self.batcher.wake()
 
     def queue_depth(self) -> int:
         return self.batcher.queue_depth
