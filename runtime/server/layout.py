@@ -87,7 +87,7 @@ def tensors_to_graphs(tensors: dict[str, np.ndarray], spec: ExportedModelSpec,
     if node_graph.shape[0] != num_nodes:
         raise ProtocolError(f"node_graph has {node_graph.shape[0]} entries but x has {num_nodes} nodes")
     expected_ng = np.repeat(np.arange(num_graphs, dtype=np.int64), counts) if num_graphs > 1 else 0
-    if np.any(node_graph != expected_ng):
+    if (node_graph != expected_ng).any():  # the method, not np.any: no Python wrapper on the hot path
         bad = int(np.flatnonzero(node_graph != expected_ng)[0])
         raise ProtocolError(
             f"node_graph[{bad}] disagrees with graph_node_counts (nodes must be grouped by graph, "
@@ -116,7 +116,7 @@ def tensors_to_graphs(tensors: dict[str, np.ndarray], spec: ExportedModelSpec,
                 f"edge {k} joins graph {int(src_graph[k])} to graph {int(node_graph[ei[1, k]])}; "
                 "edges must stay inside a graph"
             )
-        if np.any(src_graph[1:] < src_graph[:-1]):
+        if (src_graph[1:] < src_graph[:-1]).any():
             # Edges may come in any order; keep each graph's edges in their given order.
             order = np.argsort(src_graph, kind="stable")
             ei, src_graph = ei[:, order], src_graph[order]
