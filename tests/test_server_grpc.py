@@ -245,10 +245,11 @@ def _mutations(t: dict[str, np.ndarray]) -> list:
 
 def _set_raw(req, name: str, value: np.ndarray) -> None:
     for i, t in enumerate(req.inputs):
-        if t.name == name:
+        if t.name == name and i < len(req.raw_input_contents):  # an earlier mutation may have added inputs
             del t.shape[:]
             t.shape.extend(value.shape)
             req.raw_input_contents[i] = value.tobytes()
+            return
 
 
 try:
@@ -322,3 +323,23 @@ def test_bench_over_grpc_reports_its_ceiling(server, tmp_path):
     res = CliRunner().invoke(cli, ["bench", "--url", server.base, "--grpc-url", f"127.0.0.1:{server.grpc_port}",
                                    "--model", "nope", "--protocol", "grpc", "--duration", "0.5"])
     assert res.exit_code == 1 and res.output.startswith("error: ")
+
+
+def test_bytes_inputs_decode_from_raw_and_typed_contents():
+    """A text model's BYTES input, as tritonclient.grpc sends it (raw, length-prefixed) or typed."""
+    from edgemp.runtime.server.grpc_service import decode_request
+    from edgemp.runtime.server.protocol import ProtocolError
+
+    texts = [b"hello", "naïve café".encode(), b""]
+    raw = b"".join(len(t).to_bytes(4, "little") + t for t in texts)
+    req = pb.ModelInferRequest(model_name="tiny")
+    req.inputs.add(name="text", datatype="BYTES", shape=[3])
+    req.raw_input_contents.append(raw)
+    assert decode_request(req, {"text": "BYTES"}).inputs["text"].tolist() == texts
+    typed = pb.ModelInferRequest(model_name="tiny")
+    t = typed.inputs.add(name="text", datatype="BYTES", shape=[3, 1])
+    t.contents.bytes_contents.extend(texts)
+    assert decode_request(typed, {"text": "BYTES"}).inputs["text"].reshape(-1).tolist() == texts
+    req.raw_input_contents[0] = raw[:-3]
+    with pytest.raises(ProtocolError, match="runs past its raw_input_contents"):
+        decode_request(req, {"text": "BYTES"})
