@@ -151,6 +151,21 @@ def _from_json_data(data: object, dtype: np.dtype, shape: tuple[int, ...], where
         raise ProtocolError(f"{where}: 'data' does not fit {dtype.name}") from e
 
 
+class _Where:
+    """``input 'name'`` for error messages, built only when one is raised."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"input {_name(self.name)!r}"
+
+    def __format__(self, spec: str) -> str:  # f"{where}" in a message
+        return str(self)
+
+
 def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     if header_length is None:
         return body, memoryview(b"")
@@ -192,7 +207,7 @@ def decode_infer_request(body: bytes, header_length: str | None, expected: dict[
         name = spec.get("name")
         if not isinstance(name, str):
             raise ProtocolError(f"inputs[{i}]: 'name' must be a string")
-        where = f"input {_name(name)!r}"
+        where = _Where(name)  # formatted only if an error message needs it
         if name in decoded:
             raise ProtocolError(f"{where} is given twice")
         datatype = check_datatype(name, spec.get("datatype"), expected, where)
