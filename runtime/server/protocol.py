@@ -216,7 +216,11 @@ def decode_infer_request(body: bytes, header_length: str | None, expected: dict[
             continue
         dtype = DTYPES[datatype]
         shape = check_shape(spec.get("shape"), where)
-        size = _parameters(spec, where).get("binary_data_size")
+        tensor_params = spec.get("parameters")
+        if type(tensor_params) is dict and len(tensor_params) == 1 and "binary_data_size" in tensor_params:  # noqa: E721
+            size = tensor_params["binary_data_size"]  # what tritonclient sends; checked just below
+        else:
+            size = _parameters(spec, where).get("binary_data_size")
         if size is None:
             if "data" not in spec:
                 raise ProtocolError(f"{where} has neither 'data' nor a 'binary_data_size' parameter")

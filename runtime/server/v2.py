@@ -97,6 +97,7 @@ async def infer(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     versioned = ("/v2/models/{model}", "/v2/models/{model}/versions/{version}")
+    app.router.add_post(versioned[0] + "/infer", infer)  # first: the router tries resources in order
     app.router.add_get("/v2/health/live", live)
     app.router.add_get("/v2/health/ready", ready)
     app.router.add_get("/v2", metadata)
@@ -107,4 +108,4 @@ def add_routes(app: web.Application) -> None:
         app.router.add_get(base + "/ready", model_ready)
         app.router.add_get(base + "/config", config)
         app.router.add_get(base + "/stats", stats)
-        app.router.add_post(base + "/infer", infer)
+    app.router.add_post(versioned[1] + "/infer", infer)
