@@ -36,6 +36,8 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run(main)`` on the chosen loop."""
     factory = loop_factory()
     if factory is None or not hasattr(asyncio, "Runner"):  # asyncio.Runner: Python >= 3.11
+        logger.info("event loop: asyncio")
         return asyncio.run(main)
+    logger.info("event loop: uvloop")
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
