@@ -75,6 +75,8 @@ class BatchFuture(Future):
 
 # on_complete(outcome, timing): outcome is "success", "failed", "timed_out" or "rejected".
 CompletionHook = Callable[[str, "RequestTiming | None"], None]
+# on_batch(items, nodes, compute_ns): once per executed batch, on the thread that ran it.
+BatchHook = Callable[[int, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -134,39 +136,38 @@ class Batcher:
 
     Use as a context manager, or call :meth:`close`. ``on_complete`` is called on the
     worker thread for every finished request (and on the caller's thread for rejections);
-    it must be quick and its exceptions are logged, never propagated.
+    ``on_batch`` once per executed batch. Both must be quick; their exceptions are logged,
+    never propagated.
     """
 
-    def __init__(self, model: Model, config: BatcherConfig | None = None, on_complete: CompletionHook | None = None):
+    def __init__(self, model: Model, config: BatcherConfig | None = None, on_complete: CompletionHook | None = None,
+                 on_batch: BatchHook | None = None):
         self.model = model
         self.config = config or BatcherConfig()
         self._on_complete = on_complete
+        self._on_batch = on_batch
         self._queue: collections.deque[_Request] = collections.deque()
         self._queue_graphs = 0
         self._cond = threading.Condition()
         self._closed = False
+        self._busy = False  # a batch is running (on the worker, or inline in run_now)
         self._counters = _Counters()
         self._worker = threading.Thread(target=self._run, name="edgemp-batcher", daemon=True)
         self._worker.start()
 
     # -- caller side --------------------------------------------------------------------
-    def submit(self, graphs: Sequence[Graph], timeout_us: int | None = None) -> BatchFuture:
+    def submit(self, graphs: Sequence[Graph], timeout_us: int | None = None, *, wake: bool = True) -> BatchFuture:
         """Queue ``graphs`` as one request; the future resolves to one output dict per graph.
 
         Raises at once (nothing queued) :class:`GraphValidationError` for a bad graph,
         :class:`QueueFullError` when ``max_queue_size`` requests wait, and
         :class:`ShuttingDownError` after :meth:`close`. ``timeout_us`` (default from the
         config; 0 = none) bounds the time in the queue: past it the future fails with
-        :class:`RequestTimeoutError` and the graphs are not run.
+        :class:`RequestTimeoutError` and the graphs are not run. ``wake=False`` leaves the
+        worker asleep until :meth:`wake`, so a caller that queues many requests at once (an
+        event loop turn's worth) hands the worker one batch instead of a trickle of small ones.
         """
-        if self._closed:
-            self._reject("rejected")
-            raise ShuttingDownError("the batcher is shutting down and accepts no new requests")
-        try:
-            checked = self.model.validate(graphs)
-        except EdgempError:
-            self._count("invalid")
-            raise
+        checked = self._admit(graphs)
         future = BatchFuture()
         if not checked:
             future.set_result([])
@@ -185,7 +186,8 @@ class Batcher:
                 full = ""
                 self._queue.append(req)
                 self._queue_graphs += len(checked)
-                self._cond.notify()
+                if wake:
+                    self._cond.notify()
         if full == "closed":
             self._reject("rejected")
             raise ShuttingDownError("the batcher is shutting down and accepts no new requests")
@@ -195,6 +197,56 @@ class Batcher:
                 f"batcher queue is full ({self.config.max_queue_size} requests waiting); retry later"
             )
         return future
+
+    def _admit(self, graphs: Sequence[Graph]) -> list:
+        if self._closed:
+            self._reject("rejected")
+            raise ShuttingDownError("the batcher is shutting down and accepts no new requests")
+        try:
+            return self.model.validate(graphs)
+        except EdgempError:
+            self._count("invalid")
+            raise
+
+    def run_now(self, graphs: Sequence[Graph]) -> tuple[list[dict[str, np.ndarray]], RequestTiming] | None:
+        """Run ``graphs`` on the calling thread if nothing is queued or running; else None.
+
+        The no-wait path for a lone request: it skips the two thread hand-offs (to the
+        worker and back) that dominate a small request's latency at low load, yet counts
+        as one batch, so statistics are the queue's own. Under load the queue is rarely
+        empty and requests batch as usual. With ``max_queue_delay_us`` set, a request waits
+        for a fuller batch by design, so this always declines. Raises as :meth:`submit`
+        does. On None nothing was validated or counted: :meth:`submit` the graphs instead.
+        """
+        with self._cond:
+            if self._queue or self._busy or self._closed or self.config.max_queue_delay_us:
+                return None
+            self._busy = True
+        try:
+            checked = self._admit(graphs)
+            start = time.perf_counter_ns()
+            if not checked:
+                return [], RequestTiming(0, 0, 0, 0)
+            try:
+                results, size, nodes = self._run_items(checked)
+            except Exception:
+                self._count("failed")
+                raise
+            timing = RequestTiming(0, time.perf_counter_ns() - start, size, nodes)
+            self._count_success(timing)
+            self._record_batch(size, nodes, timing.compute_ns)
+            self._notify("success", timing)
+            return results, timing
+        finally:
+            with self._cond:
+                self._busy = False
+                if self._queue or self._closed:
+                    self._cond.notify_all()
+
+    def wake(self) -> None:
+        """Let the worker see requests submitted with ``wake=False``."""
+        with self._cond:
+            self._cond.notify()
 
     def predict(self, graphs: Sequence[Graph], timeout_us: int | None = None) -> list[dict[str, np.ndarray]]:
         """Blocking convenience: submit and wait for the result."""
@@ -213,6 +265,11 @@ class Batcher:
                 recent_queue_ns=tuple(c.recent["queue"]), recent_compute_ns=tuple(c.recent["compute"]),
                 recent_batch_graphs=tuple(c.recent["graphs"]), recent_batch_nodes=tuple(c.recent["nodes"]),
             )
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting now (no lock: a gauge read, as cheap as the scrape that wants it)."""
+        return len(self._queue)
 
     @property
     def closed(self) -> bool:
@@ -248,7 +305,11 @@ class Batcher:
             if batch is None:
                 return
             if batch:
-                self._execute(batch)
+                try:
+                    self._execute(batch)
+                finally:
+                    with self._cond:
+                        self._busy = False
 
     def _next_batch(self) -> tuple[list[_Request] | None, list[_Request]]:
         """Block until a batch is due; returns (batch or None when closed and empty, expired)."""
@@ -256,7 +317,9 @@ class Batcher:
         delay_ns = cfg.max_queue_delay_us * 1000
         with self._cond:
             while True:
-                while not self._queue and not self._closed:
+                while (not self._queue or self._busy) and not self._closed:
+                    self._cond.wait()
+                while self._busy:  # closing while an inline run finishes
                     self._cond.wait()
                 if not self._queue:
                     return None, []
@@ -272,6 +335,7 @@ class Batcher:
                 if full or self._closed or now >= flush_at:
                     batch = [self._queue.popleft() for _ in range(take)]
                     self._queue_graphs -= sum(len(r.graphs) for r in batch)
+                    self._busy = True
                     return batch, []
                 wake = min([flush_at] + [r.deadline_ns for r in self._queue if r.deadline_ns is not None])
                 self._cond.wait(max(wake - now, 0) / 1e9)
@@ -323,7 +387,7 @@ class Batcher:
             k = len(req.graphs)
             self._finish_ok(req, results[pos : pos + k], RequestTiming(start - req.enqueued_ns, compute_ns, size, nodes))
             pos += k
-        self._record_batch(size, nodes)
+        self._record_batch(size, nodes, compute_ns)
 
     def _execute_alone(self, req: _Request) -> None:
         start = time.perf_counter_ns()
@@ -333,11 +397,12 @@ class Batcher:
             logger.warning("request of %d item(s) failed alone: %s", len(req.graphs), e)
             self._finish_error(req, e, "failed")
             return
-        self._finish_ok(req, results, RequestTiming(start - req.enqueued_ns, time.perf_counter_ns() - start, size, nodes))
-        self._record_batch(size, nodes)
+        timing = RequestTiming(start - req.enqueued_ns, time.perf_counter_ns() - start, size, nodes)
+        self._finish_ok(req, results, timing)
+        self._record_batch(size, nodes, timing.compute_ns)
 
     # -- bookkeeping --------------------------------------------------------------------
-    def _finish_ok(self, req: _Request, result: list[dict[str, np.ndarray]], timing: RequestTiming) -> None:
+    def _count_success(self, timing: RequestTiming) -> None:
         with self._cond:
             c = self._counters
             c.outcomes["success"] += 1
@@ -347,6 +412,9 @@ class Batcher:
             c.compute_count += 1
             c.recent["queue"].append(timing.queue_ns)
             c.recent["compute"].append(timing.compute_ns)
+
+    def _finish_ok(self, req: _Request, result: list[dict[str, np.ndarray]], timing: RequestTiming) -> None:
+        self._count_success(timing)
         req.future.timing = timing
         req.future.set_result(result)
         self._notify("success", timing)
@@ -358,7 +426,7 @@ class Batcher:
         req.future.set_exception(error)
         self._notify(outcome, None)
 
-    def _record_batch(self, graphs: int, nodes: int) -> None:
+    def _record_batch(self, graphs: int, nodes: int, compute_ns: int) -> None:
         with self._cond:
             c = self._counters
             c.batches += 1
@@ -366,6 +434,11 @@ class Batcher:
             c.batch_nodes += nodes
             c.recent["graphs"].append(graphs)
             c.recent["nodes"].append(nodes)
+        if self._on_batch is not None:
+            try:
+                self._on_batch(graphs, nodes, compute_ns)
+            except Exception:  # noqa: BLE001 - a metrics hook must never break serving
+                logger.exception("batcher on_batch hook failed")
 
     def _count(self, outcome: str) -> None:
         with self._cond:

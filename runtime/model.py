@@ -17,8 +17,9 @@ import numpy as np
 
 from edgemp.chem.chemprop_features import PAIRED_EDGE_FAMILIES, require_reverse_pairs
 from edgemp.errors import GraphValidationError, ModelFormatError
-from edgemp.graph import Graph, GraphBatch, collate, split, validate_graph
+from edgemp.graph import Graph, GraphBatch, collate, validate_graph
 from edgemp.runtime import dense, ragged
+from edgemp.runtime.batch_outputs import BatchSlice
 from edgemp.runtime.providers import OrtRunner, Runner
 from edgemp.runtime.tensorrt_engine import TensorRTRunner
 from edgemp.spec import ExportedModelSpec
@@ -140,8 +141,9 @@ class Model:
             outputs = dense.from_dense(outputs, batch, self._levels)
         return outputs
 
-    def split(self, outputs: dict[str, np.ndarray], batch: GraphBatch) -> list[dict[str, np.ndarray]]:
-        return split(outputs, batch, self._levels)
+    def split(self, outputs: dict[str, np.ndarray], batch: GraphBatch) -> BatchSlice:
+        """Per-graph outputs as a sequence of dicts that slices without copying (the batcher's form)."""
+        return BatchSlice.of(outputs, batch, self._levels)
 
     def predict(self, graphs: Sequence[Graph]) -> list[dict[str, np.ndarray]]:
         """One output dict per graph, in order; the graphs run as one batch.
@@ -153,7 +155,7 @@ class Model:
         if not graphs:
             return []
         batch = collate(graphs)
-        return self.split(self.run_batch(batch), batch)
+        return list(self.split(self.run_batch(batch), batch))
 
     def close(self) -> None:
         self.runner.close()

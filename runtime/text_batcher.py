@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from edgemp.runtime.batcher import Batcher, BatcherConfig, CompletionHook
+from edgemp.runtime.batcher import Batcher, BatcherConfig, BatchHook, CompletionHook
 from edgemp.runtime.text import TextModel
 
 logger = logging.getLogger(__name__)
@@ -33,8 +33,8 @@ class TextBatcher(Batcher):
     """
 
     def __init__(self, model: TextModel, config: BatcherConfig | None = None,
-                 on_complete: CompletionHook | None = None) -> None:
-        super().__init__(model, config or TEXT_BATCHER_DEFAULTS, on_complete)  # type: ignore[arg-type]
+                 on_complete: CompletionHook | None = None, on_batch: BatchHook | None = None) -> None:
+        super().__init__(model, config or TEXT_BATCHER_DEFAULTS, on_complete, on_batch)  # type: ignore[arg-type]
 
     def _run_items(self, items: list) -> tuple[list, int, int]:
         """Texts of all merged requests in one length-bucketed run; size = texts, nodes = tokens."""

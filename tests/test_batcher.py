@@ -196,3 +196,68 @@ def test_config_validation_and_empty_submit(model):
         assert b.submit([]).result(1) == []
         assert same(b.predict([random_graph(np.random.default_rng(7), 2, 1)]),
                     model.predict([random_graph(np.random.default_rng(7), 2, 1)]))
+
+
+# -- issue 12: the no-wait path, deferred wake-ups and row views ----------------------------------
+def test_run_now_runs_a_lone_request_inline_and_declines_when_busy(model):
+    rng = np.random.default_rng(20)
+    graphs = random_graphs(rng, 3)
+    batches: list = []
+    with Batcher(model, BatcherConfig(), on_batch=lambda g, n, ns: batches.append((g, n, ns))) as b:
+        got, timing = b.run_now(graphs)
+        assert same(list(got), model.predict(graphs)) and timing.queue_ns == 0 and timing.compute_ns > 0
+        assert batches and batches[-1][0] == 3 and b.stats().succeeded == 1 and b.stats().batches == 1
+        with pytest.raises(GraphValidationError):  # validated exactly like submit
+            b.run_now([Graph(x=np.zeros((2, F), np.float32), edge_index=np.array([[0], [7]], np.int64))])
+        assert b.stats().invalid == 1
+    slow = SlowModel(model)
+    slow.gate.clear()
+    with Batcher(slow, BatcherConfig()) as b:
+        first = b.submit([graphs[0]])
+        deadline = time.time() + 5
+        while b.queue_depth and time.time() < deadline:  # the worker took it and is blocked in the model
+            time.sleep(0.001)
+        assert b.run_now([graphs[1]]) is None  # busy: nothing validated, nothing counted
+        assert b.stats().succeeded == 0 and b.stats().invalid == 0
+        slow.gate.set()
+        assert same(first.result(5), model.predict([graphs[0]]))
+    with Batcher(model, BatcherConfig(max_queue_delay_us=100)) as b:
+        assert b.run_now(graphs) is None  # a configured delay means: wait for a fuller batch
+
+
+def test_deferred_wake_batches_what_was_queued_together(model):
+    rng = np.random.default_rng(21)
+    requests = [random_graphs(rng, 1) for _ in range(12)]
+    sizes: list[int] = []
+    with Batcher(model, BatcherConfig(max_batch_graphs=64), on_batch=lambda g, n, ns: sizes.append(g)) as b:
+        futures = [b.submit(r, wake=False) for r in requests]
+        time.sleep(0.05)
+        assert not any(f.done() for f in futures)  # nobody woke the worker yet
+        b.wake()
+        results = [f.result(5) for f in futures]
+    assert sizes == [12]
+    for r, got in zip(requests, results):
+        assert same(list(got), model.predict(r))
+
+
+def test_batch_slices_are_row_views_and_per_graph_dicts(model):
+    from edgemp.graph import collate
+    from edgemp.runtime.batch_outputs import BatchSlice
+
+    graphs = random_graphs(np.random.default_rng(22), 5)
+    batch = collate(graphs)
+    out = model.run_batch(batch)
+    whole = model.split(out, batch)
+    assert isinstance(whole, BatchSlice) and len(whole) == 5
+    part = whole[1:4]
+    want = model.predict(graphs)
+    assert same(list(part), want[1:4]) and same([part[-1]], [want[3]])
+    t = part.tensors(["prediction", "node_out"])
+    n0, n1 = sum(g.num_nodes for g in graphs[:1]), sum(g.num_nodes for g in graphs[:4])
+    assert np.shares_memory(t["prediction"], out["prediction"]) and t["prediction"].shape[0] == 3
+    assert np.array_equal(t["node_out"], out["node_out"][n0:n1])
+    with pytest.raises(IndexError):
+        part[3]
+    bad = dict(out, prediction=out["prediction"][:2])
+    with pytest.raises(GraphValidationError, match="rows for 5 graphs"):
+        model.split(bad, batch)

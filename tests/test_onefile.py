@@ -1,7 +1,9 @@
-"""The one-file `edgemp-serve` binary (PyInstaller) builds, starts, answers and drains.
+"""The one-file `edgemp-serve` binary builds, starts, answers and drains — twice.
 
-Builds in a fresh base-install venv (no torch), so it also proves the server's install
-footprint. About a minute on 2 cores; set EDGEMP_SKIP_ONEFILE=1 to skip locally.
+The file unpacks itself once into a per-user cache and runs from there afterwards, so the
+second start must reuse the first one's copy (no second unpack). Builds in a fresh
+base-install venv (no torch), so it also proves the server's install footprint. A minute
+or two on 2 cores; set EDGEMP_SKIP_ONEFILE=1 to skip locally.
 """
 from __future__ import annotations
 
@@ -40,21 +42,33 @@ def test_onefile_binary_serves_and_drains(tmp_path):
     graphs = random_graphs(np.random.default_rng(0), 3)
     expected = rt.load(model_path).predict(graphs)
 
+    cache = tmp_path / "cache"
+    env = {**os.environ, "EDGEMP_SERVE_CACHE": str(cache)}
+    for start in ("first", "cached"):
+        _serve_once(binary, model_path, graphs, expected, env, tmp_path / f"serve-{start}.log")
+        unpacked = [p for p in cache.iterdir() if not p.name.startswith(".")]
+        assert len(unpacked) == 1 and not [p for p in cache.iterdir() if p.name.startswith(".unpack")], unpacked
+        if start == "first":
+            stamp = unpacked[0].stat().st_mtime_ns
+    assert unpacked[0].stat().st_mtime_ns == stamp, "the cached start unpacked again"
+
+
+def _serve_once(binary: Path, model_path: Path, graphs, expected, env: dict, log_path: Path) -> None:
     port = free_port()
-    log = (tmp_path / "serve.log").open("w")
+    log = log_path.open("w")
     proc = subprocess.Popen([str(binary), str(model_path), "--port", str(port), "--no-access-log"],
-                            stdout=log, stderr=subprocess.STDOUT)
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1) as r:
                     if r.status == 200:
                         break
             except OSError:
-                assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+                assert proc.poll() is None, log_path.read_text()
                 assert time.monotonic() < deadline, "binary did not become ready"
-                time.sleep(0.1)
+                time.sleep(0.05)
         body = json.dumps({"graphs": [{"x": g.x.tolist(), "edge_index": g.edge_index.tolist()} for g in graphs]})
         req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models/m/predict", body.encode(),
                                      {"Content-Type": "application/json"})
@@ -67,4 +81,4 @@ def test_onefile_binary_serves_and_drains(tmp_path):
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)
         log.close()
-    assert code == 0
+    assert code == 0, log_path.read_text()[-2000:]

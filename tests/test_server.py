@@ -696,3 +696,20 @@ def test_malformed_requests_are_4xx(server, models):
     status, _, data = http(server, "POST", "/v2/models/gnn/infer", v2_json_body(batch_tensors(graphs)))
     assert status == 200
     assert_outputs_match(decode_v2_response(data, None)[1], expected_layout(models["gnn"], graphs), "after fuzzing")
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_event_loop_choice(repo, tmp_path, models, monkeypatch, loop):
+    """uvloop by default where installed; EDGEMP_EVENT_LOOP=asyncio opts out; same answers either way."""
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    monkeypatch.setenv("EDGEMP_EVENT_LOOP", loop)
+    srv = start_server(repo / "gnn" / "model.onnx", tmp_path, "--name", "gnn")
+    try:
+        graphs = random_graphs(np.random.default_rng(30), 2)
+        status, _, data = http(srv, "POST", "/v2/models/gnn/infer", v2_json_body(batch_tensors(graphs)))
+        assert status == 200
+        assert_outputs_match(decode_v2_response(data, None)[1], expected_layout(models["gnn"], graphs), loop)
+    finally:
+        assert srv.stop() == 0
+    assert f"event loop: {loop}" in srv.log()

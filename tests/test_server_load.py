@@ -24,6 +24,7 @@ from server_utils import (
     batch_tensors,
     decode_v2_response,
     expected_layout,
+    free_port,
     start_server,
     v2_binary_body,
     v2_json_body,
@@ -110,6 +111,63 @@ def test_64_clients_10k_requests_all_correct(model_path, tmp_path):
         assert results["other"] == [] and results["503"] == 0 and results["conn_error"] == 0, results
         assert results["ok"] == REQUESTS
         print(f"\n{REQUESTS} requests from {CLIENTS} clients in {elapsed:.1f}s ({REQUESTS / elapsed:.0f} req/s)")
+    finally:
+        assert srv.stop() == 0
+    log = srv.log()
+    assert f"'gnn': {REQUESTS} request(s) succeeded, 0 failed" in log, log[-2000:]
+    assert "Traceback" not in log
+
+
+async def _drive_grpc(port: int, requests: list, clients: int) -> dict:
+    """The same check over gRPC: raw ModelInferRequests from ``clients`` concurrent workers."""
+    import grpc
+
+    from edgemp.runtime.server import grpc_proto as pb
+
+    results = {"ok": 0, "other": []}
+    queue = list(enumerate(requests))
+    queue.reverse()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+
+        async def worker() -> None:
+            while queue:
+                i, (wire, want) = queue.pop()
+                try:
+                    reply = pb.ModelInferResponse.FromString(await infer(wire, timeout=60))
+                except grpc.aio.AioRpcError as e:
+                    results["other"].append((e.code(), e.details()))
+                    continue
+                assert reply.id == str(i), f"request {i} got the answer for {reply.id}"
+                got = {o.name: np.frombuffer(raw, np.float32).reshape(tuple(o.shape))
+                       for o, raw in zip(reply.outputs, reply.raw_output_contents)}
+                assert_outputs_match(got, want, f"request {i}")
+                results["ok"] += 1
+
+        await asyncio.gather(*(worker() for _ in range(clients)))
+    return results
+
+
+@pytest.mark.slow
+def test_64_grpc_clients_10k_requests_all_correct(model_path, tmp_path):
+    from edgemp.runtime.server import grpc_proto as pb
+
+    rng = np.random.default_rng(3)
+    requests = []
+    with load(model_path) as model:
+        for i in range(REQUESTS):
+            graphs = random_graphs(rng, int(rng.integers(1, 5)), max_nodes=int(rng.choice([4, 12, 40])), edge_features=EF)
+            requests.append((pb.infer_request_bytes("gnn", batch_tensors(graphs, EF), str(i)),
+                             expected_layout(model, graphs)))
+    gport = free_port()
+    srv = start_server(model_path, tmp_path, "--name", "gnn", "--grpc-port", str(gport), "--max-queue-delay-us", "1000",
+                       "--max-queue-size", "4096")
+    try:
+        start = time.perf_counter()
+        results = asyncio.run(_drive_grpc(gport, requests, CLIENTS))
+        elapsed = time.perf_counter() - start
+        assert results["other"] == [] and results["ok"] == REQUESTS, results["other"][:5]
+        print(f"\n{REQUESTS} gRPC requests from {CLIENTS} clients in {elapsed:.1f}s ({REQUESTS / elapsed:.0f} req/s)")
     finally:
         assert srv.stop() == 0
     log = srv.log()

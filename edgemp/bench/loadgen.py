@@ -1,4 +1,9 @@
-"""Load generators over aiohttp: closed loop (fixed concurrency) and open loop (arrival schedule).
+"""Load generators: closed loop (fixed concurrency) and open loop (arrival schedule).
+
+Requests go out through a :class:`Sender`: raw keep-alive HTTP/1.1 for ``http://`` (a general
+client costs as much per request as a small model, see :mod:`edgemp.bench.rawhttp`), aiohttp
+for ``https://``, or gRPC ``ModelInfer`` with pre-serialized messages. :func:`ceiling` drives
+the server's cheapest endpoint the same way, so a result near it is marked client-bound.
 
 Open loop charges every request from its *intended* send time on a schedule fixed in
 advance (Poisson or constant arrivals), not from when it actually went out: if the
@@ -13,11 +18,13 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 import numpy as np
 
+from edgemp.bench.rawhttp import AsyncRawConnection, build_request
 from edgemp.errors import EdgempError
 
 logger = logging.getLogger(__name__)
@@ -51,6 +58,101 @@ class Target:
     timeout_s: float = 10.0
 
 
+class Sender(Protocol):
+    """Sends request ``i`` (round-robin over pre-encoded bodies); None on success, else an error kind."""
+
+    async def send(self, i: int) -> str | None: ...
+
+    async def close(self) -> None: ...
+
+
+class RawHttpSender:
+    """Keep-alive raw HTTP/1.1 connections, one per concurrent request, reused."""
+
+    def __init__(self, target: Target, method: str = "POST") -> None:
+        url = urlsplit(target.url)
+        if url.scheme != "http" or not url.hostname:
+            raise EdgempError(f"the raw HTTP sender takes http:// URLs, got {target.url!r}")
+        self.host, self.port = url.hostname, url.port or 80
+        path = url.path or "/"
+        self.wires = [build_request(method, f"{self.host}:{self.port}", path, b, h)
+                      for b, h in zip(target.bodies, target.headers)]
+        self.timeout_s = target.timeout_s
+        self._free: list[AsyncRawConnection] = []
+
+    async def send(self, i: int) -> str | None:
+        conn = self._free.pop() if self._free else None
+        try:
+            if conn is None:
+                conn = await AsyncRawConnection.open(self.host, self.port)
+            response = await asyncio.wait_for(conn.request(self.wires[i % len(self.wires)]), self.timeout_s)
+        except asyncio.TimeoutError:
+            if conn is not None:
+                conn.close()  # mid-response: the connection's state is unknown
+            return "timeout"
+        except (OSError, EdgempError) as e:
+            if conn is not None:
+                conn.close()
+            return f"connection_{type(e).__name__}"
+        self._free.append(conn)
+        return None if response.status == 200 else f"http_{response.status}"
+
+    async def close(self) -> None:
+        for conn in self._free:
+            conn.close()
+        self._free.clear()
+
+
+class AiohttpSender:
+    """Any URL aiohttp takes (https included), through a caller's session."""
+
+    def __init__(self, session: aiohttp.ClientSession, target: Target) -> None:
+        self.session, self.target = session, target
+
+    async def send(self, i: int) -> str | None:
+        return await _send(self.session, self.target, i)
+
+    async def close(self) -> None:
+        return None
+
+
+class GrpcSender:
+    """KServe V2 gRPC: one channel, pre-serialized requests, raw bytes back (never decoded)."""
+
+    def __init__(self, address: str, method: str, bodies: tuple[bytes, ...], timeout_s: float,
+                 metadata: tuple[tuple[str, str], ...] = ()) -> None:
+        try:
+            import grpc
+        except ImportError as e:
+            raise EdgempError("--protocol grpc needs grpcio: pip install grpcio") from e
+        self._grpc = grpc
+        self.channel = grpc.aio.insecure_channel(address)
+        self.call = self.channel.unary_unary(method)
+        self.bodies, self.timeout_s, self.metadata = bodies, timeout_s, metadata or None
+
+    async def send(self, i: int) -> str | None:
+        try:
+            await self.call(self.bodies[i % len(self.bodies)], timeout=self.timeout_s, metadata=self.metadata)
+        except self._grpc.aio.AioRpcError as e:
+            return "timeout" if e.code() == self._grpc.StatusCode.DEADLINE_EXCEEDED else f"grpc_{e.code().name}"
+        return None
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+async def _dispatch(client: Any, target: Target | None, i: int) -> str | None:
+    if isinstance(client, aiohttp.ClientSession):
+        return await _send(client, target, i)  # type: ignore[arg-type]
+    return await client.send(i)
+
+
+async def ceiling(sender: Sender, concurrency: int, duration_s: float) -> float:
+    """Requests/s this client reaches against ``sender`` (the server's cheapest endpoint)."""
+    res = await closed_loop(sender, None, concurrency, duration_s, warmup_s=min(0.2, duration_s))
+    return res.latencies_ns.size / res.duration_s
+
+
 async def _send(session: aiohttp.ClientSession, target: Target, i: int) -> str | None:
     """One request; returns None on success or an error kind."""
     j = i % len(target.bodies)
@@ -65,9 +167,12 @@ async def _send(session: aiohttp.ClientSession, target: Target, i: int) -> str |
         return f"connection_{type(e).__name__}"
 
 
-async def closed_loop(session: aiohttp.ClientSession, target: Target, concurrency: int, duration_s: float,
-                      warmup_s: float = 0.5) -> LoadResult:
-    """``concurrency`` workers back to back; requests started in the warm-up are not recorded."""
+async def closed_loop(session: aiohttp.ClientSession | Sender, target: Target | None, concurrency: int,
+                      duration_s: float, warmup_s: float = 0.5) -> LoadResult:
+    """``concurrency`` workers back to back; requests started in the warm-up are not recorded.
+
+    ``session`` is a :class:`Sender` (``target`` unused) or an aiohttp session for ``target``.
+    """
     if concurrency < 1:
         raise EdgempError(f"--concurrency must be >= 1, got {concurrency}")
     start = time.perf_counter_ns()
@@ -85,7 +190,7 @@ async def closed_loop(session: aiohttp.ClientSession, target: Target, concurrenc
             t0 = time.perf_counter_ns()
             if t0 >= end:
                 return
-            err = await _send(session, target, next(counter))
+            err = await _dispatch(session, target, next(counter))
             t1 = time.perf_counter_ns()
             if t0 < measure_from:
                 continue
@@ -117,7 +222,7 @@ def arrival_offsets_ns(rate: float, duration_s: float, distribution: str, seed: 
     return np.round(t[t < duration_s] * 1e9).astype(np.int64)
 
 
-async def open_loop(session: aiohttp.ClientSession, target: Target, rate: float, duration_s: float,
+async def open_loop(session: aiohttp.ClientSession | Sender, target: Target | None, rate: float, duration_s: float,
                     distribution: str = "poisson", warmup_s: float = 0.5, seed: int = 0,
                     on_sent: Callable[[int], None] | None = None) -> LoadResult:
     """Send on a fixed schedule, never waiting for replies; latency = completion - intended start."""
@@ -132,7 +237,7 @@ async def open_loop(session: aiohttp.ClientSession, target: Target, rate: float,
 
     async def one(i: int) -> None:
         lag[i] = time.perf_counter_ns() - intended[i]
-        err = await _send(session, target, i)
+        err = await _dispatch(session, target, i)
         lat[i] = time.perf_counter_ns() - intended[i]
         kinds[i] = err
 
@@ -144,7 +249,8 @@ async def open_loop(session: aiohttp.ClientSession, target: Target, rate: float,
         tasks.append(asyncio.create_task(one(i)))
         if on_sent:
             on_sent(i)
-    done, pending = await asyncio.wait(tasks, timeout=target.timeout_s + 1.0) if tasks else (set(), set())
+    timeout_s = target.timeout_s if target is not None else getattr(session, "timeout_s", 10.0)
+    done, pending = await asyncio.wait(tasks, timeout=timeout_s + 1.0) if tasks else (set(), set())
     for t in pending:  # the per-request timeout should have fired; never drop one silently
         t.cancel()
     measured = offsets >= warm_ns
@@ -157,5 +263,5 @@ async def open_loop(session: aiohttp.ClientSession, target: Target, rate: float,
             ok.append(lat[i])
         else:
             errors[kind] = errors.get(kind, 0) + 1
-            err_lat.append(int(lat[i]) if lat[i] >= 0 else int(target.timeout_s * 1e9))
+            err_lat.append(int(lat[i]) if lat[i] >= 0 else int(timeout_s * 1e9))
     return LoadResult(np.asarray(ok, np.int64), errors, int(measured.sum()), duration_s, lag[measured], err_lat)

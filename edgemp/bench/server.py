@@ -1,10 +1,15 @@
-"""Server mode: benchmark any KServe V2 endpoint (edgemp serve, Triton, ...) over HTTP.
+"""Server mode: benchmark any KServe V2 endpoint (edgemp serve, Triton, ...) over HTTP or gRPC.
 
 Sweeps closed-loop concurrencies or open-loop request rates; reads the server's
 ``/v2/models/{m}/stats`` (and ``/metrics`` when the server is edgemp) before and after each
 load so the server-side queue / compute split sits next to the client latency; and with
 ``p99_bound_ms`` searches for the highest rate whose p99 stays under the bound with no
 errors (MLPerf Server scenario, FindPeakPerformance-style: double, then bisect).
+
+Every closed-loop row also carries the load generator's own ceiling: the rate the same
+client reaches at the same concurrency against the server's cheapest endpoint
+(``/v2/health/ready``, or gRPC ``ServerReady``). A result at 80% of it or more is marked
+client-bound: the figure says more about this client than about the server.
 """
 from __future__ import annotations
 
@@ -19,7 +24,18 @@ import aiohttp
 import numpy as np
 
 from edgemp.bench import env as envmod
-from edgemp.bench.loadgen import DISTRIBUTIONS, LoadResult, Target, closed_loop, open_loop
+from edgemp.bench.loadgen import (
+    DISTRIBUTIONS,
+    AiohttpSender,
+    GrpcSender,
+    LoadResult,
+    RawHttpSender,
+    Sender,
+    Target,
+    ceiling,
+    closed_loop,
+    open_loop,
+)
 from edgemp.bench.results import BenchReport, ResultRow
 from edgemp.bench.stats import DEFAULT_PERCENTILES, percentile, stability, summarize
 from edgemp.bench.v2client import (RemoteModel, encode, is_ragged, metrics_delta, parse_metrics, request_tensors,
@@ -30,6 +46,10 @@ from edgemp.errors import EdgempError
 logger = logging.getLogger(__name__)
 
 TOKEN_ENV = "EDGEMP_AUTH_TOKEN"
+PROTOCOLS = ("binary", "json", "grpc")
+GRPC_SERVICE = "/inference.GRPCInferenceService/"
+CLIENT_BOUND = 0.8  # a rate at this share of the client's own ceiling or more is client-bound
+CEILING_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +59,7 @@ class ServerBenchConfig:
     url: str
     model: str
     protocol: str = "binary"
+    grpc_url: str | None = None  # HOST:PORT for --protocol grpc (default: --url's host, port 8001)
     concurrency: tuple[int, ...] = ()
     request_rates: tuple[float, ...] = ()
     distribution: str = "poisson"
@@ -56,8 +77,8 @@ class ServerBenchConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.protocol not in ("binary", "json"):
-            raise EdgempError(f"--protocol must be binary or json, got {self.protocol!r}")
+        if self.protocol not in PROTOCOLS:
+            raise EdgempError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
         if self.concurrency and self.request_rates:
             raise EdgempError("give --concurrency (closed loop) or --request-rate (open loop), not both")
         if self.distribution not in DISTRIBUTIONS:
@@ -70,6 +91,14 @@ class ServerBenchConfig:
             raise EdgempError(f"--p99-bound-ms must be > 0, got {self.p99_bound_ms}")
         if not self.url.startswith(("http://", "https://")):
             raise EdgempError(f"--url must start with http:// or https://, got {self.url!r}")
+        if self.grpc_url is not None and (not self.grpc_url or "://" in self.grpc_url or ":" not in self.grpc_url):
+            raise EdgempError(f"--grpc-url must be HOST:PORT, got {self.grpc_url!r}")
+
+    @property
+    def grpc_address(self) -> str:
+        from urllib.parse import urlsplit
+
+        return self.grpc_url or f"{urlsplit(self.url).hostname}:8001"
 
 
 class _Client:
@@ -134,15 +163,28 @@ async def _run(cfg: ServerBenchConfig, on_progress, argv) -> BenchReport:
         report.environment["server"] = {"url": cfg.url, "name": server_meta.get("name"),
                                         "version": server_meta.get("version"), "platform": remote.platform}
         target = _target(cfg, remote)
-        await _check_one(session, target)
-        loads = _loads(cfg)
-        total = len(loads)
-        for k, (kind, value) in enumerate(loads):
-            report.rows.append(await _measure(client, session, target, cfg, kind, value, is_edgemp))
-            if on_progress:
-                on_progress(k + 1, total)
-        if cfg.p99_bound_ms is not None:
-            await _search(client, session, target, cfg, is_edgemp, report)
+        auth = (("authorization", headers["Authorization"]),) if headers else ()
+        sender = _sender(cfg, session, target, auth)
+        probe = _health_sender(cfg, session, target, auth)
+        try:
+            await _check_one(session, target, sender)
+            loads = _loads(cfg)
+            total = len(loads)
+            ceilings: dict[int, float] = {}
+            for k, (kind, value) in enumerate(loads):
+                row = await _measure(client, sender, target, cfg, kind, value, is_edgemp)
+                c = int(value) if kind == "concurrency" else 32
+                if c not in ceilings:
+                    ceilings[c] = await ceiling(probe, c, CEILING_S)
+                _mark_client_bound(row, ceilings[c], report)
+                report.rows.append(row)
+                if on_progress:
+                    on_progress(k + 1, total)
+            if cfg.p99_bound_ms is not None:
+                await _search(client, sender, target, cfg, is_edgemp, report)
+        finally:
+            await sender.close()
+            await probe.close()
     report.notes.append(
         "open-loop latency is charged from each request's intended send time (no coordinated omission)"
         if cfg.request_rates or cfg.p99_bound_ms else "closed loop: latency from send to full response"
@@ -172,13 +214,71 @@ def _loads(cfg: ServerBenchConfig) -> list[tuple[str, float]]:
 def _target(cfg: ServerBenchConfig, remote: RemoteModel) -> Target:
     buckets = build_buckets(cfg.workload, remote.node_features, remote.edge_features)
     sched = make_schedule(buckets, cfg.batch)
+    if cfg.protocol == "grpc":
+        from edgemp.runtime.server.grpc_proto import infer_request_bytes
+
+        bodies = tuple(infer_request_bytes(cfg.model, request_tensors(b, remote)) for b in sched.batches)
+        return Target(cfg.grpc_address, bodies, tuple({} for _ in bodies), cfg.timeout_s)
     encoded = [encode(request_tensors(b, remote), cfg.protocol) for b in sched.batches]
     return Target(f"{cfg.url.rstrip('/')}/v2/models/{cfg.model}/infer", tuple(e[0] for e in encoded),
                   tuple(e[1] for e in encoded), cfg.timeout_s)
 
 
-async def _check_one(session: aiohttp.ClientSession, target: Target) -> None:
+def _with_auth(target: Target, auth: tuple[tuple[str, str], ...]) -> Target:
+    extra = {"Authorization": v for _, v in auth}
+    return Target(target.url, target.bodies, tuple({**h, **extra} for h in target.headers), target.timeout_s)
+
+
+def _sender(cfg: ServerBenchConfig, session: aiohttp.ClientSession, target: Target, auth) -> Sender:
+    if cfg.protocol == "grpc":
+        return GrpcSender(target.url, GRPC_SERVICE + "ModelInfer", target.bodies, target.timeout_s, auth)
+    if target.url.startswith("http://"):
+        return RawHttpSender(_with_auth(target, auth))
+    return AiohttpSender(session, target)
+
+
+def _health_sender(cfg: ServerBenchConfig, session: aiohttp.ClientSession, target: Target, auth) -> Sender:
+    """The cheapest request of the same protocol: what this client can drive at best."""
+    if cfg.protocol == "grpc":
+        return GrpcSender(target.url, GRPC_SERVICE + "ServerReady", (b"",), target.timeout_s, auth)
+    health = Target(f"{cfg.url.rstrip('/')}/v2/health/ready", (b"",), ({},), target.timeout_s)
+    if health.url.startswith("http://"):
+        return RawHttpSender(_with_auth(health, auth), method="GET")
+
+    class _Get(AiohttpSender):
+        async def send(self, i: int) -> str | None:
+            try:
+                async with self.session.get(self.target.url) as r:
+                    await r.read()
+                    return None if r.status == 200 else f"http_{r.status}"
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                return type(e).__name__
+
+    return _Get(session, health)
+
+
+def _mark_client_bound(row: ResultRow, client_ceiling: float, report: BenchReport) -> None:
+    rate = row.metrics["requests_per_s"]
+    bound = client_ceiling > 0 and rate >= CLIENT_BOUND * client_ceiling
+    row.metrics["client_ceiling_rps"] = round(client_ceiling, 1)
+    row.metrics["client_bound"] = bound
+    if bound:
+        report.notes.append(
+            f"{row.config['load']}: {rate:.0f} req/s is {rate / client_ceiling:.0%} of this client's own ceiling "
+            f"({client_ceiling:.0f} req/s against the health endpoint): client-bound, the server may do more")
+
+
+async def _check_one(session: aiohttp.ClientSession, target: Target, sender: Sender) -> None:
     """One request before timing: a layout mismatch is a clear error, not a table of failures."""
+    if isinstance(sender, GrpcSender):
+        import grpc
+
+        try:
+            await sender.call(target.bodies[0], timeout=target.timeout_s, metadata=sender.metadata)
+        except grpc.aio.AioRpcError as e:
+            raise EdgempError(f"the server rejected a benchmark request over gRPC at {target.url} "
+                              f"({e.code().name}): {' '.join((e.details() or '')[:300].split())}") from e
+        return
     try:
         async with session.post(target.url, data=target.bodies[0], headers=target.headers[0],
                                 timeout=aiohttp.ClientTimeout(total=target.timeout_s)) as r:
@@ -193,8 +293,8 @@ def _label(kind: str, value: float, cfg: ServerBenchConfig) -> str:
     return f"c={int(value)}" if kind == "concurrency" else f"{cfg.distribution} {value:g}/s"
 
 
-async def _measure(client: _Client, session, target: Target, cfg: ServerBenchConfig, kind: str, value: float,
-                   is_edgemp: bool) -> ResultRow:
+async def _measure(client: _Client, session: Sender, target: Target, cfg: ServerBenchConfig, kind: str,
+                   value: float, is_edgemp: bool) -> ResultRow:
     before = await _snapshot(client, cfg.model, is_edgemp)
     if kind == "concurrency":
         res = await closed_loop(session, target, int(value), cfg.duration_s, cfg.warmup_s)

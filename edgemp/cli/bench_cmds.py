@@ -93,7 +93,9 @@ def _progress(quiet: bool):
 @click.option("--require-stable", is_flag=True, help="Exit 1 if any result is unstable.")
 @click.option("--url", default=None, help="Server mode: a KServe V2 endpoint, e.g. http://127.0.0.1:8000.")
 @click.option("--model", "model_name", default=None, help="Server mode: model name on the server.")
-@click.option("--protocol", default="binary", show_default=True, help="binary (tensor extension) or json.")
+@click.option("--protocol", default="binary", show_default=True,
+              help="binary (V2 HTTP tensor extension), json, or grpc (KServe V2 gRPC; see --grpc-url).")
+@click.option("--grpc-url", default=None, help="Server mode, --protocol grpc: HOST:PORT (default: --url's host, 8001).")
 @click.option("--concurrency", default=None, help="Closed-loop concurrencies, e.g. 1,8,32,64.")
 @click.option("--request-rate", default=None, help="Open-loop request rates per second, e.g. 100,500.")
 @click.option("--distribution", default="poisson", show_default=True, help="poisson or constant arrivals.")
@@ -112,7 +114,7 @@ def _progress(quiet: bool):
               help="Text models: synthetic texts of N tokens, A-B tokens, or 'realistic' (queries/sentences/passages).")
 def bench(models, backend, checkpoint, graphs_file, smiles_file, smiles_column, featurizer, synthetic, batch, threads, scenario, warmup, duration,
           iterations, rounds, percentiles, windows, stability_threshold, require_stable, url, model_name, protocol,
-          concurrency, request_rate, distribution, p99_bound_ms, warmup_time, timeout_s, json_path, csv_path, raw, plot_path,
+          grpc_url, concurrency, request_rate, distribution, p99_bound_ms, warmup_time, timeout_s, json_path, csv_path, raw, plot_path,
           quiet, summary, texts_file, synthetic_lengths) -> None:
     """Benchmark MODEL files in-process (backends side by side, vs PyTorch eager), or a server with --url.
 
@@ -143,12 +145,12 @@ def bench(models, backend, checkpoint, graphs_file, smiles_file, smiles_column, 
                             tuple(SyntheticSpec.parse(s) for s in synthetic))
     dur = _floats(duration, "--duration")[0] if duration else None
     if url is not None:
-        report = _server(models, backend, checkpoint, url, model_name, protocol, concurrency, request_rate,
+        report = _server(models, backend, checkpoint, url, model_name, protocol, grpc_url, concurrency, request_rate,
                          distribution, p99_bound_ms, warmup_time, timeout_s, batch, dur, iterations, workload, common,
                          quiet)
     else:
         for flag, value in (("--model", model_name), ("--concurrency", concurrency), ("--request-rate", request_rate),
-                            ("--p99-bound-ms", p99_bound_ms)):
+                            ("--p99-bound-ms", p99_bound_ms), ("--grpc-url", grpc_url)):
             if value is not None:
                 raise EdgempError(f"{flag} is a server-mode option: add --url http://HOST:PORT")
         report = _inprocess(models, backend, checkpoint, batch, threads, scenario, warmup, dur, iterations, rounds,
@@ -220,7 +222,7 @@ def _inprocess(models, backend, checkpoint, batch, threads, scenario, warmup, du
             bar.close()
 
 
-def _server(models, backend, checkpoint, url, model_name, protocol, concurrency, request_rate, distribution,
+def _server(models, backend, checkpoint, url, model_name, protocol, grpc_url, concurrency, request_rate, distribution,
             p99_bound_ms, warmup_time, timeout_s, batch, dur, iterations, workload, common, quiet):
     from edgemp.bench.server import ServerBenchConfig, run_server_bench
 
@@ -230,7 +232,7 @@ def _server(models, backend, checkpoint, url, model_name, protocol, concurrency,
     if not model_name:
         raise EdgempError("--url needs --model NAME (the model's name on the server)")
     cfg = ServerBenchConfig(
-        url=url, model=model_name, protocol=protocol,
+        url=url, model=model_name, protocol=protocol, grpc_url=grpc_url,
         concurrency=_ints(concurrency, "--concurrency") if concurrency else (),
         request_rates=_floats(request_rate, "--request-rate") if request_rate else (),
         distribution=distribution, duration_s=dur or 5.0, batch=_ints(batch, "--batch")[0], workload=workload,

@@ -49,6 +49,8 @@ def _token(token_file: Path | None) -> str | None:
 @click.argument("model", type=click.Path(exists=True, path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=int, help="Port (0 picks a free one).")
+@click.option("--grpc-port", default=None, type=int,
+              help="Also serve KServe V2 gRPC on this port (Triton's is 8001; 0 picks a free one). Off by default.")
 @click.option("--name", default=None, help="Model name for a single .onnx file (default: file stem).")
 @click.option("--max-batch-graphs", default=64, show_default=True, type=int, help="Graphs per batch.")
 @click.option("--max-batch-nodes", default=4096, show_default=True, type=int, help="Nodes per batch.")
@@ -70,13 +72,13 @@ def _token(token_file: Path | None) -> str | None:
               help="One log line per request (never tensor data).")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def serve(model: Path, host: str, port: int, name: str | None, max_batch_graphs: int, max_batch_nodes: int,
+def serve(model: Path, host: str, port: int, grpc_port: int | None, name: str | None, max_batch_graphs: int, max_batch_nodes: int,
           max_batch_edges: int, max_queue_delay_us: int, max_queue_size: int, request_timeout_us: int,
           max_body_bytes: int, auth_token_file: Path | None, providers: str, threads: int | None,
           access_log: bool, log_level: str) -> None:
-    """Serve MODEL (an exported .onnx, or a model repository directory) over KServe V2 HTTP.
+    """Serve MODEL (an exported .onnx, or a model repository directory) over KServe V2 HTTP (and gRPC).
 
-    Stock tritonclient works against it; also POST /v1/models/NAME/predict and GET /metrics.
+    Stock tritonclient (http and grpc) works against it; also POST /v1/models/NAME/predict and GET /metrics.
     SIGTERM/SIGINT drain in-flight requests, then exit 0.
     """
     started = time.perf_counter()
@@ -90,7 +92,7 @@ def serve(model: Path, host: str, port: int, name: str | None, max_batch_graphs:
     )
     config = ServerConfig(
         host=host, port=port, max_body_bytes=max_body_bytes, auth_token=_token(auth_token_file),
-        request_timeout_cap_us=request_timeout_us, access_log=access_log,
+        request_timeout_cap_us=request_timeout_us, access_log=access_log, grpc_port=grpc_port,
     )
     sources = discover(model, batcher, name=name, providers=providers, threads=threads)
     app = create_app(sources, config)

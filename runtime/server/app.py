@@ -21,14 +21,14 @@ from edgemp.runtime.server.metrics import ServerMetrics
 from edgemp.runtime.server.middleware import auth_middleware, body_limit_middleware, error_middleware
 from edgemp.runtime.server.repository import NAME_RE, ModelSource
 from edgemp.runtime.server.served import ServedModel
-from edgemp.runtime.server.state import ServerState
+from edgemp.runtime.server.state import STATE, ServerState
 
 logger = logging.getLogger(__name__)
 
 ModelsArg = Union[Sequence[ModelSource], Mapping[str, Union[Model, str, Path]]]
 
 
-def _serve_all(models: ModelsArg, metrics: ServerMetrics, batcher: BatcherConfig) -> dict[str, ServedModel]:
+def _serve_all(models: ModelsArg, batcher: BatcherConfig) -> dict[str, ServedModel]:
     served: dict[str, ServedModel] = {}
     try:
         if isinstance(models, Mapping):
@@ -37,14 +37,14 @@ def _serve_all(models: ModelsArg, metrics: ServerMetrics, batcher: BatcherConfig
                     raise EdgempError(f"model name {name!r} must match {NAME_RE.pattern}")
                 if isinstance(m, Model):
                     source = ModelSource(name, "1", m.path or Path(f"{name}.onnx"), batcher)
-                    served[name] = ServedModel(source, m, metrics)
+                    served[name] = ServedModel(source, m)
                 else:
-                    served[name] = ServedModel.load(ModelSource(name, "1", Path(m), batcher), metrics)
+                    served[name] = ServedModel.load(ModelSource(name, "1", Path(m), batcher))
         else:
             for source in models:
                 if source.name in served:
                     raise EdgempError(f"model name {source.name!r} is given twice")
-                served[source.name] = ServedModel.load(source, metrics)
+                served[source.name] = ServedModel.load(source)
     except BaseException:
         for s in served.values():
             s.close(drain=False)
@@ -55,7 +55,7 @@ def _serve_all(models: ModelsArg, metrics: ServerMetrics, batcher: BatcherConfig
 
 
 async def _close_models(app: web.Application) -> None:
-    for served in app[v2.STATE].models.values():
+    for served in app[STATE].models.values():
         served.close(drain=True)
 
 
@@ -74,22 +74,21 @@ def create_app(
         batcher: batching settings for models given by mapping (sources carry their own).
     """
     config = config or ServerConfig()
-    metrics = ServerMetrics()
-    state = ServerState(_serve_all(models, metrics, batcher or BatcherConfig()), config, metrics)
+    state = ServerState(_serve_all(models, batcher or BatcherConfig()), config)
+    state.metrics = ServerMetrics(lambda: list(state.models.values()), lambda: state.ready)
     middlewares = [error_middleware]
     if config.auth_token is not None:
         middlewares.append(auth_middleware(config.auth_token))
         logger.info("bearer-token auth is on for every route except /v2/health/live and /v2/health/ready")
     middlewares.append(body_limit_middleware(config.max_body_bytes))
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
-    app[v2.STATE] = state
+    app[STATE] = state
     v2.add_routes(app)
     v1.add_routes(app)
     app.on_cleanup.append(_close_models)
-    metrics.ready.set(1)
     return app
 
 
 def app_state(app: web.Application) -> ServerState:
     """The shared state of an app built by :func:`create_app` (for drain control and tests)."""
-    return app[v2.STATE]
+    return app[STATE]

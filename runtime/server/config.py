@@ -28,6 +28,8 @@ class ServerConfig:
         offload_bytes: bodies at least this large are decoded and encoded in a worker
             thread so one big request does not stall the event loop for everyone else.
         shutdown_timeout_s: how long SIGTERM waits for accepted requests before giving up.
+        grpc_port: also serve KServe V2 gRPC on this port (same host; 0 picks a free one;
+            None, the default, serves HTTP only). Triton's gRPC port is 8001.
     """
 
     host: str = "127.0.0.1"
@@ -38,10 +40,13 @@ class ServerConfig:
     access_log: bool = True
     offload_bytes: int = 256 * 1024
     shutdown_timeout_s: float = 60.0
+    grpc_port: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise EdgempError(f"port must be in 0..65535, got {self.port}")
+        if self.grpc_port is not None and not 0 <= self.grpc_port <= 65535:
+            raise EdgempError(f"gRPC port must be in 0..65535, got {self.grpc_port}")
         if self.max_body_bytes < 1024:
             raise EdgempError(f"max_body_bytes must be at least 1024, got {self.max_body_bytes}")
         if self.request_timeout_cap_us < 0:

@@ -56,14 +56,18 @@ def _check_shape(name: str, arr: np.ndarray, want: tuple[int, ...]) -> None:
         raise ProtocolError(f"input {name!r} has shape {list(arr.shape)}; expected [{', '.join(shown)}]")
 
 
-def tensors_to_graphs(tensors: dict[str, np.ndarray], spec: ExportedModelSpec) -> list[Graph]:
-    """Split a request's batch tensors into graphs (views where possible), checking consistency."""
+def tensors_to_graphs(tensors: dict[str, np.ndarray], spec: ExportedModelSpec,
+                      specs: dict[str, TensorSpec] | None = None) -> list[Graph]:
+    """Split a request's batch tensors into graphs (views where possible), checking consistency.
+
+    ``specs`` is :func:`input_specs` by name (pass it to skip rebuilding it per request).
+    """
     if spec.form == ragged.FORM and "node_graph" not in tensors and "graph_node_counts" not in tensors:
         try:  # Triton's layout for this model: exactly one graph
             return [ragged.request_to_graph(tensors, spec.model.node_features, spec.model.edge_features)]
         except GraphValidationError as e:
             raise ProtocolError(str(e)) from e
-    specs = {s.name: s for s in input_specs(spec)}
+    specs = specs or {s.name: s for s in input_specs(spec)}
     missing = [n for n in specs if n not in tensors]
     if missing:
         raise ProtocolError(f"missing input(s) {missing}; the model takes {list(specs)}")
@@ -74,14 +78,18 @@ def tensors_to_graphs(tensors: dict[str, np.ndarray], spec: ExportedModelSpec) -
     num_nodes, num_edges, num_graphs = x.shape[0], ei.shape[1], counts.shape[0]
     if num_graphs == 0:
         raise ProtocolError("graph_node_counts is empty; a request needs at least one graph")
+    if num_graphs == 1:  # the common case: scalar checks; Model.validate checks the edges
+        return [_one_graph(tensors, x, ei, node_graph, int(counts[0]))]
     if counts.min() < 1:
         raise ProtocolError(f"graph_node_counts holds {int(counts.min())}; every graph needs at least one node")
+    if counts.max() > num_nodes:  # bounds every count first, so their int64 sum cannot wrap around
+        raise ProtocolError(f"graph_node_counts holds {int(counts.max())} but x has {num_nodes} nodes")
     if int(counts.sum()) != num_nodes:
         raise ProtocolError(f"graph_node_counts add up to {int(counts.sum())} but x has {num_nodes} nodes")
     if node_graph.shape[0] != num_nodes:
         raise ProtocolError(f"node_graph has {node_graph.shape[0]} entries but x has {num_nodes} nodes")
     expected_ng = np.repeat(np.arange(num_graphs, dtype=np.int64), counts) if num_graphs > 1 else 0
-    if np.any(node_graph != expected_ng):
+    if (node_graph != expected_ng).any():  # the method, not np.any: no Python wrapper on the hot path
         bad = int(np.flatnonzero(node_graph != expected_ng)[0])
         raise ProtocolError(
             f"node_graph[{bad}] disagrees with graph_node_counts (nodes must be grouped by graph, "
@@ -96,8 +104,6 @@ def tensors_to_graphs(tensors: dict[str, np.ndarray], spec: ExportedModelSpec) -
             raise ProtocolError(f"edge_index holds negative node index {lo}")
         if hi >= num_nodes:
             raise ProtocolError(f"edge_index holds node {hi} but the request has {num_nodes} nodes")
-    if num_graphs == 1:  # the common case: nothing to split, no edge can cross graphs
-        return [Graph(x=x, edge_index=ei, edge_attr=edge_attr)]
     node_off = np.zeros(num_graphs + 1, np.int64)
     np.cumsum(counts, out=node_off[1:])
     edge_off = np.zeros(num_graphs + 1, np.int64)
@@ -110,7 +116,7 @@ def tensors_to_graphs(tensors: dict[str, np.ndarray], spec: ExportedModelSpec) -
                 f"edge {k} joins graph {int(src_graph[k])} to graph {int(node_graph[ei[1, k]])}; "
                 "edges must stay inside a graph"
             )
-        if np.any(src_graph[1:] < src_graph[:-1]):
+        if (src_graph[1:] < src_graph[:-1]).any():
             # Edges may come in any order; keep each graph's edges in their given order.
             order = np.argsort(src_graph, kind="stable")
             ei, src_graph = ei[:, order], src_graph[order]
@@ -125,6 +131,25 @@ def tensors_to_graphs(tensors: dict[str, np.ndarray], spec: ExportedModelSpec) -
             edge_attr=None if edge_attr is None else edge_attr[e0:e1],
         ))
     return graphs
+
+
+def _one_graph(tensors: dict[str, np.ndarray], x: np.ndarray, ei: np.ndarray, node_graph: np.ndarray,
+               count: int) -> Graph:
+    """A one-graph request as its graph (views); its edges are checked where every graph's are."""
+    num_nodes = x.shape[0]
+    if count < 1:
+        raise ProtocolError(f"graph_node_counts holds {count}; every graph needs at least one node")
+    if count != num_nodes:
+        raise ProtocolError(f"graph_node_counts add up to {count} but x has {num_nodes} nodes")
+    if node_graph.shape[0] != num_nodes:
+        raise ProtocolError(f"node_graph has {node_graph.shape[0]} entries but x has {num_nodes} nodes")
+    if node_graph.any():
+        bad = int(np.flatnonzero(node_graph)[0])
+        raise ProtocolError(f"node_graph[{bad}] disagrees with graph_node_counts (one graph: every entry is 0)")
+    edge_attr = tensors.get("edge_attr")
+    if edge_attr is not None and edge_attr.shape[0] != ei.shape[1]:
+        raise ProtocolError(f"edge_attr has {edge_attr.shape[0]} rows but edge_index has {ei.shape[1]} edges")
+    return Graph(x=x, edge_index=ei, edge_attr=edge_attr)
 
 
 def graphs_to_tensors(

@@ -1,5 +1,8 @@
-"""Prometheus metrics, one :class:`CollectorRegistry` per app so tests and embedders can run
-several servers in one process without duplicate-series errors.
+"""Prometheus metrics, rendered at scrape time from each model's :class:`ModelStats`.
+
+One collector per app (its own :class:`CollectorRegistry`), so tests and embedders can run
+several servers in one process. Nothing here runs per request: the request path updates
+``ModelStats`` only, and a scrape turns it into series.
 
 Names follow Prometheus conventions (``_total`` counters, ``_seconds`` histograms) rather
 than Triton's ``nv_*`` cumulative-µs counters: histograms give quantiles (p99 alerts in
@@ -7,17 +10,60 @@ than Triton's ``nv_*`` cumulative-µs counters: histograms give quantiles (p99 a
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-OUTCOMES = ("success", "rejected", "timeout", "failed", "bad_request")
-LATENCY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-)
-GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-NODE_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536)
+from edgemp.runtime.server.stats import OUTCOMES
+
+if TYPE_CHECKING:
+    from edgemp.runtime.server.served import ServedModel
+
+HISTOGRAMS = {
+    "request_duration_seconds": "Server-side request latency (body read to response).",
+    "queue_duration_seconds": "Time a request waited in the batcher queue.",
+    "compute_duration_seconds": "Model run time per executed batch.",
+    "batch_graphs": "Graphs per executed batch.",
+    "batch_nodes": "Nodes per executed batch.",
+}
+
+
+class _Collector:
+    def __init__(self, models: Callable[[], Iterable["ServedModel"]], ready: Callable[[], bool]) -> None:
+        self._models, self._ready = models, ready
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("edgemp_requests", "Inference requests by model and outcome.",
+                                       labels=["model", "outcome"])
+        graphs = CounterMetricFamily("edgemp_inference_graphs", "Graphs inferred successfully.", labels=["model"])
+        hists = {k: HistogramMetricFamily(f"edgemp_{k}", text, labels=["model"]) for k, text in HISTOGRAMS.items()}
+        depth = GaugeMetricFamily("edgemp_queue_depth", "Requests waiting in the batcher queue.", labels=["model"])
+        capacity = GaugeMetricFamily("edgemp_queue_capacity", "max_queue_size of the model's batcher.",
+                                     labels=["model"])
+        loaded = GaugeMetricFamily("edgemp_model_loaded", "1 when the model is loaded and serving.",
+                                   labels=["model", "version"])
+        for served in self._models():
+            name = served.name
+            snap = served.stats.metrics()
+            for outcome in OUTCOMES:
+                requests.add_metric([name, outcome], snap.outcomes[outcome])
+            graphs.add_metric([name], snap.graphs)
+            for key, (buckets, total) in snap.histograms.items():
+                hists[key].add_metric([name], buckets, total)
+            depth.add_metric([name], served.queue_depth())
+            capacity.add_metric([name], served.source.batcher.max_queue_size)
+            loaded.add_metric([name, served.version], 0 if served.closed else 1)
+        yield requests
+        yield graphs
+        yield from hists.values()
+        yield depth
+        yield capacity
+        yield loaded
+        ready = GaugeMetricFamily("edgemp_server_ready", "1 when the server accepts inference requests.")
+        ready.add_metric([], 1 if self._ready() else 0)
+        yield ready
 
 
 class ServerMetrics:
@@ -25,50 +71,9 @@ class ServerMetrics:
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.requests = Counter(
-            "edgemp_requests", "Inference requests by model and outcome.", ["model", "outcome"], registry=r
-        )
-        self.graphs = Counter("edgemp_inference_graphs", "Graphs inferred successfully.", ["model"], registry=r)
-        self.request_seconds = Histogram(
-            "edgemp_request_duration_seconds", "Server-side request latency (body read to response).",
-            ["model"], buckets=LATENCY_BUCKETS, registry=r,
-        )
-        self.queue_seconds = Histogram(
-            "edgemp_queue_duration_seconds", "Time a request waited in the batcher queue.",
-            ["model"], buckets=LATENCY_BUCKETS, registry=r,
-        )
-        self.compute_seconds = Histogram(
-            "edgemp_compute_duration_seconds", "Model run time per executed batch.",
-            ["model"], buckets=LATENCY_BUCKETS, registry=r,
-        )
-        self.batch_graphs = Histogram(
-            "edgemp_batch_graphs", "Graphs per executed batch.", ["model"], buckets=GRAPH_BUCKETS, registry=r
-        )
-        self.batch_nodes = Histogram(
-            "edgemp_batch_nodes", "Nodes per executed batch.", ["model"], buckets=NODE_BUCKETS, registry=r
-        )
-        self.queue_depth = Gauge("edgemp_queue_depth", "Requests waiting in the batcher queue.", ["model"], registry=r)
-        self.queue_capacity = Gauge(
-            "edgemp_queue_capacity", "max_queue_size of the model's batcher.", ["model"], registry=r
-        )
-        self.model_loaded = Gauge(
-            "edgemp_model_loaded", "1 when the model is loaded and serving.", ["model", "version"], registry=r
-        )
-        self.ready = Gauge("edgemp_server_ready", "1 when the server accepts inference requests.", registry=r)
-
-    def add_model(self, name: str, version: str, depth: Callable[[], float], capacity: int) -> None:
-        """Create the model's series at zero so rate() and alerts see them before traffic."""
-        for outcome in OUTCOMES:
-            self.requests.labels(name, outcome)
-        self.graphs.labels(name)
-        for h in (self.request_seconds, self.queue_seconds, self.compute_seconds, self.batch_graphs, self.batch_nodes):
-            h.labels(name)
-        self.queue_depth.labels(name).set_function(depth)
-        self.queue_capacity.labels(name).set(capacity)
-        self.model_loaded.labels(name, version).set(1)
+    def __init__(self, models: Callable[[], Iterable["ServedModel"]], ready: Callable[[], bool]) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(models, ready))  # type: ignore[arg-type]
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,31 +9,26 @@
   ``tritonclient`` users: V2 has no per-item errors, so any invalid SMILES fails the request
   with a 400 that names it.
 
-Featurizing costs ~0.1 ms per molecule, so bodies of more than a few SMILES featurize in a
-worker thread, not on the event loop. A server without rdkit answers with a 400 naming the fix.
+Featurizing costs ~0.1 ms per molecule; the request core decodes large bodies in a worker
+thread, not on the event loop. A server without rdkit answers with a 400 naming the fix.
 """
 from __future__ import annotations
 
 import json
-import time
 from typing import TYPE_CHECKING
 
 import numpy as np
-from aiohttp import web
-
 from edgemp.chem import MoleculeFeaturizer, featurize_smiles
 from edgemp.errors import EdgempError
 from edgemp.graph import Graph
-from edgemp.runtime.server.protocol import ProtocolError, parse_v1_body
+from edgemp.runtime.server.protocol import ProtocolError, load_json, parse_v1_body
 from edgemp.runtime.smiles import model_featurizer
 from edgemp.spec import ExportedModelSpec
 
 if TYPE_CHECKING:
     from edgemp.runtime.server.served import ServedModel
-    from edgemp.runtime.server.state import ServerState
 
 SMILES_INPUT = "smiles"  # the V2 BYTES input a molecule model takes besides the graph tensors
-INLINE_BODY_BYTES = 256  # about four SMILES: featurized on the event loop; larger bodies in a worker thread
 _EXAMPLE = '{"smiles": ["CCO", "c1ccccc1O", ...]}'
 
 
@@ -95,36 +90,24 @@ def _render(items: list, results: list, model_name: str, request_id: str | None)
     return json.dumps(out, separators=(",", ":")).encode()
 
 
+class V1SmilesCall:
+    """``{"smiles": [...]}`` as a request-core call: the valid molecules run as one request,
+    the answer holds one entry per SMILES, in order (outputs, or an error naming the item)."""
+
+    __slots__ = ("model_name", "entries", "items", "timeout_us", "request_id")
+
+    def __init__(self, served: "ServedModel", body: bytes) -> None:
+        self.entries, self.timeout_us, self.request_id = _parse(body, served.spec)
+        self.items = [g for g in self.entries if not isinstance(g, EdgempError)]
+        self.model_name = served.name
+
+    def encode(self, results: list) -> bytes:
+        return _render(self.entries, results, self.model_name, self.request_id)
+
+
 def is_smiles_body(body: bytes) -> bool:
     """Whether a /v1 body is ``{"smiles": [...]}`` rather than ``{"graphs": [...]}``."""
-    try:
-        obj = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return False  # the graph route reports the JSON error
+    if b'"smiles"' not in body:  # cheap pre-check: graph bodies never parse twice
+        return False
+    obj = load_json(body, "request")
     return isinstance(obj, dict) and SMILES_INPUT in obj
-
-
-async def predict_v1(request: web.Request, state: "ServerState", served: "ServedModel") -> web.Response:
-    """``{"smiles": [...]}`` → one answer or one error per SMILES, in order (see the module docstring)."""
-    import asyncio
-
-    from edgemp.runtime.server.middleware import read_body
-    from edgemp.runtime.server.state import effective_timeout_us
-
-    with state.admit(served) as scope:
-        body = await read_body(request)
-        if len(body) > INLINE_BODY_BYTES:
-            loop = asyncio.get_running_loop()
-            items, requested, request_id = await loop.run_in_executor(None, _parse, body, served.spec)
-        else:
-            items, requested, request_id = _parse(body, served.spec)
-        graphs = [g for g in items if not isinstance(g, EdgempError)]
-        timeout = effective_timeout_us(requested, served.source.batcher.default_timeout_us,
-                                       state.config.request_timeout_cap_us)
-        scope.input_ns = time.perf_counter_ns() - scope.start_ns
-        future = served.submit(graphs, timeout)
-        results = await served.wait(future)
-        out_start = time.perf_counter_ns()
-        payload = _render(items, results, served.name, request_id)
-        scope.success(len(graphs), future.timing, time.perf_counter_ns() - out_start)
-    return web.Response(body=payload, content_type="application/json")

@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgemp.errors import EdgempError
+
+if TYPE_CHECKING:
+    from edgemp.runtime.server.served import ServedModel
 
 # The datatypes edgemp models speak; a V2 name maps to one little-endian numpy dtype.
 DTYPES: dict[str, np.dtype] = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8")}
@@ -25,6 +28,8 @@ V2_DATATYPES = frozenset(
 )
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MAX_NAME = 64  # longest client string echoed back in an error
+MAX_DIMS = 64  # more dimensions than any edgemp tensor has; Triton's limit is similar
+MAX_ELEMENTS = 1 << 40  # a shape asking for more elements is an error before any array is sized
 
 
 class ProtocolError(EdgempError):
@@ -75,12 +80,53 @@ def _parameters(obj: dict, where: str) -> dict[str, Any]:
     return params
 
 
-def _shape(value: object, where: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in value):
+def check_shape(value: object, where: str) -> tuple[int, ...]:
+    """A client's tensor shape, checked before anything is sized from it (HTTP and gRPC)."""
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_DIMS:
+        if isinstance(value, (list, tuple)):
+            raise ProtocolError(f"{where}: 'shape' has {len(value)} dimensions; at most {MAX_DIMS} are allowed")
         raise ProtocolError(f"{where}: 'shape' must be a list of integers")
-    if any(d < 0 for d in value):
-        raise ProtocolError(f"{where}: 'shape' {value} has a negative dimension")
+    count = 1
+    for d in value:  # one pass; Python ints cannot wrap, and an absurd product stops early
+        if type(d) is not int:  # noqa: E721 - bool (an int subclass) is not a dimension
+            raise ProtocolError(f"{where}: 'shape' must be a list of integers")
+        if d < 0:
+            raise ProtocolError(f"{where}: 'shape' {_name(list(value))} has a negative dimension")
+        count *= d
+        if count > MAX_ELEMENTS:
+            raise ProtocolError(f"{where}: 'shape' {_name(list(value))} has more than {MAX_ELEMENTS} elements")
     return tuple(value)
+
+
+def check_datatype(name: str, datatype: object, expected: dict[str, str], where: str) -> str:
+    """The input's declared datatype, which must be the model's (any client value is safe here)."""
+    if name not in expected:
+        raise ProtocolError(f"unexpected {where}; the model takes {sorted(expected)}")
+    if datatype != expected[name]:
+        known = isinstance(datatype, str) and datatype in V2_DATATYPES
+        raise ProtocolError(f"{where}: {'unexpected' if known else 'unknown'} datatype {_name(datatype)!r}, "
+                            f"expecting {expected[name]}")
+    return datatype  # type: ignore[return-value]
+
+
+def array_from_bytes(raw: bytes | memoryview, datatype: str, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """A numeric tensor from its little-endian bytes (no copy); the size must match the shape."""
+    dtype = DTYPES[datatype]
+    need = math.prod(shape) * dtype.itemsize
+    if len(raw) != need:
+        raise ProtocolError(f"{where}: {len(raw)} bytes of data but shape {list(shape)} {datatype} needs {need}")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def load_json(data: bytes | str, what: str) -> Any:
+    """``json.loads`` whose every failure (syntax, encoding, nesting depth, huge ints) is a 400."""
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise ProtocolError(f"{what} is not valid JSON: {_name(e)}") from e
+
+
+
 
 
 def _from_json_data(data: object, dtype: np.dtype, shape: tuple[int, ...], where: str) -> np.ndarray:
@@ -105,6 +151,21 @@ def _from_json_data(data: object, dtype: np.dtype, shape: tuple[int, ...], where
         raise ProtocolError(f"{where}: 'data' does not fit {dtype.name}") from e
 
 
+class _Where:
+    """``input 'name'`` for error messages, built only when one is raised."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"input {_name(self.name)!r}"
+
+    def __format__(self, spec: str) -> str:  # f"{where}" in a message
+        return str(self)
+
+
 def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     if header_length is None:
         return body, memoryview(b"")
@@ -125,10 +186,7 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvi
 def decode_infer_request(body: bytes, header_length: str | None, expected: dict[str, str]) -> InferRequest:
     """Decode a V2 infer body; ``expected`` maps each model input name to its V2 datatype."""
     header, binary = _split_body(body, header_length)
-    try:
-        obj = json.loads(header)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ProtocolError(f"request header is not valid JSON: {e}") from e
+    obj = load_json(header, "request header")
     if not isinstance(obj, dict):
         raise ProtocolError("request must be a JSON object")
     request_id = obj.get("id")
@@ -149,21 +207,20 @@ def decode_infer_request(body: bytes, header_length: str | None, expected: dict[
         name = spec.get("name")
         if not isinstance(name, str):
             raise ProtocolError(f"inputs[{i}]: 'name' must be a string")
-        where = f"input {_name(name)!r}"
+        where = _Where(name)  # formatted only if an error message needs it
         if name in decoded:
             raise ProtocolError(f"{where} is given twice")
-        if name not in expected:
-            raise ProtocolError(f"unexpected {where}; the model takes {sorted(expected)}")
-        datatype = spec.get("datatype")
-        if datatype != expected[name]:
-            what = "unknown" if datatype not in V2_DATATYPES else "unexpected"
-            raise ProtocolError(f"{where}: {what} datatype {_name(datatype)!r}, expecting {expected[name]}")
+        datatype = check_datatype(name, spec.get("datatype"), expected, where)
         if datatype == "BYTES":  # texts: variable-length elements, decoded apart from the numeric types
             decoded[name], offset = _bytes_input(spec, binary, offset, where)
             continue
         dtype = DTYPES[datatype]
-        shape = _shape(spec.get("shape"), where)
-        size = _parameters(spec, where).get("binary_data_size")
+        shape = check_shape(spec.get("shape"), where)
+        tensor_params = spec.get("parameters")
+        if type(tensor_params) is dict and len(tensor_params) == 1 and "binary_data_size" in tensor_params:  # noqa: E721
+            size = tensor_params["binary_data_size"]  # what tritonclient sends; checked just below
+        else:
+            size = _parameters(spec, where).get("binary_data_size")
         if size is None:
             if "data" not in spec:
                 raise ProtocolError(f"{where} has neither 'data' nor a 'binary_data_size' parameter")
@@ -178,7 +235,7 @@ def decode_infer_request(body: bytes, header_length: str | None, expected: dict[
             raise ProtocolError(f"{where}: binary_data_size is {size} bytes but shape {list(shape)} {datatype} needs {need}")
         if offset + size > len(binary):
             raise ProtocolError(f"{where}: binary data runs past the end of the body")
-        decoded[name] = np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(shape)
+        decoded[name] = array_from_bytes(binary[offset : offset + size], datatype, shape, where)
         offset += size
     if offset != len(binary):
         raise ProtocolError(f"body has {len(binary) - offset} bytes of binary data that no input claims")
@@ -206,7 +263,7 @@ def _bytes_input(spec: dict, binary: memoryview, offset: int, where: str) -> tup
     Binary form (Triton's): each element is a 4-byte little-endian length, then its bytes;
     ``binary_data_size`` must cover the elements exactly.
     """
-    shape = _shape(spec.get("shape"), where)
+    shape = check_shape(spec.get("shape"), where)
     count = math.prod(shape)
     size = _parameters(spec, where).get("binary_data_size")
     items: list = []
@@ -223,19 +280,29 @@ def _bytes_input(spec: dict, binary: memoryview, offset: int, where: str) -> tup
             raise ProtocolError(f"{where}: 'binary_data_size' must be a non-negative integer")
         if offset + size > len(binary):
             raise ProtocolError(f"{where}: binary data runs past the end of the body")
-        chunk, pos = binary[offset : offset + size], 0
-        for i in range(count):
-            n = int.from_bytes(chunk[pos : pos + 4], "little") if pos + 4 <= size else -1
-            if n < 0 or pos + 4 + n > size:
-                raise ProtocolError(f"{where}: BYTES element {i} runs past binary_data_size ({size} bytes)")
-            items.append(bytes(chunk[pos + 4 : pos + 4 + n]))
-            pos += 4 + n
-        if pos != size:
-            raise ProtocolError(f"{where}: binary_data_size is {size} bytes but its {count} BYTES elements use {pos}")
+        items = bytes_elements(binary[offset : offset + size], count, where)
         offset += size
-    arr = np.empty(count, dtype=object)
+    return object_array(items, shape), offset
+
+
+def bytes_elements(chunk: bytes | memoryview, count: int, where: str, size_name: str = "binary_data_size") -> list[bytes]:
+    """``count`` BYTES elements in Triton's raw form: each a 4-byte little-endian length, then its bytes."""
+    items, pos, size = [], 0, len(chunk)
+    for i in range(count):
+        n = int.from_bytes(chunk[pos : pos + 4], "little") if pos + 4 <= size else -1
+        if n < 0 or pos + 4 + n > size:
+            raise ProtocolError(f"{where}: BYTES element {i} runs past {size_name} ({size} bytes)")
+        items.append(bytes(chunk[pos + 4 : pos + 4 + n]))
+        pos += 4 + n
+    if pos != size:
+        raise ProtocolError(f"{where}: {size_name} is {size} bytes but its {count} BYTES elements use {pos}")
+    return items
+
+
+def object_array(items: list, shape: tuple[int, ...]) -> np.ndarray:
+    arr = np.empty(len(items), dtype=object)
     arr[:] = items
-    return arr.reshape(shape), offset
+    return arr.reshape(shape)
 
 
 def _requested_outputs(obj: dict) -> list[RequestedOutput] | None:
@@ -297,10 +364,7 @@ def parse_v1_body(body: bytes, key: str, example: str) -> tuple[list, int | None
     Returns the non-empty item list (unparsed), the timeout and the id; ``example`` shows
     the expected shape in the error message.
     """
-    try:
-        obj = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ProtocolError(f"request is not valid JSON: {e}") from e
+    obj = load_json(body, "request")
     if not isinstance(obj, dict) or not isinstance(obj.get(key), list) or not obj[key]:
         raise ProtocolError(f"request must be {example}")
     unknown = set(obj) - {key, "timeout_us", "id"}
@@ -313,3 +377,40 @@ def parse_v1_body(body: bytes, key: str, example: str) -> tuple[list, int | None
     if request_id is not None and not isinstance(request_id, str):
         raise ProtocolError("'id' must be a string")
     return obj[key], timeout, request_id
+
+
+def wanted_outputs(request: InferRequest, output_names: list[str]) -> list[tuple[str, bool]]:
+    """(name, binary) per output to answer, in the order the client asked (all when it did not)."""
+    if request.outputs is None:
+        return [(name, request.binary_default) for name in output_names]
+    wanted, seen = [], set()
+    for out in request.outputs:
+        if out.name not in output_names:
+            raise ProtocolError(f"unknown output {_name(out.name)!r}; the model has {output_names}")
+        if out.name in seen:
+            raise ProtocolError(f"output {_name(out.name)!r} is requested twice")
+        seen.add(out.name)
+        wanted.append((out.name, request.binary_default if out.binary is None else out.binary))
+    return wanted
+
+
+class V2Call:
+    """A decoded V2 infer request (from HTTP or gRPC) as the request core runs it.
+
+    Subclasses add ``encode(results)`` for their wire format; everything else — the model's
+    items, the outputs to answer and the queue timeout — is decided here, once.
+    """
+
+    __slots__ = ("served", "request", "items", "wanted", "timeout_us")
+
+    def __init__(self, served: "ServedModel", request: InferRequest) -> None:
+        self.served = served
+        self.request = request
+        self.items = served.to_items(request.inputs)
+        self.wanted = wanted_outputs(request, served.output_names)
+        self.timeout_us = request.timeout_us
+
+    def outputs(self, results: list) -> list[tuple[str, np.ndarray, bool]]:
+        """(name, array, binary) per wanted output, in the request's layout."""
+        tensors = self.served.to_tensors(results, [name for name, _ in self.wanted])
+        return [(name, tensors[name], binary) for name, binary in self.wanted]

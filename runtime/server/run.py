@@ -15,6 +15,7 @@ from typing import Callable
 
 from aiohttp import web
 
+from edgemp.runtime.server import loop as event_loop
 from edgemp.runtime.server.app import app_state
 from edgemp.runtime.server.config import ServerConfig
 
@@ -49,6 +50,16 @@ async def serve_app(
         await runner.cleanup()
         raise OSError(f"cannot listen on {config.host}:{config.port}: {e.strerror}") from e
     port = runner.addresses[0][1] if runner.addresses else config.port
+    grpc_server = None
+    if config.grpc_port is not None:  # KServe V2 gRPC beside HTTP: same state, drained together
+        from edgemp.runtime.server.grpc_service import start_grpc
+
+        try:
+            grpc_server, grpc_port = await start_grpc(state, config.host, config.grpc_port)
+        except BaseException:
+            await runner.cleanup()
+            raise
+        logger.info("serving gRPC (inference.GRPCInferenceService) on %s:%d", config.host, grpc_port)
     since = f" ({(time.perf_counter() - started_at) * 1e3:.0f} ms after start)" if started_at else ""
     logger.info("serving %s on http://%s:%d%s", ", ".join(sorted(state.models)), config.host, port, since)
     if on_ready is not None:
@@ -65,6 +76,8 @@ async def serve_app(
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        if grpc_server is not None:
+            await grpc_server.stop(grace=1.0)  # in-flight calls already finished in wait_idle
         await runner.cleanup()  # closes listeners, waits for handlers, runs on_cleanup (batchers)
     for served in state.models.values():
         s = served.stats.to_json(served.name, served.version)["inference_stats"]
@@ -79,4 +92,4 @@ def _on_signal(sig: signal.Signals, stop: asyncio.Event) -> None:
 
 def run_server(app: web.Application, config: ServerConfig, *, started_at: float | None = None) -> None:
     """Blocking: serve until a signal, drain, return (the CLI then exits 0)."""
-    asyncio.run(serve_app(app, config, started_at=started_at))
+    event_loop.run(serve_app(app, config, started_at=started_at))

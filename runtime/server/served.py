@@ -1,8 +1,12 @@
-"""A loaded model behind its own dynamic batcher, as the HTTP layer sees it.
+"""A loaded model behind its own dynamic batcher, as the protocol handlers see it.
 
-The event loop never runs inference: :meth:`ServedModel.infer` submits to the batcher
-(whose worker thread runs the model) and awaits the future. The await is shielded, so a
+:meth:`ServedModel.run` hands a request to the batcher, whose worker thread runs the
+model, and awaits a future of its own that the batcher's result is copied onto, so a
 client that disconnects mid-request cancels only its own wait, never the shared batch.
+Requests queued in one event-loop turn wake the worker once, so they batch together. A
+small request that is alone in the server runs at once on the calling thread instead
+(:meth:`Batcher.run_now`): the two thread hand-offs cost about as much as a small
+molecule's model run.
 """
 from __future__ import annotations
 
@@ -10,15 +14,15 @@ import asyncio
 import logging
 import time
 from concurrent.futures import Future
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edgemp.graph import Graph, GraphBatch
-from edgemp.runtime.batcher import Batcher, BatchFuture
+from edgemp.graph import Graph
+from edgemp.runtime.batch_outputs import BatchSlice
+from edgemp.runtime.batcher import Batcher, RequestTiming
 from edgemp.runtime.model import Model, load
 from edgemp.runtime.server.layout import graphs_to_tensors, input_specs, output_specs, tensors_to_graphs
-from edgemp.runtime.server.metrics import ServerMetrics
 from edgemp.runtime.server.molecules import SMILES_INPUT, takes_smiles
 from edgemp.runtime.server.molecules import tensor_to_graphs as smiles_tensor_to_graphs
 from edgemp.runtime.server.repository import ModelSource
@@ -28,72 +32,54 @@ from edgemp.runtime.text import text_model_files
 logger = logging.getLogger(__name__)
 
 
-class _MeteredModel:
-    """The model as the batcher sees it: times each executed batch for stats and metrics.
-
-    The batcher only knows requests; batch sizes and per-batch compute time exist only
-    inside ``run_batch``, so that is where they are recorded.
-    """
-
-    def __init__(self, model: Model, served: "ServedModel") -> None:
-        self._model = model
-        self._served = served
-
-    def run_batch(self, batch: GraphBatch) -> dict[str, np.ndarray]:
-        start = time.perf_counter_ns()
-        out = self._model.run_batch(batch)
-        self._served.record_batch(batch.num_graphs, batch.num_nodes, time.perf_counter_ns() - start)
-        return out
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
-
-
-def _consume(fut: "asyncio.Future[Any]") -> None:
-    """Retrieve an abandoned result so asyncio does not log 'exception never retrieved'."""
-    if not fut.cancelled():
-        fut.exception()
+def _transfer(source: Future, target: "asyncio.Future[Any]") -> None:
+    """Copy a batcher result onto the event loop's future (unless its caller gave up waiting)."""
+    if target.done():
+        return
+    if source.cancelled():
+        target.cancel()
+        return
+    error = source.exception()
+    if error is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(source.result())
 
 
 class ServedModel:
     """One model: name, version, runtime model, batcher, statistics and metric children."""
 
-    def __init__(self, source: ModelSource, model: Model, metrics: ServerMetrics) -> None:
-        self._setup(source, model, metrics, input_specs(model.spec), output_specs(model.spec),
-                    lambda: Batcher(_MeteredModel(model, self), source.batcher))  # type: ignore[arg-type]
+    def __init__(self, source: ModelSource, model: Model) -> None:
+        self._setup(source, model, input_specs(model.spec), output_specs(model.spec), Batcher)
         if takes_smiles(model.spec):  # molecule models also take a V2 BYTES "smiles" input
             self.input_types = {**self.input_types, SMILES_INPUT: "BYTES"}
 
-    def _setup(self, source: ModelSource, model, metrics: ServerMetrics, inputs, outputs, make_batcher) -> None:
-        """State shared by graph and text models; ``make_batcher`` builds the model's batcher."""
+    def _setup(self, source: ModelSource, model, inputs, outputs, batcher_class: type[Batcher]) -> None:
+        """State shared by graph and text models; ``batcher_class`` is the model's batcher."""
         self.name = source.name
         self.version = source.version
         self.source = source
         self.model = model
         self.spec = model.spec
         self.stats = ModelStats()
-        self.metrics = metrics
         self.inputs = inputs
         self.outputs = outputs
         self.input_types = {t.name: t.datatype for t in self.inputs}
+        self._input_specs = {t.name: t for t in self.inputs}
         self.output_names = [t.name for t in self.outputs]
-        self._closed = False
-        self.batcher = make_batcher()
-        self._m_compute = metrics.compute_seconds.labels(self.name)
-        self._m_graphs = metrics.batch_graphs.labels(self.name)
-        self._m_nodes = metrics.batch_nodes.labels(self.name)
-        metrics.add_model(self.name, self.version, lambda: self.batcher.stats().queue_depth,
-                          source.batcher.max_queue_size)
+        self.closed = False
+        self._wake_pending = False
+        self.batcher = batcher_class(model, source.batcher, on_batch=self.stats.record_batch)
 
     @classmethod
-    def load(cls, source: ModelSource, metrics: ServerMetrics) -> "ServedModel":
+    def load(cls, source: ModelSource) -> "ServedModel":
         if text_model_files(source.path) is not None:  # model.onnx + tokenizer.json: a text model
             from edgemp.runtime.server.text_served import TextServedModel
 
-            return TextServedModel.load(source, metrics)
+            return TextServedModel.load(source)
         start = time.perf_counter()
         model = load(source.path, providers=source.providers, threads=source.threads)
-        served = cls(source, model, metrics)
+        served = cls(source, model)
         served.warm_up()
         logger.info(
             "loaded model %r version %s from %s in %.0f ms (form=%s, providers=%s)",
@@ -125,37 +111,50 @@ class ServedModel:
         """A V2 request's input tensors as what the batcher takes (graphs; texts for a text model)."""
         if SMILES_INPUT in tensors:
             return smiles_tensor_to_graphs(tensors, self.spec)
-        return tensors_to_graphs(tensors, self.spec)
+        return tensors_to_graphs(tensors, self.spec, self._input_specs)
 
     def to_tensors(self, results: list, names: Sequence[str]) -> dict[str, np.ndarray]:
         """Per-item results back as the V2 output tensors ``names``."""
+        if isinstance(results, BatchSlice):  # rows of the batch the request ran in: views, no copies
+            return results.tensors(names)
         return graphs_to_tensors(results, self.spec, list(names))
 
-    def record_batch(self, graphs: int, nodes: int, compute_ns: int) -> None:
-        self.stats.record_batch(graphs, compute_ns)
-        self._m_compute.observe(compute_ns / 1e9)
-        self._m_graphs.observe(graphs)
-        self._m_nodes.observe(nodes)
+    async def run(self, items: Sequence, timeout_us: int | None,
+                  alone: Callable[[], bool] | None = None) -> tuple[list, RequestTiming | None]:
+        """Per-item results and their timing. Raises what :meth:`Batcher.submit` raises.
 
-    def submit(self, graphs: Sequence[Graph], timeout_us: int | None) -> BatchFuture:
-        """Queue a request (raises GraphValidationError / QueueFullError / ShuttingDownError)."""
-        return self.batcher.submit(graphs, timeout_us)
+        ``alone`` says whether this is the only request in the server; when it still is
+        after one turn of the event loop (requests that arrived together get to admit
+        themselves first, so they batch instead of queueing behind an inline run), the
+        request runs now on this thread.
+        """
+        if alone is not None and alone():
+            await asyncio.sleep(0)
+            if alone():
+                done = self.batcher.run_now(items)
+                if done is not None:
+                    return done
+        future = self.batcher.submit(items, timeout_us, wake=False)
+        if not self._wake_pending:  # one wake-up per event-loop turn: requests decoded together batch together
+            self._wake_pending = True
+            asyncio.get_running_loop().call_soon(self._wake)
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()  # its own future: a cancelled caller cancels this wait, never the batch
+        future.add_done_callback(lambda f: loop.call_soon_threadsafe(_transfer, f, done))
+        results = await done
+        return results, future.timing
 
-    @staticmethod
-    async def wait(future: Future) -> list[dict[str, np.ndarray]]:
-        """Await a batcher future without letting a cancelled caller cancel the batch."""
-        wrapped = asyncio.wrap_future(future)
-        wrapped.add_done_callback(_consume)
-        return await asyncio.shield(wrapped)
+    def _wake(self) -> None:
+        self._wake_pending = False
+        self.batcher.wake()
 
     def queue_depth(self) -> int:
-        return self.batcher.stats().queue_depth
+        return self.batcher.queue_depth
 
     def close(self, drain: bool = True) -> None:
         """Stop the batcher (running what is queued when ``drain``) and release the model."""
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        self.closed = True
         self.batcher.close(drain=drain)
-        self.metrics.model_loaded.labels(self.name, self.version).set(0)
         self.model.close()

@@ -1,9 +1,10 @@
-"""What every handler shares: the served models, settings, metrics, and the drain state.
+"""What every handler shares: the served models, settings, and the drain state.
 
 Draining (SIGTERM) flips readiness to false and turns *new* inference requests away with
-503, while :meth:`ServerState.wait_idle` lets the shutdown path wait for every request
-already admitted. Admission and the in-flight count change together, with no await in
-between, so no request can slip in after the drain starts and be dropped.
+503 (gRPC: UNAVAILABLE), while :meth:`ServerState.wait_idle` lets the shutdown path wait
+for every request already admitted, whichever listener it came from. Admission and the
+in-flight count change together, with no await in between, so no request can slip in
+after the drain starts and be dropped.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 from typing import Iterator
+
+from aiohttp import web
 
 from edgemp.errors import EdgempError, QueueFullError, RequestTimeoutError, ShuttingDownError
 from edgemp.runtime.batcher import RequestTiming
@@ -25,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 
 def outcome_of(error: BaseException) -> str:
-    """The metrics outcome label for a failed request."""
+    """The statistics outcome label for a failed request."""
     if isinstance(error, (QueueFullError, ShuttingDownError, UnavailableError)):
         return "rejected"
     if isinstance(error, RequestTimeoutError):
@@ -35,22 +38,15 @@ def outcome_of(error: BaseException) -> str:
     return "failed"
 
 
-def effective_timeout_us(requested: int | None, default_us: int, cap_us: int) -> int:
-    """A request may shorten the queue timeout below the cap, never lengthen it (0 = none)."""
-    timeout = default_us if requested is None or requested == 0 else requested
-    if cap_us > 0 and (timeout == 0 or timeout > cap_us):
-        return cap_us
-    return timeout
-
-
 class RequestScope:
     """Times one admitted inference request and records its outcome exactly once."""
 
-    def __init__(self, served: ServedModel, metrics: ServerMetrics) -> None:
+    __slots__ = ("served", "start_ns", "input_ns", "done")
+
+    def __init__(self, served: ServedModel) -> None:
         self.served = served
-        self.metrics = metrics
         self.start_ns = time.perf_counter_ns()
-        self.input_ns = 0  # decode + split, set by the handler
+        self.input_ns = 0  # decode + split, set by the request core
         self.done = False
 
     def success(self, graphs: int, timing: RequestTiming | None, output_ns: int) -> None:
@@ -58,20 +54,12 @@ class RequestScope:
         queue_ns = timing.queue_ns if timing else 0
         infer_ns = timing.compute_ns if timing else 0
         self.served.stats.record_success(graphs, total, queue_ns, self.input_ns, infer_ns, output_ns)
-        name = self.served.name
-        self.metrics.requests.labels(name, "success").inc()
-        self.metrics.graphs.labels(name).inc(graphs)
-        self.metrics.request_seconds.labels(name).observe(total / 1e9)
-        self.metrics.queue_seconds.labels(name).observe(queue_ns / 1e9)
         self.done = True
 
     def failure(self, error: BaseException) -> None:
         if self.done:
             return
-        outcome = outcome_of(error)
-        if outcome != "bad_request":
-            self.served.stats.record_failure(time.perf_counter_ns() - self.start_ns)
-        self.metrics.requests.labels(self.served.name, outcome).inc()
+        self.served.stats.record_failure(outcome_of(error), time.perf_counter_ns() - self.start_ns)
         self.done = True
 
 
@@ -79,7 +67,7 @@ class RequestScope:
 class ServerState:
     models: dict[str, ServedModel]
     config: ServerConfig
-    metrics: ServerMetrics
+    metrics: ServerMetrics | None = None  # set by create_app; it reads this state at scrape time
     draining: bool = False
     inflight: int = 0
     _idle: asyncio.Event | None = field(default=None, repr=False)
@@ -96,10 +84,14 @@ class ServerState:
     def ready(self) -> bool:
         return not self.draining and bool(self.models)
 
+    def alone(self) -> bool:
+        """True when exactly one inference request is admitted (the caller's own)."""
+        return self.inflight == 1
+
     @contextlib.contextmanager
     def admit(self, served: ServedModel) -> Iterator[RequestScope]:
         """Admit one inference request, or raise UnavailableError (503) while draining."""
-        scope = RequestScope(served, self.metrics)
+        scope = RequestScope(served)
         if self.draining:
             error = UnavailableError("the server is shutting down and accepts no new requests")
             scope.failure(error)
@@ -122,7 +114,6 @@ class ServerState:
         if not self.draining:
             logger.info("draining: refusing new requests, finishing %d in flight", self.inflight)
         self.draining = True
-        self.metrics.ready.set(0)
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no admitted request is in flight; False if the timeout passed first."""
@@ -134,3 +125,6 @@ class ServerState:
             except asyncio.TimeoutError:
                 return False
         return True
+
+
+STATE = web.AppKey("edgemp_state", ServerState)

@@ -1,17 +1,28 @@
-"""Per-model statistics in Triton's schema (``GET /v2/models/{m}/stats``).
+"""Per-model statistics: the one record behind ``/v2/models/{m}/stats``, gRPC ModelStatistics
+and the Prometheus series (:mod:`edgemp.runtime.server.metrics` reads it at scrape time).
 
-perf_analyzer and tritonclient read these to split latency into queue / compute; the
-meaning of each field follows Triton: ``success.ns`` is whole-request time, ``queue`` the
-batcher wait, ``compute_input`` decoding + splitting the request, ``compute_infer`` the
-model run of the request's batch, ``compute_output`` re-assembly + encoding;
-``inference_count`` counts graphs and ``execution_count`` batches run.
+Triton's schema: ``success.ns`` is whole-request time, ``queue`` the batcher wait,
+``compute_input`` decoding + splitting the request, ``compute_infer`` the model run of the
+request's batch, ``compute_output`` re-assembly + encoding; ``inference_count`` counts
+graphs and ``execution_count`` batches run. Prometheus histograms need bucket counts, so
+the same record keeps them (a bisect per sample), and the hot path never touches
+prometheus_client (whose label lookups and locks cost more than the counters).
 Updated from the event loop and the batcher thread, hence the lock.
 """
 from __future__ import annotations
 
+import bisect
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
+
+OUTCOMES = ("success", "rejected", "timeout", "failed", "bad_request")
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+NODE_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536)
 
 
 class _Duration:
@@ -29,8 +40,40 @@ class _Duration:
         return {"count": self.count, "ns": self.ns}
 
 
+class Histogram:
+    """Cumulative-at-read bucket counts and a sum, as a Prometheus histogram exposes them."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # last: +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def snapshot(self) -> tuple[list[tuple[str, int]], float]:
+        """(le, cumulative count) pairs ending with +Inf, and the sum."""
+        out, running = [], 0
+        for bound, n in zip([*map(str, self.bounds), "+Inf"], self.counts):
+            running += n
+            out.append((bound, running))
+        return out, self.total
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    """What /metrics exports for one model, copied under the lock."""
+
+    outcomes: dict[str, int]
+    graphs: int
+    histograms: dict[str, tuple[list[tuple[str, int]], float]]
+
+
 class ModelStats:
-    """Counters behind one model's Triton statistics entry."""
+    """Counters behind one model's statistics entry and its Prometheus series."""
 
     FIELDS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss")
 
@@ -41,11 +84,27 @@ class ModelStats:
         self.inference_count = 0
         self.execution_count = 0
         self.last_inference_ms = 0
+        self._outcomes = dict.fromkeys(OUTCOMES, 0)
+        self._hist = {
+            "request_duration_seconds": Histogram(LATENCY_BUCKETS),
+            "queue_duration_seconds": Histogram(LATENCY_BUCKETS),
+            "compute_duration_seconds": Histogram(LATENCY_BUCKETS),
+            "batch_graphs": Histogram(GRAPH_BUCKETS),
+            "batch_nodes": Histogram(NODE_BUCKETS),
+        }
 
-    def record_batch(self, graphs: int, compute_ns: int) -> None:
+    def record_batch(self, graphs: int, nodes: int, compute_ns: int) -> None:
+        """One executed batch (the batcher's ``on_batch`` hook)."""
         with self._lock:
             self.execution_count += 1
-            self._batches.setdefault(graphs, _Duration()).add(compute_ns)
+            d = self._batches.get(graphs)
+            if d is None:
+                d = self._batches[graphs] = _Duration()
+            d.add(compute_ns)
+            h = self._hist
+            h["compute_duration_seconds"].observe(compute_ns / 1e9)
+            h["batch_graphs"].observe(graphs)
+            h["batch_nodes"].observe(nodes)
 
     def record_success(self, graphs: int, total_ns: int, queue_ns: int, input_ns: int, infer_ns: int,
                        output_ns: int) -> None:
@@ -58,10 +117,21 @@ class ModelStats:
             d["compute_output"].add(output_ns)
             self.inference_count += graphs
             self.last_inference_ms = int(time.time() * 1000)
+            self._outcomes["success"] += 1
+            self._hist["request_duration_seconds"].observe(total_ns / 1e9)
+            self._hist["queue_duration_seconds"].observe(queue_ns / 1e9)
 
-    def record_failure(self, total_ns: int) -> None:
+    def record_failure(self, outcome: str, total_ns: int) -> None:
+        """A failed request; a client's bad request is counted but not timed as a failure."""
         with self._lock:
-            self._d["fail"].add(total_ns)
+            self._outcomes[outcome] += 1
+            if outcome != "bad_request":
+                self._d["fail"].add(total_ns)
+
+    def metrics(self) -> MetricsSnapshot:
+        with self._lock:
+            return MetricsSnapshot(dict(self._outcomes), self.inference_count,
+                                   {k: h.snapshot() for k, h in self._hist.items()})
 
     def to_json(self, name: str, version: str) -> dict[str, Any]:
         with self._lock:

@@ -17,37 +17,17 @@ import time
 from typing import Any, Sequence
 
 import numpy as np
-from aiohttp import web
 
 from edgemp.runtime.server.layout import TensorSpec
-from edgemp.runtime.server.metrics import ServerMetrics
-from edgemp.runtime.server.middleware import read_body
 from edgemp.runtime.server.protocol import ProtocolError, parse_v1_body
 from edgemp.runtime.server.repository import ModelSource
 from edgemp.runtime.server.served import ServedModel
-from edgemp.runtime.text import TextModel, TokenizedText, load_text_model
+from edgemp.runtime.text import TextModel, load_text_model
 from edgemp.runtime.text_batcher import TextBatcher
 
 logger = logging.getLogger(__name__)
 
 TEXT_INPUT = "text"
-
-
-class _MeteredTextModel:
-    """The text model as the batcher sees it: times each executed batch for stats and metrics."""
-
-    def __init__(self, model: TextModel, served: "TextServedModel") -> None:
-        self._model = model
-        self._served = served
-
-    def run_tokenized(self, items: Sequence[TokenizedText]) -> list[dict[str, np.ndarray]]:
-        start = time.perf_counter_ns()
-        out = self._model.run_tokenized(items)
-        self._served.record_batch(len(items), sum(it.num_tokens for it in items), time.perf_counter_ns() - start)
-        return out
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
 
 
 def output_tensor_specs(model: TextModel) -> list[TensorSpec]:
@@ -66,16 +46,15 @@ def output_tensor_specs(model: TextModel) -> list[TensorSpec]:
 class TextServedModel(ServedModel):
     """One text model: name, version, runtime model, text batcher, statistics and metrics."""
 
-    def __init__(self, source: ModelSource, model: TextModel, metrics: ServerMetrics) -> None:  # noqa: D107
+    def __init__(self, source: ModelSource, model: TextModel) -> None:  # noqa: D107
         # Not super().__init__: the graph version derives its tensors and batcher from a graph spec.
-        self._setup(source, model, metrics, [TensorSpec(TEXT_INPUT, "BYTES", (-1,))], output_tensor_specs(model),
-                    lambda: TextBatcher(_MeteredTextModel(model, self), source.batcher))  # type: ignore[arg-type]
+        self._setup(source, model, [TensorSpec(TEXT_INPUT, "BYTES", (-1,))], output_tensor_specs(model), TextBatcher)
 
     @classmethod
-    def load(cls, source: ModelSource, metrics: ServerMetrics) -> "TextServedModel":
+    def load(cls, source: ModelSource) -> "TextServedModel":
         start = time.perf_counter()
         model = load_text_model(source.path, providers=source.providers, threads=source.threads)
-        served = cls(source, model, metrics)
+        served = cls(source, model)
         served.warm_up()
         logger.info("loaded text model %r version %s from %s in %.0f ms (task=%s, %s, providers=%s)",
                     source.name, source.version, source.path.parent, (time.perf_counter() - start) * 1e3,
@@ -112,41 +91,28 @@ class TextServedModel(ServedModel):
 
 # -- /v1 predict ------------------------------------------------------------------------------
 
-def _parse_v1(body: bytes) -> tuple[list, int | None, str | None]:
-    texts, timeout, request_id = parse_v1_body(body, "texts", '{"texts": ["first text", "second text", ...]}')
-    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
-    if bad is not None:
-        raise ProtocolError(f"texts[{bad}] must be a string")
-    return texts, timeout, request_id
-
-
-def _render_v1(served: TextServedModel, results: list, request_id: str | None) -> bytes:
-    model: TextModel = served.model  # type: ignore[assignment]
-    out: dict[str, Any] = {"model_name": served.name}
-    if request_id is not None:
-        out["id"] = request_id
-    if model.spec.task == "feature-extraction":
-        out["embeddings"] = [r["embedding"].tolist() for r in results]
-    else:
-        out["labels"] = model.label_names(results)
-        out["probabilities"] = [r["probabilities"].tolist() for r in results]
-    return json.dumps(out, separators=(",", ":")).encode()
-
-
-async def predict_v1(request: web.Request, state: Any, served: TextServedModel) -> web.Response:
+class V1TextCall:
     """``{"texts": [...]}`` → ``{"embeddings": [[...]]}`` or ``{"labels": [...], "probabilities": [...]}``."""
-    from edgemp.runtime.server.state import effective_timeout_us
-    from edgemp.runtime.server.v2 import offload
 
-    with state.admit(served) as scope:
-        body = await read_body(request)
-        texts, requested, request_id = await offload(state, len(body), _parse_v1, body)
-        timeout = effective_timeout_us(requested, served.source.batcher.default_timeout_us,
-                                       state.config.request_timeout_cap_us)
-        scope.input_ns = time.perf_counter_ns() - scope.start_ns
-        future = served.submit(texts, timeout)
-        results = await served.wait(future)
-        out_start = time.perf_counter_ns()
-        payload = await offload(state, len(body), _render_v1, served, results, request_id)
-        scope.success(len(texts), future.timing, time.perf_counter_ns() - out_start)
-    return web.Response(body=payload, content_type="application/json")
+    __slots__ = ("served", "items", "timeout_us", "request_id")
+
+    def __init__(self, served: TextServedModel, body: bytes) -> None:
+        texts, self.timeout_us, self.request_id = parse_v1_body(
+            body, "texts", '{"texts": ["first text", "second text", ...]}')
+        bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise ProtocolError(f"texts[{bad}] must be a string")
+        self.items: Sequence = texts
+        self.served = served
+
+    def encode(self, results: list) -> bytes:
+        model: TextModel = self.served.model  # type: ignore[assignment]
+        out: dict[str, Any] = {"model_name": self.served.name}
+        if self.request_id is not None:
+            out["id"] = self.request_id
+        if model.spec.task == "feature-extraction":
+            out["embeddings"] = [r["embedding"].tolist() for r in results]
+        else:
+            out["labels"] = model.label_names(results)
+            out["probabilities"] = [r["probabilities"].tolist() for r in results]
+        return json.dumps(out, separators=(",", ":")).encode()
