@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from edgemp.errors import EdgempError, InternalError, ModelFormatError
+from edgemp.errors import EdgempError, InternalError, ModelFormatError, ResourceExhaustedError
 from edgemp.spec import METADATA_KEY, ExportedModelSpec
 
 logger = logging.getLogger(__name__)
@@ -153,8 +153,18 @@ class OrtRunner(Runner):
             )
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = self.session.run(list(self.output_names), feeds)
+        try:
+            values = self.session.run(list(self.output_names), feeds)
+        except ORT_ERRORS as e:
+            if _is_allocation_failure(e):  # exhaustion, not a bug: the server answers 507 with one line
+                raise ResourceExhaustedError(f"onnxruntime could not allocate memory for this batch: {one_line(e)}") from e
+            raise
         return dict(zip(self.output_names, values))
+
+
+def _is_allocation_failure(e: BaseException) -> bool:
+    text = str(e).lower()
+    return "failed to allocate" in text or "bad_alloc" in text or "out of memory" in text
 
 
 def read_spec(session: ort.InferenceSession, path: Path) -> ExportedModelSpec:

@@ -25,6 +25,12 @@ V2_DATATYPES = frozenset(
 )
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MAX_NAME = 64  # longest client string echoed back in an error
+# Bounds on client-declared shapes, checked before anything is sized from them: edgemp
+# tensors have rank <= 2 (numpy refuses > 64 dims with an error we would not name), and
+# no request can hold 2**40 elements under any body limit.
+MAX_DIMS = 8
+MAX_ELEMENTS = 2**40
+MAX_TIMEOUT_US = 2**53  # a queue timeout beyond exact floats (~285 years) is a client mistake
 
 
 class ProtocolError(EdgempError):
@@ -58,8 +64,8 @@ class InferRequest:
         value = self.parameters.get("timeout")
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ProtocolError("parameter 'timeout' must be a non-negative integer (microseconds)")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TIMEOUT_US:
+            raise ProtocolError(f"parameter 'timeout' must be an integer in 0..{MAX_TIMEOUT_US} (microseconds)")
         return value
 
 
@@ -75,11 +81,25 @@ def _parameters(obj: dict, where: str) -> dict[str, Any]:
     return params
 
 
+def load_json(body: bytes | memoryview, what: str) -> Any:
+    """Parse client JSON; nesting too deep or int literals past Python's digit limit are 400s."""
+    try:
+        return json.loads(bytes(body) if isinstance(body, memoryview) else body)
+    except RecursionError as e:
+        raise ProtocolError(f"{what} is nested too deeply") from e
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, and "Exceeds the limit (4300 digits)"
+        raise ProtocolError(f"{what} is not valid JSON: {str(e)[:200]}") from e
+
+
 def _shape(value: object, where: str) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in value):
         raise ProtocolError(f"{where}: 'shape' must be a list of integers")
+    if len(value) > MAX_DIMS:
+        raise ProtocolError(f"{where}: 'shape' has {len(value)} dimensions; at most {MAX_DIMS} are accepted")
     if any(d < 0 for d in value):
-        raise ProtocolError(f"{where}: 'shape' {value} has a negative dimension")
+        raise ProtocolError(f"{where}: 'shape' {_name(value)} has a negative dimension")
+    if any(d > MAX_ELEMENTS for d in value) or math.prod(value) > MAX_ELEMENTS:  # Python ints: no wrap
+        raise ProtocolError(f"{where}: 'shape' {_name(value)} holds more than {MAX_ELEMENTS} elements")
     return tuple(value)
 
 
@@ -109,7 +129,7 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvi
     if header_length is None:
         return body, memoryview(b"")
     try:
-        n = int(header_length)
+        n = int(header_length) if len(header_length) <= 20 else -1
     except ValueError as e:
         raise ProtocolError(f"{HEADER_LENGTH} must be an integer, got {_name(header_length)!r}") from e
     if n == 0:
@@ -125,10 +145,7 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvi
 def decode_infer_request(body: bytes, header_length: str | None, expected: dict[str, str]) -> InferRequest:
     """Decode a V2 infer body; ``expected`` maps each model input name to its V2 datatype."""
     header, binary = _split_body(body, header_length)
-    try:
-        obj = json.loads(header)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ProtocolError(f"request header is not valid JSON: {e}") from e
+    obj = load_json(header, "request header")
     if not isinstance(obj, dict):
         raise ProtocolError("request must be a JSON object")
     request_id = obj.get("id")
@@ -155,6 +172,8 @@ def decode_infer_request(body: bytes, header_length: str | None, expected: dict[
         if name not in expected:
             raise ProtocolError(f"unexpected {where}; the model takes {sorted(expected)}")
         datatype = spec.get("datatype")
+        if not isinstance(datatype, str):
+            raise ProtocolError(f"{where}: 'datatype' must be a string such as {expected[name]!r}")
         if datatype != expected[name]:
             what = "unknown" if datatype not in V2_DATATYPES else "unexpected"
             raise ProtocolError(f"{where}: {what} datatype {_name(datatype)!r}, expecting {expected[name]}")
@@ -297,18 +316,16 @@ def parse_v1_body(body: bytes, key: str, example: str) -> tuple[list, int | None
     Returns the non-empty item list (unparsed), the timeout and the id; ``example`` shows
     the expected shape in the error message.
     """
-    try:
-        obj = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ProtocolError(f"request is not valid JSON: {e}") from e
+    obj = load_json(body, "request")
     if not isinstance(obj, dict) or not isinstance(obj.get(key), list) or not obj[key]:
         raise ProtocolError(f"request must be {example}")
     unknown = set(obj) - {key, "timeout_us", "id"}
     if unknown:
         raise ProtocolError(f"unknown field(s) {sorted(unknown)}; expected {key}, timeout_us, id")
     timeout = obj.get("timeout_us")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0):
-        raise ProtocolError("'timeout_us' must be a non-negative integer")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int)
+                                or not 0 <= timeout <= MAX_TIMEOUT_US):
+        raise ProtocolError(f"'timeout_us' must be an integer in 0..{MAX_TIMEOUT_US}")
     request_id = obj.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise ProtocolError("'id' must be a string")

@@ -18,6 +18,7 @@ from edgemp.graph import Graph, GraphBatch
 from edgemp.runtime.batcher import Batcher, BatchFuture
 from edgemp.runtime.model import Model, load
 from edgemp.runtime.server.layout import graphs_to_tensors, input_specs, output_specs, tensors_to_graphs
+from edgemp.runtime.server.limits import RequestLimits
 from edgemp.runtime.server.metrics import ServerMetrics
 from edgemp.runtime.server.repository import ModelSource
 from edgemp.runtime.server.stats import ModelStats
@@ -74,6 +75,7 @@ class ServedModel:
         self.input_types = {t.name: t.datatype for t in self.inputs}
         self.output_names = [t.name for t in self.outputs]
         self._closed = False
+        self.limits: RequestLimits | None = None  # per-request work limits, set by create_app
         self.batcher = make_batcher()
         self._m_compute = metrics.compute_seconds.labels(self.name)
         self._m_graphs = metrics.batch_graphs.labels(self.name)
@@ -129,7 +131,13 @@ class ServedModel:
         self._m_nodes.observe(nodes)
 
     def submit(self, graphs: Sequence[Graph], timeout_us: int | None) -> BatchFuture:
-        """Queue a request (raises GraphValidationError / QueueFullError / ShuttingDownError)."""
+        """Queue a request (raises GraphValidationError / QueueFullError / ShuttingDownError).
+
+        The one place every protocol's request passes before it is queued, so the work
+        limits (RequestTooLargeError, 413) are checked here.
+        """
+        if self.limits is not None:
+            self.limits.check(graphs)
         return self.batcher.submit(graphs, timeout_us)
 
     @staticmethod
