@@ -89,6 +89,7 @@ class ConnectionGuard:
         self.evicted_log = RateLimitedLog(logger)
         self.refused_log = RateLimitedLog(logger)
         self.timeout_log = RateLimitedLog(logger)
+        self.bad_http_log = RateLimitedLog(logger)
 
 
 class GuardedRequestHandler(RequestHandler):
@@ -169,6 +170,23 @@ class GuardedRequestHandler(RequestHandler):
         if self._refused:
             return
         super().connection_lost(exc)
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """Malformed HTTP (bad header bytes, bad chunking): a JSON 4xx and one rate-limited log line.
+
+        aiohttp answers these in text/plain and logs a traceback per request, which lets
+        any client flood the log; V2 clients expect a JSON error body.
+        """
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started; cannot send the error")
+        text = " ".join(str(exc or message or "malformed request").split())[:200]
+        self.guard.bad_http_log.warning("malformed HTTP request from %s: %s", request.remote, text)
+        response = web.json_response({"error": f"malformed HTTP request: {text}"}, status=status)
+        response.force_close()
+        return response
 
     async def _handle_request(self, *args: Any, **kwargs: Any) -> Any:
         result = await super()._handle_request(*args, **kwargs)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 import time
 from typing import Callable
 
@@ -59,7 +60,10 @@ async def serve_app(
         on_ready(port)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # Signal handlers can only be installed from the main thread; an embedded server in
+    # another thread (tests, a host application) stops through ``stop`` instead.
+    signals = (signal.SIGTERM, signal.SIGINT) if threading.current_thread() is threading.main_thread() else ()
+    for sig in signals:
         loop.add_signal_handler(sig, _on_signal, sig, stop)
     try:
         await stop.wait()
@@ -70,7 +74,7 @@ async def serve_app(
         if not await state.wait_idle(config.shutdown_timeout_s):
             logger.warning("shutdown timeout: %d request(s) still in flight", state.inflight)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in signals:
             loop.remove_signal_handler(sig)
         await runner.cleanup()  # closes listeners, waits for handlers, runs on_cleanup (batchers)
     for served in state.models.values():
