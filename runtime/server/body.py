@@ -184,6 +184,9 @@ class BodyReader:
         start = loop.time()
         chunks: list[bytes] = []
         received = 0
+        announced = request.content_length
+        if announced is not None:  # reserve it all now: concurrent big uploads are refused early, not late
+            self._hold(request, announced)
         self._active.add(content)
         try:
             while True:
@@ -203,7 +206,8 @@ class BodyReader:
                         break
                 if received + len(chunk) > self.max_body_bytes:
                     raise BodyTooLargeError(f"request body exceeds the limit of {self.max_body_bytes} bytes")
-                self._hold(request, len(chunk))
+                if announced is None:
+                    self._hold(request, len(chunk))
                 chunks.append(chunk)
                 received += len(chunk)
         except (ConnectionError, asyncio.IncompleteReadError) as e:
