@@ -32,6 +32,13 @@ GPU_PROVIDERS = (TENSORRT, CUDA)
 # spinning pool threads fight the batcher / HTTP loop for the other core (p99 x4-x10). So: 1 thread.
 DEFAULT_THREADS = 1
 
+# ORT's CPU arena keeps every block it grows to: one outsized batch would pin its peak for the
+# process's life. "shrink-big" (arena on; a run whose feeds exceed SHRINK_ABOVE_BYTES asks ORT
+# to shrink the arena when it ends) was chosen by benchmarks/bench_arena.py: see
+# benchmarks/results/arena.md. "arena" (ORT's default) and "no-arena" are the alternatives measured.
+ARENA_POLICY = "shrink-big"
+SHRINK_ABOVE_BYTES = 2 * 1024 * 1024  # default batch budgets (4096 nodes, 8192 edges) feed well under this
+
 # Everything onnxruntime's C++ layer raises (they derive from Exception directly).
 ORT_ERRORS: tuple[type[BaseException], ...] = tuple(
     getattr(_ort_state, name)
@@ -89,6 +96,7 @@ def session_options(threads: int | None = None, allow_spinning: bool = False) ->
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+    so.enable_cpu_mem_arena = ARENA_POLICY != "no-arena"
     so.log_severity_level = 3  # ORT warnings about unused initializers etc. are not the user's concern
     return so
 
@@ -153,8 +161,12 @@ class OrtRunner(Runner):
             )
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        options = None
+        if ARENA_POLICY == "shrink-big" and sum(v.nbytes for v in feeds.values()) > SHRINK_ABOVE_BYTES:
+            options = ort.RunOptions()  # give an outsized batch's arena growth back when it ends
+            options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         try:
-            values = self.session.run(list(self.output_names), feeds)
+            values = self.session.run(list(self.output_names), feeds, options)
         except ORT_ERRORS as e:
             if _is_allocation_failure(e):  # exhaustion, not a bug: the server answers 507 with one line
                 raise ResourceExhaustedError(f"onnxruntime could not allocate memory for this batch: {one_line(e)}") from e
