@@ -169,7 +169,9 @@ class OrtRunner(Runner):
             values = self.session.run(list(self.output_names), feeds, options)
         except ORT_ERRORS as e:
             if _is_allocation_failure(e):  # exhaustion, not a bug: the server answers 507 with one line
-                raise ResourceExhaustedError(f"onnxruntime could not allocate memory for this batch: {one_line(e)}") from e
+                logger.warning("onnxruntime could not allocate memory: %s", one_line(e, 400))
+                raise ResourceExhaustedError(
+                    "the model ran out of memory on this batch; send fewer or smaller graphs") from e
             raise
         return dict(zip(self.output_names, values))
 

@@ -316,6 +316,33 @@ def test_buffered_bytes_cap_refuses_early(server, gnn):
     _valid(server, gnn)
 
 
+@pytest.mark.skipif(not hasattr(__import__("resource"), "prlimit"), reason="needs Linux prlimit")
+def test_real_allocation_failure_is_507_and_server_recovers(tmp_path):
+    """ORT really failing to allocate (address space capped from outside): 507, one line, still serving."""
+    import resource
+
+    build_sparse_model(tmp_path / "model.onnx", hidden=256)  # [E, 256] float intermediates
+    srv = start_server(tmp_path / "model.onnx", tmp_path, "--max-request-memory-bytes", "0", "--max-request-nodes",
+                       "1000000", "--max-request-edges", "1000000")
+    try:
+        def body(nodes: int, edges: int) -> tuple[bytes, dict]:
+            raw, n = v2_binary_body(batch_tensors([_big_graph(nodes, edges)]))
+            return raw, {"Inference-Header-Content-Length": str(n)}
+
+        from server_utils import http
+
+        assert http(srv, "POST", "/v2/models/model/infer", *body(2000, 8000))[0] == 200  # threads and arena warm
+        with open(f"/proc/{srv.proc.pid}/status") as fh:
+            vm = next(int(ln.split()[1]) * 1024 for ln in fh if ln.startswith("VmSize"))
+        resource.prlimit(srv.proc.pid, resource.RLIMIT_AS, (vm + (300 << 20), resource.RLIM_INFINITY))
+        status, _, payload = http(srv, "POST", "/v2/models/model/infer", *body(100_000, 400_000))
+        assert status == 507 and "memory" in json_error(payload), payload[:300]
+        assert http(srv, "POST", "/v2/models/model/infer", *body(20, 40))[0] == 200
+    finally:
+        assert srv.stop() == 0
+    assert "Traceback" not in srv.log()
+
+
 # -- connection hygiene ------------------------------------------------------------------
 def test_slowloris_headers_get_408_and_close(server):
     sock = raw_socket(server.port)
