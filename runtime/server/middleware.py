@@ -106,7 +106,12 @@ def body_limit_middleware(reader: BodyReader) -> Callable:
     async def check_length(request: web.Request, handler: Handler) -> web.StreamResponse:
         length = request.content_length
         if length is not None and request.method in ("POST", "PUT"):
-            reader.check_announced(length)
+            try:
+                reader.check_announced(length)
+            except BadBodyError as e:
+                # Nothing was read: answer without closing, and aiohttp discards the unread body
+                # (for at most its lingering time) so the client can finish sending and read this.
+                return error_response(e.status, str(e))
         try:
             return await handler(request)
         finally:
