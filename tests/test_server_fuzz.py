@@ -6,7 +6,8 @@ a few hostile mutations (wrapping counts, huge or negative shapes, 65 dimensions
 non-string datatypes, deep nesting, int literals past Python's digit limit, out-of-range
 numbers, lying binary sizes, broken compression, non-UTF-8 auth headers, ...) and
 checks the one property that matters: **a 4xx with a JSON error, or a correct 200 —
-never a 5xx, a dropped connection or a dead server.**
+never a 5xx (save the 503 of a queue timeout the request asked for), a dropped
+connection or a dead server.**
 
 The CI budget is ``EDGEMP_FUZZ_EXAMPLES`` (default 1500: a few seconds). Run it large by
 hand: ``EDGEMP_FUZZ_EXAMPLES=10000 pytest -q tests/test_server_fuzz.py``.
@@ -281,7 +282,8 @@ def test_fuzz_every_decoder_never_5xx(served):
             conn = server.connection()
             status, rheaders, payload = request(conn, "POST", path, body, headers)
         seen[status] = seen.get(status, 0) + 1
-        assert status < 500, (status, payload[:300])
+        # 503 is right for exactly one client input: a queue timeout the request set itself (Triton's too)
+        assert status < 500 or (status == 503 and b"past its timeout" in payload), (status, payload[:300])
         if rheaders.get("Connection", "").lower() == "close":
             conn.close()
             conn = server.connection()
