@@ -11,8 +11,6 @@ import asyncio
 import gzip
 import json
 import logging
-import os
-import signal
 import socket
 import threading
 import time

@@ -113,11 +113,14 @@ class BodyReader:
         self._draining = False
 
     # -- accounting -----------------------------------------------------------------------
-    def _hold(self, request: web.Request, nbytes: int) -> None:
+    def _check_room(self, nbytes: int) -> None:
         if self.buffered + nbytes > self.max_buffered_bytes:
             raise BufferFullError(
                 f"the server is already buffering {self.buffered} bytes of request bodies "
                 f"(max_buffered_bytes={self.max_buffered_bytes}); retry shortly")
+
+    def _hold(self, request: web.Request, nbytes: int) -> None:
+        self._check_room(nbytes)
         self.buffered += nbytes
         self._held[id(request)] = self._held.get(id(request), 0) + nbytes
 
@@ -138,10 +141,7 @@ class BodyReader:
         """Refuse a body by its Content-Length before reading a byte of it."""
         if length > self.max_body_bytes:
             raise BodyTooLargeError(f"request body of {length} bytes exceeds the limit of {self.max_body_bytes}")
-        if self.buffered + length > self.max_buffered_bytes:
-            raise BufferFullError(
-                f"the server is already buffering {self.buffered} bytes of request bodies "
-                f"(max_buffered_bytes={self.max_buffered_bytes}); retry shortly")
+        self._check_room(length)
 
     def abort_uploads(self) -> None:
         """Drain: every body still arriving ends with 503 now, not when its client resumes."""
@@ -163,13 +163,11 @@ class BodyReader:
             return raw
         # The inflated body's room is reserved up front, so concurrent inflations cannot overshoot.
         room = min(self.max_body_bytes, self.max_buffered_bytes - self.buffered)
-        if room <= 0:
-            raise BufferFullError("the server is buffering too many request bodies; retry shortly")
-        self._hold(request, room)
+        self._hold(request, max(room, 1))  # no room left at all: BufferFullError here
         try:
             body = await asyncio.get_running_loop().run_in_executor(None, _inflate, raw, encoding, room)
         except BodyTooLargeError:
-            if room < self.max_body_bytes:
+            if room < self.max_body_bytes:  # stopped at what was left of the buffer, not at the body limit
                 raise BufferFullError("the server is buffering too many request bodies; retry shortly") from None
             raise
         finally:
