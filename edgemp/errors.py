@@ -54,5 +54,13 @@ class ShuttingDownError(EdgempError):
     """The batcher or server is draining and accepts no new requests."""
 
 
+class RequestTooLargeError(EdgempError):
+    """A request asks for more work than the server's per-request limits allow (HTTP 413)."""
+
+
+class ResourceExhaustedError(EdgempError):
+    """The server ran out of memory or buffer space for a valid request (HTTP 507/503)."""
+
+
 class InternalError(Exception):
     """A bug in edgemp (an invariant broke); not the user's fault."""

@@ -51,25 +51,63 @@ class Graph:
         call :func:`validate_graph` before using a graph you did not build yourself.
         """
         try:
-            x_arr = np.asarray(x, dtype=np.float32)
-            ei = np.asarray(edge_index)
-            if ei.size == 0:
-                ei = ei.reshape(2, 0)
-            if ei.dtype.kind == "f":
-                if not np.all(np.isfinite(ei)) or np.any(ei != np.round(ei)):
-                    raise GraphValidationError("edge_index holds non-integer values")
-            elif ei.dtype.kind not in "iub":
-                raise GraphValidationError(f"edge_index has dtype {ei.dtype}; expected integers")
-            ei = ei.astype(np.int64)
-            ea = None if edge_attr is None else np.asarray(edge_attr, dtype=np.float32)
-            if ea is not None and ea.size == 0 and ea.ndim == 1:
-                ea = ea.reshape(0, 0)
-            y_arr = None if y is None else np.asarray(y, dtype=np.float32)
-        except (TypeError, ValueError) as e:
+            # Out-of-range numbers become inf here, and validate_graph rejects them by name.
+            with np.errstate(over="ignore", invalid="ignore"):
+                x_arr, ei, ea, y_arr = _convert(x, edge_index, edge_attr, y)
+        except (TypeError, ValueError, OverflowError, RecursionError) as e:
             if isinstance(e, GraphValidationError):
                 raise
             raise GraphValidationError(f"graph arrays could not be converted: {e}") from e
         return cls(x=x_arr, edge_index=ei, edge_attr=ea, y=y_arr)
+
+
+def _convert(x, edge_index, edge_attr, y) -> tuple:
+    x_arr = np.asarray(x, dtype=np.float32)
+    ei = np.asarray(edge_index)
+    if ei.size == 0:
+        ei = ei.reshape(2, 0)
+    if ei.dtype.kind == "f":
+        if not np.all(np.isfinite(ei)) or np.any(ei != np.round(ei)):
+            raise GraphValidationError("edge_index holds non-integer values")
+        if ei.size and float(np.abs(ei).max()) > 2.0**53:  # beyond exact floats; casting would wrap
+            raise GraphValidationError("edge_index holds values too large to be node indices")
+    elif ei.dtype.kind not in "iub":
+        raise GraphValidationError(f"edge_index has dtype {ei.dtype}; expected integers")
+    ei = ei.astype(np.int64)
+    ea = None if edge_attr is None else np.asarray(edge_attr, dtype=np.float32)
+    if ea is not None and ea.size == 0 and ea.ndim == 1:
+        ea = ea.reshape(0, 0)
+    y_arr = None if y is None else np.asarray(y, dtype=np.float32)
+    return x_arr, ei, ea, y_arr
+
+
+def check_counts(counts: np.ndarray, total: int, what: str, of: str, *, minimum: int = 0) -> None:
+    """Raise :class:`GraphValidationError` unless ``counts`` are in range and add up to ``total``.
+
+    Client-supplied counts are bounded *before* they are summed: int64 wraps silently, and
+    ``[2**63 - 1, 2**63 - 1, 3]`` would otherwise "add up" to 1 and size arrays (np.repeat
+    segfaults on such counts). With every entry in ``[minimum, total]`` and at most
+    ``total + 1`` entries, the sum stays far below 2**63.
+    """
+    counts = np.asarray(counts)
+    if counts.dtype.kind not in "iu":
+        raise GraphValidationError(f"{what} must hold integers, got {counts.dtype}")
+    if counts.ndim != 1:
+        raise GraphValidationError(f"{what} must be one-dimensional, got shape {list(counts.shape)}")
+    if counts.size == 0:
+        return
+    if minimum > 0 and counts.size > total // minimum:
+        raise GraphValidationError(f"{what} lists {counts.size} entries but {of} has only {total}")
+    lo, hi = int(counts.min()), int(counts.max())
+    if lo < minimum:
+        raise GraphValidationError(f"{what} holds {lo}; each entry must be at least {minimum}")
+    if hi > total:
+        raise GraphValidationError(f"{what} holds {hi} but {of} has {total}")
+    if counts.size > total + 1:  # only zeros can repeat this often; still bound the sum
+        raise GraphValidationError(f"{what} lists {counts.size} entries for {total} in {of}")
+    s = int(counts.sum(dtype=np.int64))
+    if s != total:
+        raise GraphValidationError(f"{what} add up to {s} but {of} has {total}")
 
 
 def _where(index: int | None) -> str:

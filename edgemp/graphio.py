@@ -12,7 +12,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from edgemp.errors import EdgempError, GraphValidationError
-from edgemp.graph import Graph, collate, validate_graph
+from edgemp.graph import Graph, check_counts, collate, validate_graph
 
 
 def graph_from_json(obj: object, index: int | None = None) -> Graph:
@@ -113,8 +113,13 @@ def read_npz(path: str | Path) -> list[Graph]:
         x, ei = data["x"], data["edge_index"]
         nc, ec = data["graph_node_counts"].astype(np.int64), data["graph_edge_counts"].astype(np.int64)
         ea = data["edge_attr"] if "edge_attr" in data else None
-        if nc.sum() != x.shape[0] or ei.ndim != 2 or ec.sum() != ei.shape[1]:
-            raise GraphValidationError(f"{path}: graph_node_counts/graph_edge_counts do not add up to x/edge_index")
+        if x.ndim < 1 or ei.ndim != 2 or nc.shape != ec.shape:
+            raise GraphValidationError(f"{path}: x, edge_index and the count arrays have inconsistent shapes")
+        try:  # bounded before summing: counts from a file must not wrap int64 either
+            check_counts(nc, x.shape[0], "graph_node_counts", "x (nodes)", minimum=1)
+            check_counts(ec, ei.shape[1], "graph_edge_counts", "edge_index (edges)")
+        except GraphValidationError as e:
+            raise GraphValidationError(f"{path}: {e}") from e
         ys = None
         if "y" in data:
             flat, sizes, shapes = data["y"], data["y_sizes"], data["y_shapes"]

@@ -37,6 +37,10 @@ FORM_INPUTS: dict[str, frozenset[str]] = {
 }
 
 
+MAX_WIDTH = 1 << 20  # features / output width: far past any real model, far below overflow
+MAX_DENSE_NODES = 1 << 16
+
+
 class Model:
     """An exported model ready to run; build it with :func:`load`."""
 
@@ -67,7 +71,35 @@ class Model:
         """Requested GPU providers that onnxruntime did not activate."""
         return getattr(self.runner, "fallbacks", ())
 
+    def _check_metadata(self) -> None:
+        """Impossible metadata (no outputs, widths that are not small positive integers) is one
+        error line at load, not a traceback at warm-up or a 200 with empty outputs later."""
+        spec, where, m = self.spec, self.path or "model", self.spec.model
+
+        def count(value: object, lo: int, hi: int) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+        if not m.outputs:
+            raise ModelFormatError(f"{where}: metadata declares no outputs; re-export the model")
+        if not count(m.node_features, 1, MAX_WIDTH):
+            raise ModelFormatError(f"{where}: metadata node_features={m.node_features!r} is not in 1..{MAX_WIDTH}")
+        if not count(m.edge_features, 0, MAX_WIDTH):
+            raise ModelFormatError(f"{where}: metadata edge_features={m.edge_features!r} is not in 0..{MAX_WIDTH}")
+        names = [o.name for o in m.outputs]
+        for o in m.outputs:
+            if not isinstance(o.name, str) or not o.name or o.level not in ("graph", "node") \
+                    or not count(o.width, 1, MAX_WIDTH):
+                raise ModelFormatError(
+                    f"{where}: metadata output {str(o.name)[:64]!r} needs a name, level 'graph' or 'node' "
+                    f"and a width in 1..{MAX_WIDTH}; got level={str(o.level)[:16]!r} width={str(o.width)[:16]!r}")
+        if len(set(names)) != len(names):
+            raise ModelFormatError(f"{where}: metadata lists an output twice: {names}")
+        if spec.form == "dense" and not count(spec.max_nodes, 1, MAX_DENSE_NODES):
+            raise ModelFormatError(f"{where}: dense model metadata has max_nodes={spec.max_nodes!r}; "
+                                   f"expected 1..{MAX_DENSE_NODES}; re-export it")
+
     def _check_contract(self) -> None:
+        self._check_metadata()
         spec, where = self.spec, self.path or "model"
         allowed = FORM_INPUTS[spec.form]
         unknown = [n for n in self.input_names if n not in allowed]

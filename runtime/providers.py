@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from edgemp.errors import EdgempError, InternalError, ModelFormatError
+from edgemp.errors import EdgempError, InternalError, ModelFormatError, ResourceExhaustedError
 from edgemp.spec import METADATA_KEY, ExportedModelSpec
 
 logger = logging.getLogger(__name__)
@@ -31,6 +31,13 @@ GPU_PROVIDERS = (TENSORRT, CUDA)
 # (dense form alike). A second thread never paid for its synchronisation on graphs this small, and
 # spinning pool threads fight the batcher / HTTP loop for the other core (p99 x4-x10). So: 1 thread.
 DEFAULT_THREADS = 1
+
+# ORT's CPU arena keeps every block it grows to: one outsized batch would pin its peak for the
+# process's life. "shrink-big" (arena on; a run whose feeds exceed SHRINK_ABOVE_BYTES asks ORT
+# to shrink the arena when it ends) was chosen by benchmarks/bench_arena.py: see
+# benchmarks/results/arena.md. "arena" (ORT's default) and "no-arena" are the alternatives measured.
+ARENA_POLICY = "shrink-big"
+SHRINK_ABOVE_BYTES = 2 * 1024 * 1024  # default batch budgets (4096 nodes, 8192 edges) feed well under this
 
 # Everything onnxruntime's C++ layer raises (they derive from Exception directly).
 ORT_ERRORS: tuple[type[BaseException], ...] = tuple(
@@ -89,6 +96,7 @@ def session_options(threads: int | None = None, allow_spinning: bool = False) ->
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+    so.enable_cpu_mem_arena = ARENA_POLICY != "no-arena"
     so.log_severity_level = 3  # ORT warnings about unused initializers etc. are not the user's concern
     return so
 
@@ -154,11 +162,27 @@ class OrtRunner(Runner):
             )
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        options = None
+        if ARENA_POLICY == "shrink-big" and sum(v.nbytes for v in feeds.values()) > SHRINK_ABOVE_BYTES:
+            options = ort.RunOptions()  # give an outsized batch's arena growth back when it ends
+            options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         # Plain ``run`` is the cheapest call here: for a 23-atom molecule through the default MPNN
         # (1 thread, 600 interleaved calls each) run 243 us p50, IOBinding 253 us, and
         # run_with_ort_values 307 us (wrapping each numpy feed in an OrtValue costs more than it saves).
-        values = self.session.run(self._output_list, feeds)
+        try:
+            values = self.session.run(self._output_list, feeds, options)
+        except ORT_ERRORS as e:
+            if _is_allocation_failure(e):  # exhaustion, not a bug: the server answers 507 with one line
+                logger.warning("onnxruntime could not allocate memory: %s", one_line(e, 400))
+                raise ResourceExhaustedError(
+                    "the model ran out of memory on this batch; send fewer or smaller graphs") from e
+            raise
         return dict(zip(self.output_names, values))
+
+
+def _is_allocation_failure(e: BaseException) -> bool:
+    text = str(e).lower()
+    return "failed to allocate" in text or "bad_alloc" in text or "out of memory" in text
 
 
 def read_spec(session: ort.InferenceSession, path: Path) -> ExportedModelSpec:

@@ -31,18 +31,29 @@ class _ServeCommand(click.Command):
 
 
 def _token(token_file: Path | None) -> str | None:
+    """The bearer token, failing closed: a token source that is set but blank is an error.
+
+    An empty ``EDGEMP_AUTH_TOKEN`` (a typo in a unit file, a missing secret) must not
+    silently turn auth off; only an *unset* variable and no file means "no auth".
+    """
     env = os.environ.get(TOKEN_ENV)
-    if token_file is not None and env:
+    if token_file is not None and env is not None:
         raise EdgempError(f"both --auth-token-file and {TOKEN_ENV} are set; use one")
     if token_file is not None:
         try:
             token = token_file.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as e:
             raise EdgempError(f"cannot read auth token file {token_file}: {e}") from e
-        if not token:
-            raise EdgempError(f"auth token file {token_file} is empty")
-        return token
-    return env.strip() if env and env.strip() else None
+        source = f"auth token file {token_file}"
+    elif env is not None:
+        token, source = env.strip(), TOKEN_ENV
+    else:
+        return None
+    if not token:
+        raise EdgempError(f"{source} is empty or whitespace; set a token, or unset it to run without auth")
+    if not all(33 <= ord(c) <= 126 for c in token):
+        raise EdgempError(f"{source} holds spaces or non-ASCII characters; a bearer token is visible ASCII")
+    return token
 
 
 @click.command("serve", cls=_ServeCommand)
@@ -64,6 +75,22 @@ def _token(token_file: Path | None) -> str | None:
               help="Cap on a request's queue timeout (0 = no cap); requests may ask for less.")
 @click.option("--max-body-bytes", default=64 * 1024 * 1024, show_default=True, type=int,
               help="Largest request body (after decompression); 413 beyond.")
+@click.option("--header-timeout-s", default=10.0, show_default=True, type=float,
+              help="Request headers must arrive within this (408 and close otherwise); also the body's grace period.")
+@click.option("--body-min-rate-bytes-per-s", default=64 * 1024, show_default=True, type=int,
+              help="After the grace period a body must keep arriving this fast (408 and close); 0 = off.")
+@click.option("--keepalive-timeout-s", default=30.0, show_default=True, type=float,
+              help="Close idle keep-alive connections after this long.")
+@click.option("--max-connections", default=1024, show_default=True, type=int,
+              help="Open connections at most (the oldest one still waiting for headers makes room).")
+@click.option("--max-buffered-bytes", default=0, show_default=True, type=int,
+              help="Bytes all request bodies in flight may hold together (503 beyond); 0 = 4 x --max-body-bytes.")
+@click.option("--max-request-nodes", default=0, show_default=True, type=int,
+              help="Nodes one request may carry (413 beyond); 0 = 4 x --max-batch-nodes.")
+@click.option("--max-request-edges", default=0, show_default=True, type=int,
+              help="Edges one request may carry (413 beyond); 0 = 4 x --max-batch-edges.")
+@click.option("--max-request-memory-bytes", default=1024**3, show_default=True, type=int,
+              help="Estimated peak inference memory one request may need (413 beyond); 0 = no estimate.")
 @click.option("--auth-token-file", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help=f"File holding the bearer token (or set {TOKEN_ENV}).")
 @click.option("--providers", default="auto", show_default=True, help="auto, cpu, cuda or tensorrt.")
@@ -74,7 +101,9 @@ def _token(token_file: Path | None) -> str | None:
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def serve(model: Path, host: str, port: int, grpc_port: int | None, name: str | None, max_batch_graphs: int, max_batch_nodes: int,
           max_batch_edges: int, max_queue_delay_us: int, max_queue_size: int, request_timeout_us: int,
-          max_body_bytes: int, auth_token_file: Path | None, providers: str, threads: int | None,
+          max_body_bytes: int, header_timeout_s: float, body_min_rate_bytes_per_s: int, keepalive_timeout_s: float,
+          max_connections: int, max_buffered_bytes: int, max_request_nodes: int, max_request_edges: int,
+          max_request_memory_bytes: int, auth_token_file: Path | None, providers: str, threads: int | None,
           access_log: bool, log_level: str) -> None:
     """Serve MODEL (an exported .onnx, or a model repository directory) over KServe V2 HTTP (and gRPC).
 
@@ -93,6 +122,10 @@ def serve(model: Path, host: str, port: int, grpc_port: int | None, name: str | 
     config = ServerConfig(
         host=host, port=port, max_body_bytes=max_body_bytes, auth_token=_token(auth_token_file),
         request_timeout_cap_us=request_timeout_us, access_log=access_log, grpc_port=grpc_port,
+        header_timeout_s=header_timeout_s, body_min_rate_bytes_per_s=body_min_rate_bytes_per_s,
+        keepalive_timeout_s=keepalive_timeout_s, max_connections=max_connections,
+        max_buffered_bytes=max_buffered_bytes, max_request_nodes=max_request_nodes,
+        max_request_edges=max_request_edges, max_request_memory_bytes=max_request_memory_bytes,
     )
     sources = discover(model, batcher, name=name, providers=providers, threads=threads)
     app = create_app(sources, config)

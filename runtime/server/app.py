@@ -17,11 +17,14 @@ from edgemp.runtime.batcher import BatcherConfig
 from edgemp.runtime.model import Model
 from edgemp.runtime.server import v1, v2
 from edgemp.runtime.server.config import ServerConfig
+from edgemp.runtime.server.body import BodyReader
+from edgemp.runtime.server.limits import RequestLimits
 from edgemp.runtime.server.metrics import ServerMetrics
-from edgemp.runtime.server.middleware import auth_middleware, body_limit_middleware, error_middleware
+from edgemp.runtime.server.middleware import BODY_READER, auth_middleware, body_limit_middleware, error_middleware
 from edgemp.runtime.server.repository import NAME_RE, ModelSource
 from edgemp.runtime.server.served import ServedModel
 from edgemp.runtime.server.state import STATE, ServerState
+from edgemp.runtime.server.text_served import TextServedModel
 
 logger = logging.getLogger(__name__)
 
@@ -74,15 +77,21 @@ def create_app(
         batcher: batching settings for models given by mapping (sources carry their own).
     """
     config = config or ServerConfig()
-    state = ServerState(_serve_all(models, batcher or BatcherConfig()), config)
+    served = _serve_all(models, batcher or BatcherConfig())
+    for s in served.values():
+        if not isinstance(s, TextServedModel):  # texts are bounded by the tokenizer's max length
+            s.limits = RequestLimits.for_model(s.spec, s.source.path, s.source.batcher, config)
+    state = ServerState(served, config)
     state.metrics = ServerMetrics(lambda: list(state.models.values()), lambda: state.ready)
     middlewares = [error_middleware]
     if config.auth_token is not None:
         middlewares.append(auth_middleware(config.auth_token))
         logger.info("bearer-token auth is on for every route except /v2/health/live and /v2/health/ready")
-    middlewares.append(body_limit_middleware(config.max_body_bytes))
+    body_reader = BodyReader(config)
+    middlewares.append(body_limit_middleware(body_reader))
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
     app[STATE] = state
+    app[BODY_READER] = body_reader
     v2.add_routes(app)
     v1.add_routes(app)
     app.on_cleanup.append(_close_models)

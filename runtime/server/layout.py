@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgemp.errors import GraphValidationError
-from edgemp.graph import Graph
+from edgemp.graph import Graph, check_counts
 from edgemp.runtime import ragged
 from edgemp.runtime.server.protocol import ProtocolError
 from edgemp.spec import ExportedModelSpec
@@ -80,12 +80,10 @@ def tensors_to_graphs(tensors: dict[str, np.ndarray], spec: ExportedModelSpec,
         raise ProtocolError("graph_node_counts is empty; a request needs at least one graph")
     if num_graphs == 1:  # the common case: scalar checks; Model.validate checks the edges
         return [_one_graph(tensors, x, ei, node_graph, int(counts[0]))]
-    if counts.min() < 1:
-        raise ProtocolError(f"graph_node_counts holds {int(counts.min())}; every graph needs at least one node")
-    if counts.max() > num_nodes:  # bounds every count first, so their int64 sum cannot wrap around
-        raise ProtocolError(f"graph_node_counts holds {int(counts.max())} but x has {num_nodes} nodes")
-    if int(counts.sum()) != num_nodes:
-        raise ProtocolError(f"graph_node_counts add up to {int(counts.sum())} but x has {num_nodes} nodes")
+    try:  # every graph has a node; entries bounded before summing (no int64 wrap)
+        check_counts(counts, num_nodes, "graph_node_counts", "x (nodes)", minimum=1)
+    except GraphValidationError as e:
+        raise ProtocolError(str(e)) from e
     if node_graph.shape[0] != num_nodes:
         raise ProtocolError(f"node_graph has {node_graph.shape[0]} entries but x has {num_nodes} nodes")
     expected_ng = np.repeat(np.arange(num_graphs, dtype=np.int64), counts) if num_graphs > 1 else 0

@@ -6,27 +6,30 @@ only an unexpected exception becomes a 500, and that one is logged with its trac
 """
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 from typing import Awaitable, Callable
 
-from aiohttp import ClientPayloadError, web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestPayloadError
+from aiohttp import web
 
 from edgemp.errors import (
     EdgempError,
     GraphValidationError,
     QueueFullError,
     RequestTimeoutError,
+    RequestTooLargeError,
+    ResourceExhaustedError,
     ShuttingDownError,
 )
+from edgemp.runtime.server.body import BadBodyError, BodyReader, ClientGoneError, aiohttp_inflates
+from edgemp.runtime.server.config import ServerConfig
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+BODY_READER = web.AppKey("edgemp_body_reader", BodyReader)
+__all__ = ["BadBodyError", "ClientGoneError", "read_body"]  # body errors are re-exported for handlers
 
 
 class NotFoundError(EdgempError):
@@ -37,30 +40,30 @@ class UnavailableError(EdgempError):
     """The server is draining or not ready (HTTP 503)."""
 
 
-class BadBodyError(EdgempError):
-    """The body cannot be read (corrupt compression, bad chunking): 400, then close."""
-
-
-class ClientGoneError(EdgempError):
-    """The client disconnected before its body arrived; nobody is left to answer."""
-
-
 async def read_body(request: web.Request) -> bytes:
-    """The whole (decompressed) body; a vanished client or a corrupt encoding is not a 500."""
-    try:
-        return await request.read()
-    except web.HTTPException:
-        raise
-    except (ConnectionError, asyncio.IncompleteReadError) as e:
-        raise ClientGoneError("client disconnected while sending the body") from e
-    except (RequestPayloadError, ClientPayloadError, HttpProcessingError) as e:
-        raise BadBodyError(f"cannot read the request body: {one_line(e)}") from e
+    """The whole (decompressed) body, read under the app's time and memory limits.
+
+    A vanished client, a corrupt encoding or a stalled upload is never a 500 (see
+    :mod:`edgemp.runtime.server.body`).
+    """
+    reader = request.app.get(BODY_READER)
+    if reader is None:  # an app not built by create_app: default limits
+        reader = _default_reader(request.app)
+    return await reader.read(request, aiohttp_inflates(request))
+
+
+def _default_reader(app: web.Application) -> BodyReader:
+    return BodyReader(ServerConfig(max_body_bytes=app._client_max_size))  # noqa: SLF001 - the app's own limit
 
 
 def status_for(error: BaseException) -> int:
     """The HTTP status for an exception raised while serving a request."""
     if isinstance(error, NotFoundError):
         return 404
+    if isinstance(error, RequestTooLargeError):
+        return 413
+    if isinstance(error, (ResourceExhaustedError, MemoryError)):
+        return 507
     if isinstance(error, (QueueFullError, ShuttingDownError, RequestTimeoutError, UnavailableError)):
         return 503
     if isinstance(error, (GraphValidationError, EdgempError)):
@@ -83,7 +86,8 @@ def auth_middleware(token: str) -> Callable:
     @web.middleware
     async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in OPEN_PATHS:
-            given = request.headers.get("Authorization", "").encode()
+            # aiohttp keeps undecodable header bytes as surrogates: encode them back, never raise.
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
             if not hmac.compare_digest(given, expected):
                 return error_response(401, "missing or invalid bearer token")
         return await handler(request)
@@ -91,15 +95,27 @@ def auth_middleware(token: str) -> Callable:
     return check_token
 
 
-def body_limit_middleware(max_body_bytes: int) -> Callable:
-    """Refuse an oversized body before reading it, when Content-Length announces it."""
+def body_limit_middleware(reader: BodyReader) -> Callable:
+    """Refuse a body by its Content-Length before reading it; free its bytes after the handler.
+
+    The bytes a request's body holds count against ``max_buffered_bytes`` until its
+    handler has answered (decoded tensors live that long too).
+    """
 
     @web.middleware
     async def check_length(request: web.Request, handler: Handler) -> web.StreamResponse:
         length = request.content_length
-        if length is not None and length > max_body_bytes:
-            return error_response(413, f"request body of {length} bytes exceeds the limit of {max_body_bytes}")
-        return await handler(request)
+        if length is not None and request.method in ("POST", "PUT"):
+            try:
+                reader.check_announced(length)
+            except BadBodyError as e:
+                # Nothing was read: answer without closing, and aiohttp discards the unread body
+                # (for at most its lingering time) so the client can finish sending and read this.
+                return error_response(e.status, str(e))
+        try:
+            return await handler(request)
+        finally:
+            reader.release(request)
 
     return check_length
 
@@ -119,12 +135,18 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         logger.info("%s %s: client disconnected mid-request", request.method, request.path)
         return error_response(400, "client disconnected")
     except BadBodyError as e:
-        response = error_response(400, str(e))
+        response = error_response(e.status, str(e))
         response.force_close()  # the rest of the stream is unreadable: answer, then close
         request.content.feed_eof()  # and do not let aiohttp try to drain it again
         return response
+    except ResourceExhaustedError as e:  # real exhaustion: one log line, no traceback per request
+        logger.warning("%s %s: %s", request.method, request.path, one_line(e))
+        return error_response(status_for(e), str(e))
     except EdgempError as e:
         return error_response(status_for(e), str(e))
+    except MemoryError:
+        logger.warning("%s %s: out of memory serving the request", request.method, request.path)
+        return error_response(507, "the server ran out of memory for this request; send fewer or smaller graphs")
     except Exception:
         logger.exception("internal error serving %s %s", request.method, request.path)
         return error_response(500, "internal server error; see the server log")

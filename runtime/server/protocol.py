@@ -28,8 +28,12 @@ V2_DATATYPES = frozenset(
 )
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MAX_NAME = 64  # longest client string echoed back in an error
-MAX_DIMS = 64  # more dimensions than any edgemp tensor has; Triton's limit is similar
-MAX_ELEMENTS = 1 << 40  # a shape asking for more elements is an error before any array is sized
+# Bounds on client-declared shapes, checked before anything is sized from them: edgemp
+# tensors have rank <= 2 (numpy refuses > 64 dims with an error we would not name), and
+# no request can hold 2**40 elements under any body limit.
+MAX_DIMS = 8
+MAX_ELEMENTS = 2**40
+MAX_TIMEOUT_US = 2**53  # a queue timeout beyond exact floats (~285 years) is a client mistake
 
 
 class ProtocolError(EdgempError):
@@ -63,8 +67,8 @@ class InferRequest:
         value = self.parameters.get("timeout")
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ProtocolError("parameter 'timeout' must be a non-negative integer (microseconds)")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TIMEOUT_US:
+            raise ProtocolError(f"parameter 'timeout' must be an integer in 0..{MAX_TIMEOUT_US} (microseconds)")
         return value
 
 
@@ -118,15 +122,12 @@ def array_from_bytes(raw: bytes | memoryview, datatype: str, shape: tuple[int, .
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
-def load_json(data: bytes | str, what: str) -> Any:
+def load_json(data: bytes | memoryview | str, what: str) -> Any:
     """``json.loads`` whose every failure (syntax, encoding, nesting depth, huge ints) is a 400."""
     try:
-        return json.loads(data)
+        return json.loads(bytes(data) if isinstance(data, memoryview) else data)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:  # JSONDecodeError is a ValueError
         raise ProtocolError(f"{what} is not valid JSON: {_name(e)}") from e
-
-
-
 
 
 def _from_json_data(data: object, dtype: np.dtype, shape: tuple[int, ...], where: str) -> np.ndarray:
@@ -170,7 +171,7 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvi
     if header_length is None:
         return body, memoryview(b"")
     try:
-        n = int(header_length)
+        n = int(header_length) if len(header_length) <= 20 else -1
     except ValueError as e:
         raise ProtocolError(f"{HEADER_LENGTH} must be an integer, got {_name(header_length)!r}") from e
     if n == 0:
@@ -371,8 +372,9 @@ def parse_v1_body(body: bytes, key: str, example: str) -> tuple[list, int | None
     if unknown:
         raise ProtocolError(f"unknown field(s) {sorted(unknown)}; expected {key}, timeout_us, id")
     timeout = obj.get("timeout_us")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0):
-        raise ProtocolError("'timeout_us' must be a non-negative integer")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int)
+                                or not 0 <= timeout <= MAX_TIMEOUT_US):
+        raise ProtocolError(f"'timeout_us' must be an integer in 0..{MAX_TIMEOUT_US}")
     request_id = obj.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise ProtocolError("'id' must be a string")

@@ -6,6 +6,8 @@ Layouts accepted (Triton's and a flatter one, so Triton repositories work unchan
     <repo>/<name>/<version>/model.onnx     highest numeric version wins
     <repo>/<name>/config.json              optional batching options (BatcherConfig fields,
                                            plus "providers" and "threads")
+    <repo>/<name>/config.pbtxt             optional Triton config: parsed and checked (name,
+                                           platform, dynamic_batching delay); a bad one is an error
 
 A text model (``model.onnx`` + ``tokenizer.json``, from ``edgemp export HF_DIR``) sits in
 the same places, or is served alone by passing its folder.
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from edgemp.errors import EdgempError, ModelFormatError
 from edgemp.runtime.batcher import BatcherConfig
+from edgemp.runtime.server import pbtxt
 from edgemp.runtime.text import text_model_files
 
 logger = logging.getLogger(__name__)
@@ -33,6 +36,8 @@ MODEL_FILES = ("model.onnx", "model.plan")
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 BATCHER_KEYS = frozenset(f.name for f in dataclasses.fields(BatcherConfig))
 LOAD_KEYS = frozenset({"providers", "threads"})
+# config.pbtxt platform / backend that fit each model file.
+PLATFORMS = {".onnx": ("onnxruntime_onnx", "onnxruntime"), ".plan": ("tensorrt_plan", "tensorrt")}
 
 
 @dataclass(frozen=True)
@@ -64,19 +69,87 @@ def _read_options(path: Path) -> dict:
     unknown = set(options) - BATCHER_KEYS - LOAD_KEYS
     if unknown:
         raise ModelFormatError(f"{path}: unknown option(s) {sorted(unknown)}; known: {sorted(BATCHER_KEYS | LOAD_KEYS)}")
+    _check_types(options, path)
     return options
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_types(options: dict, where: Path) -> None:
+    """config.json values of the wrong type are one error line, not a traceback at load."""
+    for key, value in options.items():
+        if key in BATCHER_KEYS and not (_is_int(value) and 0 <= value < 2**53):
+            raise ModelFormatError(f"{where}: {key!r} must be a non-negative integer, got {str(value)[:40]!r}")
+    providers = options.get("providers")
+    if providers is not None and not isinstance(providers, str):
+        raise ModelFormatError(f"{where}: 'providers' must be a string such as \"cpu\" or \"auto\"")
+    threads = options.get("threads")
+    if threads is not None and not (_is_int(threads) and 0 <= threads <= 1024):
+        raise ModelFormatError(f"{where}: 'threads' must be an integer in 0..1024 or null, got {str(threads)[:40]!r}")
+
+
+def _pbtxt_options(folder: Path, model_file: Path) -> dict:
+    """What edgemp takes from a Triton ``config.pbtxt`` (when present): checked, never ignored.
+
+    The name must be the folder's, the platform must match the model file, and
+    ``dynamic_batching { max_queue_delay_microseconds }`` sets the batcher's delay.
+    """
+    path = folder / "config.pbtxt"
+    if not path.is_file():
+        return {}
+    try:
+        config = pbtxt.parse(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ModelFormatError(f"cannot read {path}: {e}") from e
+    except pbtxt.PbtxtError as e:
+        raise ModelFormatError(f"{path}: {e}") from e
+
+    def one(msg: dict, key: str, kind: type | tuple, what: str) -> object:
+        values = msg.get(key, [])
+        if len(values) > 1:
+            raise ModelFormatError(f"{path}: {key!r} is given {len(values)} times")
+        if values and (not isinstance(values[0], kind) or isinstance(values[0], bool) and kind is not bool):
+            raise ModelFormatError(f"{path}: {key!r} must be {what}")
+        return values[0] if values else None
+
+    name = one(config, "name", str, "a string")
+    if name is not None and name != folder.name:
+        raise ModelFormatError(f"{path}: name {name!r} does not match the model folder {folder.name!r}")
+    platform = one(config, "platform", str, "a string")
+    backend = one(config, "backend", str, "a string")
+    want = PLATFORMS[model_file.suffix]
+    if platform is not None and platform != want[0]:
+        raise ModelFormatError(f"{path}: platform {platform!r} does not fit {model_file.name} (expected {want[0]!r})")
+    if backend is not None and backend != want[1]:
+        raise ModelFormatError(f"{path}: backend {backend!r} does not fit {model_file.name} (expected {want[1]!r})")
+    max_batch = one(config, "max_batch_size", int, "an integer")
+    if max_batch is not None and max_batch < 0:
+        raise ModelFormatError(f"{path}: max_batch_size must be >= 0, got {max_batch}")
+    batching = one(config, "dynamic_batching", dict, "a message")
+    if batching is None:
+        return {}
+    delay = one(batching, "max_queue_delay_microseconds", int, "an integer")
+    if delay is None:
+        return {}
+    if not 0 <= delay < 2**53:
+        raise ModelFormatError(f"{path}: max_queue_delay_microseconds must be >= 0, got {delay}")
+    return {"max_queue_delay_us": delay}
 
 
 def _source(name: str, version: str, path: Path, options: dict, default: BatcherConfig,
             providers: str, threads: int | None) -> ModelSource:
     batching = {k: v for k, v in options.items() if k in BATCHER_KEYS}
-    if any(isinstance(v, bool) or not isinstance(v, int) for v in batching.values()):
-        raise ModelFormatError(f"model {name!r}: batching options must be integers, got {batching}")
+    try:
+        batcher = dataclasses.replace(default, **batching)
+    except EdgempError as e:
+        raise ModelFormatError(f"model {name!r}: {e}") from e
     return ModelSource(
         name=name,
         version=version,
         path=path,
-        batcher=dataclasses.replace(default, **batching),
+        batcher=batcher,
         providers=options.get("providers", providers),
         threads=options.get("threads", threads),
     )
@@ -87,14 +160,17 @@ def _from_folder(folder: Path, default: BatcherConfig, providers: str, threads: 
     options = _read_options(options_path) if options_path.is_file() else {}
     direct = _model_file(folder)
     if direct is not None:
-        return _source(folder.name, "1", direct, options, default, providers, threads)
-    versions = sorted(
-        (int(p.name), p) for p in folder.iterdir() if p.is_dir() and p.name.isdigit() and _model_file(p)
-    )
-    if not versions:
-        return None
-    version, vdir = versions[-1]
-    return _source(folder.name, str(version), _model_file(vdir), options, default, providers, threads)
+        version, model_file = "1", direct
+    else:
+        versions = sorted(
+            (int(p.name), p) for p in folder.iterdir() if p.is_dir() and p.name.isdigit() and _model_file(p)
+        )
+        if not versions:
+            return None
+        version, model_file = str(versions[-1][0]), _model_file(versions[-1][1])
+    # config.json (edgemp's own options) overrides what config.pbtxt says.
+    options = {**_pbtxt_options(folder, model_file), **options}
+    return _source(folder.name, version, model_file, options, default, providers, threads)
 
 
 def discover(

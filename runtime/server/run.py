@@ -1,7 +1,8 @@
 """Run the server until SIGTERM/SIGINT, then drain: the shutdown order matters.
 
 1. Readiness goes false and new inference requests get 503 (load balancers move away).
-2. Every request already admitted finishes (its batch runs; its response is written).
+2. Every request already admitted finishes (its batch runs; its response is written);
+   bodies still arriving are cut off with 503, so a stalled upload cannot hold the drain.
 3. The listener and idle keep-alive connections close; batchers and models shut down.
 4. Exit 0 — a clean, expected stop, so orchestrators do not count it as a crash.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 import time
 from typing import Callable
 
@@ -18,6 +20,8 @@ from aiohttp import web
 from edgemp.runtime.server import loop as event_loop
 from edgemp.runtime.server.app import app_state
 from edgemp.runtime.server.config import ServerConfig
+from edgemp.runtime.server.connections import GuardedAppRunner, quiet_accept_errors
+from edgemp.runtime.server.middleware import BODY_READER
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +42,11 @@ async def serve_app(
     """
     state = app_state(app)
     access_log = logging.getLogger("edgemp.access") if config.access_log else None
-    runner = web.AppRunner(
-        app, handle_signals=False, access_log=access_log, access_log_format=ACCESS_LOG_FORMAT,
+    runner = GuardedAppRunner(
+        app, config, handle_signals=False, access_log=access_log, access_log_format=ACCESS_LOG_FORMAT,
         shutdown_timeout=config.shutdown_timeout_s,
     )
+    quiet_accept_errors(asyncio.get_running_loop())
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True)
     try:
@@ -66,15 +71,21 @@ async def serve_app(
         on_ready(port)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # Signal handlers can only be installed from the main thread; an embedded server in
+    # another thread (tests, a host application) stops through ``stop`` instead.
+    signals = (signal.SIGTERM, signal.SIGINT) if threading.current_thread() is threading.main_thread() else ()
+    for sig in signals:
         loop.add_signal_handler(sig, _on_signal, sig, stop)
     try:
         await stop.wait()
         state.begin_drain()
+        body_reader = app.get(BODY_READER)
+        if body_reader is not None:
+            body_reader.abort_uploads()  # a stalled upload must not hold the drain
         if not await state.wait_idle(config.shutdown_timeout_s):
             logger.warning("shutdown timeout: %d request(s) still in flight", state.inflight)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in signals:
             loop.remove_signal_handler(sig)
         if grpc_server is not None:
             await grpc_server.stop(grace=1.0)  # in-flight calls already finished in wait_idle

@@ -23,6 +23,7 @@ from edgemp.runtime.batch_outputs import BatchSlice
 from edgemp.runtime.batcher import Batcher, RequestTiming
 from edgemp.runtime.model import Model, load
 from edgemp.runtime.server.layout import graphs_to_tensors, input_specs, output_specs, tensors_to_graphs
+from edgemp.runtime.server.limits import RequestLimits
 from edgemp.runtime.server.molecules import SMILES_INPUT, takes_smiles
 from edgemp.runtime.server.molecules import tensor_to_graphs as smiles_tensor_to_graphs
 from edgemp.runtime.server.repository import ModelSource
@@ -69,6 +70,7 @@ class ServedModel:
         self.output_names = [t.name for t in self.outputs]
         self.closed = False
         self._wake_pending = False
+        self.limits: RequestLimits | None = None  # per-request work limits, set by create_app
         self.batcher = batcher_class(model, source.batcher, on_batch=self.stats.record_batch)
 
     @classmethod
@@ -121,13 +123,16 @@ class ServedModel:
 
     async def run(self, items: Sequence, timeout_us: int | None,
                   alone: Callable[[], bool] | None = None) -> tuple[list, RequestTiming | None]:
-        """Per-item results and their timing. Raises what :meth:`Batcher.submit` raises.
+        """Per-item results and their timing. Raises what :meth:`Batcher.submit` raises, and
+        RequestTooLargeError (413) past the work limits: every protocol's request passes here.
 
         ``alone`` says whether this is the only request in the server; when it still is
         after one turn of the event loop (requests that arrived together get to admit
         themselves first, so they batch instead of queueing behind an inline run), the
         request runs now on this thread.
         """
+        if self.limits is not None:
+            self.limits.check(items)
         if alone is not None and alone():
             await asyncio.sleep(0)
             if alone():

@@ -1,0 +1,227 @@
+"""Reading request bodies with bounded time and memory, shared by every route.
+
+A body is read chunk by chunk under four rules:
+
+- **rate**: after a grace period (``header_timeout_s``), the body must keep arriving at
+  ``body_min_rate_bytes_per_s`` on average, or the request ends with 408 and the
+  connection closes (a stalled upload holds memory and a drain slot, never forever);
+- **size**: at most ``max_body_bytes`` on the wire and after decompression (413);
+- **memory across requests**: bytes held by bodies in flight are counted against
+  ``max_buffered_bytes``; past it a request gets 503 before more is read;
+- **decompression** (gzip, deflate) runs in a worker thread, a chunk at a time, and stops
+  at the limit: a 1 MiB body that would inflate to 1 GiB costs the limit, not 1 GiB, and
+  never blocks the event loop (aiohttp's own inflation runs on the loop, so the runner
+  turns it off; see :class:`~edgemp.runtime.server.connections.GuardedAppRunner`).
+
+On drain, uploads still in progress are aborted with 503 so SIGTERM never waits on a
+client that stopped sending.
+"""
+from __future__ import annotations
+
+import asyncio
+import zlib
+
+from aiohttp import ClientPayloadError, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
+
+from edgemp.errors import EdgempError
+from edgemp.runtime.server.config import ServerConfig
+from edgemp.runtime.server.connections import GuardedRequestHandler
+
+INFLATE_CHUNK = 64 * 1024
+ENCODINGS = {"gzip": zlib.MAX_WBITS | 16, "x-gzip": zlib.MAX_WBITS | 16, "deflate": zlib.MAX_WBITS}
+
+
+class BadBodyError(EdgempError):
+    """The body cannot be read (corrupt compression, bad chunking, too slow): answer, then close."""
+
+    status = 400
+
+
+class BodyTimeoutError(BadBodyError):
+    status = 408
+
+
+class BodyTooLargeError(BadBodyError):
+    status = 413
+
+
+class UnsupportedEncodingError(BadBodyError):
+    status = 415
+
+
+class BufferFullError(BadBodyError):
+    """Bodies in flight already hold ``max_buffered_bytes``: try again shortly (503)."""
+
+    status = 503
+
+
+class UploadAbortedError(BadBodyError):
+    """The server began draining while this body was still arriving (503)."""
+
+    status = 503
+
+
+class ClientGoneError(EdgempError):
+    """The client disconnected before its body arrived; nobody is left to answer."""
+
+
+def _inflate(data: bytes, encoding: str, limit: int) -> bytes:
+    """``data`` decompressed, a chunk at a time, raising once the output passes ``limit``."""
+    d = zlib.decompressobj(ENCODINGS[encoding])
+    if encoding == "deflate" and data[:1] and (data[0] & 0x0F) != 8:
+        d = zlib.decompressobj(-zlib.MAX_WBITS)  # raw deflate, as some clients send it
+    out: list[bytes] = []
+    size = 0
+    view = memoryview(data)
+    try:
+        for pos in range(0, len(data), INFLATE_CHUNK):
+            pending = view[pos : pos + INFLATE_CHUNK]
+            while pending:
+                piece = d.decompress(pending, limit + 1 - size)
+                size += len(piece)
+                if size > limit:
+                    raise BodyTooLargeError(f"request body inflates past the limit of {limit} bytes")
+                out.append(piece)
+                pending = d.unconsumed_tail
+        tail = d.flush(limit + 1 - size)
+    except zlib.error as e:
+        raise BadBodyError(f"cannot read the request body: corrupt {encoding} data ({e})") from e
+    size += len(tail)
+    if size > limit:
+        raise BodyTooLargeError(f"request body inflates past the limit of {limit} bytes")
+    if not d.eof:
+        raise BadBodyError(f"cannot read the request body: truncated {encoding} data")
+    if d.unused_data:
+        raise BadBodyError(f"cannot read the request body: data after the end of the {encoding} stream")
+    out.append(tail)
+    return b"".join(out)
+
+
+class BodyReader:
+    """Reads bodies for one app and accounts for the bytes they hold (see the module docstring)."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.max_body_bytes = config.max_body_bytes
+        self.max_buffered_bytes = config.max_buffered_bytes
+        self.min_rate = config.body_min_rate_bytes_per_s
+        self.grace_s = config.header_timeout_s
+        self.buffered = 0  # bytes held by bodies of requests still being handled
+        self._held: dict[int, int] = {}  # id(request) -> its share of `buffered` (requests are unhashable)
+        self._active: set = set()  # StreamReaders of bodies still arriving
+        self._draining = False
+
+    # -- accounting -----------------------------------------------------------------------
+    def _check_room(self, nbytes: int) -> None:
+        if self.buffered + nbytes > self.max_buffered_bytes:
+            raise BufferFullError(
+                f"the server is already buffering {self.buffered} bytes of request bodies "
+                f"(max_buffered_bytes={self.max_buffered_bytes}); retry shortly")
+
+    def _hold(self, request: web.Request, nbytes: int) -> None:
+        self._check_room(nbytes)
+        self.buffered += nbytes
+        self._held[id(request)] = self._held.get(id(request), 0) + nbytes
+
+    def _drop(self, request: web.Request, nbytes: int) -> None:
+        held = self._held.get(id(request), 0)
+        nbytes = min(nbytes, held)
+        self.buffered -= nbytes
+        if held - nbytes:
+            self._held[id(request)] = held - nbytes
+        else:
+            self._held.pop(id(request), None)
+
+    def release(self, request: web.Request) -> None:
+        """Forget the bytes ``request`` held (its handler has finished)."""
+        self._drop(request, self._held.get(id(request), 0))
+
+    def check_announced(self, length: int) -> None:
+        """Refuse a body by its Content-Length before reading a byte of it."""
+        if length > self.max_body_bytes:
+            raise BodyTooLargeError(f"request body of {length} bytes exceeds the limit of {self.max_body_bytes}")
+        self._check_room(length)
+
+    def abort_uploads(self) -> None:
+        """Drain: every body still arriving ends with 503 now, not when its client resumes."""
+        self._draining = True
+        for content in list(self._active):
+            content.set_exception(UploadAbortedError("the server is shutting down; resend the request"))
+
+    # -- reading --------------------------------------------------------------------------
+    async def read(self, request: web.Request, aiohttp_inflates: bool) -> bytes:
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if aiohttp_inflates or encoding in ("", "identity"):
+            encoding = "identity"
+        elif encoding not in ENCODINGS:
+            raise UnsupportedEncodingError(f"Content-Encoding {encoding[:32]!r} is not supported; use gzip or deflate")
+        if self._draining:
+            raise UploadAbortedError("the server is shutting down; resend the request")
+        raw = await self._read_raw(request)
+        if encoding == "identity":
+            return raw
+        # The inflated body's room is reserved up front, so concurrent inflations cannot overshoot.
+        room = min(self.max_body_bytes, self.max_buffered_bytes - self.buffered)
+        self._hold(request, max(room, 1))  # no room left at all: BufferFullError here
+        try:
+            body = await asyncio.get_running_loop().run_in_executor(None, _inflate, raw, encoding, room)
+        except BodyTooLargeError:
+            if room < self.max_body_bytes:  # stopped at what was left of the buffer, not at the body limit
+                raise BufferFullError("the server is buffering too many request bodies; retry shortly") from None
+            raise
+        finally:
+            self._drop(request, room)
+        self._drop(request, len(raw))
+        self._hold(request, len(body))
+        return body
+
+    async def _read_raw(self, request: web.Request) -> bytes:
+        content = request.content
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        chunks: list[bytes] = []
+        received = 0
+        announced = request.content_length
+        if announced is not None:  # reserve it all now: concurrent big uploads are refused early, not late
+            self._hold(request, announced)
+        self._active.add(content)
+        try:
+            while True:
+                chunk = content.read_nowait(-1)  # what already arrived; b"" when nothing has
+                if not chunk:
+                    if content.is_eof():
+                        break
+                    deadline = start + self.grace_s + (received + 1) / self.min_rate if self.min_rate > 0 else None
+                    wait = None if deadline is None else max(deadline - loop.time(), 0.001)
+                    try:
+                        chunk = await asyncio.wait_for(content.readany(), wait)
+                    except asyncio.TimeoutError as e:
+                        raise BodyTimeoutError(
+                            f"request body arrived slower than {self.min_rate} bytes/s "
+                            f"({received} bytes in {loop.time() - start:.1f} s)") from e
+                    if not chunk:
+                        break
+                if received + len(chunk) > self.max_body_bytes:
+                    raise BodyTooLargeError(f"request body exceeds the limit of {self.max_body_bytes} bytes")
+                if announced is None:
+                    self._hold(request, len(chunk))
+                chunks.append(chunk)
+                received += len(chunk)
+        except (ConnectionError, asyncio.IncompleteReadError) as e:
+            raise ClientGoneError("client disconnected while sending the body") from e
+        except (RequestPayloadError, ClientPayloadError, HttpProcessingError) as e:
+            raise BadBodyError(f"cannot read the request body: {' '.join(str(e).split())[:200]}") from e
+        finally:
+            self._active.discard(content)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def aiohttp_inflates(request: web.Request) -> bool:
+    """Whether aiohttp already decompressed this request's body.
+
+    :class:`~edgemp.runtime.server.connections.GuardedAppRunner` turns aiohttp's inflation
+    off; an app embedded in another runner keeps aiohttp's default (on) and must not
+    inflate twice.
+    """
+    return not isinstance(request.protocol, GuardedRequestHandler)

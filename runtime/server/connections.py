@@ -1,0 +1,242 @@
+"""Connection hygiene: header timeouts, a connection cap, and quiet accept errors.
+
+aiohttp holds a connection as long as its peer keeps it open: a client that sends its
+headers one byte a minute (slowloris), or opens sockets and says nothing, pins a file
+descriptor each, and with enough of them the server stops accepting anyone. Here:
+
+- a request's headers must be complete within ``header_timeout_s`` of the connection
+  opening, or of its first byte after an idle keep-alive; otherwise 408 and close;
+- an idle keep-alive connection closes after ``keepalive_timeout_s`` (aiohttp's timer);
+- at ``max_connections``, the oldest connection still waiting for its headers is closed
+  to make room (a slow client never locks out a fast one); if every connection is busy
+  serving a request, the newcomer gets 503 and is closed;
+- ``socket.accept()`` failures (file descriptors exhausted) are logged at most once per
+  :data:`LOG_EVERY_S` with a count, not once per attempt.
+
+Body timeouts (a minimum transfer rate) live in :mod:`edgemp.runtime.server.body`,
+because the body is read by the handler, not by the protocol.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import resource
+import time
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_server import Server
+
+from edgemp.runtime.server.config import ServerConfig
+
+logger = logging.getLogger(__name__)
+
+LOG_EVERY_S = 10.0
+FD_RESERVE = 64  # descriptors kept for model files, logs and the listening socket
+
+
+def _raw_response(status: str, message: str) -> bytes:
+    """A complete JSON error response, written straight to a transport that has no request."""
+    body = json.dumps({"error": message}).encode()
+    head = (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+_TIMEOUT_408 = _raw_response("408 Request Timeout", "request headers not received in time")
+_BUSY_503 = _raw_response("503 Service Unavailable", "too many connections; retry shortly")
+
+
+class RateLimitedLog:
+    """Log the first event, then at most one line per ``every_s`` saying how many were folded in."""
+
+    def __init__(self, log: logging.Logger, every_s: float = LOG_EVERY_S) -> None:
+        self._log = log
+        self._every_s = every_s
+        self._last = float("-inf")
+        self._suppressed = 0
+
+    def warning(self, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last < self._every_s:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            message += f" (and {self._suppressed} more like it in the last {now - self._last:.0f} s)"
+        self._log.warning(message, *args)
+        self._last, self._suppressed = now, 0
+
+
+def connection_limit(requested: int) -> int:
+    """``requested`` connections, lowered to what the open-file limit can hold."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft - FD_RESERVE >= requested:
+        return requested
+    limit = max(soft - FD_RESERVE, 1)
+    logger.warning("max_connections=%d exceeds the open-file limit (%d); using %d (raise it with ulimit -n)",
+                   requested, soft, limit)
+    return limit
+
+
+class ConnectionGuard:
+    """What every connection of one server shares: its settings, the cap and the logs."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.header_timeout_s = config.header_timeout_s
+        self.max_connections = connection_limit(config.max_connections)
+        self.evicted_log = RateLimitedLog(logger)
+        self.refused_log = RateLimitedLog(logger)
+        self.timeout_log = RateLimitedLog(logger)
+        self.bad_http_log = RateLimitedLog(logger)
+
+
+class GuardedRequestHandler(RequestHandler):
+    """aiohttp's HTTP/1.1 protocol plus a header deadline and the connection cap."""
+
+    guard: ConnectionGuard
+
+    def __init__(self, manager: Server, *, guard: ConnectionGuard, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self.guard = guard
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._refused = False
+        self._opened = time.monotonic()
+
+    # -- waiting for headers --------------------------------------------------------------
+    @property
+    def awaiting_headers(self) -> bool:
+        """True while no request is queued or being handled (idle or mid-headers)."""
+        return not self._request_in_progress and not self._messages
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is None and self.guard.header_timeout_s > 0:
+            self._header_timer = self._loop.call_later(
+                self.guard.header_timeout_s, self._on_header_timeout, self._request_count)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _on_header_timeout(self, count_when_armed: int) -> None:
+        self._header_timer = None
+        if self._request_count != count_when_armed or not self.awaiting_headers or self.transport is None:
+            return  # a request arrived in time
+        self.guard.timeout_log.warning("closed a connection that sent no complete request headers in %.0f s",
+                                       self.guard.header_timeout_s)
+        self.transport.write(_TIMEOUT_408)
+        self.force_close()
+
+    # -- protocol events ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        manager = self._manager
+        if manager is not None and len(manager.connections) >= self.guard.max_connections:
+            if not self._evict_one_waiting(manager):
+                self._refused = True
+                self.guard.refused_log.warning("refused a connection: %d open, all busy (max_connections)",
+                                               len(manager.connections))
+                transport.write(_BUSY_503)  # type: ignore[attr-defined]
+                transport.close()
+                return
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def _evict_one_waiting(self, manager: Server) -> bool:
+        """Close the longest-waiting connection that has not sent a request (at the cap)."""
+        waiting = [h for h in manager.connections
+                   if isinstance(h, GuardedRequestHandler) and h.awaiting_headers and h.transport is not None]
+        if not waiting:
+            return False
+        oldest = min(waiting, key=lambda h: h._opened)
+        self.guard.evicted_log.warning("at max_connections (%d): closed the oldest idle or slow connection",
+                                       self.guard.max_connections)
+        oldest.force_close()
+        return True
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if data and self.awaiting_headers:
+            self._arm_header_timer()  # first bytes of a request after an idle keep-alive
+        before = self._request_count
+        super().data_received(data)
+        if self._request_count != before:
+            self._cancel_header_timer()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._cancel_header_timer()
+        if self._refused:
+            return
+        super().connection_lost(exc)
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """Malformed HTTP (bad header bytes, bad chunking): a JSON 4xx and one rate-limited log line.
+
+        aiohttp answers these in text/plain and logs a traceback per request, which lets
+        any client flood the log; V2 clients expect a JSON error body.
+        """
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started; cannot send the error")
+        text = " ".join(str(exc or message or "malformed request").split())[:200]
+        self.guard.bad_http_log.warning("malformed HTTP request from %s: %s", request.remote, text)
+        response = web.json_response({"error": f"malformed HTTP request: {text}"}, status=status)
+        response.force_close()
+        return response
+
+    async def _handle_request(self, *args: Any, **kwargs: Any) -> Any:
+        result = await super()._handle_request(*args, **kwargs)
+        self._opened = time.monotonic()  # idle since now: eviction order is by time waiting
+        return result
+
+
+class _GuardedServer(Server):
+    """aiohttp's protocol factory, building :class:`GuardedRequestHandler` connections."""
+
+    guard: ConnectionGuard
+
+    def __call__(self) -> RequestHandler:
+        return GuardedRequestHandler(self, loop=self._loop, guard=self.guard, **self._kwargs)
+
+
+class GuardedAppRunner(web.AppRunner):
+    """An :class:`aiohttp.web.AppRunner` whose connections follow a :class:`ServerConfig`."""
+
+    def __init__(self, app: web.Application, config: ServerConfig, **kwargs: Any) -> None:
+        # auto_decompress=False: bodies are inflated by edgemp.runtime.server.body, in a
+        # worker thread and only up to the body limit (aiohttp inflates on the event loop).
+        super().__init__(app, keepalive_timeout=config.keepalive_timeout_s, auto_decompress=False, **kwargs)
+        self._guard = ConnectionGuard(config)
+
+    async def _make_server(self) -> Server:
+        server = await super()._make_server()
+        server.__class__ = _GuardedServer  # same state; only the protocol it builds differs
+        server.guard = self._guard  # type: ignore[attr-defined]
+        return server
+
+
+def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """Fold repeated ``socket.accept()`` failures (EMFILE) into one line per interval.
+
+    asyncio reports each failed accept with a traceback; with descriptors exhausted that
+    is thousands of lines a second, which fills the disk and hides everything else.
+    """
+    accept_log = RateLimitedLog(logging.getLogger("asyncio"))
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        message = str(context.get("message", ""))
+        if "accept" in message:
+            exc = context.get("exception")
+            accept_log.warning("%s: %s (is the open-file limit too low?)", message, exc)
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
