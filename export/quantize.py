@@ -155,8 +155,17 @@ def _preprocess(src: Path, dst: Path) -> bool:
     """ORT's pre-quantization pass; returns False (and logs why) when it does not apply."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    # When symbolic shape inference gives up (it cannot see through Unique, which MPNN's
+    # distinct-edge-rows export uses), ORT dumps its temporary model and uuid-named external
+    # data into the working directory; run it from a scratch directory so nothing leaks.
+    cwd = os.getcwd()
     try:
-        quant_pre_process(str(src), str(dst))
+        with tempfile.TemporaryDirectory(prefix="edgemp-preprocess-") as scratch:
+            os.chdir(scratch)
+            try:
+                quant_pre_process(str(Path(src).resolve()), str(Path(dst).resolve()))
+            finally:
+                os.chdir(cwd)
     except Exception as e:  # third-party pass over arbitrary graphs: many exception types; fall back
         log.warning("quant_pre_process failed (%s: %s); quantizing the model as exported", type(e).__name__, e)
         return False

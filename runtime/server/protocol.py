@@ -97,7 +97,7 @@ def check_shape(value: object, where: str) -> tuple[int, ...]:
         if d < 0:
             raise ProtocolError(f"{where}: 'shape' {_name(list(value))} has a negative dimension")
         count *= d
-        if count > MAX_ELEMENTS:
+        if count > MAX_ELEMENTS or d > MAX_ELEMENTS:  # [0, 2**62] holds nothing but cannot be sized either
             raise ProtocolError(f"{where}: 'shape' {_name(list(value))} has more than {MAX_ELEMENTS} elements")
     return tuple(value)
 
