@@ -21,6 +21,7 @@ import numpy as np
 from edgemp import __version__
 from edgemp.errors import ExportError, MissingExtraError
 from edgemp.export.config import ExportConfig
+from edgemp.export.pyg_translations import pyg_translations
 from edgemp.export.rewrite import scatter_elements_to_scatternd
 from edgemp.export.source import ExportSource, resolve_source
 from edgemp.export.translations import custom_translations
@@ -115,7 +116,7 @@ def torch_export(wrapper, example, input_names, output_names, opset: int, path: 
     old_level = registry_log.level
     registry_log.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(sink), torch.no_grad(), warnings.catch_warnings():
+        with contextlib.redirect_stdout(sink), torch.no_grad(), warnings.catch_warnings(), pyg_translations():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 wrapper,
