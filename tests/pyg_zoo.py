@@ -193,6 +193,43 @@ def cases() -> dict[str, Case]:
     return _cases()
 
 
+# Rows exported together, one output per row: one export per panel keeps the matrix CI-cheap
+# (torch.export's fixed cost dominates a two-layer model) while every row is verified on its own.
+PANELS = {
+    "attention": ("GATConv", "GATConv_heads4", "GATConv_edge_dim", "GATConv_no_loops", "GATv2Conv",
+                  "GATv2Conv_edge_dim", "TransformerConv", "TransformerConv_edge_dim"),
+    "spectral": ("GCNConv", "GCNConv_improved", "ChebConv", "TAGConv", "SGConv", "ARMAConv", "ClusterGCNConv",
+                 "SSGConv", "LGConv"),
+    "spatial": ("SAGEConv", "SAGEConv_max", "GraphConv", "GINConv", "EdgeConv", "ResGatedGraphConv", "LEConv",
+                "MFConv", "SimpleConv"),
+    "edge_and_gated": ("GINEConv", "NNConv", "CGConv", "GeneralConv", "GENConv", "FeaStConv", "AGNNConv",
+                       "GatedGraphConv"),
+    "pool_norm_jk": ("global_add_pool", "global_max_pool", "Set2Set", "AttentionalAggregation", "SoftmaxAggregation",
+                     "BatchNorm", "GraphNorm", "LayerNorm", "InstanceNorm", "PairNorm", "JumpingKnowledge_cat",
+                     "JumpingKnowledge_max", "JumpingKnowledge_lstm"),
+}
+
+
+class Panel(nn.Module):
+    """Several zoo models side by side on the same graphs; output ``name`` is row ``name``'s prediction."""
+
+    node_features = NODE_FEATURES
+
+    def __init__(self, names: tuple[str, ...], seed: int = 0) -> None:
+        super().__init__()
+        self.names = names
+        self.models = nn.ModuleDict({n: build(n, seed) for n in names})
+        self.edge_features = EDGE_FEATURES if any(m.edge_features for m in self.models.values()) else 0
+
+    def forward(self, x: Tensor, edge_index: Tensor, node_graph: Tensor, num_graphs, edge_attr: Tensor | None = None) -> dict:
+        return {n: m.run(x, edge_index, edge_attr if m.edge_features else None, node_graph, num_graphs)
+                for n, m in self.models.items()}
+
+
+def panel(name: str) -> Panel:
+    return Panel(PANELS[name]).eval()
+
+
 def build(name: str, seed: int = 0) -> StockStack:
     """The model for ``name``, with seeded weights, in eval mode (BatchNorm stats randomised)."""
     case = cases()[name]
@@ -211,4 +248,6 @@ def __getattr__(name: str):
         raise AttributeError(name)
     if name in cases():
         return functools.partial(build, name)
+    if name.startswith("panel_") and name[len("panel_"):] in PANELS:
+        return functools.partial(panel, name[len("panel_"):])
     raise AttributeError(f"pyg_zoo has no model {name!r}")
