@@ -76,19 +76,19 @@ class StockStack(nn.Module):
 
     node_features = NODE_FEATURES
 
-    def __init__(self, case: Case) -> None:
+    def __init__(self, case: Case, hidden: int = HIDDEN) -> None:
         super().__init__()
         self.case = case
         self.edge_features = EDGE_FEATURES if case.edge else 0
-        self.convs = nn.ModuleList([case.conv(NODE_FEATURES, HIDDEN), case.conv(HIDDEN, HIDDEN)])
-        self.norms = nn.ModuleList([case.norm(HIDDEN) for _ in range(2)]) if case.norm else None
-        width = HIDDEN
+        self.convs = nn.ModuleList([case.conv(NODE_FEATURES, hidden), case.conv(hidden, hidden)])
+        self.norms = nn.ModuleList([case.norm(hidden) for _ in range(2)]) if case.norm else None
+        width = hidden
         self.jk = None
         if case.jk:
             from torch_geometric.nn import JumpingKnowledge
 
-            self.jk = JumpingKnowledge(case.jk, channels=HIDDEN, num_layers=2)
-            width = 2 * HIDDEN if case.jk == "cat" else HIDDEN
+            self.jk = JumpingKnowledge(case.jk, channels=hidden, num_layers=2)
+            width = 2 * hidden if case.jk == "cat" else hidden
         self._pool, width, pool_module = _pool(case.pool, width)
         self.pool_module = pool_module  # registered so its weights are saved and exported
         self.head = nn.Linear(width, 1)
@@ -230,11 +230,11 @@ def panel(name: str) -> Panel:
     return Panel(PANELS[name]).eval()
 
 
-def build(name: str, seed: int = 0) -> StockStack:
+def build(name: str, seed: int = 0, hidden: int = HIDDEN) -> StockStack:
     """The model for ``name``, with seeded weights, in eval mode (BatchNorm stats randomised)."""
     case = cases()[name]
     torch.manual_seed(seed)
-    model = (EdgeStack if case.edge else NodeStack)(case)
+    model = (EdgeStack if case.edge else NodeStack)(case, hidden)
     for module in model.modules():  # trained-looking running statistics, not the identity
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
             module.running_mean.uniform_(-0.5, 0.5)
