@@ -12,6 +12,7 @@ import io
 import linecache
 import logging
 import os
+import re
 import traceback
 from collections.abc import Iterator
 from types import TracebackType
@@ -54,10 +55,9 @@ def _classify(root: BaseException) -> _Explained:
         return _Explained(*_DATA_DEPENDENT)
     if "Constraint" in name or "specialized" in text or "specialize" in text:
         return _Explained(*_SPECIALIZED)
-    for marker in ("No decompositions registered for", "no ONNX translation", "is not supported", "Unsupported"):
-        if marker in text:
-            op = text.split(marker, 1)[1].strip().split()[0].strip("'\"`.,:") if marker.startswith("No ") else ""
-            return _Explained(*_NO_TRANSLATION, op=op)
+    missing = re.search(r"No ONNX function found for <OpOverload\(op='([^']+)'", text)
+    if missing or "DispatchError" in name:
+        return _Explained(*_NO_TRANSLATION, op=missing.group(1) if missing else "")
     first = next((line.strip() for line in text.splitlines() if line.strip()), name)
     return _Explained(f"failed with {name}: {first[:200]}", "see the full trace")
 
@@ -104,6 +104,39 @@ def _where(tb: TracebackType | None, model) -> tuple[str, str]:
     return layer, location
 
 
+def _fx_node(error: BaseException):
+    """The innermost FX node the ONNX translator was working on, if the failure came after tracing."""
+    found = None
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        for frame, _ in traceback.walk_tb(error.__traceback__):
+            node = frame.f_locals.get("node")
+            if type(node).__name__ == "Node" and isinstance(getattr(node, "meta", None), dict):
+                found = node
+        error = error.__cause__
+    return found
+
+
+def _where_in_graph(node) -> tuple[str, str]:
+    """(``path (Layer)``, ``file:line `code```) from the metadata torch.export keeps on each node."""
+    layer = ""
+    stack = node.meta.get("nn_module_stack") or {}
+    if stack:
+        path, cls = list(stack.values())[-1]
+        path = path[len("net."):] if path.startswith("net.") else path
+        cls_name = cls.__name__ if isinstance(cls, type) else str(cls).rsplit(".", 1)[-1]
+        layer = f"{path} ({cls_name})" if path and path != "net" else ""
+    location = ""
+    lines = (node.meta.get("stack_trace") or "").splitlines()
+    for i, line in enumerate(lines):
+        match = re.match(r'\s*File "([^"]+)", line (\d+)', line)
+        if match and not _is_library_frame(match.group(1)):
+            code = lines[i + 1].strip() if i + 1 < len(lines) else ""
+            location = f"{_short(match.group(1))}:{match.group(2)}" + (f" `{code}`" if code else "")
+    return layer, location
+
+
 def explain_export_failure(error: BaseException, model=None, captured_output: str = "") -> ExportError:
     """One-line :class:`ExportError` for a failed export; ``details`` holds the full trace.
 
@@ -113,6 +146,9 @@ def explain_export_failure(error: BaseException, model=None, captured_output: st
     root = _root(error)
     why = _classify(root)
     layer, location = _where(root.__traceback__, model)
+    node = None if location else _fx_node(error)
+    if node is not None:  # failed while translating the traced graph: no user frames on the stack
+        layer, location = _where_in_graph(node)
     subject = f"layer {layer}" if layer else "the model's own forward"
     op = f" ({why.op})" if why.op else ""
     where = f"{location} " if location else ""

@@ -205,3 +205,30 @@ def test_refusal_names_the_layer_for_pyg_gat_without_translation(tmp_path, monke
     assert len(lines) == 1, res.output
     assert "cannot export layer convs.0 (GATConv): torch_geometric/nn/conv/gat_conv.py:" in lines[0]
     assert "index.numel() == 0" in lines[0]
+
+
+def test_op_without_onnx_translation_is_refused_naming_layer_and_op(tmp_path, monkeypatch):
+    """A failure after tracing (ONNX translation) still names the module, the op and the user's line."""
+    (tmp_path / "bessel_model.py").write_text(
+        "import torch\n"
+        "class Bessel(torch.nn.Module):\n"
+        "    def forward(self, h):\n"
+        "        return torch.special.bessel_j0(h)\n"
+        "class Net(torch.nn.Module):\n"
+        "    node_features = 4\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.lin, self.act = torch.nn.Linear(4, 1), Bessel()\n"
+        "    def forward(self, x, edge_index, node_graph, num_graphs):\n"
+        "        h = self.act(self.lin(x))\n"
+        "        return torch.zeros(num_graphs, 1).index_add(0, node_graph, h)\n"
+        "def factory():\n    return Net()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    res = CliRunner().invoke(cli, ["export", "--model", "bessel_model:factory", "-o", str(tmp_path / "b.onnx")])
+    assert res.exit_code == 1
+    lines = _error_lines(res.output)
+    assert len(lines) == 1, res.output
+    assert lines[0].startswith("error: cannot export layer act (Bessel): "), lines[0]
+    assert "bessel_model.py:4 `return torch.special.bessel_j0(h)`" in lines[0]
+    assert "no ONNX translation (prims.bessel_j0)" in lines[0]
