@@ -100,7 +100,8 @@ def bench_layer(name: str, tmp: Path, rounds: int, per_round: int) -> list[tuple
                                   "edgemp": lambda: session.predict(gs)}, rounds, per_round)
         p50 = {k: float(np.median(v)) for k, v in times.items()}
         rows.append((name, batch, p50["eager"], p50["compile"], p50["edgemp"], compile_s, max_err))
-        print(f"{name} batch {batch}: {p50} compile {compile_s:.1f}s max_err {max_err:.1e}", file=sys.stderr, flush=True)
+        print(f"{name} batch {batch}: {p50} compile {compile_s:.1f}s max_err {max_err:.1e}", file=sys.stderr,
+              flush=True)
     return rows
 
 
@@ -125,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {batch} | {eager:.0f} | {comp:.0f} | {ours:.0f} | {eager / ours:.2f}x | "
               f"{comp / ours:.2f}x | {err:.1e} |")
     compile_s = [r[5] for r in rows]
-    print(f"\np50 of {args.rounds} rounds x {args.per_round} calls per engine, interleaved; hidden {HIDDEN}, 2 layers, "
-          f"{NODES} nodes / {EDGES} edges per graph, 1 thread; torch.compile first call {min(compile_s):.1f}-"
+    print(f"\np50 of {args.rounds} rounds x {args.per_round} calls per engine, interleaved; hidden {HIDDEN}, "
+          f"2 layers, {NODES} nodes / {EDGES} edges per graph, 1 thread; torch.compile first call {min(compile_s):.1f}-"
           f"{max(compile_s):.1f} s (untimed)")
     import onnxruntime
     import torch_geometric

@@ -15,6 +15,7 @@ import os
 import re
 import traceback
 from collections.abc import Iterator
+from dataclasses import dataclass
 from types import TracebackType
 
 from edgemp.errors import ExportError
@@ -35,9 +36,11 @@ _NO_TRANSLATION = (
 )
 
 
+@dataclass(frozen=True)
 class _Explained:
-    def __init__(self, kind: str, fix: str, op: str = "") -> None:
-        self.kind, self.fix, self.op = kind, fix, op
+    kind: str  # what the code does, as a verb phrase
+    fix: str  # the usual fix
+    op: str = ""  # the operator's name, where one is to blame
 
 
 def _root(error: BaseException) -> BaseException:
@@ -80,12 +83,16 @@ def _short(filename: str) -> str:
         return filename
 
 
+def _user_path(path: str) -> str:
+    """A module path under the export wrapper, as the user names it (the wrapper's ``net.`` dropped)."""
+    return path[len("net."):] if path.startswith("net.") else ("" if path == "net" else path)
+
+
 def _module_paths(model) -> dict[int, str]:
-    """id(submodule) → its dotted path under the user's model (the export wrapper's ``net.`` dropped)."""
+    """id(submodule) → its dotted path under the user's model."""
     paths = {}
     for path, module in model.named_modules():
-        user_path = path[len("net."):] if path.startswith("net.") else ("" if path == "net" else path)
-        paths.setdefault(id(module), user_path)
+        paths.setdefault(id(module), _user_path(path))
     return paths
 
 
@@ -124,9 +131,9 @@ def _where_in_graph(node) -> tuple[str, str]:
     stack = node.meta.get("nn_module_stack") or {}
     if stack:
         path, cls = list(stack.values())[-1]
-        path = path[len("net."):] if path.startswith("net.") else path
+        path = _user_path(path)
         cls_name = cls.__name__ if isinstance(cls, type) else str(cls).rsplit(".", 1)[-1]
-        layer = f"{path} ({cls_name})" if path and path != "net" else ""
+        layer = f"{path} ({cls_name})" if path else ""
     location = ""
     lines = (node.meta.get("stack_trace") or "").splitlines()
     for i, line in enumerate(lines):

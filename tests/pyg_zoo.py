@@ -220,7 +220,8 @@ class Panel(nn.Module):
         self.models = nn.ModuleDict({n: build(n, seed) for n in names})
         self.edge_features = EDGE_FEATURES if any(m.edge_features for m in self.models.values()) else 0
 
-    def forward(self, x: Tensor, edge_index: Tensor, node_graph: Tensor, num_graphs, edge_attr: Tensor | None = None) -> dict:
+    def forward(self, x: Tensor, edge_index: Tensor, node_graph: Tensor, num_graphs,
+                edge_attr: Tensor | None = None) -> dict:
         return {n: m.run(x, edge_index, edge_attr if m.edge_features else None, node_graph, num_graphs)
                 for n, m in self.models.items()}
 
