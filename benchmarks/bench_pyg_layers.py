@@ -8,8 +8,9 @@ on the same model, weights and inputs:
 
 - PyG eager (``torch.no_grad``);
 - PyG ``torch.compile(dynamic=True)`` (compile time reported, not timed);
-- the same model exported by edgemp (``export_model``, verified) through ``edgemp.runtime``
-  (collate + ONNX Runtime CPU + split: what a caller of the runtime pays).
+- the same model exported by edgemp (``export_model``, verified) in ``edgemp.runtime``, twice:
+  ``run_batch`` on the already-collated batch (the same input preparation the PyG rows get), and
+  ``predict`` on the list of graphs (validate + collate + run + split: what a runtime caller pays).
 
 Prints a markdown table with the command and environment.
 Usage: python benchmarks/bench_pyg_layers.py [--layers GCNConv,GATConv] [--rounds 10] [--per-round 10]
@@ -97,9 +98,10 @@ def bench_layer(name: str, tmp: Path, rounds: int, per_round: int) -> list[tuple
         want = call(model).numpy().reshape(-1)
         max_err = float(np.abs(got - want).max())
         times = time_interleaved({"eager": lambda: call(model), "compile": lambda: call(compiled),
-                                  "edgemp": lambda: session.predict(gs)}, rounds, per_round)
+                                  "edgemp": lambda: session.run_batch(b), "predict": lambda: session.predict(gs)},
+                                 rounds, per_round)
         p50 = {k: float(np.median(v)) for k, v in times.items()}
-        rows.append((name, batch, p50["eager"], p50["compile"], p50["edgemp"], compile_s, max_err))
+        rows.append((name, batch, p50["eager"], p50["compile"], p50["edgemp"], p50["predict"], compile_s, max_err))
         print(f"{name} batch {batch}: {p50} compile {compile_s:.1f}s max_err {max_err:.1e}", file=sys.stderr,
               flush=True)
     return rows
@@ -120,12 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.layers.split(","):
         rows += bench_layer(name.strip(), tmp, args.rounds, args.per_round)
 
-    print("| layer | batch | PyG eager µs | torch.compile µs | edgemp ORT µs | vs eager | vs compile | max abs diff |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, batch, eager, comp, ours, _, err in rows:
+    print("| layer | batch | PyG eager µs | torch.compile µs | edgemp ORT µs | vs eager | vs compile "
+          "| edgemp predict() µs | max abs diff |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, batch, eager, comp, ours, predict, _, err in rows:
         print(f"| {name} | {batch} | {eager:.0f} | {comp:.0f} | {ours:.0f} | {eager / ours:.2f}x | "
-              f"{comp / ours:.2f}x | {err:.1e} |")
-    compile_s = [r[5] for r in rows]
+              f"{comp / ours:.2f}x | {predict:.0f} | {err:.1e} |")
+    compile_s = [r[6] for r in rows]
     print(f"\np50 of {args.rounds} rounds x {args.per_round} calls per engine, interleaved; hidden {HIDDEN}, "
           f"2 layers, {NODES} nodes / {EDGES} edges per graph, 1 thread; torch.compile first call {min(compile_s):.1f}-"
           f"{max(compile_s):.1f} s (untimed)")

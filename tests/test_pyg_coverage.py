@@ -68,6 +68,21 @@ def test_self_loops_export_with_static_shapes(panel_export):
     assert not _ops(path) & {"NonZero", "Loop", "If", "Scan"}
 
 
+@pytest.mark.slow
+def test_attention_aggregation_uses_scatternd_on_ort_cpu(panel_export):
+    """Row scatters over [E, heads, C] (GAT's messages) are rewritten to ScatterND, the fast ORT CPU kernel."""
+    import onnx
+
+    res, _, path = panel_export("self_loops")
+    assert res.exit_code == 0, res.output
+    graph = onnx.load(str(path)).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    broadcast = [n.name for n in graph.node if n.op_type == "ScatterElements"
+                 and getattr(producers.get(n.input[1]), "op_type", "") == "Expand"]
+    assert not broadcast, broadcast
+    assert any(n.op_type == "ScatterND" for n in graph.node)
+
+
 def _tricky_graphs(rng: np.random.Generator, edge_features: int):
     """Self loops (one node's only in-edge, one repeated), duplicate edges, isolated nodes, no edges."""
     edge_sets = [
