@@ -73,14 +73,25 @@ def test_attention_aggregation_uses_scatternd_on_ort_cpu(panel_export):
     """Row scatters over [E, heads, C] (GAT's messages) are rewritten to ScatterND, the fast ORT CPU kernel."""
     import onnx
 
+    from edgemp.export.rewrite import _const_ints
+
     res, _, path = panel_export("self_loops")
     assert res.exit_code == 0, res.output
-    graph = onnx.load(str(path)).graph
-    producers = {o: n for n in graph.node for o in n.output}
-    broadcast = [n.name for n in graph.node if n.op_type == "ScatterElements"
-                 and getattr(producers.get(n.input[1]), "op_type", "") == "Expand"]
-    assert not broadcast, broadcast
-    assert any(n.op_type == "ScatterND" for n in graph.node)
+    model = onnx.load(str(path))
+    producers = {o: n for n in model.graph.node for o in n.output}
+
+    def row_broadcast(node) -> bool:  # ScatterElements(axis 0) indexed by Expand(Reshape(index, [-1, 1, ...]))
+        expand = producers.get(node.input[1])
+        reshape = producers.get(expand.input[0]) if expand is not None and expand.op_type == "Expand" else None
+        if reshape is None or reshape.op_type != "Reshape":
+            return False
+        shape = _const_ints(model, reshape.input[1]) or []
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        return axis == 0 and len(shape) >= 2 and shape[0] == -1 and set(shape[1:]) == {1}
+
+    left = [n.name for n in model.graph.node if n.op_type == "ScatterElements" and row_broadcast(n)]
+    assert not left, left
+    assert sum(n.op_type == "ScatterND" for n in model.graph.node) >= 10
 
 
 def _tricky_graphs(rng: np.random.Generator, edge_features: int):
