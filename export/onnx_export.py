@@ -7,7 +7,6 @@ targets overwrite each other. Which scatter op the graph gets is chosen per targ
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import os
@@ -22,6 +21,8 @@ from edgemp import __version__
 from edgemp.errors import ExportError, MissingExtraError
 from edgemp.export.config import ExportConfig
 from edgemp.export.edge_rows import edge_network_on_distinct_rows
+from edgemp.export.failures import explain_export_failure, quiet_tracer
+from edgemp.export.pyg_translations import pyg_translations
 from edgemp.export.rewrite import scatter_elements_to_scatternd, scatter_into_addend
 from edgemp.export.source import ExportSource, resolve_source
 from edgemp.export.translations import custom_translations
@@ -108,15 +109,12 @@ def torch_export(wrapper, example, input_names, output_names, opset: int, path: 
     import torch
 
     dynamic_shapes = tuple(axes[n] for n in input_names)
-    # The exporter prints progress to stdout; keep the CLI's output to our own report.
-    sink = io.StringIO()
-    # The exporter warns about optional torchvision ops and axis renames; our own checks
+    # The exporter prints progress and, on failure, its traced graph; keep the CLI's output to our
+    # own report. It also warns about optional torchvision ops and axis renames; our own checks
     # (loops, weights, lint, numerics) are what decide whether the export is good.
-    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
-    old_level = registry_log.level
-    registry_log.setLevel(logging.ERROR)
+    sink = io.StringIO()
     try:
-        with contextlib.redirect_stdout(sink), torch.no_grad(), warnings.catch_warnings():
+        with quiet_tracer(sink), torch.no_grad(), warnings.catch_warnings(), pyg_translations():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 wrapper,
@@ -132,9 +130,7 @@ def torch_export(wrapper, example, input_names, output_names, opset: int, path: 
             )
             program.save(str(path))
     except Exception as e:  # torch raises many exception types for untraceable models
-        raise ExportError(f"torch.onnx.export failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
-    finally:
-        registry_log.setLevel(old_level)
+        raise explain_export_failure(e, wrapper, sink.getvalue()) from e
 
 
 def _torch_outputs(wrapper, feeds: dict[str, np.ndarray], input_names, output_names) -> dict[str, np.ndarray]:

@@ -57,7 +57,8 @@ def _row_index(model, producers: dict, indices: str) -> str | None:
         if axes not in ([1], [-1]):
             return None
     elif col.op_type == "Reshape":
-        if _const_ints(model, col.input[1]) not in ([-1, 1],):
+        shape = _const_ints(model, col.input[1])  # [-1, 1] rows of a matrix; [-1, 1, 1] of [E, heads, C] (PyG GAT)
+        if not shape or len(shape) < 2 or shape[0] != -1 or any(d != 1 for d in shape[1:]):
             return None
     else:
         return None

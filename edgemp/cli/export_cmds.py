@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from edgemp.errors import EdgempError, VerificationError
+from edgemp.errors import EdgempError, ExportError, VerificationError
 from edgemp.text_spec import TEXT_TASKS
 
 
@@ -53,14 +53,27 @@ from edgemp.text_spec import TEXT_TASKS
               help="Hugging Face models: tokens per text (default: the checkpoint's).")
 @click.option("--pooling", type=click.Choice(["mean", "cls", "max"]), default=None,
               help="Hugging Face embedding models: token pooling (default: sentence-transformers config, else mean).")
-def export_cmd(checkpoint, output, target, form, max_nodes, opset, report_path, no_verify, factory, weights, output_names,
-               task, max_length, pooling, triton_repo, name, max_batch_size, max_queue_delay_us, instances, instance_kind, precision,
-               trt_max_nodes, trt_max_edges, triton_backend, max_queue_size):
+@click.option("-v", "--verbose", is_flag=True,
+              help="On a failed export, print the exporter's full trace after the one-line reason.")
+def export_cmd(verbose: bool, **options) -> None:
     """Export CHECKPOINT (a directory from `edgemp train`, or a chemprop v2 best.pt / .ckpt) to verified ONNX.
 
     A Hugging Face model directory (config.json with a model_type) is exported with optimum
     instead: -o is then a directory that receives model.onnx and the tokenizer files.
     """
+    try:
+        _export(**options)
+    except ExportError as e:
+        # The one-line reason is printed by the CLI group; the exporter's trace only when asked for.
+        details = getattr(e, "details", "")
+        if verbose and details:
+            click.echo(details.rstrip(), err=True)
+        raise
+
+
+def _export(checkpoint, output, target, form, max_nodes, opset, report_path, no_verify, factory, weights, output_names,
+            task, max_length, pooling, triton_repo, name, max_batch_size, max_queue_delay_us, instances, instance_kind,
+            precision, trt_max_nodes, trt_max_edges, triton_backend, max_queue_size):
     if (output is None) == (triton_repo is None):
         raise EdgempError("give either -o/--output (a .onnx file) or --triton-repo DIR")
     from edgemp.export.hf_export import is_hf_model_dir
