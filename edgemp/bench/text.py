@@ -151,9 +151,26 @@ def ort_engine(name: str, model_dir: str | Path, threads: int | None = None, pro
     return TextEngine(name, m.predict, m.close, {"precision": m.spec.precision, "providers": list(m.providers)})
 
 
+def length_sorted(run_batch: Callable[[list[str]], Any], batch_size: int = 32) -> Callable[[list[str]], np.ndarray]:
+    """sentence-transformers' ``encode`` recipe around ``run_batch``: sort the texts by length
+    (longest first), run them ``batch_size`` at a time (each batch padded to its longest),
+    and put the outputs back in the caller's order."""
+
+    def run(texts: list[str]) -> np.ndarray:
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        outs = [np.asarray(run_batch([texts[i] for i in order[k: k + batch_size]]))
+                for k in range(0, len(texts), batch_size)]
+        out = np.concatenate(outs)
+        return out[np.argsort(order, kind="stable")]
+
+    return run
+
+
 def torch_engine(name: str, hf_model_dir: str | Path, task: str = "feature-extraction", pooling: str = "mean",
-                 normalize: bool = True, max_length: int = 256, threads: int | None = None) -> TextEngine:
-    """PyTorch eager baseline: transformers fast tokenizer + AutoModel + mean pooling (+ L2)."""
+                 normalize: bool = True, max_length: int = 256, threads: int | None = None,
+                 batch_size: int = 32) -> TextEngine:
+    """PyTorch eager baseline: transformers fast tokenizer + AutoModel + mean pooling (+ L2),
+    batched as sentence-transformers batches (:func:`length_sorted`)."""
     try:
         import torch
         from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
@@ -166,7 +183,7 @@ def torch_engine(name: str, hf_model_dir: str | Path, task: str = "feature-extra
     model = auto.from_pretrained(str(hf_model_dir), local_files_only=True).eval()
 
     @torch.inference_mode()
-    def run(texts: list[str]):
+    def run_batch(texts: list[str]):
         enc = tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         out = model(**enc)[0]
         if task != "feature-extraction":
@@ -175,8 +192,43 @@ def torch_engine(name: str, hf_model_dir: str | Path, task: str = "feature-extra
         emb = (out * m).sum(1) / torch.clamp(m.sum(1), min=1e-9) if pooling == "mean" else out[:, 0]
         return (torch.nn.functional.normalize(emb, p=2, dim=1) if normalize else emb).numpy()
 
-    return TextEngine(name, run, info={"torch": torch.__version__, "threads": torch.get_num_threads(),
-                                       "attn_implementation": getattr(model.config, "_attn_implementation", None)})
+    return TextEngine(name, length_sorted(run_batch, batch_size),
+                      info={"torch": torch.__version__, "threads": torch.get_num_threads(),
+                            "attn_implementation": getattr(model.config, "_attn_implementation", None)})
+
+
+def sentence_transformers_engine(name: str, model_dir: str | Path, backend: str = "torch", onnx_file: str | None = None,
+                                 compile_model: bool = False, threads: int | None = None,
+                                 batch_size: int = 32) -> TextEngine:
+    """``SentenceTransformer.encode`` as its users run it: PyTorch eager, ``torch.compile``
+    (``dynamic=True``: text lengths vary), or ``backend="onnx"`` (optimum's
+    ``ORTModelForFeatureExtraction`` on ``onnx_file``, e.g. ``onnx/model_qint8_avx512_vnni.onnx``)."""
+    try:
+        import torch
+        from sentence_transformers import SentenceTransformer
+    except ImportError as e:
+        raise MissingExtraError(e.name or "sentence-transformers", "dev", "the sentence-transformers peer") from e
+    if threads:
+        torch.set_num_threads(threads)
+    kwargs: dict[str, Any] = {}
+    if backend == "onnx":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        kwargs = {"file_name": onnx_file or "onnx/model.onnx", "session_options": opts, "provider": "CPUExecutionProvider"}
+    model = SentenceTransformer(str(model_dir), device="cpu", backend=backend, model_kwargs=kwargs,
+                                local_files_only=True)
+    if compile_model:
+        if backend != "torch":
+            raise EdgempError("torch.compile applies to the torch backend only")
+        model[0].auto_model = torch.compile(model[0].auto_model, dynamic=True)
+
+    def run(texts: list[str]) -> np.ndarray:
+        return model.encode(texts, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True)
+
+    return TextEngine(name, run, info={"backend": backend, "file": onnx_file, "compile": compile_model})
 
 
 # -- timing -------------------------------------------------------------------------------------
@@ -221,19 +273,25 @@ def run_interleaved(engines: Sequence[TextEngine], cases: Sequence[TextCase], wa
 
 
 def markdown_table(latencies: dict[tuple[str, str], np.ndarray], baseline: str | None = None,
-                   batch_sizes: dict[str, int] | None = None) -> str:
-    """Median / p99 (ms), texts/s and median ratio vs ``baseline`` per (case, engine)."""
-    rows = ["| case | engine | p50 ms | p99 ms | texts/s | p50 speed-up vs " + (baseline or "-") + " |",
-            "|---|---|---:|---:|---:|---:|"]
+                   batch_sizes: dict[str, int] | None = None, peers: Sequence[str] = ()) -> str:
+    """Median / p99 (ms), texts/s and median ratio vs ``baseline`` per (case, engine); with
+    ``peers``, also the ratio vs the fastest of them in that case (the best real peer)."""
+    p50 = {k: summarize(v, (50.0,)).p(50) / 1e3 for k, v in latencies.items()}
+    head = "| case | engine | p50 ms | p99 ms | texts/s | p50 speed-up vs " + (baseline or "-") + " |"
+    rule = "|---|---|---:|---:|---:|---:|"
+    if peers:
+        head, rule = head + " vs best peer |", rule + "---:|"
+    rows = [head, rule]
     for (case, engine), v in latencies.items():
-        s = summarize(v, (50.0, 99.0))
-        p50, p99 = s.p(50) / 1e3, s.p(99) / 1e3
+        p99 = summarize(v, (99.0,)).p(99) / 1e3
+        ms = p50[(case, engine)]
         bs = (batch_sizes or {}).get(case, 1)
-        ratio = ""
-        if baseline and (case, baseline) in latencies:
-            base = summarize(latencies[(case, baseline)], (50.0,)).p(50) / 1e3
-            ratio = f"{base / p50:.2f}x"
-        rows.append(f"| {case} | {engine} | {p50:.2f} | {p99:.2f} | {bs / (p50 / 1e3):.0f} | {ratio} |")
+        ratio = f"{p50[(case, baseline)] / ms:.2f}x" if baseline and (case, baseline) in p50 else ""
+        row = f"| {case} | {engine} | {ms:.2f} | {p99:.2f} | {bs / (ms / 1e3):.0f} | {ratio} |"
+        if peers:
+            best = min((p50[(case, e)], e) for e in peers if (case, e) in p50)
+            row += f" {best[0] / ms:.2f}x ({best[1]}) |" if engine not in peers else f" {'best' if engine == best[1] else ''} |"
+        rows.append(row)
     return "\n".join(rows)
 
 

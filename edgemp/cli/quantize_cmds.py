@@ -96,7 +96,8 @@ def _quantize_text(model, output, precision, eval_file, report_path, max_metric_
         raise EdgempError(f"text models are quantized with --precision int8-dynamic, not {precision}")
     texts, labels = read_texts(eval_file) if eval_file else (None, None)
     if eval_file is None:
-        click.echo("accuracy on built-in synthetic texts (a sanity check); pass --eval TEXTS for real ones", err=True)
+        click.echo("accuracy on 1,000 built-in held-back texts (never used for calibration); pass --eval TEXTS for "
+                   "your own", err=True)
     try:
         result = quantize_text_model(model, output, TextQuantizeConfig(), texts, labels, max_metric_delta)
     except TextAccuracyBudgetError as e:  # the model was written; show why it fails the budget
