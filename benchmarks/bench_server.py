@@ -40,6 +40,7 @@ import numpy as np
 
 import edgemp.runtime as rt
 from edgemp.bench.rawhttp import AsyncRawConnection, RawConnection, build_request
+from edgemp.data.synthetic import molecule_like_graphs
 from edgemp.graph import Graph, collate
 
 logger = logging.getLogger("bench_server")
@@ -116,18 +117,6 @@ def export_random(family: str, node_features: int, edge_features: int, path: Pat
                       hidden=64, num_rounds=3)
     ckpt = save_checkpoint(build_model(cfg), path.parent / f"ckpt_{family}")
     return export_onnx(ckpt, path, ExportConfig())
-
-
-def molecule_like(node_features: int, count: int, seed: int) -> list[Graph]:
-    """QM9/ZINC-sized random graphs: 10-35 nodes, ~2.2 directed edges per node."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(count):
-        n = int(rng.integers(10, 36))
-        e = int(2.2 * n)
-        out.append(Graph(x=rng.standard_normal((n, node_features)).astype(np.float32),
-                         edge_index=rng.integers(0, n, size=(2, e)).astype(np.int64)))
-    return out
 
 
 def tensors(g: Graph, edge_features: int) -> dict[str, np.ndarray]:
@@ -312,7 +301,7 @@ def batching(seconds: float, clients: int, tmp: Path, rounds: int = 5) -> list[s
     """
     nf = 16
     path = export_random("gin", nf, 0, tmp / "gin.onnx")
-    graphs = molecule_like(nf, 256, seed=0)
+    graphs = molecule_like_graphs(256, nf, seed=0)
     modes = {"off": ("--max-batch-graphs", "1"), "on (delay 0)": ("--max-batch-graphs", "64")}
     servers = {mode: start_server(path, *args, "--max-queue-size", "4096") for mode, args in modes.items()}
     done = {m: 0.0 for m in modes}
