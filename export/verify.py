@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from edgemp.data.synthetic import random_graph
+from edgemp.data.synthetic import random_graph, with_edge_palette
 from edgemp.errors import VerificationError
 from edgemp.graph import Graph, GraphBatch
 from edgemp.spec import ModelSpec
@@ -84,13 +84,6 @@ def _random_graph(rng: np.random.Generator, spec: ModelSpec, n: int, e: int, *, 
     return Graph(x=(sign * np.abs(g.x)).astype(np.float32), edge_index=ei, edge_attr=ea)
 
 
-def _with_edge_palette(rng: np.random.Generator, g: Graph, palette: np.ndarray) -> Graph:
-    """``g`` with edge features drawn from the rows of ``palette``, as bond types are in molecules."""
-    if g.edge_attr is None:
-        return g
-    return Graph(x=g.x, edge_index=g.edge_index, edge_attr=palette[rng.integers(0, palette.shape[0], g.edge_attr.shape[0])])
-
-
 def verification_cases(spec: ModelSpec, seed: int = 0, max_nodes: int = 0) -> list[tuple[str, list[Graph]]]:
     """Deterministic unseen batches; node counts capped at ``max_nodes`` for dense models."""
     rng = np.random.default_rng(seed + 12345)
@@ -115,7 +108,7 @@ def verification_cases(spec: ModelSpec, seed: int = 0, max_nodes: int = 0) -> li
         ("all_negative", [_random_graph(rng, spec, size(4, 12), 16, sign=-1.0) for _ in range(4)]),
         ("big_graph", [_random_graph(rng, spec, cap, 3 * cap)]),
         # Few distinct edge-feature rows (bond types): what distinct-row edge networks exploit.
-        ("repeated_edge_rows", [_with_edge_palette(rng, mol(), palette) for _ in range(16)]),
+        ("repeated_edge_rows", [with_edge_palette(rng, mol(), palette) for _ in range(16)]),
     ]
     return cases
 

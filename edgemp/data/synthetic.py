@@ -4,9 +4,9 @@ Two kinds, for two jobs:
 
 - :func:`synthetic_graphs`: a *learnable* graph-regression task, for training smoke tests,
   export checks and benchmarks where rdkit may be absent.
-- :func:`random_graph` and the batches built on it (:func:`random_sized_graphs`,
-  :func:`molecule_like_graphs`): plain random features and edges of a chosen size, for
-  verification, benchmarks and tests that only need a model's inputs.
+- :func:`random_graph` and what is built on it (:func:`random_sized_graphs`,
+  :func:`molecule_like_graphs`, :func:`with_edge_palette`): plain random features and edges
+  of a chosen size, for verification, benchmarks and tests that only need a model's inputs.
 
 The task's target is a sum over edges of an interaction between the endpoint node types
 (scaled by an edge weight) plus a degree term, so it depends on *which* nodes are
@@ -139,6 +139,14 @@ def random_graph(
     edge_attr = rng.standard_normal((num_edges, edge_features)).astype(np.float32) if edge_features > 0 else None
     y = rng.standard_normal(1).astype(np.float32) if with_target else None
     return Graph(x=x, edge_index=edge_index, edge_attr=edge_attr, y=y)
+
+
+def with_edge_palette(rng: np.random.Generator, g: Graph, palette: np.ndarray) -> Graph:
+    """``g`` with edge features drawn from the rows of ``palette`` [K, Fe], as bond types are in molecules."""
+    if g.edge_attr is None:
+        return g
+    rows = palette[rng.integers(0, palette.shape[0], g.edge_attr.shape[0])]
+    return Graph(x=g.x, edge_index=g.edge_index, edge_attr=rows, y=g.y)
 
 
 def random_sized_graphs(
