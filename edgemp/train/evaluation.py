@@ -37,6 +37,7 @@ def predict(model: GraphNet, graphs: Sequence[Graph], batch_size: int = EVAL_BAT
 
 
 def metric(model: GraphNet, graphs: Sequence[Graph]) -> MetricResult:
+    """The task metric on graphs already fitted and checked (the loop scores validation with it)."""
     return task_metric(model.cfg.task, predict(model, graphs), [g.y for g in graphs])
 
 

@@ -21,9 +21,6 @@ from edgemp.train.evaluation import metric
 logger = logging.getLogger(__name__)
 
 
-# -- training ------------------------------------------------------------------------
-
-
 def _build_config(cfg: TrainConfig, train: Prepared, val: Prepared, node_features: int, edge_features: int) -> ModelConfig:
     all_targets = np.concatenate(train.targets + val.targets, axis=0)
     if is_classification(cfg.task):
