@@ -26,7 +26,6 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
 POLICIES = ("arena", "no-arena", "shrink-big")
 
 
@@ -41,17 +40,15 @@ def _rss_mb() -> float:
 def child(policy: str, model: str, big_edges: int) -> dict:
     import numpy as np
 
-    from edgemp.graph import Graph
+    from edgemp.data.synthetic import random_graph
     from edgemp.runtime import providers
     from edgemp.runtime.model import load
 
     providers.ARENA_POLICY = policy  # read when the session is built and at every run
     rng = np.random.default_rng(0)
     m = load(model)
-    small = [Graph(x=rng.standard_normal((25, 5)).astype(np.float32),
-                   edge_index=rng.integers(0, 25, (2, 55)).astype(np.int64)) for _ in range(16)]
-    big = Graph(x=rng.standard_normal((big_edges // 4, 5)).astype(np.float32),
-                edge_index=rng.integers(0, big_edges // 4, (2, big_edges)).astype(np.int64))
+    small = [random_graph(rng, 25, 55, 5) for _ in range(16)]
+    big = random_graph(rng, big_edges // 4, big_edges, 5)
 
     def lat(n: int) -> list[float]:
         out = []
@@ -84,8 +81,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child[0], args.child[1], int(args.child[2]))))
         return
-    sys.path.insert(0, str(HERE.parent / "tests"))
-    from runtime_fixtures import build_sparse_model
+    from edgemp.export.handmade_models import build_sparse_model
 
     model = Path(tempfile.mkdtemp()) / "model.onnx"
     build_sparse_model(model, hidden=args.hidden)

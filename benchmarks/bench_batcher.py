@@ -28,6 +28,7 @@ import numpy as np
 import onnxruntime as ort
 
 import edgemp.runtime as rt
+from edgemp.data.synthetic import molecule_like_graphs
 from edgemp.graph import Graph
 from edgemp.runtime import Batcher, BatcherConfig
 
@@ -44,19 +45,8 @@ class Result:
 
 def make_graphs(spec, count: int, seed: int) -> list[Graph]:
     """Molecule-like graphs (QM9/ZINC sizes: 10-35 nodes, ~2.2 directed edges per node)."""
-    rng = np.random.default_rng(seed)
     cap = spec.max_nodes if spec.form == "dense" else 35
-    fe = spec.model.edge_features
-    out = []
-    for _ in range(count):
-        n = int(rng.integers(min(10, cap), cap + 1))
-        e = int(2.2 * n)
-        out.append(Graph(
-            x=rng.standard_normal((n, spec.model.node_features)).astype(np.float32),
-            edge_index=rng.integers(0, n, size=(2, e)).astype(np.int64),
-            edge_attr=rng.standard_normal((e, fe)).astype(np.float32) if fe else None,
-        ))
-    return out
+    return molecule_like_graphs(count, spec.model.node_features, spec.model.edge_features, seed=seed, max_nodes=cap)
 
 
 def run_clients(call, graphs: list[Graph], concurrency: int, total: int) -> tuple[float, np.ndarray]:
@@ -110,8 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = args.model
         if path is None:
-            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-            from runtime_fixtures import build_sparse_model
+            from edgemp.export.handmade_models import build_sparse_model
 
             path = build_sparse_model(Path(tmp) / "fixture.onnx", hidden=64, node_output=False)
         model = rt.load(path, providers="cpu", threads=args.threads)

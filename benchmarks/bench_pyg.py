@@ -56,11 +56,10 @@ def pyg_factory():
 
 
 def graphs(n: int, seed: int = 0):
-    from edgemp.graph import Graph
+    from edgemp.data.synthetic import random_graph
 
     rng = np.random.default_rng(seed)
-    return [Graph(rng.standard_normal((25, F)).astype(np.float32), rng.integers(0, 25, (2, 54)).astype(np.int64))
-            for _ in range(n)]
+    return [random_graph(rng, 25, 54, F) for _ in range(n)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,8 +39,12 @@ from typing import Callable
 import numpy as np
 
 import edgemp.runtime as rt
-from edgemp.bench.rawhttp import AsyncRawConnection, RawConnection, build_request
-from edgemp.graph import Graph, collate
+from edgemp.bench.loadgen import LoadResult, RawHttpSender, Target, closed_loop
+from edgemp.bench.rawhttp import RawConnection, build_request
+from edgemp.bench.v2client import V2_TYPES, RemoteModel, encode, request_tensors
+from edgemp.data.synthetic import molecule_like_graphs
+from edgemp.graph import Graph
+from edgemp.graphio import graph_to_json
 
 logger = logging.getLogger("bench_server")
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,48 +122,18 @@ def export_random(family: str, node_features: int, edge_features: int, path: Pat
     return export_onnx(ckpt, path, ExportConfig())
 
 
-def molecule_like(node_features: int, count: int, seed: int) -> list[Graph]:
-    """QM9/ZINC-sized random graphs: 10-35 nodes, ~2.2 directed edges per node."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(count):
-        n = int(rng.integers(10, 36))
-        e = int(2.2 * n)
-        out.append(Graph(x=rng.standard_normal((n, node_features)).astype(np.float32),
-                         edge_index=rng.integers(0, n, size=(2, e)).astype(np.int64)))
-    return out
-
-
-def tensors(g: Graph, edge_features: int) -> dict[str, np.ndarray]:
-    b = collate([g])
-    t = {"x": b.x, "edge_index": b.edge_index}
-    if edge_features:
-        t["edge_attr"] = b.edge_attr
-    t["node_graph"], t["graph_node_counts"] = b.node_graph, b.graph_node_counts
-    return t
-
-
-def _dt(v: np.ndarray) -> str:
-    return "FP32" if v.dtype == np.float32 else "INT64"
-
-
-def v2_binary(t: dict[str, np.ndarray]) -> tuple[bytes, dict]:
-    header = json.dumps({"inputs": [
-        {"name": k, "datatype": _dt(v), "shape": list(v.shape), "parameters": {"binary_data_size": v.nbytes}}
-        for k, v in t.items()], "parameters": {"binary_data_output": True}}).encode()
-    return header + b"".join(v.tobytes() for v in t.values()), {"Inference-Header-Content-Length": str(len(header))}
-
-
-def v2_json(t: dict[str, np.ndarray]) -> tuple[bytes, dict]:
-    inputs = [{"name": k, "datatype": _dt(v), "shape": list(v.shape), "data": v.reshape(-1).tolist()}
-              for k, v in t.items()]
-    return json.dumps({"inputs": inputs}).encode(), {"Content-Type": "application/json"}
+def remote_model(srv: "Server") -> RemoteModel:
+    """The served model as a V2 client sees it (its metadata), so requests use its input layout."""
+    conn = RawConnection("127.0.0.1", srv.port)
+    try:
+        r = conn.request(build_request("GET", f"127.0.0.1:{srv.port}", "/v2/models/m"))
+    finally:
+        conn.close()
+    return RemoteModel.from_metadata(json.loads(r.body))
 
 
 def v1_json(g: Graph) -> tuple[bytes, dict]:
-    obj = {"x": g.x.tolist(), "edge_index": g.edge_index.tolist()}
-    if g.edge_attr is not None:
-        obj["edge_attr"] = g.edge_attr.tolist()
+    obj = {k: v for k, v in graph_to_json(g).items() if k != "y"}  # inputs only
     return json.dumps({"graphs": [obj]}).encode(), {"Content-Type": "application/json"}
 
 
@@ -170,13 +144,13 @@ def pct(samples_ns: list[int], q: float) -> float:
 # -- 1. latency -------------------------------------------------------------------------
 def _latency_paths(srv: Server, model, graphs: list[Graph]) -> dict[str, Callable[[int], object]]:
     """One callable per path; each sends request ``i`` (round-robin over the molecules)."""
-    ef = model.spec.model.edge_features
     host = f"127.0.0.1:{srv.port}"
+    remote = remote_model(srv)
     conn = RawConnection("127.0.0.1", srv.port)
     ready = build_request("GET", host, "/v2/health/ready")
-    t = [tensors(g, ef) for g in graphs]
-    binary = [build_request("POST", host, "/v2/models/m/infer", *v2_binary(x)) for x in t]
-    jsons = [build_request("POST", host, "/v2/models/m/infer", *v2_json(x)) for x in t]
+    t = [request_tensors([g], remote) for g in graphs]
+    binary = [build_request("POST", host, "/v2/models/m/infer", *encode(x, "binary")) for x in t]
+    jsons = [build_request("POST", host, "/v2/models/m/infer", *encode(x, "json")) for x in t]
     v1 = [build_request("POST", host, "/v1/models/m/predict", *v1_json(g)) for g in graphs]
     n = len(graphs)
 
@@ -202,7 +176,7 @@ def _latency_paths(srv: Server, model, graphs: list[Graph]) -> dict[str, Callabl
     def tc_inputs(mod, x: dict[str, np.ndarray]) -> list:
         out = []
         for k, v in x.items():
-            i = mod.InferInput(k, list(v.shape), _dt(v))
+            i = mod.InferInput(k, list(v.shape), V2_TYPES[v.dtype])
             i.set_data_from_numpy(v)
             out.append(i)
         return out
@@ -277,31 +251,20 @@ def latency(requests: int, tmp: Path, grpc: bool) -> list[str]:
 
 
 # -- 2. batching ------------------------------------------------------------------------
-async def _closed_loop(port: int, wires: list[bytes], clients: int, seconds: float) -> tuple[float, list[int]]:
-    conns = [await AsyncRawConnection.open("127.0.0.1", port) for _ in range(clients)]
-    lat: list[int] = []
-    n = len(wires)
+def _closed_loop(url: str, bodies: list[bytes], headers: list[dict], clients: int, seconds: float,
+                 method: str = "POST") -> LoadResult:
+    """The library's closed-loop load generator over raw keep-alive HTTP; any failed request stops the run."""
+    async def drive() -> LoadResult:
+        sender = RawHttpSender(Target(url, tuple(bodies), tuple(headers)), method)
+        try:
+            return await closed_loop(sender, None, clients, seconds, warmup_s=0.5)
+        finally:
+            await sender.close()
 
-    async def worker(k: int, conn: AsyncRawConnection, until: float, record: bool) -> int:
-        i, done = k, 0
-        while time.perf_counter() < until:
-            t0 = time.perf_counter_ns()
-            r = await conn.request(wires[i % n])
-            if r.status != 200:
-                raise SystemExit(f"request failed with {r.status}: {r.body[:200]!r}")
-            if record:
-                lat.append(time.perf_counter_ns() - t0)
-            i += clients
-            done += 1
-        return done
-
-    await asyncio.gather(*(worker(k, c, time.perf_counter() + 0.5, False) for k, c in enumerate(conns)))
-    start = time.perf_counter()
-    counts = await asyncio.gather(*(worker(k, c, start + seconds, True) for k, c in enumerate(conns)))
-    rate = sum(counts) / (time.perf_counter() - start)
-    for c in conns:
-        c.close()
-    return rate, lat
+    result = asyncio.run(drive())
+    if result.error_count:
+        raise SystemExit(f"{url}: requests failed: {result.errors}")
+    return result
 
 
 def batching(seconds: float, clients: int, tmp: Path, rounds: int = 5) -> list[str]:
@@ -312,7 +275,7 @@ def batching(seconds: float, clients: int, tmp: Path, rounds: int = 5) -> list[s
     """
     nf = 16
     path = export_random("gin", nf, 0, tmp / "gin.onnx")
-    graphs = molecule_like(nf, 256, seed=0)
+    graphs = molecule_like_graphs(256, nf, seed=0)
     modes = {"off": ("--max-batch-graphs", "1"), "on (delay 0)": ("--max-batch-graphs", "64")}
     servers = {mode: start_server(path, *args, "--max-queue-size", "4096") for mode, args in modes.items()}
     done = {m: 0.0 for m in modes}
@@ -320,22 +283,20 @@ def batching(seconds: float, clients: int, tmp: Path, rounds: int = 5) -> list[s
     lat: dict[str, list[int]] = {m: [] for m in modes}
     ceilings: dict[str, list[float]] = {m: [] for m in modes}
     try:
-        wires, before = {}, {}
-        for mode, srv in servers.items():
-            host = f"127.0.0.1:{srv.port}"
-            wires[mode] = [build_request("POST", host, "/v2/models/m/infer", *v2_binary(tensors(g, 0)))
-                           for g in graphs]
-            before[mode] = _stats(srv.port)
-        health = {m: [build_request("GET", f"127.0.0.1:{s.port}", "/v2/health/ready")] for m, s in servers.items()}
+        remote = remote_model(next(iter(servers.values())))
+        encoded = [encode(request_tensors([g], remote), "binary") for g in graphs]
+        bodies, headers = [b for b, _ in encoded], [h for _, h in encoded]
+        before = {mode: _stats(srv.port) for mode, srv in servers.items()}
         window = seconds / rounds
         for _ in range(rounds):
             for mode, srv in servers.items():
-                ceiling, _ = asyncio.run(_closed_loop(srv.port, health[mode], clients, min(window, 1.0)))
-                ceilings[mode].append(ceiling)
-                rate, samples = asyncio.run(_closed_loop(srv.port, wires[mode], clients, window))
-                done[mode] += rate * window
-                elapsed[mode] += window
-                lat[mode] += samples
+                base = f"http://127.0.0.1:{srv.port}"
+                health = _closed_loop(f"{base}/v2/health/ready", [b""], [{}], clients, min(window, 1.0), "GET")
+                ceilings[mode].append(health.latencies_ns.size / health.duration_s)
+                run = _closed_loop(f"{base}/v2/models/m/infer", bodies, headers, clients, window)
+                done[mode] += run.latencies_ns.size
+                elapsed[mode] += run.duration_s
+                lat[mode] += run.latencies_ns.tolist()
         after = {mode: _stats(srv.port) for mode, srv in servers.items()}
     finally:
         for srv in servers.values():

@@ -30,12 +30,13 @@ from pathlib import Path
 import numpy as np
 
 from edgemp import __version__
+from edgemp.data.synthetic import random_graph
 from edgemp.errors import ExportError, MissingExtraError
 from edgemp.export.config import ExportConfig
 from edgemp.export.onnx_export import _require_export_deps, finish_graph, torch_export, write_metadata
 from edgemp.export.source import ExportSource, resolve_source
 from edgemp.export.triton_config import TritonRepoConfig, check_config, declared_inputs, render_config
-from edgemp.export.verify import VerificationReport, _random_graph, compare, verification_cases
+from edgemp.export.verify import VerificationReport, compare, verification_cases
 from edgemp.graph import Graph, collate
 from edgemp.runtime import ragged
 from edgemp.spec import ExportedModelSpec
@@ -139,7 +140,7 @@ def random_mixes(spec, count: int, max_requests: int, seed: int) -> list[list[Gr
         for _ in range(k):
             n = int(rng.integers(1, 41))
             e = 0 if rng.random() < 0.15 else int(rng.integers(0, 3 * n + 1))
-            graphs.append(_random_graph(rng, spec, n, e))
+            graphs.append(random_graph(rng, n, e, spec.node_features, spec.edge_features))
         mixes.append(graphs)
     return mixes
 

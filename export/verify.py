@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from edgemp.data.synthetic import random_graph, with_edge_palette
 from edgemp.errors import VerificationError
 from edgemp.graph import Graph, GraphBatch
 from edgemp.spec import ModelSpec
@@ -70,32 +71,17 @@ class VerificationReport:
 
 def _random_graph(rng: np.random.Generator, spec: ModelSpec, n: int, e: int, *, duplicates: bool = False,
                   isolated: int = 0, sign: float = 0.0) -> Graph:
-    x = rng.standard_normal((n, spec.node_features)).astype(np.float32)
-    if sign:
-        x = (sign * np.abs(x)).astype(np.float32)
-    active = max(n - isolated, 1)
-    if e and active > 0:
-        src = rng.integers(0, active, size=e)
-        dst = rng.integers(0, active, size=e)
-        if duplicates and e >= 4:
-            src[: e // 2] = src[0]
-            dst[: e // 2] = dst[0]  # the same edge many times: the same target many times
-        ei = np.stack([src, dst]).astype(np.int64)
-    else:
-        ei = np.zeros((2, 0), np.int64)
-    ea = None
-    if spec.edge_features:
-        ea = rng.standard_normal((ei.shape[1], spec.edge_features)).astype(np.float32)
-        if sign:
-            ea = (sign * np.abs(ea)).astype(np.float32)
-    return Graph(x=x, edge_index=ei, edge_attr=ea)
-
-
-def _with_edge_palette(rng: np.random.Generator, g: Graph, palette: np.ndarray) -> Graph:
-    """``g`` with edge features drawn from the rows of ``palette``, as bond types are in molecules."""
-    if g.edge_attr is None:
-        return g
-    return Graph(x=g.x, edge_index=g.edge_index, edge_attr=palette[rng.integers(0, palette.shape[0], g.edge_attr.shape[0])])
+    """The library's random graph sized for ``spec``, bent into one of the edge cases below."""
+    g = random_graph(rng, n, e if n - isolated >= 1 else 0, spec.node_features, spec.edge_features,
+                     edge_nodes=max(n - isolated, 1))
+    ei = g.edge_index
+    if duplicates and e >= 4:
+        ei = ei.copy()
+        ei[:, : e // 2] = ei[:, :1]  # the same edge many times: the same target many times
+    if not sign:
+        return Graph(x=g.x, edge_index=ei, edge_attr=g.edge_attr)
+    ea = None if g.edge_attr is None else (sign * np.abs(g.edge_attr)).astype(np.float32)
+    return Graph(x=(sign * np.abs(g.x)).astype(np.float32), edge_index=ei, edge_attr=ea)
 
 
 def verification_cases(spec: ModelSpec, seed: int = 0, max_nodes: int = 0) -> list[tuple[str, list[Graph]]]:
@@ -122,7 +108,7 @@ def verification_cases(spec: ModelSpec, seed: int = 0, max_nodes: int = 0) -> li
         ("all_negative", [_random_graph(rng, spec, size(4, 12), 16, sign=-1.0) for _ in range(4)]),
         ("big_graph", [_random_graph(rng, spec, cap, 3 * cap)]),
         # Few distinct edge-feature rows (bond types): what distinct-row edge networks exploit.
-        ("repeated_edge_rows", [_with_edge_palette(rng, mol(), palette) for _ in range(16)]),
+        ("repeated_edge_rows", [with_edge_palette(rng, mol(), palette) for _ in range(16)]),
     ]
     return cases
 

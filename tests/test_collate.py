@@ -4,13 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edgemp.data.synthetic import random_graph
 from edgemp.errors import GraphValidationError
 from edgemp.graph import Graph, collate, split
 
 
 def _graph(rng, n: int, e: int, fe: int = 3) -> Graph:
-    return Graph(x=rng.standard_normal((n, 5)).astype(np.float32), edge_index=rng.integers(0, n, (2, e)),
-                 edge_attr=rng.standard_normal((e, fe)).astype(np.float32), y=np.array([float(n)], np.float32))
+    g = random_graph(rng, n, e, 5, fe)
+    return Graph(x=g.x, edge_index=g.edge_index, edge_attr=g.edge_attr, y=np.array([float(n)], np.float32))
 
 
 def test_one_graph_batch_equals_its_part_of_a_general_batch():

@@ -7,6 +7,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from edgemp.data.synthetic import random_graph, with_edge_palette
 from edgemp.export.edge_rows import edge_network_on_distinct_rows
 from edgemp.export.lint import lint_model
 from edgemp.graph import Graph, collate
@@ -20,15 +21,8 @@ def _ops(model) -> list[str]:
 
 
 def _graphs(rng, count: int, nodes: int, edges: int, palette: np.ndarray | None) -> list[Graph]:
-    out = []
-    for _ in range(count):
-        ei = rng.integers(0, nodes, (2, edges)).astype(np.int64)
-        if palette is None:  # continuous: every edge its own row
-            ea = rng.standard_normal((edges, 4)).astype(np.float32)
-        else:
-            ea = palette[rng.integers(0, len(palette), edges)]
-        out.append(Graph(x=rng.standard_normal((nodes, 8)).astype(np.float32), edge_index=ei, edge_attr=ea))
-    return out
+    graphs = [random_graph(rng, nodes, edges, 8, 4) for _ in range(count)]  # continuous: every edge its own row
+    return graphs if palette is None else [with_edge_palette(rng, g, palette) for g in graphs]
 
 
 def _batches() -> dict[str, list[Graph]]:

@@ -10,12 +10,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from edgemp.data.synthetic import random_graph
 from edgemp.cli.main import cli
 from edgemp.errors import EdgempError, ExportError
 from edgemp.export import ExportConfig, export_model
 from edgemp.export.lint import lint_model
 from edgemp.export.onnx_export import verify_onnx_file
-from edgemp.graph import Graph, collate
+from edgemp.graph import collate
 from edgemp.models import load_checkpoint
 from edgemp.spec import METADATA_KEY, ExportedModelSpec
 
@@ -73,9 +74,7 @@ def test_unseen_sizes_match_pytorch(export_checkpoint, make_checkpoint):
     graphs = []
     for n in (1, 3, 50, 120):
         e = 0 if n == 1 else 3 * n
-        graphs.append(Graph(rng.standard_normal((n, 8)).astype(np.float32),
-                            rng.integers(0, n, (2, e)).astype(np.int64),
-                            rng.standard_normal((e, 4)).astype(np.float32)))
+        graphs.append(random_graph(rng, n, e, 8, 4))
     b = collate(graphs)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(None, b.tensors())[0]

@@ -145,13 +145,7 @@ def test_plan_without_tensorrt(tmp_path, models):
         with pytest.raises(MissingExtraError, match=r"edgemp\[tensorrt\]"):
             rt.load(plan)
     else:
-        pytest.skip("tensorrt is installed; covered by the tensorrt-marked test")
-
-
-@pytest.mark.tensorrt
-def test_tensorrt_engine_roundtrip():
-    pytest.importorskip("tensorrt")
-    pytest.skip("needs an engine built on a GPU machine (edgemp export --target tensorrt)")
+        pytest.skip("tensorrt is installed; test_tensorrt_build::test_real_engine_matches_ort covers loading")
 
 
 # -- answers --------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
+from edgemp.data.synthetic import random_graph
 from edgemp.graph import Graph
 from edgemp.runtime.server import ServerConfig
 from edgemp.runtime.server.connections import quiet_accept_errors
@@ -184,9 +185,7 @@ def test_malformed_http_is_json_4xx(server):
 
 # -- work limits -------------------------------------------------------------------------
 def _big_graph(nodes: int, edges: int, seed: int = 0) -> Graph:
-    rng = np.random.default_rng(seed)
-    return Graph(x=rng.standard_normal((nodes, 5)).astype(np.float32),
-                 edge_index=rng.integers(0, nodes, (2, edges)).astype(np.int64))
+    return random_graph(np.random.default_rng(seed), nodes, edges, 5)
 
 
 def test_request_limits_are_413_with_reason(server, gnn):

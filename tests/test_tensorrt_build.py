@@ -352,6 +352,7 @@ def test_cli_engine_ort_options_and_missing_tensorrt(export_checkpoint, tmp_path
 
 
 # -- real TensorRT (GPU machines only) ------------------------------------------------------
+@pytest.mark.gpu
 @pytest.mark.tensorrt
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_real_engine_matches_ort(export_checkpoint, tmp_path, precision):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edgemp.data.synthetic import random_sized_graphs
 from edgemp.errors import ExportError, GraphValidationError, ModelFormatError
 from edgemp.graph import Graph
 from edgemp.runtime import load, ragged
@@ -23,14 +24,7 @@ F = 8  # ... and node features
 
 def _graphs(rng: np.random.Generator, k: int, fe: int = FE, max_nodes: int = 30) -> list[Graph]:
     """k graphs of different sizes; some without edges."""
-    out = []
-    for _ in range(k):
-        n = int(rng.integers(1, max_nodes + 1))
-        e = 0 if rng.random() < 0.2 else int(rng.integers(1, 3 * n + 1))
-        ei = rng.integers(0, n, size=(2, e)).astype(np.int64)
-        ea = rng.standard_normal((e, fe)).astype(np.float32) if fe else None
-        out.append(Graph(rng.standard_normal((n, F)).astype(np.float32), ei, ea))
-    return out
+    return random_sized_graphs(rng, k, F, fe, max_nodes=max_nodes)
 
 
 # -- Triton's ragged batching, reproduced: the documented examples --------------------------

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgemp.data.synthetic import random_sized_graphs
 from edgemp.graph import Graph
 from edgemp.graphio import read_graphs, write_jsonl
 from server_utils import ROOT, free_port, triton_inputs
@@ -38,14 +39,7 @@ MAX_BATCH = 32
 
 def _graphs(seed: int, k: int, max_nodes: int = 40) -> list[Graph]:
     """k graphs of different sizes (1..max_nodes nodes), some without edges."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(k):
-        n = int(rng.integers(1, max_nodes + 1))
-        e = 0 if rng.random() < 0.2 else int(rng.integers(1, 3 * n + 1))
-        out.append(Graph(rng.standard_normal((n, F)).astype(np.float32), rng.integers(0, n, (2, e)).astype(np.int64),
-                         rng.standard_normal((e, FE)).astype(np.float32)))
-    return out
+    return random_sized_graphs(np.random.default_rng(seed), k, F, FE, max_nodes=max_nodes)
 
 
 class _Triton:

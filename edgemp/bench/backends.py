@@ -5,20 +5,20 @@ attributed): ``collate`` (graphs -> batch tensors, dense padding included), ``ru
 engine call) and ``split`` (batch outputs -> one result per graph). Graphs are validated
 once before timing, not per call: validation is input checking, not inference.
 
-A backend that cannot run here raises :class:`BackendUnavailable` with the reason; the
-row then says "unavailable" instead of quietly measuring something else (onnxruntime-gpu
-on a CPU-only box lists CUDA but runs on CPU, so the providers in use are checked).
+The interface lives in :mod:`edgemp.bench.backend_base`, which the torch backends import
+without importing this module back. A backend that cannot run here raises
+:class:`BackendUnavailable` with the reason; the row then says "unavailable" instead of
+quietly measuring something else (onnxruntime-gpu on a CPU-only box lists CUDA but runs on
+CPU, so the providers in use are checked).
 """
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
+from edgemp.bench.backend_base import Backend, BackendUnavailable, Timing
 from edgemp.errors import EdgempError
 from edgemp.graph import Graph, collate
 
@@ -30,48 +30,12 @@ BACKENDS: tuple[str, ...] = ("torch-eager", "torch-compile", "ort-cpu", "ort-cud
 BASELINE = "torch-eager"
 
 
-class BackendUnavailable(EdgempError):
-    """This backend cannot run on this machine / with these packages (the reason is the message)."""
-
-
-@dataclass
-class Timing:
-    """One inference: stage times in ns and the outputs when asked for."""
-
-    collate_ns: int
-    run_ns: int
-    split_ns: int
-    total_ns: int
-    outputs: dict[str, np.ndarray] | None = None
-
-
 def parse_backends(text: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(b.strip() for b in text.split(",") if b.strip()))
     unknown = [n for n in names if n not in BACKENDS]
     if unknown or not names:
         raise EdgempError(f"could not resolve backend {', '.join(unknown) or text!r} among choices {list(BACKENDS)}")
     return names
-
-
-class Backend:
-    """Runs batches of graphs; subclasses set ``name``, ``providers`` and implement :meth:`infer`."""
-
-    name: str = ""
-    providers: tuple[str, ...] = ()
-    threads: int = 1
-    compiles: bool = False  # the first call of each config compiles (torch.compile): timed apart
-
-    def prepare(self, graphs: Sequence[Graph]) -> None:
-        """Validate graphs this backend will run (raises GraphValidationError)."""
-
-    def activate(self) -> None:
-        """Called before each timed block (e.g. to set torch's global thread count)."""
-
-    def infer(self, graphs: Sequence[Graph], keep: bool = False) -> Timing:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Release the engine."""
 
 
 class OrtBackend(Backend):

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from edgemp.bench.backends import Backend, BackendUnavailable, Timing
+from edgemp.bench.backend_base import Backend, BackendUnavailable, Timing
 from edgemp.graph import Graph, collate, split
 
 logger = logging.getLogger(__name__)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgemp.data.synthetic import random_graph
 from edgemp.errors import EdgempError
 from edgemp.graph import Graph
 
@@ -75,15 +76,6 @@ class SyntheticSpec:
             e = int(rng.integers(self.edges[0], self.edges[1] + 1))
             out.append(random_graph(rng, n, e, node_features, edge_features))
         return out
-
-
-def random_graph(rng: np.random.Generator, n: int, e: int, node_features: int, edge_features: int) -> Graph:
-    """A graph with ``n`` nodes and ``e`` random directed edges (features ~ N(0, 1))."""
-    return Graph(
-        x=rng.standard_normal((n, node_features)).astype(np.float32),
-        edge_index=rng.integers(0, n, size=(2, e)).astype(np.int64),
-        edge_attr=rng.standard_normal((e, edge_features)).astype(np.float32) if edge_features > 0 else None,
-    )
 
 
 @dataclass

@@ -1,7 +1,14 @@
-"""A synthetic, learnable graph-regression task (numpy only, deterministic per seed).
+"""The one place random graphs come from (numpy only, deterministic per seed).
 
-Used for training smoke tests, export checks and benchmarks where rdkit may be absent.
-The target is a sum over edges of an interaction between the endpoint node types
+Two kinds, for two jobs:
+
+- :func:`synthetic_graphs`: a *learnable* graph-regression task, for training smoke tests,
+  export checks and benchmarks where rdkit may be absent.
+- :func:`random_graph` and what is built on it (:func:`random_sized_graphs`,
+  :func:`molecule_like_graphs`, :func:`with_edge_palette`): plain random features and edges
+  of a chosen size, for verification, benchmarks and tests that only need a model's inputs.
+
+The task's target is a sum over edges of an interaction between the endpoint node types
 (scaled by an edge weight) plus a degree term, so it depends on *which* nodes are
 connected: a message-passing model can learn it, a bag of node features cannot.
 Sizes are mixed on purpose (isolated nodes, some edge-less graphs) to exercise
@@ -105,3 +112,72 @@ def synthetic_graphs(
     graphs = [_one_graph(rng, int(n), bool(e)) for n, e in zip(sizes, empty)]
     logger.debug("generated %d synthetic graphs (seed %d)", num_graphs, seed)
     return graphs
+
+
+def random_graph(
+    rng: np.random.Generator,
+    num_nodes: int,
+    num_edges: int,
+    node_features: int,
+    edge_features: int = 0,
+    *,
+    edge_nodes: int | None = None,
+    with_target: bool = False,
+) -> Graph:
+    """A graph with ``num_nodes`` nodes and ``num_edges`` random directed edges (features ~ N(0, 1)).
+
+    Edges may repeat and may be self loops, as they can in requests. Edges touch only the
+    first ``edge_nodes`` nodes (default: all), so the rest are isolated. ``with_target``
+    adds a random ``y`` [1]. Draw order (x, edge_index, edge_attr, y) is fixed: callers'
+    seeds keep meaning the same graphs.
+    """
+    active = num_nodes if edge_nodes is None else edge_nodes
+    if num_nodes < 1 or num_edges < 0 or not 0 <= active <= num_nodes or (num_edges and active < 1):
+        raise EdgempError(f"cannot draw {num_edges} edges among {active} of {num_nodes} nodes")
+    x = rng.standard_normal((num_nodes, node_features)).astype(np.float32)
+    edge_index = rng.integers(0, max(active, 1), size=(2, num_edges)).astype(np.int64)
+    edge_attr = rng.standard_normal((num_edges, edge_features)).astype(np.float32) if edge_features > 0 else None
+    y = rng.standard_normal(1).astype(np.float32) if with_target else None
+    return Graph(x=x, edge_index=edge_index, edge_attr=edge_attr, y=y)
+
+
+def with_edge_palette(rng: np.random.Generator, g: Graph, palette: np.ndarray) -> Graph:
+    """``g`` with edge features drawn from the rows of ``palette`` [K, Fe], as bond types are in molecules."""
+    if g.edge_attr is None:
+        return g
+    rows = palette[rng.integers(0, palette.shape[0], g.edge_attr.shape[0])]
+    return Graph(x=g.x, edge_index=g.edge_index, edge_attr=rows, y=g.y)
+
+
+def random_sized_graphs(
+    rng: np.random.Generator,
+    count: int,
+    node_features: int,
+    edge_features: int = 0,
+    *,
+    max_nodes: int = 30,
+    edgeless_fraction: float = 0.2,
+) -> list[Graph]:
+    """``count`` graphs of 1..``max_nodes`` nodes and up to 3 edges per node; about
+    ``edgeless_fraction`` of them have no edges (what batching and padding must survive)."""
+    out = []
+    for _ in range(count):
+        n = int(rng.integers(1, max_nodes + 1))
+        e = 0 if rng.random() < edgeless_fraction else int(rng.integers(1, 3 * n + 1))
+        out.append(random_graph(rng, n, e, node_features, edge_features))
+    return out
+
+
+def molecule_like_graphs(
+    count: int, node_features: int, edge_features: int = 0, *, seed: int = 0, max_nodes: int = 35
+) -> list[Graph]:
+    """QM9/ZINC-sized random graphs: 10..``max_nodes`` nodes, ~2.2 directed edges per node.
+
+    ``max_nodes`` below 10 (a dense model's cap) gives graphs of exactly ``max_nodes`` nodes.
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        n = int(rng.integers(min(10, max_nodes), max_nodes + 1))
+        out.append(random_graph(rng, n, int(2.2 * n), node_features, edge_features))
+    return out
