@@ -19,7 +19,7 @@ import numpy as np
 
 from edgemp.errors import GraphValidationError
 from edgemp.graph import Graph, check_counts
-from edgemp.runtime import ragged
+from edgemp import ragged_layout as ragged
 from edgemp.runtime.server.protocol import ProtocolError
 from edgemp.spec import ExportedModelSpec
 
