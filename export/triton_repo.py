@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgemp import __version__
+from edgemp import __version__, ragged_layout as ragged
 from edgemp.errors import ExportError, MissingExtraError
 from edgemp.export.config import ExportConfig
 from edgemp.export.deps import require_torch_export
@@ -38,7 +38,6 @@ from edgemp.export.source import ExportSource, resolve_source
 from edgemp.export.triton_config import TritonRepoConfig, check_config, declared_inputs, render_config
 from edgemp.export.verify import VerificationReport, _random_graph, compare, verification_cases
 from edgemp.graph import Graph, collate
-from edgemp import ragged_layout as ragged
 from edgemp.spec import ExportedModelSpec
 
 log = logging.getLogger(__name__)

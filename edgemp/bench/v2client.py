@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgemp import ragged_layout as ragged
 from edgemp.errors import EdgempError
 from edgemp.graph import Graph, collate
-from edgemp import ragged_layout as ragged
 from edgemp.ragged_layout import WIDTH_PARAMETERS
 
 logger = logging.getLogger(__name__)
