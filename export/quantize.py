@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os  # noqa: F401  (main's _preprocess chdir fix uses it; kept so the merge stays valid)
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
