@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os  # noqa: F401  (main's _preprocess chdir fix uses it; kept so the merge stays valid)
+import os
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
