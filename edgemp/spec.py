@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Mapping
 
 from edgemp.errors import ModelFormatError
 
 FORMAT_VERSION = 1
 TASKS = ("regression", "classification", "node_regression", "node_classification")
-# "triton-ragged": one graph per request, flat tensors + Triton batch inputs (edgemp.runtime.ragged).
+# "triton-ragged": one graph per request, flat tensors + Triton batch inputs (edgemp.ragged_layout).
 FORMS = ("sparse", "dense", "triton-ragged")
 METADATA_KEY = "edgemp"  # metadata_props key holding the JSON-encoded ExportedModelSpec
 
@@ -112,3 +112,28 @@ class ExportedModelSpec:
             return cls(**d)
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ModelFormatError(f"edgemp metadata is malformed: {e}") from e
+
+
+def metadata_entry(metadata: Mapping[str, str], where: object, how_to_export: str = "`edgemp export`") -> str:
+    """The JSON text under :data:`METADATA_KEY`, or a :class:`ModelFormatError` naming the file.
+
+    ``metadata`` is whatever map the caller has: an ONNX Runtime session's
+    ``custom_metadata_map`` (the runtime, which never imports onnx) or an ``onnx.ModelProto``'s
+    ``metadata_props`` as a dict (export). Both read the file through here, so they agree on
+    what an edgemp model is and say the same thing when it is not one.
+    """
+    text = metadata.get(METADATA_KEY)
+    if text is None:
+        raise ModelFormatError(
+            f"not an edgemp model: {where} has no {METADATA_KEY!r} metadata; export it with {how_to_export}"
+        )
+    return text
+
+
+def spec_from_metadata(metadata: Mapping[str, str], where: object) -> ExportedModelSpec:
+    """The :class:`ExportedModelSpec` a model file carries; errors name ``where`` (the file)."""
+    text = metadata_entry(metadata, where)
+    try:
+        return ExportedModelSpec.from_json(text)
+    except ModelFormatError as e:
+        raise ModelFormatError(f"{where}: {e}") from e

@@ -46,7 +46,7 @@ def batch_groups(graphs: Sequence[Graph], batch_graphs: int) -> list[range]:
 def model_feeds(batch: GraphBatch, input_names: Sequence[str], form: str, max_nodes: int) -> dict[str, np.ndarray]:
     """A collated batch in the form an exported model takes, restricted to its declared inputs."""
     if form == "dense":
-        from edgemp.runtime.dense import to_dense
+        from edgemp.dense_layout import to_dense
 
         tensors = to_dense(batch, max_nodes)
     else:

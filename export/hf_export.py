@@ -19,7 +19,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import shutil
 import tempfile
 import warnings
@@ -28,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from edgemp import __version__
-from edgemp.errors import ExportError, MissingExtraError, VerificationError
+from edgemp.errors import ExportError, VerificationError
+from edgemp.export.deps import require_hf_export
 from edgemp.export.hf_verify import TextVerificationReport, failure_message, verify_text_model
+from edgemp.export.onnx_file import staged_path, write_metadata
 from edgemp.text_spec import MODEL_FILE, POOLINGS, TEXT_TASKS, TextModelSpec
 
 log = logging.getLogger(__name__)
@@ -128,16 +129,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ExportError(f"cannot read {path}: {e}") from e
-
-
-def _require_hf_deps() -> None:
-    for module in ("torch", "onnx", "transformers", "optimum.exporters.onnx", "tokenizers"):
-        try:
-            __import__(module)
-        except ImportError as e:
-            package = {"optimum.exporters.onnx": "optimum-onnx"}.get(module, module)
-            extra = "export" if module in ("torch", "onnx") else "transformers"
-            raise MissingExtraError(package, extra, "Hugging Face export") from e
 
 
 def _sentence_transformers_defaults(model_dir: Path) -> dict[str, Any]:
@@ -262,8 +253,6 @@ def _write_model(src: Path, dst: Path, spec: TextModelSpec) -> None:
     """Copy the ONNX graph with the spec in ``metadata_props`` (weights inline below 2 GB)."""
     import onnx
 
-    from edgemp.export.onnx_export import write_metadata
-
     model = onnx.load(str(src), load_external_data=True)
     write_metadata(model, spec)
     large = model.ByteSize() > 1_900_000_000
@@ -282,7 +271,7 @@ def export_text_model(model_dir: str | Path, output_dir: str | Path,
         raise ExportError(f"{model_dir} is not a Hugging Face model directory (no config.json with a model_type)")
     if not any((model_dir / f).is_file() for f in WEIGHT_FILES):
         raise ExportError(f"{model_dir} holds no weights ({' or '.join(WEIGHT_FILES[:2])})")
-    _require_hf_deps()
+    require_hf_export()
     from edgemp.runtime.text import load_text_model
 
     hf_config = _read_json(model_dir / "config.json")
@@ -333,8 +322,8 @@ def export_text_model(model_dir: str | Path, output_dir: str | Path,
                 raise err
             spec = replace(spec, extra={"verification": {"max_abs_error": report.max_abs_error,
                                                          "min_cosine": report.min_cosine}})
-            _write_model(stage / MODEL_FILE, stage / (MODEL_FILE + ".v"), spec)
-            os.replace(stage / (MODEL_FILE + ".v"), stage / MODEL_FILE)
+            with staged_path(stage / MODEL_FILE) as staged:
+                _write_model(stage / MODEL_FILE, staged, spec)
         _publish(stage, output_dir)
     return TextExportResult(output_dir, spec, report)
 
@@ -345,6 +334,5 @@ def _publish(stage: Path, output_dir: Path) -> None:
     for f in sorted(stage.iterdir()):
         if f.name != MODEL_FILE:
             shutil.copy2(f, output_dir / f.name)
-    tmp = output_dir / f".{MODEL_FILE}.tmp{os.getpid()}"
-    shutil.copy2(stage / MODEL_FILE, tmp)
-    os.replace(tmp, output_dir / MODEL_FILE)
+    with staged_path(output_dir / MODEL_FILE) as staged:
+        shutil.copy2(stage / MODEL_FILE, staged)

@@ -4,10 +4,10 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from edgemp.errors import ModelFormatError
 from edgemp.export.checks import float_initializer_count
 from edgemp.export.lint import LINT_TARGETS, lint_model
-from edgemp.spec import METADATA_KEY, ExportedModelSpec
+from edgemp.export.onnx_file import load_onnx, metadata, read_model_spec
+from edgemp.spec import METADATA_KEY
 
 _DTYPES = {1: "float32", 6: "int32", 7: "int64", 10: "float16", 11: "float64", 9: "bool", 3: "int8", 2: "uint8"}
 
@@ -18,17 +18,9 @@ def _dims(value_info) -> list:
 
 def inspect_onnx(path: str | Path) -> dict:
     """Metadata, inputs/outputs with dynamic axes, op counts, parameters, size, lints."""
-    import onnx
-
     p = Path(path)
-    if not p.is_file():
-        raise ModelFormatError(f"{p} does not exist")
-    try:
-        model = onnx.load(str(p))
-    except Exception as e:  # protobuf DecodeError and friends
-        raise ModelFormatError(f"{p} is not a readable ONNX file: {type(e).__name__}") from e
-    meta = {m.key: m.value for m in model.metadata_props}
-    spec = ExportedModelSpec.from_json(meta[METADATA_KEY]).to_json() if METADATA_KEY in meta else None
+    model = load_onnx(p)
+    spec = read_model_spec(model, p).to_json() if METADATA_KEY in metadata(model) else None
     return {
         "path": str(p),
         "file_bytes": p.stat().st_size,

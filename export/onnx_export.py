@@ -9,26 +9,27 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import tempfile
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgemp import __version__
-from edgemp.errors import ExportError, MissingExtraError
+from edgemp.errors import ExportError
 from edgemp.export.config import ExportConfig
+from edgemp.export.deps import require_torch_export
 from edgemp.export.edge_rows import edge_network_on_distinct_rows
 from edgemp.export.failures import explain_export_failure, quiet_tracer
 from edgemp.export.pyg_translations import pyg_translations
+from edgemp.export.onnx_file import staged_path, write_metadata
 from edgemp.export.rewrite import scatter_elements_to_scatternd, scatter_into_addend
 from edgemp.export.source import ExportSource, resolve_source
 from edgemp.export.translations import custom_translations
 from edgemp.export.verify import VerificationReport, compare, verification_cases
 from edgemp.graph import GraphBatch, collate
-from edgemp.spec import METADATA_KEY, ExportedModelSpec
+from edgemp.spec import ExportedModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +59,6 @@ class ExportResult:
         if self.report:
             d.update(self.report.to_dict())
         return d
-
-
-def _require_export_deps():
-    try:
-        import onnx  # noqa: F401
-        import torch  # noqa: F401
-    except ImportError as e:
-        raise MissingExtraError(e.name or "torch", "export", "ONNX export") from e
 
 
 def _example_inputs(src: ExportSource, cfg: ExportConfig):
@@ -143,7 +136,7 @@ def _torch_outputs(wrapper, feeds: dict[str, np.ndarray], input_names, output_na
 
 def _feeds(batch: GraphBatch, cfg: ExportConfig, input_names) -> dict[str, np.ndarray]:
     if cfg.form == "dense":
-        from edgemp.runtime.dense import to_dense
+        from edgemp.dense_layout import to_dense
 
         return to_dense(batch, cfg.max_nodes)
     tensors = batch.tensors()
@@ -173,7 +166,7 @@ def _verify(wrapper, src: ExportSource, cfg: ExportConfig, path: Path, input_nam
         compare(name, batch, expected, got, cfg.atol, cfg.rtol, report)
         if cfg.form == "dense" and src.is_graphnet:
             # The padded form must agree with the edge-list model the checkpoint defines.
-            from edgemp.runtime.dense import from_dense
+            from edgemp.dense_layout import from_dense
 
             sparse = _sparse_reference(src, batch)
             levels = src.spec.output_levels
@@ -192,7 +185,7 @@ def _sparse_reference(src: ExportSource, batch: GraphBatch) -> dict[str, np.ndar
 
 def export_model(model_or_checkpoint, output: str | Path, cfg: ExportConfig = ExportConfig()) -> ExportResult:
     """Export, check and verify; raise :class:`ExportError` on any failed check."""
-    _require_export_deps()
+    require_torch_export()
     import onnx
 
     src = resolve_source(model_or_checkpoint)
@@ -222,16 +215,12 @@ def export_model(model_or_checkpoint, output: str | Path, cfg: ExportConfig = Ex
         edgemp_version=__version__,
     )
     write_metadata(model, spec)
-    tmp_out = output.with_name(output.name + f".tmp{os.getpid()}")
-    onnx.save(model, str(tmp_out))
     report = None
-    try:
+    with staged_path(output) as staged:
+        onnx.save(model, str(staged))
         if cfg.verify:
-            report = _verify(wrapper, src, cfg, tmp_out, input_names, output_names)
+            report = _verify(wrapper, src, cfg, staged, input_names, output_names)
             report.require_passed("ONNX Runtime disagrees with PyTorch", "the file was not written")
-        tmp_out.replace(output)
-    finally:
-        tmp_out.unlink(missing_ok=True)
     return ExportResult(output, spec, report, checks)
 
 
@@ -279,18 +268,3 @@ def finish_graph(model, src: ExportSource, cfg: ExportConfig) -> dict:
 def export_onnx(model_or_checkpoint, output: str | Path, cfg: ExportConfig = ExportConfig()) -> Path:
     """Export and verify; return the path of the written ONNX file."""
     return export_model(model_or_checkpoint, output, cfg).path
-
-
-def write_metadata(model, spec: ExportedModelSpec) -> None:
-    """Store the spec in ``metadata_props`` (replacing an older edgemp entry)."""
-    keep = [p for p in model.metadata_props if p.key != METADATA_KEY]
-    del model.metadata_props[:]
-    model.metadata_props.extend(keep)
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, spec.to_json()
-    model.producer_name = "edgemp"
-    model.producer_version = __version__
-
-
-def with_precision(spec: ExportedModelSpec, precision: str, extra: dict | None = None) -> ExportedModelSpec:
-    return replace(spec, precision=precision, extra={**spec.extra, **(extra or {})})

@@ -10,12 +10,13 @@ must run on the same EP and hardware (ORT docs, graph-optimizations.md).
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edgemp.errors import EdgempError, ModelFormatError
+from edgemp.export.deps import require_onnx
+from edgemp.export.onnx_file import load_edgemp_model, save_onnx, write_metadata
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,9 @@ def optimize(model_path: str | Path, output: str | Path, cfg: OptimizeConfig = O
     """Write the ORT-optimized graph of ``model_path`` to ``output`` with its edgemp metadata."""
     import onnxruntime as ort
 
-    from edgemp.export.onnx_export import write_metadata
-    from edgemp.export.quantize import _require_onnx, load_edgemp_model
     from edgemp.runtime.providers import ORT_ERRORS, one_line
 
-    onnx = _require_onnx()
+    onnx = require_onnx("graph optimization")
     model_path, output = Path(model_path), Path(output)
     source, spec = load_edgemp_model(model_path)
     before = len(source.graph.node)
@@ -69,12 +68,7 @@ def optimize(model_path: str | Path, output: str | Path, cfg: OptimizeConfig = O
     extra = {"optimization": {"level": cfg.level, "tool": f"onnxruntime {ort.__version__}",
                               "nodes_before": before, "nodes_after": len(model.graph.node)}}
     write_metadata(model, replace(spec, extra={**spec.extra, **extra}))
-    tmp_out = output.with_name(output.name + f".tmp{os.getpid()}")
-    try:
-        onnx.save(model, str(tmp_out))
-        tmp_out.replace(output)
-    finally:
-        tmp_out.unlink(missing_ok=True)
+    save_onnx(model, output)
     if cfg.level != "basic":
         log.warning("%s: level %r fuses for the CPU EP; run this file on the same EP and hardware", output, cfg.level)
     log.info("wrote %s (%s: %d -> %d nodes)", output, cfg.level, before, len(model.graph.node))

@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from edgemp.errors import EdgempError, ExportError, MissingExtraError, ModelFormatError
+from edgemp.errors import ExportError
+from edgemp.export.deps import require_onnx
+from edgemp.export.onnx_file import load_edgemp_model, save_onnx, with_precision, write_metadata
 from edgemp.graph import Graph
-from edgemp.spec import METADATA_KEY, ExportedModelSpec
+from edgemp.spec import ExportedModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -91,40 +93,6 @@ class QuantizeResult:
             "preprocessed": self.preprocessed,
             "summary": self.spec.extra.get("quantization", {}),
         }
-
-
-def _require_onnx():
-    try:
-        import onnx
-    except ImportError as e:
-        raise MissingExtraError("onnx", "export", "quantization") from e
-    return onnx
-
-
-def read_model_spec(model, where: str | Path = "model") -> ExportedModelSpec:
-    """The edgemp spec stored in an ``onnx.ModelProto``'s metadata."""
-    for prop in model.metadata_props:
-        if prop.key == METADATA_KEY:
-            try:
-                return ExportedModelSpec.from_json(prop.value)
-            except ModelFormatError as e:
-                raise ModelFormatError(f"{where}: {e}") from e
-    raise ModelFormatError(f"not an edgemp model: {where} has no {METADATA_KEY!r} metadata; export it with `edgemp export`")
-
-
-def load_edgemp_model(path: str | Path):
-    """``(onnx.ModelProto, ExportedModelSpec)`` for an exported edgemp ``.onnx`` file."""
-    onnx = _require_onnx()
-    from google.protobuf.message import DecodeError
-
-    path = Path(path)
-    if not path.exists():
-        raise ModelFormatError(f"model file {path} does not exist")
-    try:
-        model = onnx.load(str(path))
-    except (OSError, ValueError, DecodeError) as e:
-        raise ModelFormatError(f"{path} is not a readable ONNX file: {e}") from e
-    return model, read_model_spec(model, path)
 
 
 def dense_layer_nodes(model) -> list[str]:
@@ -228,7 +196,7 @@ def _quantize_static(src: Path, dst: Path, nodes: list[str], cfg: QuantizeConfig
 
 
 def _to_fp16(src: Path, dst: Path) -> None:
-    onnx = _require_onnx()
+    onnx = require_onnx("quantization")
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     model = onnx.load(str(src))
@@ -263,7 +231,7 @@ def quantize(
     The output keeps the edgemp metadata with ``precision`` updated and a
     ``quantization`` summary in ``extra`` (tool version, nodes quantized, calibration).
     """
-    onnx = _require_onnx()
+    onnx = require_onnx("quantization")
     import onnxruntime as ort
 
     model_path, output = Path(model_path), Path(output)
@@ -325,19 +293,12 @@ def quantize(
     else:
         kept = _float_ops_kept(model, set(nodes) | {f"{n}_MatMul" for n in nodes})
     summary.update(quantized_nodes=len(nodes), preprocessed=preprocessed, float_ops_kept=kept)
-    from edgemp.export.onnx_export import with_precision, write_metadata
-
     new_spec = with_precision(spec, cfg.precision, {"quantization": summary})
     write_metadata(model, new_spec)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
         raise QuantizationError(f"the {cfg.precision} model fails onnx.checker: {str(e).splitlines()[0]}") from e
-    tmp_out = output.with_name(output.name + f".tmp{os.getpid()}")
-    try:
-        onnx.save(model, str(tmp_out))
-        tmp_out.replace(output)
-    finally:
-        tmp_out.unlink(missing_ok=True)
+    save_onnx(model, output)
     log.info("wrote %s (%s, %d dense layers quantized)", output, cfg.precision, len(nodes))
     return QuantizeResult(output, new_spec, nodes, kept, preprocessed)

@@ -20,7 +20,6 @@ TensorRT's explicit quantization reads their scales, so no calibrator is involve
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,6 +28,7 @@ import numpy as np
 
 from edgemp import __version__
 from edgemp.errors import EdgempError, ExportError, MissingExtraError, VerificationError
+from edgemp.export.onnx_file import load_edgemp_model, write_bytes_atomic
 from edgemp.export.tensorrt_profiles import ProfileRange, input_shapes
 from edgemp.graph import Graph, collate
 from edgemp.spec import ExportedModelSpec
@@ -132,7 +132,6 @@ def build_engine(
     verify_graphs: Sequence[Graph] | None = None,
 ) -> EngineResult:
     """Build, save and (by default) verify a TensorRT engine for an edgemp ONNX file."""
-    from edgemp.export.quantize import load_edgemp_model
     from edgemp.runtime.tensorrt_engine import sidecar_path
 
     onnx_path, output = Path(onnx_path), Path(output)
@@ -182,9 +181,9 @@ def build_engine(
         raise ExportError("TensorRT failed to build the engine; the TensorRT log above says why")
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(output, bytes(plan))
+    write_bytes_atomic(output, bytes(plan))
     if cfg.timing_cache is not None:
-        _atomic_write(Path(cfg.timing_cache), bytes(config.get_timing_cache().serialize()))
+        write_bytes_atomic(Path(cfg.timing_cache), bytes(config.get_timing_cache().serialize()))
     extra = {
         "tensorrt": {
             "version": str(trt.__version__),
@@ -197,7 +196,7 @@ def build_engine(
     engine_spec = replace(spec, target="tensorrt", precision=cfg.precision, edgemp_version=__version__,
                           extra={**spec.extra, **extra})
     side = sidecar_path(output)
-    _atomic_write(side, engine_spec.to_json().encode("utf-8"))
+    write_bytes_atomic(side, engine_spec.to_json().encode("utf-8"))
     result = EngineResult(output, side, engine_spec, timing_cache=cfg.timing_cache, extra=extra)
     if cfg.verify:
         try:
@@ -209,22 +208,13 @@ def build_engine(
     return result
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _fits(graphs: Sequence[Graph], profiles: Sequence[ProfileRange], spec: ExportedModelSpec) -> bool:
     by_dim = {p.dim: p for p in profiles}
     within = lambda dim, v: by_dim[dim].min <= v <= by_dim[dim].max  # noqa: E731
     if not within("num_graphs", len(graphs)):
         return False
     if spec.form == "dense":
-        from edgemp.runtime.dense import pad_size
+        from edgemp.dense_layout import pad_size
 
         return within("max_nodes", pad_size(max(g.num_nodes for g in graphs), spec.max_nodes))
     return within("num_nodes", sum(g.num_nodes for g in graphs)) and within("num_edges", sum(g.num_edges for g in graphs))

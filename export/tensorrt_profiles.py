@@ -84,7 +84,7 @@ def derive_profiles(
     Sparse: ``min`` is one smallest graph; ``opt`` is ``opt_batch_graphs`` graphs of median
     size (rounded half up); ``max`` is ``max_batch_graphs`` of the largest — a bound for any
     batch of that many graphs no bigger than those seen, not just the batches in the file.
-    Dense: node slots follow :func:`edgemp.runtime.dense.pad_size` (a batch is padded to the
+    Dense: node slots follow :func:`edgemp.dense_layout.pad_size` (a batch is padded to the
     power of two above its largest graph, capped at ``max_nodes``); ``opt`` uses the
     largest graph expected in a batch of ``opt_batch_graphs``.
     ``opt_batch_graphs`` defaults to ``max_batch_graphs``: under load the dynamic batcher
@@ -102,7 +102,7 @@ def derive_profiles(
     nodes, edges = _sizes(graphs_or_sizes)
     graphs_range = ProfileRange("num_graphs", 1, opt_b, max_batch_graphs)
     if form == "dense":
-        from edgemp.runtime.dense import pad_size
+        from edgemp.dense_layout import pad_size
 
         if max_nodes < 1:
             raise EdgempError("dense profiles need the model's max_nodes")

@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 
 from edgemp.errors import ExportError, MissingExtraError
-from edgemp.runtime.ragged import WIDTH_PARAMETERS, RaggedLayout
+from edgemp.ragged_layout import WIDTH_PARAMETERS, RaggedLayout
 from edgemp.spec import ModelSpec
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")  # what edgemp serve accepts as a model folder
@@ -172,7 +172,7 @@ def render_config(cfg: TritonRepoConfig, spec: ModelSpec, lay: RaggedLayout) -> 
         'backend: "python"' if python else 'platform: "onnxruntime_onnx"',
         f"max_batch_size: {cfg.max_batch_size}",
         "",
-        "# One graph per request; Triton concatenates these flat (see edgemp.runtime.ragged).",
+        "# One graph per request; Triton concatenates these flat (see edgemp.ragged_layout).",
     ]
     for r in lay.ragged:
         lines += ["input {", f"  name: {_q(r.name)}", f"  data_type: {r.data_type}", "  dims: [ -1 ]",

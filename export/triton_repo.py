@@ -10,7 +10,7 @@ Writes::
                                    runs the ONNX file with edgemp.runtime (triton_python/model.py)
 
 The ONNX model takes one graph per request in the flat layout of
-:mod:`edgemp.runtime.ragged` and rebuilds node offsets and graph ids in-graph
+:mod:`edgemp.ragged_layout` and rebuilds node offsets and graph ids in-graph
 (:class:`edgemp.export.wrappers.TritonRaggedExport`). Before anything is written the
 export is verified the way Triton will run it: requests are batched with a numpy
 reproduction of Triton's ragged batching, run in ONNX Runtime, and every request's row
@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -29,16 +28,17 @@ from pathlib import Path
 
 import numpy as np
 
-from edgemp import __version__
+from edgemp import __version__, ragged_layout as ragged
 from edgemp.data.synthetic import random_graph
 from edgemp.errors import ExportError, MissingExtraError
 from edgemp.export.config import ExportConfig
-from edgemp.export.onnx_export import _require_export_deps, finish_graph, torch_export, write_metadata
+from edgemp.export.deps import require_torch_export
+from edgemp.export.onnx_export import finish_graph, torch_export
+from edgemp.export.onnx_file import staged_path, write_metadata
 from edgemp.export.source import ExportSource, resolve_source
 from edgemp.export.triton_config import TritonRepoConfig, check_config, declared_inputs, render_config
 from edgemp.export.verify import VerificationReport, compare, verification_cases
 from edgemp.graph import Graph, collate
-from edgemp.runtime import ragged
 from edgemp.spec import ExportedModelSpec
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ def _write_config(text: str, path: Path, input_names, output_names) -> bool:
 def export_triton_repo(model_or_checkpoint, repo: str | Path, repo_cfg: TritonRepoConfig = TritonRepoConfig(),
                        cfg: ExportConfig = ExportConfig()) -> TritonRepoResult:
     """Export, check and verify a Triton-ragged model; write ``repo/<name>/``. Raises on any failed check."""
-    _require_export_deps()
+    require_torch_export("Triton repository export")
     import onnx
 
     from edgemp.export.wrappers import triton_ragged_export
@@ -253,23 +253,20 @@ def export_triton_repo(model_or_checkpoint, repo: str | Path, repo_cfg: TritonRe
     fresh = not model_dir.exists()
     version_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = version_dir / "model.onnx"
-    tmp_out = version_dir / f".model.onnx.tmp{os.getpid()}"
-    onnx.save(model, str(tmp_out))
     report = None
     try:
-        if cfg.verify:
-            report = verify_ragged(src, tmp_out, repo_cfg, cfg)
-            report.require_passed("the Triton-ragged model disagrees with the plain model",
-                                  "the repository was not written")
-        tmp_out.replace(onnx_path)
+        with staged_path(onnx_path) as staged:
+            onnx.save(model, str(staged))
+            if cfg.verify:
+                report = verify_ragged(src, staged, repo_cfg, cfg)
+                report.require_passed("the Triton-ragged model disagrees with the plain model",
+                                      "the repository was not written")
         if repo_cfg.backend == "python":
             shutil.copyfile(PYTHON_MODEL_TEMPLATE, version_dir / "model.py")
     except BaseException:
         if fresh:  # leave no half-written model folder for Triton or edgemp serve to trip on
             shutil.rmtree(model_dir, ignore_errors=True)
         raise
-    finally:
-        tmp_out.unlink(missing_ok=True)
 
     config_path = model_dir / "config.pbtxt"
     checked = _write_config(render_config(repo_cfg, spec_m, lay), config_path, declared_inputs(repo_cfg, lay),

@@ -80,7 +80,7 @@ class TritonRaggedExport(nn.Module):
     """Triton ragged batching: flat per-request tensors + batch inputs → one row per request.
 
     Triton's ONNX Runtime backend concatenates ``allow_ragged_batch`` inputs as 1-D tensors
-    and computes the batch inputs (layout: :mod:`edgemp.runtime.ragged`). This wrapper
+    and computes the batch inputs (layout: :mod:`edgemp.ragged_layout`). This wrapper
     rebuilds the sparse batch in-graph and runs the same unrolled message passing:
 
     * node offsets = ``x_offsets // F``, edge offsets = ``edge_index_offsets // 2`` [G + 1];

@@ -1,47 +1,7 @@
-"""Dense form: a collated batch as padded ``[G, M, ...]`` tensors, and back.
+"""The dense form's input layout; it lives in the numpy core (:mod:`edgemp.dense_layout`).
 
-Dense models trade scatter ops for a masked matmul over ``M`` node slots per graph. ``M``
-is a dynamic dim, so we pad to the smallest power of two that holds the largest graph
-(capped at the model's ``max_nodes``): few distinct shapes, little wasted work, and the
-mask makes padding invisible in the results.
+Kept so ``from edgemp.runtime import dense`` goes on working.
 """
-from __future__ import annotations
+from edgemp.dense_layout import from_dense, pad_size, to_dense
 
-from typing import Mapping
-
-import numpy as np
-
-from edgemp.graph import GraphBatch
-
-
-def pad_size(largest: int, max_nodes: int) -> int:
-    """Node slots for a batch whose largest graph has ``largest`` nodes."""
-    m = 1 << max(int(largest) - 1, 0).bit_length()
-    return min(m, max_nodes) if max_nodes > 0 else m
-
-
-def to_dense(batch: GraphBatch, max_nodes: int, slots: int | None = None) -> dict[str, np.ndarray]:
-    """``x`` [G, M, F], ``adjacency`` [G, M, M] (edges j->i counted at [g, i, j]), ``node_mask`` [G, M]."""
-    counts = batch.graph_node_counts
-    g = batch.num_graphs
-    m = pad_size(int(counts.max()), max_nodes) if slots is None else slots
-    offsets = batch.node_offsets
-    local = np.arange(batch.num_nodes, dtype=np.int64) - offsets[batch.node_graph]  # [N]
-    x = np.zeros((g, m, batch.x.shape[1]), np.float32)
-    x[batch.node_graph, local] = batch.x
-    mask = np.zeros((g, m), np.float32)
-    mask[batch.node_graph, local] = 1.0
-    src, dst = batch.edge_index  # [E] each
-    edge_graph = batch.node_graph[src]
-    flat = (edge_graph * m + local[dst]) * m + local[src]  # [E] cell of adjacency[g, target, source]
-    adjacency = np.bincount(flat, minlength=g * m * m).astype(np.float32).reshape(g, m, m)
-    return {"x": x, "adjacency": adjacency, "node_mask": mask}
-
-
-def from_dense(outputs: Mapping[str, np.ndarray], batch: GraphBatch, levels: Mapping[str, str]) -> dict[str, np.ndarray]:
-    """Node-level outputs [G, M, W] -> [N, W] (real nodes only, batch order); graph-level unchanged."""
-    local = np.arange(batch.num_nodes, dtype=np.int64) - batch.node_offsets[batch.node_graph]
-    return {
-        name: value[batch.node_graph, local] if levels.get(name) == "node" else value
-        for name, value in outputs.items()
-    }
+__all__ = ["from_dense", "pad_size", "to_dense"]

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from edgemp import dense_layout as dense, ragged_layout as ragged
 from edgemp.chem.chemprop_features import PAIRED_EDGE_FAMILIES, require_reverse_pairs
 from edgemp.errors import GraphValidationError, ModelFormatError
 from edgemp.graph import Graph, GraphBatch, collate, validate_graph
-from edgemp.runtime import dense, ragged
 from edgemp.runtime.batch_outputs import BatchSlice
 from edgemp.runtime.providers import OrtRunner, Runner
 from edgemp.runtime.tensorrt_engine import TensorRTRunner

@@ -17,7 +17,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from edgemp.errors import EdgempError, InternalError, ModelFormatError, ResourceExhaustedError
-from edgemp.spec import METADATA_KEY, ExportedModelSpec
+from edgemp.spec import ExportedModelSpec, spec_from_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -186,14 +186,5 @@ def _is_allocation_failure(e: BaseException) -> bool:
 
 
 def read_spec(session: ort.InferenceSession, path: Path) -> ExportedModelSpec:
-    """The ExportedModelSpec stored under the ``edgemp`` metadata key."""
-    meta = session.get_modelmeta().custom_metadata_map
-    text = meta.get(METADATA_KEY)
-    if text is None:
-        raise ModelFormatError(
-            f"not an edgemp model: {path} has no {METADATA_KEY!r} metadata; export it with `edgemp export`"
-        )
-    try:
-        return ExportedModelSpec.from_json(text)
-    except ModelFormatError as e:
-        raise ModelFormatError(f"{path}: {e}") from e
+    """The ExportedModelSpec stored under the ``edgemp`` metadata key (parsed as export reads it)."""
+    return spec_from_metadata(session.get_modelmeta().custom_metadata_map, path)

@@ -20,12 +20,12 @@ from runtime_fixtures import (
 )
 
 import edgemp.runtime as rt
+from edgemp import dense_layout as dense
 from edgemp.cli.main import cli
 from edgemp.errors import EdgempError, GraphValidationError, MissingExtraError, ModelFormatError
 from edgemp.graph import Graph, collate
 from edgemp.graphio import write_jsonl, write_npz
 from edgemp.metrics import task_metric
-from edgemp.runtime import dense
 from edgemp.runtime.evaluate import evaluate_onnx
 from edgemp.runtime.providers import CPU, CUDA, TENSORRT, resolve_providers
 from edgemp.spec import ExportedModelSpec

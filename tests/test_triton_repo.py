@@ -2,7 +2,7 @@
 
 Triton itself cannot run here (no container engine, no GPU), so the evidence is:
 config.pbtxt parsed by Triton's own ModelConfig protobuf; Triton's documented ragged
-batching reproduced in numpy (``edgemp.runtime.ragged``) and the exported model run on it
+batching reproduced in numpy (``edgemp.ragged_layout``) and the exported model run on it
 in ONNX Runtime, each request compared with the plain edgemp model run on that graph
 alone; and ``edgemp serve`` answering tritonclient from the same repository.
 """
@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from edgemp.data.synthetic import random_sized_graphs
+from edgemp import ragged_layout as ragged
 from edgemp.errors import ExportError, GraphValidationError, ModelFormatError
 from edgemp.graph import Graph
-from edgemp.runtime import load, ragged
+from edgemp.runtime import load
 
 pytest.importorskip("torch")
 
@@ -215,7 +216,7 @@ def test_runtime_refuses_node_level_ragged_metadata(gine_repo, tmp_path):
 
     import onnx
 
-    from edgemp.export.onnx_export import write_metadata
+    from edgemp.export.onnx_file import write_metadata
     from edgemp.spec import OutputSpec
 
     repo, result = gine_repo

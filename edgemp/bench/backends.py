@@ -104,7 +104,7 @@ class TensorRTBackend(Backend):
 
 def _time_model(model, graphs: Sequence[Graph], keep: bool) -> Timing:
     """collate (+ dense padding) / runner call / un-padding + split, timed separately."""
-    from edgemp.runtime import dense
+    from edgemp import dense_layout as dense
 
     t0 = time.perf_counter_ns()
     batch = collate(graphs)

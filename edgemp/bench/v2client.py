@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgemp import ragged_layout as ragged
 from edgemp.errors import EdgempError
 from edgemp.graph import Graph, collate
-from edgemp.runtime import ragged
-from edgemp.runtime.ragged import WIDTH_PARAMETERS
+from edgemp.ragged_layout import WIDTH_PARAMETERS
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class RemoteModel:
     node_features: int
     edge_features: int
     platform: str = ""
-    ragged: bool = False  # Triton's one-graph-per-request layout (edgemp.runtime.ragged)
+    ragged: bool = False  # Triton's one-graph-per-request layout (edgemp.ragged_layout)
 
     @classmethod
     def from_metadata(cls, meta: dict, config: dict | None = None) -> "RemoteModel":

@@ -151,7 +151,7 @@ def optimize_cmd(model, output, level):
 def engine_cmd(model, output, fp16, int8, profiles, profile_from, max_batch_graphs, opt_batch_graphs, timing_cache,
                workspace_mib, no_verify, atol, ort_options, engine_cache):
     """Build a TensorRT engine for MODEL, or print the ORT TensorRT-EP options (--ort-options)."""
-    from edgemp.export.quantize import load_edgemp_model
+    from edgemp.export.onnx_file import load_edgemp_model
     from edgemp.export.tensorrt_profiles import derive_profiles, merge_profiles, ort_tensorrt_options, parse_profile
 
     _, spec = load_edgemp_model(model)

@@ -3,7 +3,7 @@
 Written by ``edgemp export CKPT --triton-repo DIR --triton-backend python`` into
 ``DIR/<name>/<version>/model.py`` beside ``model.onnx``. Triton's dynamic batcher hands
 ``execute`` a list of requests, each one graph in the flat layout of
-:mod:`edgemp.runtime.ragged` (``x [1, n*F]``, ``edge_index [1, 2*E]``, ``edge_attr [1, E*Fe]``).
+:mod:`edgemp.ragged_layout` (``x [1, n*F]``, ``edge_index [1, 2*E]``, ``edge_attr [1, E*Fe]``).
 Every request is checked on its own, so a malformed graph fails only its request; the
 good ones run as one batch through ONNX Runtime and each gets its own row back.
 
@@ -20,9 +20,10 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 try:
+    from edgemp import ragged_layout as ragged
     from edgemp.errors import EdgempError
     from edgemp.graph import collate
-    from edgemp.runtime import load, ragged
+    from edgemp.runtime import load
 except ImportError as e:  # the stub's environment, not the user's shell, decides what imports
     raise RuntimeError(
         f"edgemp is not importable by Triton's Python backend stub (interpreter prefix {sys.prefix}): {e}. "

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgemp import ragged_layout as ragged
 from edgemp.errors import GraphValidationError
 from edgemp.graph import Graph, check_counts
-from edgemp.runtime import ragged
 from edgemp.runtime.server.protocol import ProtocolError
 from edgemp.spec import ExportedModelSpec
 
