@@ -321,7 +321,7 @@ def quantize_text_model(model_dir: str | Path, output_dir: str | Path, cfg: Text
     """
     import onnx
 
-    from edgemp.export.onnx_export import write_metadata
+    from edgemp.export.onnx_file import write_metadata
     from edgemp.export.smooth_quant import smooth_model
     from edgemp.export.text_corpus import text_split
     from edgemp.runtime.text import load_text_model, text_model_files
