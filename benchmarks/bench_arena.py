@@ -42,10 +42,10 @@ def child(policy: str, model: str, big_edges: int) -> dict:
     import numpy as np
 
     from edgemp.graph import Graph
-    from edgemp.runtime import providers
+    from edgemp.runtime.runners import onnxruntime as ort_runner
     from edgemp.runtime.model import load
 
-    providers.ARENA_POLICY = policy  # read when the session is built and at every run
+    ort_runner.ARENA_POLICY = policy  # read when the session is built and at every run
     rng = np.random.default_rng(0)
     m = load(model)
     small = [Graph(x=rng.standard_normal((25, 5)).astype(np.float32),
