@@ -230,7 +230,12 @@ def load(
         return text.load_text_model(p, providers, threads, allow_spinning=allow_spinning)  # type: ignore[return-value]
     if p.is_dir():
         raise ModelFormatError(f"{p} is a directory; pass the exported .onnx (or .plan) file")
-    return Model(open_runner(p, RunnerOptions(providers, threads, allow_spinning)), p)
+    runner = open_runner(p, RunnerOptions(providers, threads, allow_spinning))
+    try:
+        return Model(runner, p)
+    except BaseException:
+        runner.close()  # a model that fails its checks must not keep device memory
+        raise
 
 
 def read_spec(runner: Runner) -> ExportedModelSpec:

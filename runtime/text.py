@@ -401,5 +401,9 @@ def load_text_model(
     onnx_path, tok_path = files
     options = RunnerOptions(providers, TEXT_DEFAULT_THREADS if threads is None else threads, allow_spinning)
     runner = open_runner(onnx_path, options, OrtRunner.name)
-    spec = read_text_spec(runner)
-    return TextModel(runner, _load_tokenizer(tok_path, spec), onnx_path.parent, config, spec)
+    try:
+        spec = read_text_spec(runner)
+        return TextModel(runner, _load_tokenizer(tok_path, spec), onnx_path.parent, config, spec)
+    except BaseException:
+        runner.close()
+        raise
