@@ -41,10 +41,10 @@ def child(policy: str, model: str, big_edges: int) -> dict:
     import numpy as np
 
     from edgemp.data.synthetic import random_graph
-    from edgemp.runtime import providers
+    from edgemp.runtime.runners import onnxruntime as ort_runner
     from edgemp.runtime.model import load
 
-    providers.ARENA_POLICY = policy  # read when the session is built and at every run
+    ort_runner.ARENA_POLICY = policy  # read when the session is built and at every run
     rng = np.random.default_rng(0)
     m = load(model)
     small = [random_graph(rng, 25, 55, 5) for _ in range(16)]

@@ -1,6 +1,6 @@
 """Stock PyTorch Geometric layers: edgemp's export in ONNX Runtime vs PyG eager and torch.compile.
 
-For each layer, the model a PyG user writes (tests/pyg_zoo.py: two layers of the stock layer
+For each layer, the model a PyG user writes (export/pyg_zoo.py: two layers of the stock layer
 in its default configuration, ReLU, global mean pool, linear head) at hidden 64, on
 molecule-sized graphs (25 nodes / 54 edges, random, 4 edge features where the layer reads
 them), batch 1 and 64, 1 intra-op thread. Three engines run interleaved in rotating order
@@ -26,8 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the zoo the coverage tests export
 
 DEFAULT_LAYERS = ("GCNConv", "SAGEConv", "SAGEConv_max", "GraphConv", "GINConv", "GINEConv", "GATConv",
                   "GATConv_edge_dim", "GATv2Conv", "TransformerConv", "NNConv", "EdgeConv", "ChebConv",
@@ -66,8 +64,7 @@ def bench_layer(name: str, tmp: Path, rounds: int, per_round: int) -> list[tuple
     import torch
 
     import edgemp.runtime as rt
-    import pyg_zoo
-    from edgemp.export import ExportConfig, export_model
+    from edgemp.export import ExportConfig, export_model, pyg_zoo
     from edgemp.export.source import ExportSource
     from edgemp.graph import collate
     from edgemp.spec import ModelSpec, OutputSpec

@@ -141,7 +141,7 @@ def verify_text_model(torch_model: Any, hf_tokenizer: Any, text_model: Any, *, a
             ref_final = _torch_final(spec.task, ref_raw, torch.from_numpy(mask), spec.pooling, spec.normalize,
                                      spec.multi_label).numpy()
         ref_raw = ref_raw.numpy()
-        (ort_raw,) = text_model.session.run([spec.output_name], feeds)
+        ort_raw = text_model.runner.infer(feeds)[spec.output_name]
         if spec.task == "sequence-classification":
             real = np.ones(ort_raw.shape, bool)
         else:

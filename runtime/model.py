@@ -1,6 +1,6 @@
 """Load an exported edgemp model and run graphs through it.
 
-:class:`Model` is the graph layer over a backend :class:`~edgemp.runtime.providers.Runner`:
+:class:`Model` is the graph input layout over a backend :class:`~edgemp.runtime.runners.base.Runner`:
 it validates graphs against the model's spec (so a bad graph fails with its index and
 field instead of an opaque ORT shape error), collates, runs once and splits the batched
 outputs back per graph. The same code path serves ``predict`` (one caller) and the
@@ -20,8 +20,7 @@ from edgemp.chem.chemprop_features import PAIRED_EDGE_FAMILIES, require_reverse_
 from edgemp.errors import GraphValidationError, ModelFormatError
 from edgemp.graph import Graph, GraphBatch, collate, validate_graph
 from edgemp.runtime.batch_outputs import BatchSlice
-from edgemp.runtime.providers import OrtRunner, Runner
-from edgemp.runtime.tensorrt_engine import TensorRTRunner
+from edgemp.runtime.runners import Runner, RunnerOptions, open_runner
 from edgemp.spec import ExportedModelSpec
 
 if TYPE_CHECKING:
@@ -46,8 +45,9 @@ class Model:
 
     def __init__(self, runner: Runner, path: Path | None = None) -> None:
         self.runner = runner
-        self.spec: ExportedModelSpec = runner.spec
         self.path = path
+        self.spec: ExportedModelSpec = read_spec(runner)
+        runner.fetch([o.name for o in self.spec.model.outputs])
         self._levels = self.spec.model.output_levels
         self._paired_edges = self.spec.model.family.startswith(PAIRED_EDGE_FAMILIES)  # chemprop D-MPNN
         self._check_contract()
@@ -69,7 +69,7 @@ class Model:
     @property
     def provider_fallbacks(self) -> tuple[str, ...]:
         """Requested GPU providers that onnxruntime did not activate."""
-        return getattr(self.runner, "fallbacks", ())
+        return self.runner.fallbacks
 
     def _check_metadata(self) -> None:
         """Impossible metadata (no outputs, widths that are not small positive integers) is one
@@ -218,7 +218,7 @@ def load(
         providers: ``auto`` (TensorRT > CUDA > CPU, whatever is installed), ``cpu``,
             ``cuda``, ``tensorrt``, or a list of ORT provider names. Ignored for ``.plan``.
         threads: ORT intra-op threads (default 1: measured fastest per core on small
-            graphs, see :data:`edgemp.runtime.providers.DEFAULT_THREADS`); 0 = ORT's default.
+            graphs, see :data:`edgemp.runtime.runners.onnxruntime.DEFAULT_THREADS`); 0 = ORT's default.
         allow_spinning: let idle ORT pool threads spin (lower latency, burns a core).
     """
     p = Path(path)
@@ -230,6 +230,18 @@ def load(
         return text.load_text_model(p, providers, threads, allow_spinning=allow_spinning)  # type: ignore[return-value]
     if p.is_dir():
         raise ModelFormatError(f"{p} is a directory; pass the exported .onnx (or .plan) file")
-    if p.suffix == ".plan":
-        return Model(TensorRTRunner(p), p)
-    return Model(OrtRunner(p, providers, threads, allow_spinning), p)
+    runner = open_runner(p, RunnerOptions(providers, threads, allow_spinning))
+    try:
+        return Model(runner, p)
+    except BaseException:
+        runner.close()  # a model that fails its checks must not keep device memory
+        raise
+
+
+def read_spec(runner: Runner) -> ExportedModelSpec:
+    """The graph model's ExportedModelSpec from the runner's edgemp metadata."""
+    text = runner.require_metadata("`edgemp export`")
+    try:
+        return ExportedModelSpec.from_json(text)
+    except ModelFormatError as e:
+        raise ModelFormatError(f"{runner.path}: {e}") from e

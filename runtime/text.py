@@ -8,8 +8,13 @@ An exported text model is a directory (``edgemp export HF_DIR -o DIR``)::
 :class:`TextModel` tokenises, groups texts into length buckets and pads each bucket only
 to its own longest text (never to ``max_length``: attention cost grows with the padded
 length, and a batch of short queries padded to 128 or 256 tokens wastes most of its
-compute), runs ONNX Runtime once per bucket, then pools / normalises / applies the
+compute), runs the model once per bucket, then pools / normalises / applies the
 softmax as the metadata says and returns results in the caller's order.
+
+Texts are an input layout over the same :class:`~edgemp.runtime.runners.base.Runner` as
+graphs (:func:`~edgemp.runtime.runners.open_runner`): providers, session options, the GPU
+fallback warning and memory-exhaustion handling are the graph models' own. What is
+text-specific here is the tokenizer, the bucketed padding and the pooling.
 
 The same object serves the dynamic batcher (:mod:`edgemp.runtime.text_batcher`):
 :meth:`TextModel.validate` tokenises at submit time, so a bad request fails to its caller.
@@ -24,11 +29,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import onnxruntime as ort
 
 from edgemp.errors import MissingExtraError, ModelFormatError
-from edgemp.runtime.providers import GPU_PROVIDERS, ORT_ERRORS, one_line, resolve_providers, session_options
-from edgemp.spec import METADATA_KEY
+from edgemp.runtime.runners import Runner, RunnerOptions, one_line, open_runner
+from edgemp.runtime.runners.onnxruntime import ORT_ERRORS, OrtRunner
 from edgemp.text_spec import MODEL_FILE, TOKENIZER_FILE, TextInputError, TextModelSpec, is_text_metadata
 
 logger = logging.getLogger(__name__)
@@ -38,10 +42,11 @@ logger = logging.getLogger(__name__)
 # while a mixed batch costs only a handful of runs.
 DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
 # Transformer matmuls are large enough to split across cores, unlike the small graph models
-# (providers.DEFAULT_THREADS = 1): 0 lets ORT use one thread per physical core, as PyTorch
+# (runners.onnxruntime.DEFAULT_THREADS = 1): 0 lets ORT use one thread per physical core, as PyTorch
 # does. On a machine shared with other busy processes pass threads=1 (oversubscribed pools
 # stall at every barrier).
 TEXT_DEFAULT_THREADS = 0
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 MAX_TEXT_CHARS = 1_000_000  # far beyond any max_length; stops a runaway request early
 
 
@@ -149,31 +154,37 @@ def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str, normalize: bool) ->
 class TextModel:
     """An exported text model ready to run; build it with :func:`load_text_model`."""
 
-    def __init__(self, session: ort.InferenceSession, spec: TextModelSpec, tokenizer: Any, path: Path,
-                 config: TextRuntimeConfig | None = None, fallbacks: tuple[str, ...] = ()) -> None:
-        self.session = session
-        self.spec = spec
+    def __init__(self, runner: Runner, tokenizer: Any, path: Path, config: TextRuntimeConfig | None = None,
+                 spec: TextModelSpec | None = None) -> None:
+        self.runner = runner
+        self.spec = spec or read_text_spec(runner)
         self.tokenizer = tokenizer
         self.path = path
         self.config = config or TextRuntimeConfig()
-        self.provider_fallbacks = fallbacks
-        declared = [i.name for i in session.get_inputs()]
-        unknown = [n for n in declared if n not in ("input_ids", "attention_mask", "token_type_ids")]
+        unknown = [n for n in runner.input_names if n not in TEXT_INPUTS]
         if unknown:
             raise ModelFormatError(f"{path}: text model input(s) {unknown} are not input_ids/attention_mask/token_type_ids")
-        self.input_names = tuple(declared)
-        if spec.output_name not in {o.name for o in session.get_outputs()}:
-            raise ModelFormatError(f"{path}: metadata names output {spec.output_name!r} that the ONNX graph lacks")
+        runner.fetch([self.spec.output_name])
         self._bounds = list(self.config.bucket_boundaries)
 
     # -- what the model is --------------------------------------------------------------
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return self.runner.input_names
+
     @property
     def output_names(self) -> tuple[str, ...]:
         return self.spec.output_names
 
     @property
     def providers(self) -> tuple[str, ...]:
-        return tuple(self.session.get_providers())
+        """Execution providers that actually run (after any GPU -> CPU fallback)."""
+        return self.runner.providers
+
+    @property
+    def provider_fallbacks(self) -> tuple[str, ...]:
+        """Requested GPU providers that onnxruntime did not activate."""
+        return self.runner.fallbacks
 
     # -- texts in -----------------------------------------------------------------------
     def validate(self, texts: Sequence[str | bytes]) -> list[TokenizedText]:
@@ -255,7 +266,7 @@ class TextModel:
             chunk = [items[i] for i in group]
             tensors = self.padded(chunk)
             try:
-                (raw,) = self.session.run([self.spec.output_name], {n: tensors[n] for n in self.input_names})
+                raw = self.runner.infer(tensors)[self.spec.output_name]
             except ORT_ERRORS as e:
                 raise ModelFormatError(f"{self.path}: onnxruntime failed on a batch of {len(chunk)}: {one_line(e)}") from e
             for i, res in zip(group, self._postprocess(raw, chunk, tensors["attention_mask"])):
@@ -314,7 +325,7 @@ class TextModel:
 
     # -- lifecycle ----------------------------------------------------------------------
     def close(self) -> None:
-        """Nothing to release explicitly (ORT frees the session with the object)."""
+        self.runner.close()
 
     def __enter__(self) -> "TextModel":
         return self
@@ -352,19 +363,15 @@ def read_texts(path: str | Path) -> tuple[list[str], list[str] | None]:
     return texts, [str(lab) for lab in labels]
 
 
-def read_text_spec(session: ort.InferenceSession, path: Path) -> TextModelSpec:
-    """The TextModelSpec stored under the ``edgemp`` metadata key."""
-    text = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-    if text is None:
-        raise ModelFormatError(
-            f"not an edgemp model: {path} has no {METADATA_KEY!r} metadata; export it with `edgemp export HF_DIR`"
-        )
+def read_text_spec(runner: Runner) -> TextModelSpec:
+    """The TextModelSpec from the runner's edgemp metadata."""
+    text = runner.require_metadata("`edgemp export HF_DIR`")
     if not is_text_metadata(text):
-        raise ModelFormatError(f"{path} is an edgemp graph model, not a text model; load the .onnx file itself")
+        raise ModelFormatError(f"{runner.path} is an edgemp graph model, not a text model; load the .onnx file itself")
     try:
         return TextModelSpec.from_json(text)
     except ModelFormatError as e:
-        raise ModelFormatError(f"{path}: {e}") from e
+        raise ModelFormatError(f"{runner.path}: {e}") from e
 
 
 def load_text_model(
@@ -392,16 +399,11 @@ def load_text_model(
             "(from `edgemp export HF_MODEL_DIR -o DIR`)"
         )
     onnx_path, tok_path = files
-    requested = resolve_providers(providers)
-    opts = session_options(TEXT_DEFAULT_THREADS if threads is None else threads, allow_spinning)
+    options = RunnerOptions(providers, TEXT_DEFAULT_THREADS if threads is None else threads, allow_spinning)
+    runner = open_runner(onnx_path, options, OrtRunner.name)
     try:
-        session = ort.InferenceSession(str(onnx_path), opts, providers=requested)
-    except ORT_ERRORS as e:
-        raise ModelFormatError(f"{onnx_path} is not a loadable ONNX model: {one_line(e)}") from e
-    spec = read_text_spec(session, onnx_path)
-    tokenizer = _load_tokenizer(tok_path, spec)
-    active = session.get_providers()
-    fallbacks = tuple(x for x in requested if x in GPU_PROVIDERS and x not in active)
-    if fallbacks:
-        logger.warning("%s: requested %s but onnxruntime runs %s", onnx_path.name, ", ".join(fallbacks), ", ".join(active))
-    return TextModel(session, spec, tokenizer, onnx_path.parent, config, fallbacks)
+        spec = read_text_spec(runner)
+        return TextModel(runner, _load_tokenizer(tok_path, spec), onnx_path.parent, config, spec)
+    except BaseException:
+        runner.close()
+        raise

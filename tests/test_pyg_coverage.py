@@ -2,7 +2,7 @@
 ``edgemp export --model`` and match PyG eager; PyG's self-loop handling exports exactly;
 a layer edgemp cannot export is refused in one line naming the layer.
 
-The matrix exports one panel of rows at a time (tests/pyg_zoo.py: one output per row) so
+The matrix exports one panel of rows at a time (edgemp/export/pyg_zoo.py: one output per row) so
 that it stays cheap enough for CI; each row is still verified on its own output.
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ pytest.importorskip("torch_geometric")
 import torch  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
-import pyg_zoo  # noqa: E402
 from edgemp.cli.main import cli  # noqa: E402
+from edgemp.export import pyg_zoo  # noqa: E402
 
 ROWS = [(panel, row) for panel, rows in pyg_zoo.PANELS.items() for row in rows]
 
@@ -32,7 +32,7 @@ def panel_export(tmp_path_factory):
     def export(name: str):
         if name not in done:
             out = tmp_path_factory.mktemp(f"pyg_{name}")
-            args = ["export", "--model", f"pyg_zoo:panel_{name}", "-o", str(out / "model.onnx"),
+            args = ["export", "--model", f"edgemp.export.pyg_zoo:panel_{name}", "-o", str(out / "model.onnx"),
                     "--report", str(out / "report.json")]
             for row in pyg_zoo.PANELS[name]:
                 args += ["--output-name", row]
@@ -205,7 +205,7 @@ def _error_lines(output: str) -> list[str]:
 def test_unsupported_layer_is_refused_in_one_line(tmp_path):
     """SortAggregation sizes its output from int(index.max()): refused naming the layer and the line."""
     out = tmp_path / "sort.onnx"
-    res = CliRunner().invoke(cli, ["export", "--model", "pyg_zoo:SortAggregation", "-o", str(out)])
+    res = CliRunner().invoke(cli, ["export", "--model", "edgemp.export.pyg_zoo:SortAggregation", "-o", str(out)])
     assert res.exit_code == 1
     lines = _error_lines(res.output)
     assert len(lines) == 1, res.output
@@ -214,7 +214,7 @@ def test_unsupported_layer_is_refused_in_one_line(tmp_path):
     assert "int(index.max())" in line and "Usual fix:" in line and "--verbose" in line
     assert not out.exists()
 
-    res = CliRunner().invoke(cli, ["export", "--model", "pyg_zoo:SortAggregation", "-o", str(out), "--verbose"])
+    res = CliRunner().invoke(cli, ["export", "--model", "edgemp.export.pyg_zoo:SortAggregation", "-o", str(out), "--verbose"])
     assert res.exit_code == 1
     assert "Traceback" in res.output and len(_error_lines(res.output)) > 20
     assert _error_lines(res.output)[-1] == line  # the same one-line reason, after the trace
@@ -225,7 +225,7 @@ def test_refusal_names_the_layer_for_pyg_gat_without_translation(tmp_path, monke
     import edgemp.export.onnx_export as onnx_export
 
     monkeypatch.setattr(onnx_export, "pyg_translations", contextlib.nullcontext)
-    res = CliRunner().invoke(cli, ["export", "--model", "pyg_zoo:GATConv", "-o", str(tmp_path / "gat.onnx")])
+    res = CliRunner().invoke(cli, ["export", "--model", "edgemp.export.pyg_zoo:GATConv", "-o", str(tmp_path / "gat.onnx")])
     assert res.exit_code == 1
     lines = _error_lines(res.output)
     assert len(lines) == 1, res.output

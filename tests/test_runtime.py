@@ -126,7 +126,7 @@ def test_gpu_fallback_is_recorded(models, monkeypatch, caplog):
     import edgemp.runtime.providers as providers
 
     monkeypatch.setattr(providers.ort, "get_available_providers", lambda: [CUDA, CPU])
-    with caplog.at_level("WARNING", logger="edgemp.runtime.providers"):
+    with caplog.at_level("WARNING", logger="edgemp.runtime.runners.onnxruntime"):
         m = rt.load(models["sparse"], providers="cuda")
     assert m.providers == (CPU,)
     assert m.provider_fallbacks == (CUDA,)

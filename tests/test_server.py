@@ -676,7 +676,7 @@ def test_malformed_requests_are_4xx(server, models):
     conn = HTTPConnection("127.0.0.1", server.port, timeout=30)
     seen: dict[str, int] = {}
 
-    @settings(max_examples=1100, deadline=None, database=None,
+    @settings(max_examples=1100, deadline=None, database=None, derandomize=True,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
     @given(data=st.data())
     def run(data) -> None:

@@ -140,9 +140,9 @@ def test_buckets_pad_to_longest_in_bucket_not_max_length(tiny_export):
 
     m = load_text_model(tiny_export.output_dir, config=TextRuntimeConfig(max_batch_texts=4, bucket_boundaries=(8, 16)))
     shapes = []
-    real_run = m.session.run
-    m.session = type("Spy", (), {"run": lambda self, names, feeds: shapes.append(feeds["input_ids"].shape)
-                                 or real_run(names, feeds), "get_providers": lambda self: ["CPUExecutionProvider"]})()
+    real_run = m.runner.session.run
+    m.runner.session = type("Spy", (), {"run": lambda self, names, feeds, *rest: shapes.append(feeds["input_ids"].shape)
+                                        or real_run(names, feeds, *rest)})()
     texts = ["hi", "ok", "hello world", "the cat sat on the mat"] + ["the quick brown fox jumps over"] * 5
     items = m.validate(texts)
     lengths = [it.num_tokens for it in items]
@@ -566,3 +566,21 @@ def test_length_sorted_batches_like_sentence_transformers_and_restores_order():
     out = length_sorted(run_batch, batch_size=3)(texts)
     assert out[:, 0].tolist() == [5, 1, 9, 3, 7, 2, 8]  # caller's order
     assert [[len(t) for t in b] for b in seen] == [[9, 8, 7], [5, 3, 2], [1]]  # longest first, in batches of 3
+def test_text_model_runs_on_the_shared_ort_runner(tiny_export, monkeypatch, caplog):
+    # One session-options path: text models open the same OrtRunner as graph models.
+    from edgemp.runtime.runners import onnxruntime as ort_runner
+    from edgemp.runtime.text import TEXT_DEFAULT_THREADS, load_text_model
+
+    m = load_text_model(tiny_export.output_dir, providers="cpu")
+    assert type(m.runner) is ort_runner.OrtRunner
+    assert m.runner.session.get_session_options().intra_op_num_threads == TEXT_DEFAULT_THREADS
+    assert m.runner.output_names == (m.spec.output_name,)
+    one = load_text_model(tiny_export.output_dir, providers="cpu", threads=1)
+    assert one.runner.session.get_session_options().intra_op_num_threads == 1
+    np.testing.assert_allclose(one.embed(["the cat sat"]), m.embed(["the cat sat"]), atol=1e-5)
+    # onnxruntime-gpu without a usable GPU lists CUDA but runs on CPU: recorded and warned the graph models' way
+    monkeypatch.setattr(ort_runner.ort, "get_available_providers", lambda: [ort_runner.CUDA, ort_runner.CPU])
+    with caplog.at_level("WARNING", logger="edgemp.runtime.runners.onnxruntime"):
+        fell = load_text_model(tiny_export.output_dir, providers="cuda")
+    assert fell.providers == (ort_runner.CPU,) and fell.provider_fallbacks == (ort_runner.CUDA,)
+    assert "requested CUDAExecutionProvider" in caplog.text

@@ -1,7 +1,7 @@
 """PyTorch Geometric models as users write them, one per stock layer, for ``edgemp export --model``.
 
 Each entry is a two-layer stack of one stock layer in its default configuration, ReLU between,
-then a pooling and a linear head: what a PyG tutorial builds. ``pyg_zoo:<name>`` is a factory
+then a pooling and a linear head: what a PyG tutorial builds. ``edgemp.export.pyg_zoo:<name>`` is a factory
 for ``edgemp export --model`` (tests/test_pyg_coverage.py, benchmarks/bench_pyg_layers.py).
 
 ``CASES`` maps a name to ``Case``; ``exports=False`` marks layers that edgemp refuses (with
@@ -243,7 +243,7 @@ def build(name: str, seed: int = 0, hidden: int = HIDDEN) -> StockStack:
 
 
 def __getattr__(name: str):
-    """``pyg_zoo:<name>`` as an ``edgemp export --model`` factory."""
+    """``edgemp.export.pyg_zoo:<name>`` as an ``edgemp export --model`` factory."""
     if name.startswith("_"):
         raise AttributeError(name)
     if name in cases():

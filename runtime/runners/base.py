@@ -1,0 +1,101 @@
+"""The :class:`Runner` interface every execution backend implements.
+
+A runner turns named numpy feeds into named numpy outputs and knows nothing about graphs
+or texts: the input layouts (:class:`edgemp.runtime.model.Model` for graphs,
+:class:`edgemp.runtime.text.TextModel` for texts) parse the edgemp spec the runner carries
+(:attr:`Runner.metadata`), pick the outputs they need with :meth:`Runner.fetch`, build the
+feeds and read the outputs back.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Mapping, Sequence
+
+import numpy as np
+
+from edgemp.errors import InternalError, ModelFormatError
+from edgemp.spec import METADATA_KEY
+
+logger = logging.getLogger(__name__)
+
+
+def one_line(e: BaseException, limit: int = 200) -> str:
+    """Backend messages span lines and repeat the path: keep the first useful line."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """How to open a model file.
+
+    Args:
+        providers: ONNX Runtime providers: ``auto`` (TensorRT > CUDA > CPU, whatever is
+            installed), ``cpu``, ``cuda``, ``tensorrt``, or a list of ORT provider names
+            (default: ``auto``). The ``tensorrt`` runner ignores it.
+        threads: ORT intra-op threads (default: ``None``, the runner's default); 0 = ORT's own.
+        allow_spinning: let idle ORT pool threads spin (default: ``False``).
+    """
+
+    providers: str | Sequence[str] = "auto"
+    threads: int | None = None
+    allow_spinning: bool = False
+
+
+class Runner:
+    """Named numpy feeds in, named numpy outputs out. Subclasses implement :meth:`_infer`."""
+
+    name: ClassVar[str] = ""  # the registry name (:data:`edgemp.runtime.runners.RUNNERS`)
+    spec_origin: ClassVar[str] = "metadata"  # where the spec was read, for error messages
+    outputs_origin: ClassVar[str] = "the model"  # what declares the outputs, for error messages
+
+    path: Path
+    metadata: str | None  # the edgemp spec JSON stored with the model; None when there is none
+    input_names: tuple[str, ...]  # inputs the backend declares; only these are fed
+    declared_outputs: tuple[str, ...]  # every output the backend can produce
+    output_names: tuple[str, ...] = ()  # the outputs :meth:`infer` returns (set by :meth:`fetch`)
+    providers: tuple[str, ...] = ()  # what actually runs
+    fallbacks: tuple[str, ...] = ()  # requested accelerators that did not activate
+
+    @classmethod
+    def open(cls, path: str | Path, options: RunnerOptions) -> "Runner":
+        """Open ``path`` with the options this backend understands (by default: none)."""
+        return cls(path)  # type: ignore[call-arg]
+
+    def require_metadata(self, export_hint: str) -> str:
+        """The edgemp spec JSON; a model without one is not an edgemp model (``export_hint`` says how to make one)."""
+        if self.metadata is None:
+            raise ModelFormatError(
+                f"not an edgemp model: {self.path} has no {METADATA_KEY!r} metadata; export it with {export_hint}"
+            )
+        return self.metadata
+
+    def fetch(self, names: Sequence[str]) -> None:
+        """Return only ``names`` from now on; a name the backend does not produce is a format error."""
+        missing = [n for n in names if n not in self.declared_outputs]
+        if missing:
+            raise ModelFormatError(
+                f"{self.path}: {self.spec_origin} lists output(s) {missing} that {self.outputs_origin} does not produce"
+            )
+        self.output_names = tuple(names)
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            chosen = {name: feeds[name] for name in self.input_names}
+        except KeyError as e:
+            raise InternalError(f"no feed for model input {e.args[0]!r}") from e
+        return self._infer(chosen)
+
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release backend resources (a no-op unless the backend holds device memory)."""
+
+    def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
