@@ -126,18 +126,24 @@ def _preprocess(src: Path, dst: Path) -> bool:
     # When symbolic shape inference gives up (it cannot see through Unique, which MPNN's
     # distinct-edge-rows export uses), ORT dumps its temporary model and uuid-named external
     # data into the working directory; run it from a scratch directory so nothing leaks.
-    cwd = os.getcwd()
-    try:
-        with tempfile.TemporaryDirectory(prefix="edgemp-preprocess-") as scratch:
-            os.chdir(scratch)
-            try:
-                quant_pre_process(str(Path(src).resolve()), str(Path(dst).resolve()))
-            finally:
-                os.chdir(cwd)
-    except Exception as e:  # third-party pass over arbitrary graphs: many exception types; fall back
-        log.warning("quant_pre_process failed (%s: %s); quantizing the model as exported", type(e).__name__, e)
-        return False
-    return True
+    cwd, src, dst = os.getcwd(), Path(src).resolve(), Path(dst).resolve()  # resolved before the chdir
+    # Symbolic inference is only a refinement: without it ONNX's own shape inference and the
+    # basic fusions still run, so retry without it before quantizing the model as exported.
+    failure: Exception | None = None
+    for skip_symbolic in (False, True):
+        try:
+            with tempfile.TemporaryDirectory(prefix="edgemp-preprocess-") as scratch:
+                os.chdir(scratch)
+                try:
+                    quant_pre_process(str(src), str(dst), skip_symbolic_shape=skip_symbolic)
+                finally:
+                    os.chdir(cwd)
+            return True
+        except Exception as e:  # third-party pass over arbitrary graphs: many exception types; fall back
+            failure = e
+            log.debug("quant_pre_process (skip_symbolic_shape=%s) failed: %s", skip_symbolic, e)
+    log.warning("quant_pre_process failed (%s: %s); quantizing the model as exported", type(failure).__name__, failure)
+    return False
 
 
 def _quantize_dynamic(src: Path, dst: Path, nodes: list[str], cfg: QuantizeConfig) -> None:
