@@ -18,8 +18,6 @@ Usage: python benchmarks/bench_pyg.py [--rounds 20] [--per-round 20]
 from __future__ import annotations
 
 import argparse
-import platform
-import shlex
 import sys
 import tempfile
 import time
@@ -146,12 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {batch} | {name} | {p50:.0f} | {p99:.0f} | {ratio:.2f}x | {vs_best:.2f}x | {floor} |")
     print(f"\nGIN x{LAYERS}, hidden {HIDDEN}, 25 nodes / 54 edges per graph, 1 thread, "
           f"{args.rounds} rounds x {args.per_round} calls per engine, interleaved")
-    import onnxruntime
-    import torch_geometric
+    from edgemp.bench.env import footer
 
-    print("command: python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]))
-    print(f"torch {torch.__version__}, torch_geometric {torch_geometric.__version__}, onnxruntime "
-          f"{onnxruntime.__version__}, python {platform.python_version()}, {platform.machine()}")
+    print(footer())
     return 0
 
 

@@ -18,8 +18,6 @@ Usage: python benchmarks/bench_pyg_layers.py [--layers GCNConv,GATConv] [--round
 from __future__ import annotations
 
 import argparse
-import platform
-import shlex
 import sys
 import tempfile
 import time
@@ -129,12 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\np50 of {args.rounds} rounds x {args.per_round} calls per engine, interleaved; hidden {HIDDEN}, "
           f"2 layers, {NODES} nodes / {EDGES} edges per graph, 1 thread; torch.compile first call {min(compile_s):.1f}-"
           f"{max(compile_s):.1f} s (untimed)")
-    import onnxruntime
-    import torch_geometric
+    from edgemp.bench.env import footer
 
-    print("command: python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]))
-    print(f"torch {torch.__version__}, torch_geometric {torch_geometric.__version__}, onnxruntime "
-          f"{onnxruntime.__version__}, python {platform.python_version()}, {platform.machine()}")
+    print(footer())
     return 0
 
 

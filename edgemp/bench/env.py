@@ -64,6 +64,13 @@ def command_line(argv: list[str] | None = None) -> str:
     return shlex.join(args)
 
 
+def footer(packages: tuple[str, ...] = ("torch", "torch_geometric", "onnxruntime")) -> str:
+    """The two lines every benchmark result ends with: how to re-run it, and on what."""
+    versions = ", ".join(f"{name} {package_version(name.replace('_', '-')) or 'absent'}" for name in packages)
+    return (f"command: {command_line()}\n"
+            f"{versions}, python {platform.python_version()}, {platform.machine()}")
+
+
 def capture_environment(argv: list[str] | None = None) -> dict:
     """Versions, machine and command; thread and provider settings live with each result row."""
     ort_version, ort_providers = package_version("onnxruntime"), []
