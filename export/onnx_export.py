@@ -156,7 +156,9 @@ def verify_onnx_file(model_or_checkpoint, path: str | Path, cfg: ExportConfig = 
 def _verify(wrapper, src: ExportSource, cfg: ExportConfig, path: Path, input_names, output_names) -> VerificationReport:
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     report = VerificationReport(passed=True, atol=cfg.atol, rtol=cfg.rtol)
     for name, graphs in verification_cases(src.spec, cfg.seed, cfg.max_nodes if cfg.form == "dense" else 0):
         batch = collate(graphs)

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from edgemp.chem.chemprop_features import PAIRED_EDGE_FAMILIES
 from edgemp.data.synthetic import random_graph, with_edge_palette
 from edgemp.errors import VerificationError
 from edgemp.graph import Graph, GraphBatch
@@ -110,7 +111,18 @@ def verification_cases(spec: ModelSpec, seed: int = 0, max_nodes: int = 0) -> li
         # Few distinct edge-feature rows (bond types): what distinct-row edge networks exploit.
         ("repeated_edge_rows", [with_edge_palette(rng, mol(), palette) for _ in range(16)]),
     ]
+    if spec.family.startswith(PAIRED_EDGE_FAMILIES):  # the only layout these models (and the runtime) accept
+        cases = [(name, [_reverse_paired(g) for g in graphs]) for name, graphs in cases]
     return cases
+
+
+def _reverse_paired(g: Graph) -> Graph:
+    """Each edge followed by its reverse (edge 2k+1 = edge 2k reversed), as chemprop lays bonds out."""
+    ei = np.empty((2, 2 * g.edge_index.shape[1]), np.int64)
+    ei[:, 0::2] = g.edge_index
+    ei[:, 1::2] = g.edge_index[::-1]
+    ea = None if g.edge_attr is None else np.repeat(g.edge_attr, 2, axis=0)
+    return Graph(x=g.x, edge_index=ei, edge_attr=ea)
 
 
 def compare(name: str, batch: GraphBatch, expected: dict[str, np.ndarray], actual: dict[str, np.ndarray],
