@@ -20,7 +20,6 @@ import argparse
 import os
 import platform
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edgemp.bench.rawhttp import RawConnection, build_request  # noqa: E402
+from edgemp.bench.local_server import free_port
 
 SERVERS = {
     "aiohttp, asyncio loop": "aiohttp:asyncio",
@@ -92,12 +92,6 @@ def _serve(kind: str, port: int) -> None:
         uvloop.run(main())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -130,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
             if not _available(kind):
                 print(f"skipping {label}: not installed")
                 continue
-            port = _free_port()
+            port = free_port()
             procs[label] = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--port", str(port)])
             deadline = time.monotonic() + 30
             while True:

@@ -27,7 +27,6 @@ import logging
 import os
 import platform
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ from edgemp.bench.v2client import V2_TYPES, RemoteModel, encode, request_tensors
 from edgemp.data.synthetic import molecule_like_graphs
 from edgemp.graph import Graph
 from edgemp.graphio import graph_to_json
+from edgemp.bench.local_server import free_port
 
 logger = logging.getLogger("bench_server")
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,12 +71,6 @@ class Server:
     def stop(self) -> int:
         self.proc.terminate()
         return self.proc.wait(60)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_ready(proc: subprocess.Popen, port: int, t0: float) -> float:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,31 +26,21 @@ import numpy as np
 
 from edgemp.bench.env import capture_environment
 from edgemp.bench.text import LengthMix, synthetic_texts
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from edgemp.bench.local_server import free_port, wait_until_ready
+from edgemp.errors import EdgempError
 
 
 def _serve(model_dir: Path, log: Path) -> tuple[subprocess.Popen, int]:
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "edgemp.cli.serve", str(model_dir), "--name", "m", "--port", str(port),
            "--threads", "1", "--no-access-log", "--log-level", "warning"]
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"edgemp serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1) as r:
-                if r.status == 200:
-                    return proc, port
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("edgemp serve did not become ready in 120 s")
+    try:
+        wait_until_ready(f"http://127.0.0.1:{port}", proc, timeout_s=120)
+    except EdgempError as e:
+        proc.kill()
+        raise SystemExit(f"{e}: {log.read_text()[-2000:]}") from e
+    return proc, port
 
 
 def _v2(client, texts: list[str]) -> np.ndarray:

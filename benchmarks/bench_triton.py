@@ -28,9 +28,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
+from edgemp.bench.local_server import wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 EDGEMP = [sys.executable, "-m", "edgemp.cli.main"]
@@ -42,21 +41,6 @@ def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited {proc.returncode} before ready: {url}")
-        try:
-            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"server not ready: {url}")
 
 
 def _repository(tmp: Path) -> Path:
@@ -105,7 +89,7 @@ def main() -> None:
         urls = {"edgemp serve": f"http://127.0.0.1:{e_port}", "Triton (python backend)": f"http://127.0.0.1:{t_ports[0]}"}
         try:
             for name, proc in servers.items():
-                _wait_ready(urls[name], proc)
+                wait_until_ready(urls[name], proc, timeout_s=180)
             runs: dict[str, list[list[dict]]] = {name: [] for name in servers}
             for r in range(args.rounds):
                 order = list(servers) if r % 2 == 0 else list(reversed(servers))

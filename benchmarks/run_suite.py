@@ -16,17 +16,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from edgemp.bench import (BenchReport, InProcessConfig, ServerBenchConfig, SyntheticSpec, WorkloadSpec,
                           run_inprocess, run_server_bench)
 from edgemp.bench.report import environment_lines, fmt_ratio, fmt_us, format_report
+from edgemp.bench.local_server import free_port, wait_until_ready
+from edgemp.errors import EdgempError
 
 ALL_FAMILIES = ("gin", "gine", "gcn", "sage", "gat", "mpnn", "ggnn")
 COMPILE_FAMILY = "gin"
@@ -79,12 +79,6 @@ def quantize_int8(src: Path, out: Path, notes: list[str]) -> Path | None:
         return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def serve_and_bench(model: Path, duration: float, notes: list[str]) -> BenchReport | None:
     """`edgemp serve` as users run it (a subprocess), then the closed-loop sweep over HTTP."""
     port = free_port()
@@ -92,17 +86,11 @@ def serve_and_bench(model: Path, duration: float, notes: list[str]) -> BenchRepo
            "--no-access-log", "--log-level", "WARNING"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                notes.append(f"server rows skipped: edgemp serve exited {proc.returncode}")
-                return None
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.1)
+        try:
+            wait_until_ready(f"http://127.0.0.1:{port}", proc, timeout_s=60)
+        except EdgempError as e:
+            notes.append(f"server rows skipped: {e}")
+            return None
         return run_server_bench(ServerBenchConfig(
             url=f"http://127.0.0.1:{port}", model=model.stem, protocol="binary", concurrency=(1, 32),
             duration_s=duration, warmup_s=1.0, workload=MOLECULES,
