@@ -12,7 +12,13 @@ event-loop wake-ups) from edgemp's. Candidates (those installed are run):
 - a raw ``asyncio.Protocol`` + ``httptools`` parser on uvloop (no framework at all: the
   floor any rewrite could reach in Python).
 
-Usage: python benchmarks/bench_http_layers.py [--requests 3000]
+``--protocol grpc`` does the same for grpcio: an empty unary RPC (generic handler, raw bytes
+in and out, no protobuf at all) on ``grpc.aio`` (uvloop, asyncio's loop, and with
+``grpc.optimization_target=latency``) and on the thread-pool ``grpc.server`` (1 and 4
+workers), called through one ``grpc.insecure_channel`` each: the per-call floor of grpcio
+itself, below which no gRPC service written on it can go.
+
+Usage: python benchmarks/bench_http_layers.py [--requests 3000] [--protocol http|grpc]
 """
 from __future__ import annotations
 
@@ -39,12 +45,66 @@ SERVERS = {
     "uvicorn + httptools (ASGI), uvloop": "uvicorn:uvloop",
     "raw asyncio.Protocol + httptools, uvloop": "raw:uvloop",
 }
+GRPC_SERVERS = {
+    "grpc.aio, uvloop (edgemp today)": "grpc-aio:uvloop",
+    "grpc.aio, asyncio loop": "grpc-aio:asyncio",
+    "grpc.aio, uvloop, optimization_target=latency": "grpc-aio-latency:uvloop",
+    "grpc.server, 1 worker thread": "grpc-sync1:threads",
+    "grpc.server, 4 worker threads": "grpc-sync4:threads",
+}
+GRPC_METHOD = "/bench.Floor/Empty"
+
+
+def _serve_grpc(kind: str, port: int) -> None:
+    """Child process: serve an empty unary RPC (raw bytes, no protobuf) with grpcio ``kind``."""
+    import asyncio
+
+    import grpc
+
+    layer, loop = kind.split(":")
+    options = [("grpc.so_reuseport", 0)]
+    if layer.endswith("-latency"):
+        options.append(("grpc.optimization_target", "latency"))
+    service, method = GRPC_METHOD.strip("/").split("/")
+    if layer.startswith("grpc-sync"):
+        from concurrent.futures import ThreadPoolExecutor
+
+        def empty(request: bytes, context) -> bytes:  # noqa: ANN001
+            return b""
+
+        server = grpc.server(ThreadPoolExecutor(max_workers=int(layer.removeprefix("grpc-sync"))), options=options)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            service, {method: grpc.unary_unary_rpc_method_handler(empty)}),))
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        server.start()
+        server.wait_for_termination()
+        return
+
+    async def aempty(request: bytes, context) -> bytes:  # noqa: ANN001
+        return b""
+
+    async def main() -> None:
+        server = grpc.aio.server(options=options)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            service, {method: grpc.unary_unary_rpc_method_handler(aempty)}),))
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
+
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
 
 
 def _serve(kind: str, port: int) -> None:
     """Child process: serve GET /v2/health/ready with ``kind`` until killed."""
     layer, loop = kind.split(":")
-    if layer == "aiohttp":
+    if layer.startswith("grpc"):
+        _serve_grpc(kind, port)
+    elif layer == "aiohttp":
         import asyncio
 
         from aiohttp import web
@@ -99,7 +159,8 @@ def _cpu_s(pid: int) -> float:
 
 def _available(kind: str) -> bool:
     layer, loop = kind.split(":")
-    mods = {"aiohttp": ["aiohttp"], "uvicorn": ["uvicorn", "httptools"], "raw": ["httptools"]}[layer]
+    mods = ["grpc"] if layer.startswith("grpc") else {
+        "aiohttp": ["aiohttp"], "uvicorn": ["uvicorn", "httptools"], "raw": ["httptools"]}[layer]
     mods += ["uvloop"] if loop == "uvloop" else []
     try:
         for m in mods:
@@ -109,9 +170,37 @@ def _available(kind: str) -> bool:
     return True
 
 
+class _HttpClient:
+    """One keep-alive connection sending the health GET."""
+
+    wire = build_request("GET", "127.0.0.1", "/v2/health/ready")
+
+    def __init__(self, port: int) -> None:
+        self.conn = RawConnection("127.0.0.1", port)
+
+    def __call__(self) -> None:
+        if self.conn.request(self.wire).status != 200:
+            raise SystemExit("not 200")
+
+
+class _GrpcClient:
+    """One channel calling the empty RPC (raw bytes both ways)."""
+
+    def __init__(self, port: int) -> None:
+        import grpc
+
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        grpc.channel_ready_future(self.channel).result(timeout=30)
+        self.call = self.channel.unary_unary(GRPC_METHOD)
+
+    def __call__(self) -> None:
+        self.call(b"", timeout=30)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=3000)
+    ap.add_argument("--protocol", choices=("http", "grpc"), default="http")
     ap.add_argument("--serve", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -119,8 +208,10 @@ def main(argv: list[str] | None = None) -> None:
         _serve(args.serve, args.port)
         return
     procs, conns = {}, {}
+    grpc = args.protocol == "grpc"
+    client = _GrpcClient if grpc else _HttpClient
     try:
-        for label, kind in SERVERS.items():
+        for label, kind in (GRPC_SERVERS if grpc else SERVERS).items():
             if not _available(kind):
                 print(f"skipping {label}: not installed")
                 continue
@@ -129,35 +220,35 @@ def main(argv: list[str] | None = None) -> None:
             deadline = time.monotonic() + 30
             while True:
                 try:
-                    conns[label] = RawConnection("127.0.0.1", port)
+                    conns[label] = client(port)
                     break
                 except OSError:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.05)
-        wire = build_request("GET", "127.0.0.1", "/v2/health/ready")
         lat: dict[str, list[int]] = {k: [] for k in conns}
         for i in range(args.requests + 200):
-            for label, conn in conns.items():
+            for label, call in conns.items():
                 t0 = time.perf_counter_ns()
-                if conn.request(wire).status != 200:
-                    raise SystemExit(f"{label}: not 200")
+                call()
                 if i >= 200:
                     lat[label].append(time.perf_counter_ns() - t0)
         cpu = {}
-        for label, conn in conns.items():
+        for label, call in conns.items():
             c0 = _cpu_s(procs[label].pid)
             for _ in range(args.requests):
-                conn.request(wire)
+                call()
             cpu[label] = (_cpu_s(procs[label].pid) - c0) / args.requests * 1e6
     finally:
         for p in procs.values():
             p.terminate()
             p.wait(10)
     print(f"command: python {' '.join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])}")
+    what = "empty unary gRPC calls" if grpc else "keep-alive GETs"
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores (shared with other jobs), Python "
-          f"{platform.python_version()}; {args.requests} keep-alive GETs per server, interleaved\n")
-    print("| HTTP layer, event loop | RTT p50 µs | RTT p99 µs | server CPU µs/request |")
+          f"{platform.python_version()}, load average {os.getloadavg()[0]:.1f}; {args.requests} {what} per server, "
+          "interleaved\n")
+    print(f"| {'gRPC server' if grpc else 'HTTP layer, event loop'} | RTT p50 µs | RTT p99 µs | server CPU µs/request |")
     print("|---|---:|---:|---:|")
     for label in conns:
         a = np.asarray(lat[label]) / 1e3
