@@ -713,3 +713,22 @@ def test_event_loop_choice(repo, tmp_path, models, monkeypatch, loop):
     finally:
         assert srv.stop() == 0
     assert f"event loop: {loop}" in srv.log()
+
+
+def test_serve_start_path_skips_what_ready_does_not_need():
+    """Start-up imports neither prometheus_client (first scrape) nor grpc (only with --grpc-port), and
+    skipping aiohttp's client CA loading leaves the CA settings as they were for everything after."""
+    code = (
+        "import os, ssl, sys\n"
+        "os.environ['SSL_CERT_FILE'] = ssl.get_default_verify_paths().openssl_cafile\n"
+        "os.environ.pop('SSL_CERT_DIR', None)\n"
+        "before = dict(os.environ)\n"
+        "from edgemp.cli.serve import _import_server_fast\n"
+        "_import_server_fast()\n"
+        "import edgemp.runtime.server, edgemp.runtime.server.run\n"
+        "assert dict(os.environ) == before, 'CA environment not restored'\n"
+        "loaded = {m.split('.')[0] for m in sys.modules}\n"
+        "assert not loaded & {'prometheus_client', 'grpc', 'torch'}, loaded & {'prometheus_client', 'grpc', 'torch'}\n"
+        "assert 'aiohttp' in loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)

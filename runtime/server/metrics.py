@@ -7,18 +7,19 @@ several servers in one process. Nothing here runs per request: the request path 
 Names follow Prometheus conventions (``_total`` counters, ``_seconds`` histograms) rather
 than Triton's ``nv_*`` cumulative-µs counters: histograms give quantiles (p99 alerts in
 ``deploy/alerts.yml``), which cumulative sums cannot.
+
+``prometheus_client`` is imported at the first scrape, not at start-up: nothing before the
+first ``/metrics`` needs it, and the server is ready that much sooner.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
-
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from edgemp.runtime.server.stats import OUTCOMES
 
 if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
     from edgemp.runtime.server.served import ServedModel
 
 HISTOGRAMS = {
@@ -34,7 +35,9 @@ class _Collector:
     def __init__(self, models: Callable[[], Iterable["ServedModel"]], ready: Callable[[], bool]) -> None:
         self._models, self._ready = models, ready
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator["Metric"]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
         requests = CounterMetricFamily("edgemp_requests", "Inference requests by model and outcome.",
                                        labels=["model", "outcome"])
         graphs = CounterMetricFamily("edgemp_inference_graphs", "Graphs inferred successfully.", labels=["model"])
@@ -69,11 +72,28 @@ class _Collector:
 class ServerMetrics:
     """Every series the server exports; label values are model names (never client input)."""
 
-    content_type = CONTENT_TYPE_LATEST
-
     def __init__(self, models: Callable[[], Iterable["ServedModel"]], ready: Callable[[], bool]) -> None:
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector(models, ready))  # type: ignore[arg-type]
+        self._collector = _Collector(models, ready)
+        self._registry: Any = None
+
+    @property
+    def registry(self) -> Any:
+        """The app's own ``CollectorRegistry`` (built, and prometheus_client imported, on first use)."""
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry
+
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(self._collector)  # type: ignore[arg-type]
+            self._registry = registry
+        return self._registry
+
+    @property
+    def content_type(self) -> str:
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+        return CONTENT_TYPE_LATEST
 
     def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
         return generate_latest(self.registry)
