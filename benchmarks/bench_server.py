@@ -196,6 +196,25 @@ def _latency_paths(srv: Server, model, graphs: list[Graph]) -> dict[str, Callabl
     return paths
 
 
+def _proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _bare_grpc() -> tuple[subprocess.Popen, Callable[[int], object]]:
+    """grpcio alone: an empty unary RPC on a bare ``grpc.aio`` server on uvloop (no edgemp, no
+    protobuf; bench_http_layers.py's server), so the gRPC rows can be read against grpcio's own floor."""
+    import grpc
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "bench_http_layers.py"), "--serve",
+                             "grpc-aio:uvloop", "--port", str(port)], cwd=ROOT)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    grpc.channel_ready_future(channel).result(timeout=60)
+    rpc = channel.unary_unary("/bench.Floor/Empty")
+    return proc, lambda i: rpc(b"", timeout=30)
+
+
 def latency(requests: int, tmp: Path, grpc: bool) -> list[str]:
     from edgemp.data.solubility import load_solubility
 
@@ -204,8 +223,15 @@ def latency(requests: int, tmp: Path, grpc: bool) -> list[str]:
     path = export_random("mpnn", nf, ef, tmp / "solubility_mpnn.onnx")
     model = rt.load(path, providers="cpu")
     srv = start_server(path, grpc=grpc)
+    bare = None
     try:
         paths = _latency_paths(srv, model, graphs)
+        cpu_of = {name: srv.cpu_s for name in paths}
+        if grpc:
+            bare, call_bare = _bare_grpc()
+            name = "gRPC empty call, bare grpc.aio server (grpcio's floor)"
+            paths[name] = call_bare
+            cpu_of[name] = lambda: _proc_cpu_s(bare.pid)
         samples: dict[str, list[int]] = {name: [] for name in paths}
         for i in range(requests + 100):  # interleaved: every path sees the same machine state
             for name, call in paths.items():
@@ -222,12 +248,15 @@ def latency(requests: int, tmp: Path, grpc: bool) -> list[str]:
                     call(i)
                 cpu[name] = (time.process_time() - t0) / requests * 1e6
             else:
-                t0 = srv.cpu_s()
+                t0 = cpu_of[name]()
                 for i in range(requests):
                     call(i)
-                cpu[name] = (srv.cpu_s() - t0) / requests * 1e6
+                cpu[name] = (cpu_of[name]() - t0) / requests * 1e6
     finally:
         srv.stop()
+        if bare is not None:
+            bare.terminate()
+            bare.wait(10)
     base = pct(samples["in-process Model.predict"], 50)
     lines = [f"model: solubility-style MPNN (hidden 64, 3 rounds, random weights), {len(graphs)} solubility "
              f"test molecules (median {int(np.median([g.num_nodes for g in graphs]))} atoms); {requests} calls per "
