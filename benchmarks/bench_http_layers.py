@@ -7,7 +7,8 @@ The trivial endpoint isolates the layer's own cost (parsing, routing, response w
 event-loop wake-ups) from edgemp's. Candidates (those installed are run):
 
 - ``aiohttp`` on asyncio's loop, and on uvloop (edgemp's server today: every limit —
-  413, 401, 503, timeouts, drain — lives in its middleware);
+  413, 401, 503, timeouts, drain — lives in its middleware), and on uvloop with the access
+  log on (``edgemp serve --access-log``'s format, written to /dev/null: the log line's own cost);
 - ``uvicorn`` + ``httptools`` with a bare ASGI app, on uvloop;
 - a raw ``asyncio.Protocol`` + ``httptools`` parser on uvloop (no framework at all: the
   floor any rewrite could reach in Python).
@@ -42,6 +43,7 @@ from edgemp.bench.local_server import free_port
 SERVERS = {
     "aiohttp, asyncio loop": "aiohttp:asyncio",
     "aiohttp, uvloop": "aiohttp:uvloop",
+    "aiohttp, uvloop, access log on (to /dev/null)": "aiohttp-log:uvloop",
     "uvicorn + httptools (ASGI), uvloop": "uvicorn:uvloop",
     "raw asyncio.Protocol + httptools, uvloop": "raw:uvloop",
 }
@@ -104,8 +106,9 @@ def _serve(kind: str, port: int) -> None:
     layer, loop = kind.split(":")
     if layer.startswith("grpc"):
         _serve_grpc(kind, port)
-    elif layer == "aiohttp":
+    elif layer.startswith("aiohttp"):
         import asyncio
+        import logging
 
         from aiohttp import web
 
@@ -118,7 +121,15 @@ def _serve(kind: str, port: int) -> None:
             import uvloop
 
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-        web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+        access_log = None
+        if layer == "aiohttp-log":  # what `edgemp serve --access-log` adds: one formatted line per request
+            from edgemp.runtime.server.run import ACCESS_LOG_FORMAT
+
+            logging.basicConfig(level=logging.INFO, stream=open(os.devnull, "w"),  # noqa: SIM115 - lives as long as the server
+                                format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+            access_log = logging.getLogger("edgemp.access")
+        web.run_app(app, host="127.0.0.1", port=port, access_log=access_log, print=None,
+                    **({"access_log_format": ACCESS_LOG_FORMAT} if access_log else {}))
     elif layer == "uvicorn":
         import uvicorn
 
@@ -160,7 +171,7 @@ def _cpu_s(pid: int) -> float:
 def _available(kind: str) -> bool:
     layer, loop = kind.split(":")
     mods = ["grpc"] if layer.startswith("grpc") else {
-        "aiohttp": ["aiohttp"], "uvicorn": ["uvicorn", "httptools"], "raw": ["httptools"]}[layer]
+        "aiohttp": ["aiohttp"], "aiohttp-log": ["aiohttp"], "uvicorn": ["uvicorn", "httptools"], "raw": ["httptools"]}[layer]
     mods += ["uvloop"] if loop == "uvloop" else []
     try:
         for m in mods:
