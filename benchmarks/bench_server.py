@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> None:
     sections = args.sections.split(",")
     out = [f"command: python {' '.join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])}",
            f"machine: {platform.machine()}, {os.cpu_count()} cores (shared with other jobs), Python "
-           f"{platform.python_version()}", ""]
+           f"{platform.python_version()}; load average (1 min) {os.getloadavg()[0]:.1f} at the start", ""]
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if "latency" in sections:
@@ -421,6 +421,7 @@ def main(argv: list[str] | None = None) -> None:
             out += batching(args.seconds, args.clients, tmp) + [""]
         if "start" in sections:
             out += start(tmp, args.start_runs, args.binary) + [""]
+    out.append(f"load average (1 min) {os.getloadavg()[0]:.1f} at the end")
     print("\n".join(out))
 
 
