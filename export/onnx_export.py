@@ -21,6 +21,7 @@ from edgemp.errors import ExportError
 from edgemp.export.config import ExportConfig
 from edgemp.export.deps import require_torch_export
 from edgemp.export.edge_rows import edge_network_on_distinct_rows
+from edgemp.export.encoder_fold import fold_encoder_into_aggregation
 from edgemp.export.failures import explain_export_failure, quiet_tracer
 from edgemp.export.pyg_translations import pyg_translations
 from edgemp.export.onnx_file import staged_path, write_metadata
@@ -244,6 +245,8 @@ def finish_graph(model, src: ExportSource, cfg: ExportConfig) -> dict:
     into_addend = scatter_into_addend(model) if cfg.scatter_impl == "index_add" else 0
     # TensorRT's parser has no Unique: only the ONNX Runtime targets get distinct-row edge networks.
     distinct = edge_network_on_distinct_rows(model) if cfg.distinct_edge_rows and cfg.target != "tensorrt" else 0
+    # Measured on ONNX Runtime CPU only (benchmarks/results/pyg.md); TensorRT keeps the graph as exported.
+    narrow = fold_encoder_into_aggregation(model) if into_addend and cfg.target != "tensorrt" else 0
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as e:
@@ -263,6 +266,7 @@ def finish_graph(model, src: ExportSource, cfg: ExportConfig) -> dict:
         "scatter_elements_rewritten_to_scatternd": rewritten,
         "edge_network_nodes_on_distinct_rows": distinct,
         "scatters_into_self_term": into_addend,
+        "encoders_folded_into_aggregation": narrow,
         "lint": {cfg.target: lint.problems},
     }
 
