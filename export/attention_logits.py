@@ -17,7 +17,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from edgemp.export.rewrite import _attr, _const_ints
+from edgemp.export.rewrite import _attr, _const_ints, drop_unused_initializers
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,7 @@ def fold_attention_logits(model) -> int:
                                                             list(reduce.output), name=name))
         folded += 1
     if folded:
-        used = {i for n in model.graph.node for i in n.input}
-        for init in [i for i in model.graph.initializer if i.name not in used]:
-            model.graph.initializer.remove(init)
+        drop_unused_initializers(model)
         onnx.checker.check_model(model)
         log.info("computed %d attention logit(s) as one small GEMM each", folded)
     return folded

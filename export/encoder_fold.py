@@ -21,7 +21,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from edgemp.export.rewrite import _attr
+from edgemp.export.rewrite import _attr, drop_unused_initializers
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +114,7 @@ def fold_encoder_into_aggregation(model) -> int:
     if folded:
         for v in [v for v in model.graph.value_info if v.name in stale]:  # widths changed: let inference redo them
             model.graph.value_info.remove(v)
-        used = {i for n in model.graph.node for i in n.input}
-        for init in [i for i in model.graph.initializer if i.name not in used]:
-            model.graph.initializer.remove(init)
+        drop_unused_initializers(model)
         onnx.checker.check_model(model)
         log.info("folded %d linear encoder(s) into the first aggregation (narrow gather/scatter)", folded)
     return folded

@@ -184,3 +184,10 @@ def scatter_into_addend(model) -> int:
     model.graph.node.extend(_drop_dead(model, nodes))
     log.info("scattered %d aggregation(s) straight into their self term", len(replace))
     return len(replace)
+
+
+def drop_unused_initializers(model) -> None:
+    """Remove initializers no node reads any more (weights a fold replaced)."""
+    used = {i for n in model.graph.node for i in n.input}
+    for init in [i for i in model.graph.initializer if i.name not in used]:
+        model.graph.initializer.remove(init)
