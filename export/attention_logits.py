@@ -21,6 +21,10 @@ from edgemp.export.rewrite import _attr, _const_ints, drop_unused_initializers
 
 log = logging.getLogger(__name__)
 
+# Names of the folded logit MatMuls end with this; the int8 quantizer leaves them float
+# (an [H, heads] product gains nothing from int8, and its logits feed a softmax).
+LOGIT_NODE_SUFFIX = "_attention_logits"
+
 
 def fold_attention_logits(model) -> int:
     """Rewrite every matching logit computation in place; returns how many."""
@@ -61,7 +65,7 @@ def fold_attention_logits(model) -> int:
         if _const_ints(model, view.input[1]) != [-1, heads, per_head] or w.shape[1] != heads * per_head:
             continue
         v = np.einsum("ikc,kc->ik", w.reshape(w.shape[0], heads, per_head).astype(np.float64), att.astype(np.float64))
-        name = f"{reduce.name or reduce.output[0]}_as_matmul"
+        name = f"{reduce.name or reduce.output[0]}{LOGIT_NODE_SUFFIX}"
         model.graph.initializer.append(numpy_helper.from_array(v.astype(np.float32), f"{name}_weight"))
         index = list(model.graph.node).index(mul)  # after Gemm's input; before every use of the logits
         model.graph.node.remove(reduce)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from edgemp.export import ExportConfig, export_model
-from edgemp.export.attention_logits import fold_attention_logits
+from edgemp.export.attention_logits import LOGIT_NODE_SUFFIX, fold_attention_logits
 from edgemp.models import ModelConfig, build_model
 
 
@@ -22,7 +22,7 @@ def test_gat_logits_fold_in_every_round_and_verify(form, tmp_path):
     graph = onnx.load(str(tmp_path / "gat.onnx")).graph
     att = {i.name for i in graph.initializer if "att_" in i.name}
     assert not att  # the per-head attention vectors live on only inside the folded [H, heads] weights
-    assert sum(n.op_type == "MatMul" and n.name.endswith("_as_matmul") for n in graph.node) == 4
+    assert sum(n.op_type == "MatMul" and n.name.endswith(LOGIT_NODE_SUFFIX) for n in graph.node) == 4
 
 
 def _logits(bias: bool) -> onnx.ModelProto:
@@ -59,3 +59,15 @@ def test_hand_built_logits_fold_exactly_and_a_bias_is_left_alone():
     for got, want in zip(_run(model, h), before):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert fold_attention_logits(_logits(bias=True)) == 0
+
+
+def test_int8_leaves_the_folded_logits_float(tmp_path):
+    from edgemp.export.quantize import QuantizeConfig, quantize
+
+    torch.manual_seed(4)
+    net = build_model(ModelConfig("gat", "regression", 6, 0, hidden=32, num_rounds=2)).eval()
+    export_model(net, tmp_path / "gat.onnx", ExportConfig())
+    result = quantize(tmp_path / "gat.onnx", tmp_path / "gat_int8.onnx", QuantizeConfig(precision="int8-dynamic"))
+    assert result.quantized_nodes and not any(n.endswith(LOGIT_NODE_SUFFIX) for n in result.quantized_nodes)
+    graph = onnx.load(str(tmp_path / "gat_int8.onnx")).graph
+    assert sum(n.op_type == "MatMul" and n.name.endswith(LOGIT_NODE_SUFFIX) for n in graph.node) == 4
