@@ -17,7 +17,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from edgemp.export.rewrite import _attr, _const_ints, drop_unused_initializers
+from edgemp.export.rewrite import _attr, _const_ints, finish_fold, graph_index, replace_nodes
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +28,10 @@ LOGIT_NODE_SUFFIX = "_attention_logits"
 
 def fold_attention_logits(model) -> int:
     """Rewrite every matching logit computation in place; returns how many."""
-    import onnx
     from onnx import helper, numpy_helper
 
-    inits = {i.name: i for i in model.graph.initializer}
-    producers = {o: n for n in model.graph.node for o in n.output}
-    users: dict[str, list] = defaultdict(list)
-    for node in model.graph.node:
-        for name in node.input:
-            users[name].append(node)
+    inits, producers, found = graph_index(model)
+    users: dict[str, list] = defaultdict(list, found)
     folded = 0
     for reduce in list(model.graph.node):
         if reduce.op_type != "ReduceSum" or len(reduce.input) < 2 or _const_ints(model, reduce.input[1]) != [-1] \
@@ -67,14 +62,7 @@ def fold_attention_logits(model) -> int:
         v = np.einsum("ikc,kc->ik", w.reshape(w.shape[0], heads, per_head).astype(np.float64), att.astype(np.float64))
         name = f"{reduce.name or reduce.output[0]}{LOGIT_NODE_SUFFIX}"
         model.graph.initializer.append(numpy_helper.from_array(v.astype(np.float32), f"{name}_weight"))
-        index = list(model.graph.node).index(mul)  # after Gemm's input; before every use of the logits
-        model.graph.node.remove(reduce)
-        model.graph.node.remove(mul)
-        model.graph.node.insert(index, helper.make_node("MatMul", [lin.input[0], f"{name}_weight"],
-                                                            list(reduce.output), name=name))
+        matmul = helper.make_node("MatMul", [lin.input[0], f"{name}_weight"], list(reduce.output), name=name)
+        replace_nodes(model, [reduce, mul], matmul, at=mul)  # mul: after Gemm's input, before the logits' uses
         folded += 1
-    if folded:
-        drop_unused_initializers(model)
-        onnx.checker.check_model(model)
-        log.info("computed %d attention logit(s) as one small GEMM each", folded)
-    return folded
+    return finish_fold(model, folded, "attention logits computed as one small GEMM each")

@@ -1,4 +1,4 @@
-"""Aggregate a linear encoder's narrow input, not its wide output (GIN's first layer).
+"""Fold a linear encoder into what follows it: GIN's first aggregation, or a next Linear (GCN).
 
 GIN encodes node features with a Linear (F → H) and its first layer then sums
 ``c·h + Σ_j h_j`` before its MLP's first Linear (H → H'). Everything up to that Linear is
@@ -13,6 +13,9 @@ gather/scatter pairs. The ones column carries the bias through the sum (its aggr
 ``c + in-degree``). Only that exact chain is rewritten — a Gemm by weights whose output
 feeds one row Gather and one (optionally scaled) self term of one ScatterND(add) whose
 sum feeds one Gemm by weights — and export verification checks the numerics.
+
+:func:`fold_linear_chains` handles the plainer case where the encoder feeds a Linear directly
+(GCN's first ``lin``): two GEMMs become one.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from edgemp.export.rewrite import _attr, drop_unused_initializers
+from edgemp.export.rewrite import _attr, finish_fold, graph_index, replace_nodes
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +50,10 @@ def _scalar(name: str, inits: dict) -> bool:
 
 def fold_encoder_into_aggregation(model) -> int:
     """Rewrite every matching encoder → GIN-sum → Linear chain in place; returns how many."""
-    import onnx
     from onnx import helper, numpy_helper
 
-    inits = {i.name: i for i in model.graph.initializer}
-    users: dict[str, list] = defaultdict(list)
-    for node in model.graph.node:
-        for name in node.input:
-            users[name].append(node)
+    inits, _, found = graph_index(model)
+    users: dict[str, list] = defaultdict(list, found)
     outputs = {o.name for o in model.graph.output}
     folded, stale = 0, set()
     for enc in list(model.graph.node):
@@ -111,10 +110,48 @@ def fold_encoder_into_aggregation(model) -> int:
                 lin.attribute.remove(a)
         stale.update({h, gather.output[0], scaled, scatter.output[0]})
         folded += 1
-    if folded:
-        for v in [v for v in model.graph.value_info if v.name in stale]:  # widths changed: let inference redo them
-            model.graph.value_info.remove(v)
-        drop_unused_initializers(model)
-        onnx.checker.check_model(model)
-        log.info("folded %d linear encoder(s) into the first aggregation (narrow gather/scatter)", folded)
-    return folded
+    for v in [v for v in model.graph.value_info if v.name in stale]:  # widths changed: let inference redo them
+        model.graph.value_info.remove(v)
+    return finish_fold(model, folded, "linear encoders folded into the first aggregation (narrow gather/scatter)")
+
+
+def fold_linear_chains(model) -> int:
+    """``Gemm(Gemm(x, W₁, b₁), W₂, b₂)`` → ``Gemm(x, W₁·W₂, b₁·W₂ + b₂)`` in place; returns how many.
+
+    GCN and GAT feed their encoder (F → H) straight into the first layer's Linear (H → H)
+    with nothing between: two GEMMs where one (F → H) does. Only when the inner product's
+    sole use is the outer one, both multiply by weight initializers and neither transposes A.
+    """
+    from onnx import helper, numpy_helper
+
+    inits, producers, found = graph_index(model)
+    users: dict[str, list] = defaultdict(list, found)
+    outputs = {o.name for o in model.graph.output}
+    folded = 0
+    for outer in list(model.graph.node):
+        w2 = _gemm_weight(outer, inits)
+        inner = producers.get(outer.input[0]) if w2 is not None else None
+        w1 = _gemm_weight(inner, inits) if inner is not None else None
+        if w1 is None or len(users[inner.output[0]]) != 1 or inner.output[0] in outputs or w1.shape[1] != w2.shape[0]:
+            continue
+        biases = []
+        for node, width in ((inner, w1.shape[1]), (outer, w2.shape[1])):
+            name = node.input[2] if len(node.input) > 2 and node.input[2] else None
+            if name is not None and name not in inits:
+                break
+            bias = numpy_helper.to_array(inits[name]).astype(np.float64) if name else np.zeros(width)
+            if bias.size != width:
+                break
+            biases.append(bias.reshape(-1))
+        if len(biases) != 2:
+            continue
+        w = w1.astype(np.float64) @ w2.astype(np.float64)
+        b = biases[0] @ w2.astype(np.float64) + biases[1]
+        tag = f"{outer.name or outer.output[0]}_after_{inner.name or inner.output[0]}"
+        model.graph.initializer.extend([numpy_helper.from_array(w.astype(np.float32), f"{tag}_weight"),
+                                        numpy_helper.from_array(b.astype(np.float32), f"{tag}_bias")])
+        fused = helper.make_node("Gemm", [inner.input[0], f"{tag}_weight", f"{tag}_bias"], list(outer.output), name=tag)
+        replace_nodes(model, [outer, inner], fused, at=inner)
+        producers[outer.output[0]] = fused
+        folded += 1
+    return finish_fold(model, folded, "consecutive Linear pairs folded into one GEMM each")

@@ -22,7 +22,7 @@ from edgemp.export.config import ExportConfig
 from edgemp.export.deps import require_torch_export
 from edgemp.export.attention_logits import fold_attention_logits
 from edgemp.export.edge_rows import edge_network_on_distinct_rows
-from edgemp.export.encoder_fold import fold_encoder_into_aggregation
+from edgemp.export.encoder_fold import fold_encoder_into_aggregation, fold_linear_chains
 from edgemp.export.failures import explain_export_failure, quiet_tracer
 from edgemp.export.pyg_translations import pyg_translations
 from edgemp.export.onnx_file import staged_path, write_metadata
@@ -253,6 +253,7 @@ def finish_graph(model, src: ExportSource, cfg: ExportConfig) -> dict:
     # Measured on ONNX Runtime CPU only (benchmarks/results/pyg.md); TensorRT keeps the graph as exported.
     narrow = fold_encoder_into_aggregation(model) if into_addend and cfg.target != "tensorrt" else 0
     logits = fold_attention_logits(model) if cfg.target != "tensorrt" else 0
+    chains = fold_linear_chains(model) if cfg.target != "tensorrt" else 0
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as e:
@@ -271,6 +272,7 @@ def finish_graph(model, src: ExportSource, cfg: ExportConfig) -> dict:
         "scatters_into_self_term": into_addend,
         "encoders_folded_into_aggregation": narrow,
         "attention_logits_as_matmul": logits,
+        "linear_pairs_folded": chains,
         "lint": {cfg.target: lint.problems},
     }
 

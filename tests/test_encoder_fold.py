@@ -112,3 +112,40 @@ def test_encoder_output_used_elsewhere_is_left_alone():
 def test_fold_is_exact_algebra_for_any_eps(eps, tmp_path):
     net = _gin(eps=eps)
     export_model(net, tmp_path / "gin.onnx", ExportConfig())  # export verification: eager parity on every case
+
+
+def _two_linears(between: str | None, inner_bias: bool = True) -> onnx.ModelProto:
+    """x -> Gemm(W1[, b1]) [-> between] -> Gemm(W2, b2): the GCN encoder -> lin pair, by hand."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.standard_normal((H, F)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal(H).astype(np.float32), "b1"),
+             numpy_helper.from_array(rng.standard_normal((H, 7)).astype(np.float32), "w2"),
+             numpy_helper.from_array(rng.standard_normal(7).astype(np.float32), "b2")]
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"] if inner_bias else ["x", "w1"], ["h"], transB=1)]
+    if between is not None:
+        nodes.append(helper.make_node(between, ["h"], ["h2"]))
+    nodes.append(helper.make_node("Gemm", ["h2" if between else "h", "w2", "b2"], ["y"]))
+    graph = helper.make_graph(nodes, "pair", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", F])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 7])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("inner_bias", [True, False])
+def test_consecutive_linears_fold_into_one_gemm(inner_bias):
+    from edgemp.export.encoder_fold import fold_linear_chains
+
+    feeds = {"x": np.random.default_rng(4).standard_normal((11, F)).astype(np.float32)}
+    model = _two_linears(None, inner_bias)
+    before = _run(model, feeds)
+    assert fold_linear_chains(model) == 1 and [n.op_type for n in model.graph.node] == ["Gemm"]
+    np.testing.assert_allclose(_run(model, feeds), before, rtol=1e-4, atol=1e-4)
+    assert fold_linear_chains(_two_linears("Relu")) == 0  # a nonlinearity between: two layers stay
+
+
+def test_gcn_export_folds_its_encoder_into_the_first_linear(tmp_path):
+    torch.manual_seed(5)
+    net = build_model(ModelConfig("gcn", "regression", F, 0, hidden=H, num_rounds=2)).eval()
+    result = export_model(net, tmp_path / "gcn.onnx", ExportConfig())  # verification: eager parity on every case
+    assert result.checks["linear_pairs_folded"] == 1
