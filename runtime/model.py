@@ -135,10 +135,12 @@ class Model:
 
         Raises :class:`GraphValidationError` naming the first bad graph's index and field.
         """
-        return self._validated(graphs)[0]
+        return self._validated(graphs, want_batch=False)[0]
 
-    def _validated(self, graphs: Sequence[Graph]) -> tuple[list[Graph], GraphBatch | None]:
-        """The conformed graphs and their batch (None for no graphs), checked once over the batch.
+    def _validated(self, graphs: Sequence[Graph], want_batch: bool = True) -> tuple[list[Graph], GraphBatch | None]:
+        """The conformed graphs and their batch (None for no graphs, or one graph when not wanted).
+
+        Checked once over the concatenated batch (:func:`edgemp.graph.collate_valid`).
 
         A failure re-checks graph by graph (:meth:`_check_each`), so the error is the one the
         first bad graph gives, whichever check the batch-wide pass tripped on.
@@ -151,6 +153,9 @@ class Model:
                 raise GraphValidationError(f"graph {i}: expected an edgemp Graph, got {type(g).__name__}")
             out.append(self._conform(g))
         if not out:
+            return out, None
+        if len(out) == 1 and not want_batch:  # the server's one-graph requests: nothing to concatenate
+            self._check_each(out)
             return out, None
         m = self.spec.model
         try:
