@@ -283,7 +283,7 @@ def test_server_mode_against_edgemp_serve(gin_model, tmp_path):
 
 
 @pytest.mark.slow
-def test_each_compiled_backend_really_compiles_whatever_came_before(tmp_path, monkeypatch):
+def test_each_compiled_backend_really_compiles_whatever_came_before(tmp_path):
     """Every GraphNet shares one forward: without a dynamo reset per backend, a suite's later
     families hit the recompile limit and their "torch.compile" rows silently ran eager."""
     torch = pytest.importorskip("torch")
@@ -293,12 +293,12 @@ def test_each_compiled_backend_really_compiles_whatever_came_before(tmp_path, mo
     from edgemp.data.synthetic import random_graph
     from edgemp.models import ModelConfig, build_model, save_checkpoint
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)  # the limit, reached after one family
     rng = np.random.default_rng(0)
-    for family in ("gin", "gcn"):
-        ckpt = save_checkpoint(build_model(ModelConfig(family, "regression", 4, 0, hidden=8, num_rounds=1)),
-                               tmp_path / family)
-        backend = TorchBackend(ckpt, 1, compiled=True)
-        before = dynamo_utils.counters["stats"]["unique_graphs"]
-        backend.infer([random_graph(rng, 5, 8, 4) for _ in range(3)])
-        assert dynamo_utils.counters["stats"]["unique_graphs"] > before, f"{family} ran eager, not compiled"
+    with torch._dynamo.config.patch(recompile_limit=1):  # the limit, reached after one family
+        for family in ("gin", "gcn"):
+            ckpt = save_checkpoint(build_model(ModelConfig(family, "regression", 4, 0, hidden=8, num_rounds=1)),
+                                   tmp_path / family)
+            backend = TorchBackend(ckpt, 1, compiled=True)
+            before = dynamo_utils.counters["stats"]["unique_graphs"]
+            backend.infer([random_graph(rng, 5, 8, 4) for _ in range(3)])
+            assert dynamo_utils.counters["stats"]["unique_graphs"] > before, f"{family} ran eager, not compiled"
