@@ -143,7 +143,7 @@ def validate_graph(
         raise GraphValidationError(
             f"{w}has {x.shape[0]} nodes but this dense model takes at most {max_nodes}"
         )
-    if not np.all(np.isfinite(x)):
+    if not np.isfinite(x).all():
         raise GraphValidationError(f"{w}x contains NaN or infinite values")
     if not isinstance(ei, np.ndarray) or ei.dtype != np.int64:
         raise GraphValidationError(f"{w}edge_index must be an int64 array, got {getattr(ei, 'dtype', type(ei).__name__)}")
@@ -179,7 +179,7 @@ def validate_graph(
         raise GraphValidationError(
             f"{w}edge_attr has {ea.shape[1]} features per edge but the model expects {edge_features}"
         )
-    if not np.all(np.isfinite(ea)):
+    if not np.isfinite(ea).all():
         raise GraphValidationError(f"{w}edge_attr contains NaN or infinite values")
 
 
