@@ -20,7 +20,9 @@ from edgemp import __version__
 from edgemp.errors import ExportError
 from edgemp.export.config import ExportConfig
 from edgemp.export.deps import require_torch_export
+from edgemp.export.attention_logits import fold_attention_logits
 from edgemp.export.edge_rows import edge_network_on_distinct_rows
+from edgemp.export.encoder_fold import fold_encoder_into_aggregation, fold_linear_chains
 from edgemp.export.failures import explain_export_failure, quiet_tracer
 from edgemp.export.pyg_translations import pyg_translations
 from edgemp.export.onnx_file import staged_path, write_metadata
@@ -244,14 +246,19 @@ def finish_graph(model, src: ExportSource, cfg: ExportConfig) -> dict:
     into_addend = scatter_into_addend(model) if cfg.scatter_impl == "index_add" else 0
     # TensorRT's parser has no Unique: only the ONNX Runtime targets get distinct-row edge networks.
     distinct = edge_network_on_distinct_rows(model) if cfg.distinct_edge_rows and cfg.target != "tensorrt" else 0
+    params = sum(p.numel() for p in src.module.parameters())
+    buffers = sum(b.numel() for b in src.module.buffers())
+    in_file = require_weights_once(model, params, buffers)
+    # After the weights check: these folds add small weights derived from parameters (not copies).
+    # Measured on ONNX Runtime CPU only (benchmarks/results/pyg.md); TensorRT keeps the graph as exported.
+    narrow = fold_encoder_into_aggregation(model) if into_addend and cfg.target != "tensorrt" else 0
+    logits = fold_attention_logits(model) if cfg.target != "tensorrt" else 0
+    chains = fold_linear_chains(model) if cfg.target != "tensorrt" else 0
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as e:
         raise ExportError(f"exported model fails onnx.checker: {str(e).splitlines()[0]}") from e
     require_unrolled(model)
-    params = sum(p.numel() for p in src.module.parameters())
-    buffers = sum(b.numel() for b in src.module.buffers())
-    in_file = require_weights_once(model, params, buffers)
     lint = lint_model(model, cfg.target)
     if not lint.ok:
         raise ExportError(f"the exported graph does not suit target {cfg.target}: {lint.summary()}")
@@ -263,6 +270,9 @@ def finish_graph(model, src: ExportSource, cfg: ExportConfig) -> dict:
         "scatter_elements_rewritten_to_scatternd": rewritten,
         "edge_network_nodes_on_distinct_rows": distinct,
         "scatters_into_self_term": into_addend,
+        "encoders_folded_into_aggregation": narrow,
+        "attention_logits_as_matmul": logits,
+        "linear_pairs_folded": chains,
         "lint": {cfg.target: lint.problems},
     }
 

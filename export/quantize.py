@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from edgemp.errors import ExportError
+from edgemp.export.attention_logits import LOGIT_NODE_SUFFIX
 from edgemp.export.deps import require_onnx
 from edgemp.export.onnx_file import load_edgemp_model, save_onnx, with_precision, write_metadata
 from edgemp.graph import Graph
@@ -99,11 +100,14 @@ def dense_layer_nodes(model) -> list[str]:
     """Names of Gemm/MatMul nodes with a weight initializer as an operand.
 
     Matmuls between two activations (the dense form's ``adjacency @ h``, MPNN's per-edge
-    ``h_j @ W_e``) depend on node/edge counts and are excluded by construction.
+    ``h_j @ W_e``) depend on node/edge counts and are excluded by construction; GAT's folded
+    attention logits (:mod:`edgemp.export.attention_logits`) are excluded by name.
     """
     inits = {i.name for i in model.graph.initializer}
     names = []
     for node in model.graph.node:
+        if node.name.endswith(LOGIT_NODE_SUFFIX):
+            continue  # GAT's folded attention logits stay float, as before the fold
         if node.op_type in DENSE_OP_TYPES and any(i in inits for i in node.input[:2]):
             if not node.name:
                 raise QuantizationError(f"a {node.op_type} node has no name; re-export the model with edgemp")

@@ -184,3 +184,41 @@ def scatter_into_addend(model) -> int:
     model.graph.node.extend(_drop_dead(model, nodes))
     log.info("scattered %d aggregation(s) straight into their self term", len(replace))
     return len(replace)
+
+
+def drop_unused_initializers(model) -> None:
+    """Remove initializers no node reads any more (weights a fold replaced)."""
+    used = {i for n in model.graph.node for i in n.input}
+    for init in [i for i in model.graph.initializer if i.name not in used]:
+        model.graph.initializer.remove(init)
+
+
+def graph_index(model) -> tuple[dict, dict, dict]:
+    """``(initializers, producer, users)`` by tensor name: what pattern-matching rewrites look up."""
+    inits = {i.name: i for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    users: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    return inits, producers, users
+
+
+def replace_nodes(model, old: list, new, at) -> None:
+    """Put ``new`` where ``at`` (one of ``old``) stands and drop ``old``: keeps topological order
+    when ``at`` comes after ``new``'s inputs and before every use of its outputs."""
+    index = list(model.graph.node).index(at)
+    for node in old:
+        model.graph.node.remove(node)
+    model.graph.node.insert(index, new)
+
+
+def finish_fold(model, count: int, what: str) -> int:
+    """After a fold rewrote ``count`` places: drop the weights it replaced, re-check, say what it did."""
+    if count:
+        import onnx
+
+        drop_unused_initializers(model)
+        onnx.checker.check_model(model)
+        log.info("%s: %d", what, count)
+    return count

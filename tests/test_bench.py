@@ -280,3 +280,25 @@ def test_server_mode_against_edgemp_serve(gin_model, tmp_path):
         assert res.exit_code == 1 and res.output.strip().startswith("error: GET ")
     finally:
         assert server.stop() == 0
+
+
+@pytest.mark.slow
+def test_each_compiled_backend_really_compiles_whatever_came_before(tmp_path):
+    """Every GraphNet shares one forward: without a dynamo reset per backend, a suite's later
+    families hit the recompile limit and their "torch.compile" rows silently ran eager."""
+    torch = pytest.importorskip("torch")
+    import torch._dynamo.utils as dynamo_utils
+
+    from edgemp.bench.torch_backends import TorchBackend
+    from edgemp.data.synthetic import random_graph
+    from edgemp.models import ModelConfig, build_model, save_checkpoint
+
+    rng = np.random.default_rng(0)
+    with torch._dynamo.config.patch(recompile_limit=1):  # the limit, reached after one family
+        for family in ("gin", "gcn"):
+            ckpt = save_checkpoint(build_model(ModelConfig(family, "regression", 4, 0, hidden=8, num_rounds=1)),
+                                   tmp_path / family)
+            backend = TorchBackend(ckpt, 1, compiled=True)
+            before = dynamo_utils.counters["stats"]["unique_graphs"]
+            backend.infer([random_graph(rng, 5, 8, 4) for _ in range(3)])
+            assert dynamo_utils.counters["stats"]["unique_graphs"] > before, f"{family} ran eager, not compiled"

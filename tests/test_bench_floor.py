@@ -43,3 +43,13 @@ def test_peak_is_a_measured_rate_and_share_divides_by_it():
     assert len(peak.samples_ns) == 3 and 0 < peak.gflops < 1e5 and peak.label() == "64x64 @ 64x64"
     assert share_of_peak(2_000, 1_000.0, 4.0) == 0.5  # 2 GFLOP/s of a 4 GFLOP/s peak
     assert math.isnan(share_of_peak(10, 0.0, 1.0))
+
+
+def test_peak_on_the_cpu_clock_counts_this_process_cpu_time():
+    import time
+
+    peak = GemmPeak(128, 128, 128, clock="cpu")
+    before = time.process_time_ns()
+    peak.sample(4)
+    spent = time.process_time_ns() - before
+    assert len(peak.samples_ns) == 4 and 0 < sum(peak.samples_ns) <= spent and 0 < peak.gflops < 1e5

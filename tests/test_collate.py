@@ -55,3 +55,94 @@ def test_split_one_graph_node_and_graph_outputs_and_row_checks():
         split({"n": np.zeros((3, 2))}, b, {"n": "node"})
     with pytest.raises(GraphValidationError, match="2 rows for 1 graphs"):
         split({"p": np.zeros((2, 1))}, b, {"p": "graph"})
+
+
+# -- collate_valid: one batch-wide check, the same answers and the same errors as graph by graph --
+def _one_by_one(graphs, **kw):
+    from edgemp.graph import validate_graph
+
+    for i, g in enumerate(graphs):
+        validate_graph(g, i, **kw)
+    return collate(graphs)
+
+
+def _assert_same_batch(a, b):
+    for name in ("x", "edge_index", "node_graph", "graph_node_counts", "graph_edge_counts"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+        assert getattr(a, name).dtype == getattr(b, name).dtype, name
+    assert (a.edge_attr is None) == (b.edge_attr is None)
+    if a.edge_attr is not None:
+        np.testing.assert_array_equal(a.edge_attr, b.edge_attr)
+
+
+@pytest.mark.parametrize("fe", [0, 3])
+def test_collate_valid_equals_validate_then_collate(fe):
+    from edgemp.graph import collate_valid
+
+    rng = np.random.default_rng(6)
+    graphs = [random_graph(rng, int(n), int(e), 5, fe) for n, e in zip(rng.integers(1, 30, 20), rng.integers(0, 60, 20))]
+    graphs.append(Graph(x=np.ones((1, 5), np.float32), edge_index=np.zeros((2, 0), np.int64),
+                        edge_attr=np.zeros((0, fe), np.float32) if fe else None))  # edgeless, one node
+    _assert_same_batch(collate_valid(graphs, node_features=5, edge_features=fe), _one_by_one(graphs))
+    _assert_same_batch(collate_valid(graphs), _one_by_one(graphs))  # no model widths given
+
+
+def _bad_cases(rng):
+    """(graph, edge_features) pairs that validate_graph rejects, one per check it makes."""
+    good = random_graph(rng, 4, 5, 5, 3)
+    x, ei, ea = good.x, good.edge_index, good.edge_attr
+    return [
+        Graph(x=x.astype(np.float64), edge_index=ei, edge_attr=ea),
+        Graph(x=x[:, :4], edge_index=ei, edge_attr=ea),
+        Graph(x=x.reshape(-1), edge_index=ei, edge_attr=ea),
+        Graph(x=x[:0], edge_index=np.zeros((2, 0), np.int64), edge_attr=ea[:0]),
+        Graph(x=np.where(np.arange(20).reshape(4, 5) == 7, np.inf, x).astype(np.float32), edge_index=ei, edge_attr=ea),
+        Graph(x=x, edge_index=ei.astype(np.int32), edge_attr=ea),
+        Graph(x=x, edge_index=ei.T.copy(), edge_attr=ea),
+        Graph(x=x, edge_index=np.where(ei == ei[1, 2], -1, ei), edge_attr=ea),
+        Graph(x=x, edge_index=np.where(ei == ei[0, 3], 4, ei), edge_attr=ea),
+        Graph(x=x, edge_index=ei, edge_attr=None),
+        Graph(x=x, edge_index=ei, edge_attr=ea[:4]),
+        Graph(x=x, edge_index=ei, edge_attr=ea[:, :2]),
+        Graph(x=x, edge_index=ei, edge_attr=ea.astype(np.float64)),
+        Graph(x=x, edge_index=ei, edge_attr=np.full_like(ea, np.nan)),
+        Graph(x=x, edge_index=ei, edge_attr=ea.tolist()),
+    ]
+
+
+def test_collate_valid_raises_what_the_first_bad_graph_gives():
+    from edgemp.graph import collate_valid
+
+    rng = np.random.default_rng(7)
+    for bad in _bad_cases(rng):
+        for where in (0, 3, 8):
+            graphs = [random_graph(rng, 6, 9, 5, 3) for _ in range(10)]
+            graphs[where] = bad
+            graphs[-1] = Graph(x=graphs[-1].x[:, :2], edge_index=graphs[-1].edge_index)  # a later bad graph too
+            with pytest.raises(GraphValidationError) as one_by_one:
+                _one_by_one(graphs, node_features=5, edge_features=3)
+            with pytest.raises(GraphValidationError) as batched:
+                collate_valid(graphs, node_features=5, edge_features=3)
+            assert str(batched.value) == str(one_by_one.value)
+            assert str(batched.value).startswith(f"graph {where}:")
+
+
+def test_collate_valid_dense_limit():
+    from edgemp.graph import collate_valid
+
+    rng = np.random.default_rng(8)
+    graphs = [random_graph(rng, 5, 4, 5), random_graph(rng, 9, 4, 5), random_graph(rng, 12, 4, 5)]
+    with pytest.raises(GraphValidationError, match="graph 2: has 12 nodes but this dense model takes at most 10"):
+        collate_valid(graphs, node_features=5, edge_features=0, max_nodes=10)
+
+
+def test_batch_slice_dicts_equal_per_graph_access():
+    from edgemp.runtime.batch_outputs import BatchSlice
+
+    rng = np.random.default_rng(9)
+    b = collate([_graph(rng, n, 3) for n in (3, 1, 5, 2)])
+    outputs = {"p": rng.standard_normal((4, 2)), "n": rng.standard_normal((11, 3))}
+    s = BatchSlice.of(outputs, b, {"p": "graph", "n": "node"})
+    for part in (s, s[1:3], s[2:2]):
+        assert part == part.dicts() and len(part.dicts()) == len(part)
+    assert all(np.shares_memory(d["n"], outputs["n"]) for d in s.dicts())

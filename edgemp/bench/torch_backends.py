@@ -38,6 +38,10 @@ class TorchBackend(Backend):
         self.compiles = compiled  # the runner times the first (compiling) call per shape class
         if compiled:
             logger.warning("torch.compile takes 10-20 s per model on a small CPU; compile time is reported, not timed")
+            # Every GraphNet shares one forward code object, and dynamo caches compiled variants per
+            # code object: after a few families (8 entries) it stops compiling and runs them eager,
+            # so a suite's later "torch.compile" rows were eager. Each compiled backend starts clean.
+            torch._dynamo.reset()
             self._fn = torch.compile(self.model, dynamic=True)
 
     def activate(self) -> None:
