@@ -12,8 +12,8 @@ runs first: activation maxima from calibration texts (:func:`edgemp.export.text_
 set per-channel scales, and the strength ``alpha`` is *measured*: each candidate (and no
 smoothing) is quantized and scored by its worst cosine to fp32 on the calibration texts. The
 one or two channels per FFN down-projection that stay far above the rest even then leave int8
-altogether: a small fp32 MatMul adds their contribution back (``outlier_ratio``). Attention
-context inputs are not smoothed (no outliers there; a ``Mul`` per layer for nothing).
+altogether: a small fp32 MatMul adds their contribution back (``outlier_ratio``). Only
+LayerNorm outputs are smoothed (see :func:`edgemp.export.smooth_quant.layernorm_outputs`).
 
 The report compares fp32 and int8 through the torch-free runtime on texts the calibration
 never saw (1,000 held-back texts by default): embedding cosine (min, p1, mean) and top-10
@@ -341,7 +341,7 @@ def quantize_text_model(model_dir: str | Path, output_dir: str | Path, cfg: Text
     import onnx
 
     from edgemp.export.onnx_file import write_metadata
-    from edgemp.export.smooth_quant import FP32_SUFFIX, attention_contexts, smooth_model
+    from edgemp.export.smooth_quant import FP32_SUFFIX, layernorm_outputs, smooth_model
     from edgemp.export.text_corpus import text_split
     from edgemp.runtime.text import load_text_model, text_model_files
 
@@ -364,8 +364,7 @@ def quantize_text_model(model_dir: str | Path, output_dir: str | Path, cfg: Text
     with tempfile.TemporaryDirectory(prefix="edgemp-q-") as tmp:
         fp32_model = onnx.load(str(src_dir / MODEL_FILE))
         maxima = _calibration_maxima(fp32_model, fp32, calibration) if calibration else {}
-        contexts = attention_contexts(fp32_model)
-        maxima = {a: m for a, m in maxima.items() if a not in contexts}
+        smooth_only = layernorm_outputs(fp32_model)
         reference = fp32.predict(calibration) if calibration else []
         best: tuple[float, Path, TextModelSpec, str] | None = None
         for k, alpha in enumerate(candidates):
@@ -373,7 +372,7 @@ def quantize_text_model(model_dir: str | Path, output_dir: str | Path, cfg: Text
             if alpha is not None or cfg.outlier_ratio is not None:
                 src = Path(tmp) / f"smooth{k}"
                 _copy_aux_files(src_dir, src)
-                smoothed = smooth_model(fp32_model, maxima, alpha, cfg.outlier_ratio)
+                smoothed = smooth_model(fp32_model, maxima, alpha, cfg.outlier_ratio, smooth_only)
                 fp32_side = sum(n.name.endswith(FP32_SUFFIX) for n in smoothed.graph.node)
                 onnx.save(smoothed, str(src / MODEL_FILE))
             cand = Path(tmp) / f"int8_{k}"

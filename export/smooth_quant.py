@@ -15,7 +15,7 @@ elementwise op that costs little beside the matmuls.
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import numpy as np
 
@@ -55,21 +55,14 @@ def activation_maxima(model: Any, feeds: Sequence[dict[str, np.ndarray]]) -> dic
     return maxima
 
 
-def attention_contexts(model: Any) -> set[str]:
-    """Smoothable MatMul inputs that are attention context (softmax · V, then reshaped): weighted
-    means of V rows, without the LayerNorm/GELU outlier channels SmoothQuant is for. Smoothing
-    them costs a ``Mul`` per layer and bought MiniLM-L6 nothing (held-back min 0.9959 with,
-    0.9963 without), so :func:`edgemp.export.hf_quantize.quantize_text_model` leaves them out."""
-    inits = {i.name for i in model.graph.initializer}
-    producer = {o: n for n in model.graph.node for o in n.output}
-    found = set()
-    for act in {n.input[0] for n in smoothable_matmuls(model)}:
-        node = producer.get(act)
-        while node is not None and node.op_type in ("Reshape", "Transpose", "Identity"):
-            node = producer.get(node.input[0])
-        if node is not None and node.op_type == "MatMul" and not set(node.input) & inits:
-            found.add(act)
-    return found
+def layernorm_outputs(model: Any) -> set[str]:
+    """Smoothable MatMul inputs that a LayerNormalization writes: where a transformer's outlier
+    channels live (LN's gain amplifies a few channels in every token), and what SmoothQuant
+    smooths in its paper. MiniLM-L6, measured: smoothing the attention-output and FFN
+    down-projection inputs as well costs a ``Mul`` each for no accuracy once the down-projection's
+    outlier channels are split off (held-back min 0.9955 with, 0.9963 without)."""
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    return {n.input[0] for n in smoothable_matmuls(model) if "LayerNorm" in producer.get(n.input[0], "")}
 
 
 def outlier_channels(maxima: np.ndarray, ratio: float) -> np.ndarray:
@@ -79,11 +72,11 @@ def outlier_channels(maxima: np.ndarray, ratio: float) -> np.ndarray:
 
 
 def smooth_model(model: Any, maxima: dict[str, np.ndarray], alpha: float | None,
-                 outlier_ratio: float | None = None) -> Any:
+                 outlier_ratio: float | None = None, smooth_only: Collection[str] | None = None) -> Any:
     """A copy of ``model`` with SmoothQuant scales folded in (same fp32 outputs up to rounding).
 
-    ``alpha=None`` smooths nothing (only the outlier split below, where there are outliers).
-    Only the activations in ``maxima`` are touched: leave out those not worth a ``Mul``.
+    Only the activations in ``maxima`` are touched, and only those in ``smooth_only`` (default:
+    all) are smoothed; ``alpha=None`` smooths nothing. Smoothing costs a ``Mul`` on its input.
 
     With ``outlier_ratio``, in MatMuls whose output is narrower than their input (the FFN's
     down-projection: the side path's ``Add`` runs over the output, so on an up-projection it costs
@@ -123,12 +116,13 @@ def smooth_model(model: Any, maxima: dict[str, np.ndarray], alpha: float | None,
         outliers = np.zeros(0, int)
         if outlier_ratio is not None and all(w.shape[1] < w.shape[0] for w in weights):
             outliers = outlier_channels(maxima[act], outlier_ratio)
-        if alpha is None and not len(outliers):
+        smooth = alpha is not None and (smooth_only is None or act in smooth_only)
+        if not smooth and not len(outliers):
             continue
         inliers = np.ones(len(maxima[act]), bool)
         inliers[outliers] = False
         s = np.ones(len(inliers))
-        if alpha is not None:
+        if smooth:
             x_max = np.maximum(np.where(inliers, maxima[act], 0.0), 1e-5)
             w_max = np.maximum(np.max([np.abs(w).max(axis=1) for w in weights], axis=0) * inliers, 1e-5)  # [K]
             s = np.clip(x_max ** alpha / w_max ** (1 - alpha), *SCALE_RANGE)

@@ -568,23 +568,24 @@ def test_smoothquant_keeps_fp32_outputs_and_flattens_activation_outliers(tiny_ex
 
 def test_outlier_channels_leave_int8_through_an_fp32_side_path(tiny_dir, tiny_export, tmp_path):
     """The outlier split is the same function in fp32; after quantization only the side paths
-    stay fp32 MatMuls, and attention context inputs are not smoothed."""
+    stay fp32 MatMuls, and only LayerNorm outputs are smoothed."""
     import onnx
     import onnxruntime as ort
 
     from edgemp.export.hf_quantize import _calibration_maxima, _copy_aux_files, _quantize
-    from edgemp.export.smooth_quant import FP32_SUFFIX, attention_contexts, smooth_model
+    from edgemp.export.smooth_quant import FP32_SUFFIX, layernorm_outputs, smooth_model
     from edgemp.runtime.text import load_text_model
 
     m = load_text_model(tiny_export.output_dir)
     model = onnx.load(str(tiny_export.path))
-    contexts = attention_contexts(model)
-    assert len(contexts) == json.loads((tiny_dir / "config.json").read_text())["num_hidden_layers"]  # one per layer
-    maxima = {a: v for a, v in _calibration_maxima(model, m, SENTENCES).items() if a not in contexts}
-    split = smooth_model(model, maxima, 0.7, outlier_ratio=0.8)  # below 1: several channels per FFN out, always
+    ln_outputs = layernorm_outputs(model)
+    assert len(ln_outputs) == 2 * json.loads((tiny_dir / "config.json").read_text())["num_hidden_layers"]  # QKV, FFN in
+    maxima = _calibration_maxima(model, m, SENTENCES)
+    split = smooth_model(model, maxima, 0.7, 0.8, ln_outputs)  # ratio below 1: several channels per FFN out, always
     side = [n for n in split.graph.node if n.name.endswith(FP32_SUFFIX)]
     assert side and all(n.op_type == "MatMul" for n in side)
-    assert not any(n.input[0] in contexts for n in split.graph.node if n.op_type == "Mul" and "SmoothQuant" in n.name)
+    muls = {n.input[0] for n in split.graph.node if n.op_type == "Mul" and "SmoothQuant" in n.name}
+    assert muls == ln_outputs | {n.input[0] for n in split.graph.node if n.name.endswith("OutlierGather")}
     feeds = m.padded(m.validate(MIXED))
     run = lambda proto: ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(  # noqa: E731
         None, {n: feeds[n] for n in m.input_names})[0]
