@@ -170,7 +170,8 @@ def _quantize_optimum(src_dir: Path, dst: Path, preset: str, per_channel: bool, 
 
     from edgemp.export.hf_export import _quiet
 
-    qconfig = getattr(AutoQuantizationConfig, preset)(is_static=False, per_channel=per_channel, nodes_to_exclude=list(exclude))
+    qconfig = getattr(AutoQuantizationConfig, preset)(is_static=False, per_channel=per_channel,
+                                                       nodes_to_exclude=list(exclude))
     with tempfile.TemporaryDirectory(prefix="edgemp-q-") as tmp, _quiet():
         try:
             quantizer = ORTQuantizer.from_pretrained(str(src_dir), file_name=MODEL_FILE)

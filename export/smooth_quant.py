@@ -11,6 +11,12 @@ activation range flattens and the weights (quantized per output channel, once, o
 the outliers. ``s_j = max|X_j|^α / max|W_j|^(1-α)``; ``max|X_j|`` comes from calibration
 texts. The division is one ``Mul`` per distinct MatMul input (Q/K/V share theirs), an
 elementwise op that costs little beside the matmuls.
+
+A channel far above all others (one or two of the 1,536 GELU outputs feeding MiniLM's FFN
+down-projections, 4-6x the 99th percentile) is better taken out of int8 altogether than
+smoothed: ``smooth_model(..., outlier_ratio=...)`` zeroes it in the int8 path and adds its exact
+contribution back with a tiny fp32 MatMul (LLM.int8()'s decomposition, with the channels fixed
+at calibration instead of found per call).
 """
 from __future__ import annotations
 
@@ -21,8 +27,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-SCALE_RANGE = (1e-2, 1e3)
-FP32_SUFFIX = "_fp32_outliers"  # node-name suffix of the outlier side-path MatMuls, which stay fp32  # keeps a dead channel (max 0) or a huge one from producing inf/0 weights
+SCALE_RANGE = (1e-2, 1e3)  # keeps a dead channel (max 0) or a huge one from producing inf/0 weights
+FP32_SUFFIX = "_fp32_outliers"  # node-name suffix of the outlier side-path MatMuls, which stay fp32
 
 
 def smoothable_matmuls(model: Any) -> list[Any]:
@@ -127,7 +133,8 @@ def smooth_model(model: Any, maxima: dict[str, np.ndarray], alpha: float | None,
             w_max = np.maximum(np.max([np.abs(w).max(axis=1) for w in weights], axis=0) * inliers, 1e-5)  # [K]
             s = np.clip(x_max ** alpha / w_max ** (1 - alpha), *SCALE_RANGE)
         inv_name, smoothed = f"{act}_smoothquant_inv", f"{act}_smoothquant"
-        out.graph.initializer.append(numpy_helper.from_array(np.where(inliers, 1.0 / s, 0.0).astype(np.float32), inv_name))
+        inv = np.where(inliers, 1.0 / s, 0.0).astype(np.float32)  # outlier channels: 0, they take the side path
+        out.graph.initializer.append(numpy_helper.from_array(inv, inv_name))
         head = before.setdefault(users[0].name, [])
         head.append(helper.make_node("Mul", [act, inv_name], [smoothed], name=f"{act}_SmoothQuantMul"))
         if len(outliers):
@@ -135,7 +142,8 @@ def smooth_model(model: Any, maxima: dict[str, np.ndarray], alpha: float | None,
             out.graph.initializer.append(numpy_helper.from_array(outliers.astype(np.int64), idx))
             head.append(helper.make_node("Gather", [act, idx], [picked], name=f"{act}_OutlierGather", axis=-1))
         for n, w in zip(users, weights):
-            inits[n.input[1]].CopyFrom(numpy_helper.from_array((w * (s * inliers)[:, None]).astype(np.float32), n.input[1]))
+            w_int8 = (w * (s * inliers)[:, None]).astype(np.float32)
+            inits[n.input[1]].CopyFrom(numpy_helper.from_array(w_int8, n.input[1]))
             n.input[0] = smoothed
             if not len(outliers):
                 continue
@@ -149,7 +157,8 @@ def smooth_model(model: Any, maxima: dict[str, np.ndarray], alpha: float | None,
             anchor.output[0] = f"{total}_int8_part"
             after[anchor.name] = [
                 helper.make_node("MatMul", [picked, w_name], [f"{total}_outlier_part"], name=f"{n.name}{FP32_SUFFIX}"),
-                helper.make_node("Add", [anchor.output[0], f"{total}_outlier_part"], [total], name=f"{n.name}_OutlierAdd")]
+                helper.make_node("Add", [anchor.output[0], f"{total}_outlier_part"], [total],
+                                 name=f"{n.name}_OutlierAdd")]
     if before:
         nodes = []
         for node in out.graph.node:

@@ -595,7 +595,8 @@ def test_outlier_channels_leave_int8_through_an_fp32_side_path(tiny_dir, tiny_ex
     onnx.save(split, str(src / "model.onnx"))
     _quantize(src, tmp_path / "int8.onnx", "ort", per_channel=True)
     q = onnx.load(str(tmp_path / "int8.onnx"))
-    still_fp32 = {n.name for n in q.graph.node if n.op_type == "MatMul" and any(i.endswith("_outlier_rows") for i in n.input)}
+    still_fp32 = {n.name for n in q.graph.node
+                  if n.op_type == "MatMul" and any(i.endswith("_outlier_rows") for i in n.input)}
     assert still_fp32 == {n.name for n in side}
 
 

@@ -113,8 +113,8 @@ class OrtRunner(Runner):
         self.path = path = Path(path)
         requested = resolve_providers(providers)
         try:
-            self.session = ort.InferenceSession(str(path), session_options(threads, allow_spinning), providers=requested,
-                                                disabled_optimizers=list(disabled_optimizers))
+            self.session = ort.InferenceSession(str(path), session_options(threads, allow_spinning),
+                                                providers=requested, disabled_optimizers=list(disabled_optimizers))
         except ORT_ERRORS as e:
             raise ModelFormatError(f"{path} is not a loadable ONNX model: {one_line(e)}") from e
         self.metadata = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
