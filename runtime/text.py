@@ -32,7 +32,7 @@ import numpy as np
 
 from edgemp.errors import MissingExtraError, ModelFormatError
 from edgemp.runtime.runners import Runner, RunnerOptions, one_line, open_runner
-from edgemp.runtime.runners.onnxruntime import ORT_ERRORS, OrtRunner
+from edgemp.runtime.runners.onnxruntime import CPU, ORT_ERRORS, OrtRunner, resolve_providers
 from edgemp.text_spec import MODEL_FILE, TOKENIZER_FILE, TextInputError, TextModelSpec, is_text_metadata
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,8 @@ DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
 TEXT_DEFAULT_THREADS = 0
 # ORT fuses residual Add + LayerNormalization into SkipLayerNormalization in int8 encoders (it does
 # not in the fp32 export); on CPU that kernel is slower than the two ops it replaces: MiniLM-L6 int8,
-# 1 thread, 128 tokens 13.0 -> 11.7 ms, 32x128 tokens 934 -> 852 ms without the fusion.
+# 1 thread, 128 tokens 13.0 -> 11.7 ms, 32x128 tokens 934 -> 852 ms without the fusion. Only on
+# CPU-only sessions: the CUDA kernel is a fused one worth keeping.
 TEXT_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 MAX_TEXT_CHARS = 1_000_000  # far beyond any max_length; stops a runaway request early
@@ -407,8 +408,8 @@ def load_text_model(
             "(from `edgemp export HF_MODEL_DIR -o DIR`)"
         )
     onnx_path, tok_path = files
-    options = RunnerOptions(providers, TEXT_DEFAULT_THREADS if threads is None else threads, allow_spinning,
-                            TEXT_DISABLED_OPTIMIZERS)
+    disabled = TEXT_DISABLED_OPTIMIZERS if resolve_providers(providers) == [CPU] else ()
+    options = RunnerOptions(providers, TEXT_DEFAULT_THREADS if threads is None else threads, allow_spinning, disabled)
     runner = open_runner(onnx_path, options, OrtRunner.name)
     try:
         spec = read_text_spec(runner)
