@@ -37,11 +37,14 @@ class RunnerOptions:
             (default: ``auto``). The ``tensorrt`` runner ignores it.
         threads: ORT intra-op threads (default: ``None``, the runner's default); 0 = ORT's own.
         allow_spinning: let idle ORT pool threads spin (default: ``False``).
+        disabled_optimizers: ONNX Runtime graph rewrites to skip, by name (e.g.
+            ``SkipLayerNormFusion``, which slows int8 text encoders on CPU); default none.
     """
 
     providers: str | Sequence[str] = "auto"
     threads: int | None = None
     allow_spinning: bool = False
+    disabled_optimizers: tuple[str, ...] = ()
 
 
 class Runner:

@@ -108,11 +108,13 @@ class OrtRunner(Runner):
         providers: str | Sequence[str] = "auto",
         threads: int | None = None,
         allow_spinning: bool = False,
+        disabled_optimizers: Sequence[str] = (),
     ) -> None:
         self.path = path = Path(path)
         requested = resolve_providers(providers)
         try:
-            self.session = ort.InferenceSession(str(path), session_options(threads, allow_spinning), providers=requested)
+            self.session = ort.InferenceSession(str(path), session_options(threads, allow_spinning),
+                                                providers=requested, disabled_optimizers=list(disabled_optimizers))
         except ORT_ERRORS as e:
             raise ModelFormatError(f"{path} is not a loadable ONNX model: {one_line(e)}") from e
         self.metadata = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
@@ -129,7 +131,7 @@ class OrtRunner(Runner):
 
     @classmethod
     def open(cls, path: str | Path, options: RunnerOptions) -> "OrtRunner":
-        return cls(path, options.providers, options.threads, options.allow_spinning)
+        return cls(path, options.providers, options.threads, options.allow_spinning, options.disabled_optimizers)
 
     def fetch(self, names: Sequence[str]) -> None:
         super().fetch(names)
