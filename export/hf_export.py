@@ -194,7 +194,7 @@ def _labels(task: str, hf_config: dict) -> tuple[str, ...]:
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet_exporter_output():
     """optimum/transformers print tracer warnings and progress; keep the CLI output ours."""
     levels = {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
     for name in NOISY_LOGGERS:
@@ -212,7 +212,7 @@ def _optimum_export(model_dir: Path, out: Path, task: str, opset: int | None) ->
     from optimum.exporters.onnx import main_export
 
     try:
-        with _quiet():
+        with quiet_exporter_output():
             main_export(
                 str(model_dir), output=str(out), task=OPTIMUM_TASKS[task][0], opset=opset, device="cpu",
                 library_name="transformers", do_validation=False, local_files_only=True,
@@ -230,7 +230,7 @@ def load_reference(model_dir: Path, task: str):
 
     auto = getattr(transformers, OPTIMUM_TASKS[task][1])
     try:
-        with _quiet():
+        with quiet_exporter_output():
             return auto.from_pretrained(str(model_dir), local_files_only=True).eval()
     except (OSError, ValueError) as e:
         raise ExportError(f"transformers cannot load {model_dir} as {task}: {str(e).splitlines()[0][:300]}") from e
@@ -240,7 +240,7 @@ def load_hf_tokenizer(model_dir: Path):
     from transformers import AutoTokenizer
 
     try:
-        with _quiet():
+        with quiet_exporter_output():
             tok = AutoTokenizer.from_pretrained(str(model_dir), use_fast=True, local_files_only=True)
     except (OSError, ValueError) as e:
         raise ExportError(f"cannot load the tokenizer of {model_dir}: {str(e).splitlines()[0][:300]}") from e
@@ -308,7 +308,7 @@ def export_text_model(model_dir: str | Path, output_dir: str | Path,
             edgemp_version=__version__,
         )
         _write_model(raw_dir / MODEL_FILE, stage / MODEL_FILE, spec)
-        with _quiet():
+        with quiet_exporter_output():
             tokenizer.save_pretrained(str(stage))
         report = None
         if cfg.verify:

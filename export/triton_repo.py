@@ -118,7 +118,7 @@ def _alone(src: ExportSource, g: Graph) -> dict[str, np.ndarray]:
     """The plain (sparse, PyTorch) model's output for one graph run by itself."""
     import torch
 
-    from edgemp.export.wrappers import _as_tuple
+    from edgemp.export.wrappers import outputs_as_tuple
 
     kwargs = {"x": torch.from_numpy(g.x), "edge_index": torch.from_numpy(g.edge_index),
               "node_graph": torch.zeros(g.num_nodes, dtype=torch.int64), "num_graphs": 1}
@@ -126,7 +126,7 @@ def _alone(src: ExportSource, g: Graph) -> dict[str, np.ndarray]:
         kwargs["edge_attr"] = torch.from_numpy(g.edge_attr)
     names = tuple(o.name for o in src.spec.outputs)
     with torch.no_grad():
-        outs = _as_tuple(src.module(**kwargs), names)
+        outs = outputs_as_tuple(src.module(**kwargs), names)
     return {n: o.numpy() for n, o in zip(names, outs)}
 
 

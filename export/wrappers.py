@@ -31,7 +31,7 @@ class SparseExport(nn.Module):
         kwargs = {"x": x, "edge_index": edge_index, "node_graph": node_graph, "num_graphs": counts.shape[0]}
         if "edge_attr" in self._takes:
             kwargs["edge_attr"] = edge_attr
-        return _as_tuple(self.net(**kwargs), self.output_names)
+        return outputs_as_tuple(self.net(**kwargs), self.output_names)
 
 
 class SparseNodeExport(SparseExport):
@@ -65,10 +65,11 @@ class DenseExport(nn.Module):
         return ("x", "adjacency", "node_mask")
 
     def forward(self, x: Tensor, adjacency: Tensor, node_mask: Tensor) -> tuple[Tensor, ...]:
-        return _as_tuple(self.net.forward_dense(x, adjacency, node_mask), self.output_names)
+        return outputs_as_tuple(self.net.forward_dense(x, adjacency, node_mask), self.output_names)
 
 
-def _as_tuple(out, names: tuple[str, ...]) -> tuple[Tensor, ...]:
+def outputs_as_tuple(out, names: tuple[str, ...]) -> tuple[Tensor, ...]:
+    """A model's outputs (a tensor, a tuple or a dict keyed by name) in the ONNX output order ``names``."""
     if isinstance(out, dict):
         return tuple(out[n] for n in names)
     if isinstance(out, torch.Tensor):
@@ -131,7 +132,7 @@ class TritonRaggedExport(nn.Module):
         kwargs = {"x": h, "edge_index": ei, "node_graph": node_graph, "num_graphs": node_off.shape[0] - 1}
         if "edge_attr" in self._takes:
             kwargs["edge_attr"] = None if edge_attr is None else edge_attr.reshape(-1, self.edge_features)  # [E, Fe]
-        return _as_tuple(self.net(**kwargs), self.output_names)
+        return outputs_as_tuple(self.net(**kwargs), self.output_names)
 
 
 class TritonRaggedNodeExport(TritonRaggedExport):
