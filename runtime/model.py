@@ -21,7 +21,7 @@ from edgemp.errors import GraphValidationError, ModelFormatError
 from edgemp.graph import Graph, GraphBatch, collate, validate_graph
 from edgemp.runtime.batch_outputs import BatchSlice
 from edgemp.runtime.runners import Runner, RunnerOptions, open_runner
-from edgemp.spec import ExportedModelSpec
+from edgemp.spec import ExportedModelSpec, spec_from_metadata
 
 if TYPE_CHECKING:
     from edgemp.runtime.text import TextModel
@@ -250,8 +250,4 @@ def load(
 
 def read_spec(runner: Runner) -> ExportedModelSpec:
     """The graph model's ExportedModelSpec from the runner's edgemp metadata."""
-    text = runner.require_metadata("`edgemp export`")
-    try:
-        return ExportedModelSpec.from_json(text)
-    except ModelFormatError as e:
-        raise ModelFormatError(f"{runner.path}: {e}") from e
+    return spec_from_metadata(runner.metadata, runner.path)

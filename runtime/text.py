@@ -33,6 +33,7 @@ import numpy as np
 from edgemp.errors import MissingExtraError, ModelFormatError
 from edgemp.runtime.runners import Runner, RunnerOptions, one_line, open_runner
 from edgemp.runtime.runners.onnxruntime import ORT_ERRORS, OrtRunner
+from edgemp.spec import metadata_entry
 from edgemp.text_spec import MODEL_FILE, TOKENIZER_FILE, TextInputError, TextModelSpec, is_text_metadata
 
 logger = logging.getLogger(__name__)
@@ -365,7 +366,7 @@ def read_texts(path: str | Path) -> tuple[list[str], list[str] | None]:
 
 def read_text_spec(runner: Runner) -> TextModelSpec:
     """The TextModelSpec from the runner's edgemp metadata."""
-    text = runner.require_metadata("`edgemp export HF_DIR`")
+    text = metadata_entry(runner.metadata, runner.path, "`edgemp export HF_DIR`")
     if not is_text_metadata(text):
         raise ModelFormatError(f"{runner.path} is an edgemp graph model, not a text model; load the .onnx file itself")
     try:

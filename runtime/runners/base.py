@@ -3,7 +3,7 @@
 A runner turns named numpy feeds into named numpy outputs and knows nothing about graphs
 or texts: the input layouts (:class:`edgemp.runtime.model.Model` for graphs,
 :class:`edgemp.runtime.text.TextModel` for texts) parse the edgemp spec the runner carries
-(:attr:`Runner.metadata`), pick the outputs they need with :meth:`Runner.fetch`, build the
+(:attr:`Runner.metadata`, read with :mod:`edgemp.spec` like every other reader), pick the outputs they need with :meth:`Runner.fetch`, build the
 feeds and read the outputs back.
 """
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import ClassVar, Mapping, Sequence
 import numpy as np
 
 from edgemp.errors import InternalError, ModelFormatError
-from edgemp.spec import METADATA_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +51,7 @@ class Runner:
     outputs_origin: ClassVar[str] = "the model"  # what declares the outputs, for error messages
 
     path: Path
-    metadata: str | None  # the edgemp spec JSON stored with the model; None when there is none
+    metadata: Mapping[str, str]  # the model's metadata map; the edgemp spec is under edgemp.spec.METADATA_KEY
     input_names: tuple[str, ...]  # inputs the backend declares; only these are fed
     declared_outputs: tuple[str, ...]  # every output the backend can produce
     output_names: tuple[str, ...] = ()  # the outputs :meth:`infer` returns (set by :meth:`fetch`)
@@ -63,14 +62,6 @@ class Runner:
     def open(cls, path: str | Path, options: RunnerOptions) -> "Runner":
         """Open ``path`` with the options this backend understands (by default: none)."""
         return cls(path)  # type: ignore[call-arg]
-
-    def require_metadata(self, export_hint: str) -> str:
-        """The edgemp spec JSON; a model without one is not an edgemp model (``export_hint`` says how to make one)."""
-        if self.metadata is None:
-            raise ModelFormatError(
-                f"not an edgemp model: {self.path} has no {METADATA_KEY!r} metadata; export it with {export_hint}"
-            )
-        return self.metadata
 
     def fetch(self, names: Sequence[str]) -> None:
         """Return only ``names`` from now on; a name the backend does not produce is a format error."""
