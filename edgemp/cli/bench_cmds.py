@@ -14,8 +14,8 @@ from pathlib import Path
 
 import click
 
-from edgemp.cli.bench_options import (emit, floats, ints, nonneg, output_options, progress, seconds, statistics,
-                                      statistics_options, workload_options, workload_spec)
+from edgemp.cli.bench_options import (emit, floats, ints, nonneg, output_options, run_with_progress, seconds,
+                                      statistics, statistics_options, workload_options, workload_spec)
 from edgemp.cli.routing import RoutedGroup, has_option
 from edgemp.errors import EdgempError
 
@@ -94,12 +94,7 @@ def bench_graphs_cmd(models, backend, checkpoint, graphs_file, smiles_file, smil
         iterations=ints(iterations, "--iterations")[0] if iterations else (None if dur else 200),
         rounds=ints(rounds, "--rounds")[0], **stats,
     )
-    update, bar = progress(quiet)
-    try:
-        report = run_inprocess(cfg, update)
-    finally:
-        if bar is not None:
-            bar.close()
+    report = run_with_progress(run_inprocess, cfg, quiet)
     emit(report, json_path, csv_path, plot_path, raw, summary, require_stable, cfg.stability_threshold)
 
 
@@ -139,12 +134,7 @@ def bench_server_cmd(url, model_name, protocol, grpc_url, concurrency, request_r
         warmup_s=seconds(warmup_time, "--warmup-time"),
         p99_bound_ms=floats(p99_bound_ms, "--p99-bound-ms")[0] if p99_bound_ms else None, **stats,
     )
-    update, bar = progress(quiet)
-    try:
-        report = run_server_bench(cfg, update)
-    finally:
-        if bar is not None:
-            bar.close()
+    report = run_with_progress(run_server_bench, cfg, quiet)
     emit(report, json_path, csv_path, plot_path, raw, summary, require_stable, cfg.stability_threshold)
 
 

@@ -143,7 +143,17 @@ def _featurize_smiles(csv_file: str, column: str, featurizer_id: str | None, mod
     return path
 
 
-def progress(quiet: bool):
+def run_with_progress(run: Callable, cfg, quiet: bool):
+    """``run(cfg, on_progress)`` with a progress bar on a terminal (unless ``quiet``)."""
+    update, bar = _progress(quiet)
+    try:
+        return run(cfg, update)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _progress(quiet: bool):
     """A tqdm bar on a terminal (tqdm is optional); ``(None, None)`` otherwise."""
     if quiet or not sys.stderr.isatty():
         return None, None

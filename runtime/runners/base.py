@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Mapping, Sequence
+from typing import ClassVar, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -86,6 +86,44 @@ class Runner:
         """Release backend resources (a no-op unless the backend holds device memory)."""
 
     def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_Layout = TypeVar("_Layout", bound="InputLayout")
+
+
+class InputLayout:
+    """An input layout over one runner: what graph models and text models have in common.
+
+    A layout (:class:`~edgemp.runtime.model.Model` for graphs,
+    :class:`~edgemp.runtime.text.TextModel` for texts) turns its inputs into the runner's
+    feeds and the runner's outputs back into answers; the inputs the model declares, the
+    providers that run it and its lifetime are the runner's.
+    """
+
+    runner: Runner
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return self.runner.input_names
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        """Execution providers that actually run (after any GPU -> CPU fallback)."""
+        return self.runner.providers
+
+    @property
+    def provider_fallbacks(self) -> tuple[str, ...]:
+        """Requested GPU providers that onnxruntime did not activate."""
+        return self.runner.fallbacks
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def __enter__(self: _Layout) -> _Layout:
         return self
 
     def __exit__(self, *exc: object) -> None:
