@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # The folders that import as edgemp.* (pyproject's package-dir).
 PACKAGE_DIRS = {"edgemp": REPO / "edgemp", "edgemp.export": REPO / "export", "edgemp.runtime": REPO / "runtime"}
 CORE_MODULES = {"edgemp", "edgemp.errors", "edgemp.graph", "edgemp.graphio", "edgemp.metrics", "edgemp.spec",
