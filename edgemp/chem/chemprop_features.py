@@ -2,7 +2,7 @@
 
 A chemprop model only gives the right answer on the features it was trained on, so these
 reproduce ``chemprop.featurizers`` (v2.3.1) bit for bit — checked against chemprop itself
-on a thousand-odd molecules in ``tests/test_chemprop_featurizer.py``:
+on a thousand-odd molecules in ``tests/core/test_chemprop_featurizer.py``:
 
 * atoms: ``MultiHotAtomFeaturizer`` in its ``v2`` (72 features, the default), ``v1`` (133)
   and ``organic`` (44) forms — one-hots with an "unknown" pad for atomic number, total
