@@ -185,7 +185,7 @@ def main() -> None:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     ckpt = args.checkpoint or _train(args.work_dir)
     onnx_path = args.work_dir / "model.onnx"
-    subprocess.run([sys.executable, "-m", "edgemp.cli.main", "export", str(ckpt), "-o", str(onnx_path)],
+    subprocess.run([sys.executable, "-m", "edgemp.cli.main", "export", "graph", str(ckpt), "-o", str(onnx_path)],
                    check=True, capture_output=True)
     smiles = [s for s, _ in _molecules("test")]
 

@@ -5,7 +5,7 @@ of 25 nodes / 54 edges, batch 1 and 64):
 
 - PyG eager: GINConv x4 (hidden 128, 2-layer MLPs) + global_add_pool + linear head;
 - PyG torch.compile (dynamic=True; compile time reported, not timed);
-- the same PyG model exported by ``edgemp export --model`` and run in ONNX Runtime CPU
+- the same PyG model exported by ``edgemp export model`` and run in ONNX Runtime CPU
   (PyG aggregates with scatter_add -> ScatterElements(add); edgemp rewrites those row
   scatters to ScatterND for ORT CPU, see edgemp.export.rewrite);
 - edgemp's own GIN at the same widths and depth (sum aggregation via index_add ->

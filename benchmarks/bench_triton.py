@@ -1,11 +1,11 @@
 """edgemp serve vs a real Triton Inference Server, same repository, same client, same graphs.
 
-One Python-backend repository (``edgemp export CKPT --triton-repo DIR --triton-backend
+One Python-backend repository (``edgemp export triton CKPT --repo DIR --backend
 python``) is served at once by ``edgemp serve DIR`` and by ``edgemp triton serve DIR``
 (tritonserver 2.51 from the nvidia-pytriton wheel; its Python backend runs the same ONNX
 file through ``edgemp.runtime``). Both get one model instance with one ONNX Runtime
 thread and Triton-style greedy dynamic batching (max 64 graphs, no queue delay). The
-load is the real ``edgemp bench --url`` CLI: closed loop, one molecule-sized graph
+load is the real ``edgemp bench server`` CLI: closed loop, one molecule-sized graph
 (25 nodes, 54 edges) per request, binary tensors, at concurrency 1, 8 and 32. Servers
 alternate within each round, so both see the same machine state; the table gives the
 median over rounds and Triton / edgemp ratios.
@@ -60,7 +60,7 @@ def _repository(tmp: Path) -> Path:
 
 
 def _bench(url: str, duration: float, out: Path) -> list[dict]:
-    cmd = EDGEMP + ["bench", "--url", url, "--model", "mpnn", "--concurrency", ",".join(map(str, CONCURRENCY)),
+    cmd = EDGEMP + ["bench", "server", "--url", url, "--model", "mpnn", "--concurrency", ",".join(map(str, CONCURRENCY)),
                     "--duration", str(duration), "--warmup-time", "1", "--synthetic", "nodes=25,edges=54,graphs=1",
                     "--quiet", "--json", str(out)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)

@@ -1,5 +1,5 @@
 # Triton (NVIDIA's container) + edgemp's torch-free runtime, for repositories exported with
-# `edgemp export CKPT --triton-repo DIR --triton-backend python` (their model.py imports edgemp).
+# `edgemp export triton CKPT --repo DIR --backend python` (their model.py imports edgemp).
 #
 #   pip wheel --no-deps -w dist .            # edgemp's wheel, from this repository
 #   docker build -f deploy/triton-python.Dockerfile --build-arg TRITON=<YY.MM> -t <registry>/edgemp-triton:<tag> .

@@ -63,7 +63,7 @@ class TritonServeConfig:
     """How to start ``tritonserver`` on a model repository.
 
     Args:
-        repository: the model repository (``edgemp export CKPT --triton-repo DIR``).
+        repository: the model repository (``edgemp export triton CKPT --repo DIR``).
         backend_env: the Python backend's environment, a venv with edgemp and numpy<2
             (default: ``$EDGEMP_TRITON_ENV``, else ``./.venv-triton``).
         tritonserver: the binary (default: ``tritonserver`` on ``PATH``, else the one the
@@ -109,7 +109,7 @@ def model_backends(repository: Path) -> dict[str, str]:
     repo = Path(repository)
     if not repo.is_dir():
         raise EdgempError(f"model repository {repo} is not a directory; export one with "
-                          "`edgemp export CKPT --triton-repo DIR --triton-backend python`")
+                          "`edgemp export triton CKPT --repo DIR --backend python`")
     models = {}
     for folder in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
         cfg = folder / "config.pbtxt"

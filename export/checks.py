@@ -4,11 +4,12 @@ from __future__ import annotations
 import numpy as np
 
 from edgemp.errors import ExportError
-from edgemp.export.lint import LOOP_OPS, _walk
+from edgemp.export.lint import LOOP_OPS
+from edgemp.export.onnx_graph import walk_nodes
 
 
 def control_flow_nodes(model) -> list[str]:
-    return [f"{n.name} ({n.op_type})" for n in _walk(model.graph) if n.op_type in LOOP_OPS]
+    return [f"{n.name} ({n.op_type})" for n in walk_nodes(model.graph) if n.op_type in LOOP_OPS]
 
 
 def require_unrolled(model) -> None:

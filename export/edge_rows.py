@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import logging
 
-from edgemp.export.rewrite import _attr, _const_ints
+from edgemp.export.onnx_graph import const_ints as _const_ints
+from edgemp.export.onnx_graph import node_attr as _attr
 
 log = logging.getLogger(__name__)
 

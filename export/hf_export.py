@@ -194,7 +194,7 @@ def _labels(task: str, hf_config: dict) -> tuple[str, ...]:
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet_exporter_output():
     """optimum/transformers print tracer warnings and progress; keep the CLI output ours."""
     levels = {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
     for name in NOISY_LOGGERS:
@@ -212,7 +212,7 @@ def _optimum_export(model_dir: Path, out: Path, task: str, opset: int | None) ->
     from optimum.exporters.onnx import main_export
 
     try:
-        with _quiet():
+        with quiet_exporter_output():
             main_export(
                 str(model_dir), output=str(out), task=OPTIMUM_TASKS[task][0], opset=opset, device="cpu",
                 library_name="transformers", do_validation=False, local_files_only=True,
@@ -230,7 +230,7 @@ def load_reference(model_dir: Path, task: str):
 
     auto = getattr(transformers, OPTIMUM_TASKS[task][1])
     try:
-        with _quiet():
+        with quiet_exporter_output():
             return auto.from_pretrained(str(model_dir), local_files_only=True).eval()
     except (OSError, ValueError) as e:
         raise ExportError(f"transformers cannot load {model_dir} as {task}: {str(e).splitlines()[0][:300]}") from e
@@ -240,7 +240,7 @@ def load_hf_tokenizer(model_dir: Path):
     from transformers import AutoTokenizer
 
     try:
-        with _quiet():
+        with quiet_exporter_output():
             tok = AutoTokenizer.from_pretrained(str(model_dir), use_fast=True, local_files_only=True)
     except (OSError, ValueError) as e:
         raise ExportError(f"cannot load the tokenizer of {model_dir}: {str(e).splitlines()[0][:300]}") from e
@@ -272,60 +272,71 @@ def export_text_model(model_dir: str | Path, output_dir: str | Path,
     if not any((model_dir / f).is_file() for f in WEIGHT_FILES):
         raise ExportError(f"{model_dir} holds no weights ({' or '.join(WEIGHT_FILES[:2])})")
     require_hf_export()
-    from edgemp.runtime.text import load_text_model
-
     hf_config = _read_json(model_dir / "config.json")
     task = _resolve_task(cfg, hf_config)
-    st = _sentence_transformers_defaults(model_dir) if task == "feature-extraction" else {}
     tokenizer = load_hf_tokenizer(model_dir)
-    pad_id = tokenizer.pad_token_id
-    if pad_id is None:
+    if tokenizer.pad_token_id is None:
         raise ExportError(f"the tokenizer of {model_dir} has no pad token; batching texts needs one")
     with tempfile.TemporaryDirectory(prefix="edgemp-hf-") as tmp:
         raw_dir, stage = Path(tmp) / "raw", Path(tmp) / "stage"
         stage.mkdir()
         log.info("exporting %s as %s with optimum", model_dir, task)
         _optimum_export(model_dir, raw_dir, task, cfg.opset)
-        import onnx
-
-        graph = onnx.load(str(raw_dir / MODEL_FILE), load_external_data=False)
-        input_names = tuple(i.name for i in graph.graph.input)
-        opset = max((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), default=0)
-        spec = TextModelSpec(
-            task=task,
-            model_type=str(hf_config["model_type"]),
-            input_names=input_names,
-            output_name=OUTPUT_NAMES[task],
-            max_length=_max_length(cfg, st, tokenizer, hf_config),
-            pad_token_id=int(pad_id),
-            hidden_size=int(hf_config.get("hidden_size") or hf_config.get("dim") or 0),
-            pooling=(cfg.pooling or st.get("pooling", "mean")) if task == "feature-extraction" else "none",
-            normalize=bool(cfg.normalize if cfg.normalize is not None else st.get("normalize", False)),
-            labels=_labels(task, hf_config),
-            multi_label=hf_config.get("problem_type") == "multi_label_classification",
-            opset=int(opset),
-            source=str(hf_config.get("_name_or_path") or model_dir.name),
-            edgemp_version=__version__,
-        )
+        spec = _text_spec(raw_dir / MODEL_FILE, model_dir, hf_config, task, tokenizer, cfg)
         _write_model(raw_dir / MODEL_FILE, stage / MODEL_FILE, spec)
-        with _quiet():
+        with quiet_exporter_output():
             tokenizer.save_pretrained(str(stage))
         report = None
         if cfg.verify:
-            runtime_model = load_text_model(stage, providers="cpu")
-            report = verify_text_model(load_reference(model_dir, task), tokenizer, runtime_model, atol=cfg.atol,
-                                       rtol=cfg.rtol, min_cosine=cfg.min_cosine, seed=cfg.seed)
-            del runtime_model
-            if not report.passed:
-                err = VerificationError(failure_message(report, output_dir))
-                err.report = report
-                raise err
-            spec = replace(spec, extra={"verification": {"max_abs_error": report.max_abs_error,
-                                                         "min_cosine": report.min_cosine}})
-            with staged_path(stage / MODEL_FILE) as staged:
-                _write_model(stage / MODEL_FILE, staged, spec)
+            spec, report = _verify_staged(stage, spec, model_dir, tokenizer, cfg, output_dir)
         _publish(stage, output_dir)
     return TextExportResult(output_dir, spec, report)
+
+
+def _text_spec(onnx_path: Path, model_dir: Path, hf_config: dict, task: str, tokenizer,
+               cfg: TextExportConfig) -> TextModelSpec:
+    """What the runtime needs to know about the exported text model: inputs, pooling, labels, limits."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False)
+    opset = max((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    st = _sentence_transformers_defaults(model_dir) if task == "feature-extraction" else {}
+    return TextModelSpec(
+        task=task,
+        model_type=str(hf_config["model_type"]),
+        input_names=tuple(i.name for i in graph.graph.input),
+        output_name=OUTPUT_NAMES[task],
+        max_length=_max_length(cfg, st, tokenizer, hf_config),
+        pad_token_id=int(tokenizer.pad_token_id),
+        hidden_size=int(hf_config.get("hidden_size") or hf_config.get("dim") or 0),
+        pooling=(cfg.pooling or st.get("pooling", "mean")) if task == "feature-extraction" else "none",
+        normalize=bool(cfg.normalize if cfg.normalize is not None else st.get("normalize", False)),
+        labels=_labels(task, hf_config),
+        multi_label=hf_config.get("problem_type") == "multi_label_classification",
+        opset=int(opset),
+        source=str(hf_config.get("_name_or_path") or model_dir.name),
+        edgemp_version=__version__,
+    )
+
+
+def _verify_staged(stage: Path, spec: TextModelSpec, model_dir: Path, tokenizer, cfg: TextExportConfig,
+                   output_dir: Path) -> tuple[TextModelSpec, TextVerificationReport]:
+    """Run the staged export in edgemp's runtime against the PyTorch model; record the result in its spec."""
+    from edgemp.runtime.text import load_text_model
+
+    runtime_model = load_text_model(stage, providers="cpu")
+    report = verify_text_model(load_reference(model_dir, spec.task), tokenizer, runtime_model, atol=cfg.atol,
+                               rtol=cfg.rtol, min_cosine=cfg.min_cosine, seed=cfg.seed)
+    del runtime_model
+    if not report.passed:
+        err = VerificationError(failure_message(report, output_dir))
+        err.report = report
+        raise err
+    spec = replace(spec, extra={"verification": {"max_abs_error": report.max_abs_error,
+                                                 "min_cosine": report.min_cosine}})
+    with staged_path(stage / MODEL_FILE) as staged:
+        _write_model(stage / MODEL_FILE, staged, spec)
+    return spec, report
 
 
 def _publish(stage: Path, output_dir: Path) -> None:

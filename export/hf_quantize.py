@@ -168,11 +168,11 @@ def _quantize_optimum(src_dir: Path, dst: Path, preset: str, per_channel: bool, 
     from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
-    from edgemp.export.hf_export import _quiet
+    from edgemp.export.hf_export import quiet_exporter_output
 
     qconfig = getattr(AutoQuantizationConfig, preset)(is_static=False, per_channel=per_channel,
                                                        nodes_to_exclude=list(exclude))
-    with tempfile.TemporaryDirectory(prefix="edgemp-q-") as tmp, _quiet():
+    with tempfile.TemporaryDirectory(prefix="edgemp-q-") as tmp, quiet_exporter_output():
         try:
             quantizer = ORTQuantizer.from_pretrained(str(src_dir), file_name=MODEL_FILE)
             quantizer.quantize(save_dir=tmp, quantization_config=qconfig)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from edgemp.export.onnx_graph import node_attr, walk_nodes
 from edgemp.export.tensorrt_ops import TENSORRT_SUPPORTED_OPS
 
 LINT_TARGETS = ("ort-cpu", "ort-gpu", "tensorrt")
@@ -31,28 +32,10 @@ class LintResult:
         return f"{self.target}: {len(self.problems)} problem(s): " + "; ".join(self.problems[:3]) + more
 
 
-def _attr(node, name: str, default=None):
-    import onnx
-
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
-def _walk(graph):
-    """All nodes, including those inside subgraphs (If/Loop bodies)."""
-    for node in graph.node:
-        yield node
-        for a in node.attribute:
-            if a.g is not None and a.g.node:
-                yield from _walk(a.g)
-
-
 def lint_model(model, target: str) -> LintResult:
     """Check an ``onnx.ModelProto`` against ``target``'s documented op support."""
     result = LintResult(target)
-    for node in _walk(model.graph):
+    for node in walk_nodes(model.graph):
         label = f"{node.name or '<unnamed>'} ({node.op_type})"
         if node.op_type in LOOP_OPS:
             result.problems.append(f"{label}: control flow; edgemp models unroll the K rounds")
@@ -63,9 +46,9 @@ def lint_model(model, target: str) -> LintResult:
         if node.op_type not in TENSORRT_SUPPORTED_OPS:
             why = " (dynamic int8: use static QDQ quantization for TensorRT)" if node.op_type in QUANT_INTEGER_OPS else ""
             result.problems.append(f"{label}: not supported by TensorRT's ONNX parser{why}")
-        elif node.op_type == "ScatterND" and _attr(node, "reduction", b"none") not in (b"none", "none"):
+        elif node.op_type == "ScatterND" and node_attr(node, "reduction", b"none") not in (b"none", "none"):
             result.problems.append(
-                f"{label}: ScatterND with reduction={_attr(node, 'reduction').decode()} is rejected by TensorRT; "
+                f"{label}: ScatterND with reduction={node_attr(node, 'reduction').decode()} is rejected by TensorRT; "
                 "export with --target tensorrt (ScatterElements)"
             )
     return result

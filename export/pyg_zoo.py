@@ -2,7 +2,7 @@
 
 Each entry is a two-layer stack of one stock layer in its default configuration, ReLU between,
 then a pooling and a linear head: what a PyG tutorial builds. ``edgemp.export.pyg_zoo:<name>`` is a factory
-for ``edgemp export --model`` (tests/test_pyg_coverage.py, benchmarks/bench_pyg_layers.py).
+for ``edgemp export --model`` (tests/export/test_pyg_coverage.py, benchmarks/bench_pyg_layers.py).
 
 ``CASES`` maps a name to ``Case``; ``exports=False`` marks layers that edgemp refuses (with
 a one-line reason), so the matrix records the refusals as well as the successes.

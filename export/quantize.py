@@ -264,45 +264,56 @@ def quantize(
             work = pre if preprocessed else model_path
         nodes = dense_layer_nodes(onnx.load(str(work)))
         raw = Path(tmp) / "quantized.onnx"
-        if cfg.precision == "int8-dynamic":
-            if not nodes:
-                raise QuantizationError(f"{model_path} has no Gemm/MatMul with weights to quantize")
-            with _ort_errors("int8-dynamic quantization"):
-                _quantize_dynamic(work, raw, nodes, cfg)
-            summary.update(format="dynamic (MatMulInteger)", weight_type="int8", per_channel=cfg.per_channel)
-        elif cfg.precision == "int8-static":
-            if not nodes:
-                raise QuantizationError(f"{model_path} has no Gemm/MatMul with weights to quantize")
-            from edgemp.export.calibration import GraphCalibrationReader
-
-            reader = GraphCalibrationReader(
-                calibration_graphs, spec.input_names, form=spec.form, max_nodes=spec.max_nodes,
-                batch_graphs=cfg.calibration_batch_graphs, progress=cfg.progress,
-            )
-            try:
-                with _ort_errors("int8-static calibration/quantization"):
-                    _quantize_static(work, raw, nodes, cfg, reader)
-            finally:
-                reader.close()
-            if reader.graphs_fed != len(reader.graphs):
-                raise QuantizationError(
-                    f"calibration saw {reader.graphs_fed} of {len(reader.graphs)} graphs; "
-                    "this onnxruntime calibrates differently than edgemp expects"
-                )
-            summary.update(format="QDQ", activation_type="int8", weight_type="int8", symmetric=True,
-                           per_channel=cfg.per_channel, calibration=reader.summary(cfg.calibration_method).to_dict())
-        else:
+        if cfg.precision == "fp16":
             with _ort_errors("fp16 conversion"):
                 _to_fp16(work, raw)
             nodes = []
             summary.update(format="fp16", keep_io_types=True, blocked_ops=list(FP16_EXTRA_BLOCKED_OPS))
+        elif not nodes:
+            raise QuantizationError(f"{model_path} has no Gemm/MatMul with weights to quantize")
+        elif cfg.precision == "int8-dynamic":
+            with _ort_errors("int8-dynamic quantization"):
+                _quantize_dynamic(work, raw, nodes, cfg)
+            summary.update(format="dynamic (MatMulInteger)", weight_type="int8", per_channel=cfg.per_channel)
+        else:
+            summary.update(_calibrate_and_quantize(work, raw, nodes, cfg, spec, calibration_graphs))
         model = onnx.load(str(raw))
+    summary.update(quantized_nodes=len(nodes), preprocessed=preprocessed)
+    return _publish(model, output, spec, cfg, nodes, summary)
 
+
+def _calibrate_and_quantize(work: Path, raw: Path, nodes: list[str], cfg: QuantizeConfig, spec: ExportedModelSpec,
+                            calibration_graphs: Sequence[Graph]) -> dict:
+    """int8-static: calibrate activation ranges on real graphs, write QDQ; the summary fields."""
+    from edgemp.export.calibration import GraphCalibrationReader
+
+    reader = GraphCalibrationReader(
+        calibration_graphs, spec.input_names, form=spec.form, max_nodes=spec.max_nodes,
+        batch_graphs=cfg.calibration_batch_graphs, progress=cfg.progress,
+    )
+    try:
+        with _ort_errors("int8-static calibration/quantization"):
+            _quantize_static(work, raw, nodes, cfg, reader)
+    finally:
+        reader.close()
+    if reader.graphs_fed != len(reader.graphs):
+        raise QuantizationError(
+            f"calibration saw {reader.graphs_fed} of {len(reader.graphs)} graphs; "
+            "this onnxruntime calibrates differently than edgemp expects"
+        )
+    return dict(format="QDQ", activation_type="int8", weight_type="int8", symmetric=True,
+                per_channel=cfg.per_channel, calibration=reader.summary(cfg.calibration_method).to_dict())
+
+
+def _publish(model, output: Path, spec: ExportedModelSpec, cfg: QuantizeConfig, nodes: list[str],
+             summary: dict) -> QuantizeResult:
+    """Record what stayed float, store the updated spec, check the graph and save it atomically."""
+    onnx = require_onnx("quantization")
     if cfg.precision == "fp16":
         kept = dict(sorted(Counter(n.op_type for n in model.graph.node if n.op_type in FP16_EXTRA_BLOCKED_OPS).items()))
     else:
         kept = _float_ops_kept(model, set(nodes) | {f"{n}_MatMul" for n in nodes})
-    summary.update(quantized_nodes=len(nodes), preprocessed=preprocessed, float_ops_kept=kept)
+    summary["float_ops_kept"] = kept
     new_spec = with_precision(spec, cfg.precision, {"quantization": summary})
     write_metadata(model, new_spec)
     try:
@@ -311,4 +322,4 @@ def quantize(
         raise QuantizationError(f"the {cfg.precision} model fails onnx.checker: {str(e).splitlines()[0]}") from e
     save_onnx(model, output)
     log.info("wrote %s (%s, %d dense layers quantized)", output, cfg.precision, len(nodes))
-    return QuantizeResult(output, new_spec, nodes, kept, preprocessed)
+    return QuantizeResult(output, new_spec, nodes, kept, summary["preprocessed"])

@@ -12,29 +12,10 @@ from __future__ import annotations
 
 import logging
 
+from edgemp.export.onnx_graph import const_ints as _const_ints
+from edgemp.export.onnx_graph import node_attr as _attr
+
 log = logging.getLogger(__name__)
-
-
-def _attr(node, name: str, default=None):
-    import onnx
-
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
-def _const_ints(model, name: str) -> list[int] | None:
-    from onnx import numpy_helper
-
-    for init in model.graph.initializer:
-        if init.name == name:
-            return numpy_helper.to_array(init).reshape(-1).tolist()
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.output[0] == name:
-            value = _attr(node, "value")
-            return None if value is None else numpy_helper.to_array(value).reshape(-1).tolist()
-    return None
 
 
 def _rank(model, name: str) -> int | None:

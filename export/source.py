@@ -129,7 +129,7 @@ def load_user_model(factory_path: str, weights: str | Path | None, output_names:
 def _probe_output_widths(module, node_features: int, edge_features: int, names: tuple[str, ...]) -> list[int]:
     import torch
 
-    from edgemp.export.wrappers import _as_tuple
+    from edgemp.export.wrappers import outputs_as_tuple
 
     n, e = 5, 6
     kwargs = {
@@ -142,7 +142,7 @@ def _probe_output_widths(module, node_features: int, edge_features: int, names: 
         kwargs["edge_attr"] = torch.randn(e, edge_features)
     try:
         with torch.no_grad():
-            outs = _as_tuple(module(**kwargs), names)
+            outs = outputs_as_tuple(module(**kwargs), names)
     except Exception as e:  # user code
         raise CheckpointError(f"the module failed on a 2-graph test batch: {type(e).__name__}: {e}") from e
     if len(outs) != len(names):

@@ -132,8 +132,6 @@ def build_engine(
     verify_graphs: Sequence[Graph] | None = None,
 ) -> EngineResult:
     """Build, save and (by default) verify a TensorRT engine for an edgemp ONNX file."""
-    from edgemp.runtime.tensorrt_engine import sidecar_path
-
     onnx_path, output = Path(onnx_path), Path(output)
     model, spec = load_edgemp_model(onnx_path)
     shapes = input_shapes(spec, cfg.profiles)  # validates profile dims before any GPU work
@@ -145,12 +143,31 @@ def build_engine(
     trt.init_libnvinfer_plugins(logger, "")  # ScatterElements reductions run as a plugin
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
-    parser = trt.OnnxParser(network, logger)
+    parser = trt.OnnxParser(network, logger)  # owns the weights the network points to: keep it alive
     if not parser.parse_from_file(str(onnx_path)):
         errors = _parser_errors(parser)
         shown = "; ".join(errors[:5]) + (f" (+{len(errors) - 5} more)" if len(errors) > 5 else "")
         raise ExportError(f"TensorRT's ONNX parser rejected {onnx_path}: {shown or 'no details'}")
+    config = _builder_config(trt, builder, network, cfg, shapes)
+    log.info("building TensorRT %s engine for %s (%s)", trt.__version__, onnx_path.name, cfg.precision)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise ExportError("TensorRT failed to build the engine; the TensorRT log above says why")
+    result = _save_engine(bytes(plan), output, spec, cfg, onnx_path, str(trt.__version__))
+    if cfg.timing_cache is not None:
+        write_bytes_atomic(Path(cfg.timing_cache), bytes(config.get_timing_cache().serialize()))
+    if cfg.verify:
+        try:
+            result.report = verify_engine(output, onnx_path, cfg, verify_graphs)
+        except VerificationError:
+            output.unlink(missing_ok=True)  # a wrong engine must not be served by accident
+            result.sidecar.unlink(missing_ok=True)
+            raise
+    return result
 
+
+def _builder_config(trt, builder, network, cfg: EngineConfig, shapes: dict):
+    """Precision flags, workspace, one optimization profile over every input, the timing cache."""
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_bytes)
     config.builder_optimization_level = cfg.optimization_level
@@ -167,26 +184,25 @@ def build_engine(
         lo, opt, hi = shapes[name]
         profile.set_shape(name, lo, opt, hi)
     config.add_optimization_profile(profile)
-
-    cache_bytes = b""
-    if cfg.timing_cache is not None and Path(cfg.timing_cache).exists():
-        cache_bytes = Path(cfg.timing_cache).read_bytes()
-        log.info("reusing timing cache %s (%d bytes)", cfg.timing_cache, len(cache_bytes))
     if cfg.timing_cache is not None:
+        cache_bytes = b""
+        if Path(cfg.timing_cache).exists():
+            cache_bytes = Path(cfg.timing_cache).read_bytes()
+            log.info("reusing timing cache %s (%d bytes)", cfg.timing_cache, len(cache_bytes))
         config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
+    return config
 
-    log.info("building TensorRT %s engine for %s (%s)", trt.__version__, onnx_path.name, cfg.precision)
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise ExportError("TensorRT failed to build the engine; the TensorRT log above says why")
+
+def _save_engine(plan: bytes, output: Path, spec: ExportedModelSpec, cfg: EngineConfig, onnx_path: Path,
+                 trt_version: str) -> EngineResult:
+    """Write the engine and its spec sidecar (the runtime reads the spec there: an engine has no metadata)."""
+    from edgemp.runtime.tensorrt_engine import sidecar_path
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(output, bytes(plan))
-    if cfg.timing_cache is not None:
-        write_bytes_atomic(Path(cfg.timing_cache), bytes(config.get_timing_cache().serialize()))
+    write_bytes_atomic(output, plan)
     extra = {
         "tensorrt": {
-            "version": str(trt.__version__),
+            "version": trt_version,
             "precision": cfg.precision,
             "source_precision": spec.precision,
             "profiles": [str(p) for p in cfg.profiles],
@@ -197,15 +213,7 @@ def build_engine(
                           extra={**spec.extra, **extra})
     side = sidecar_path(output)
     write_bytes_atomic(side, engine_spec.to_json().encode("utf-8"))
-    result = EngineResult(output, side, engine_spec, timing_cache=cfg.timing_cache, extra=extra)
-    if cfg.verify:
-        try:
-            result.report = verify_engine(output, onnx_path, cfg, verify_graphs)
-        except VerificationError:
-            output.unlink(missing_ok=True)  # a wrong engine must not be served by accident
-            side.unlink(missing_ok=True)
-            raise
-    return result
+    return EngineResult(output, side, engine_spec, timing_cache=cfg.timing_cache, extra=extra)
 
 
 def _fits(graphs: Sequence[Graph], profiles: Sequence[ProfileRange], spec: ExportedModelSpec) -> bool:

@@ -118,7 +118,7 @@ def _alone(src: ExportSource, g: Graph) -> dict[str, np.ndarray]:
     """The plain (sparse, PyTorch) model's output for one graph run by itself."""
     import torch
 
-    from edgemp.export.wrappers import _as_tuple
+    from edgemp.export.wrappers import outputs_as_tuple
 
     kwargs = {"x": torch.from_numpy(g.x), "edge_index": torch.from_numpy(g.edge_index),
               "node_graph": torch.zeros(g.num_nodes, dtype=torch.int64), "num_graphs": 1}
@@ -126,7 +126,7 @@ def _alone(src: ExportSource, g: Graph) -> dict[str, np.ndarray]:
         kwargs["edge_attr"] = torch.from_numpy(g.edge_attr)
     names = tuple(o.name for o in src.spec.outputs)
     with torch.no_grad():
-        outs = _as_tuple(src.module(**kwargs), names)
+        outs = outputs_as_tuple(src.module(**kwargs), names)
     return {n: o.numpy() for n, o in zip(names, outs)}
 
 
@@ -212,8 +212,6 @@ def export_triton_repo(model_or_checkpoint, repo: str | Path, repo_cfg: TritonRe
     require_torch_export("Triton repository export")
     import onnx
 
-    from edgemp.export.wrappers import triton_ragged_export
-
     if cfg.form != "sparse":
         raise ExportError(f"a Triton repository holds the ragged form of the sparse model; --form {cfg.form} does not apply")
     src = resolve_source(model_or_checkpoint)
@@ -222,17 +220,8 @@ def export_triton_repo(model_or_checkpoint, repo: str | Path, repo_cfg: TritonRe
         src.module.set_scatter_impl(cfg.scatter_impl)
     spec_m = src.spec
     lay = ragged.layout(spec_m.node_features, spec_m.edge_features)
-    wrapper = triton_ragged_export(src.module, tuple(o.name for o in spec_m.outputs), spec_m.node_features,
-                                   spec_m.edge_features, cfg.scatter_impl).eval()
-    input_names = wrapper.input_names()
-    if input_names != lay.input_names:
-        raise ExportError(f"wrapper inputs {input_names} disagree with the ragged layout {lay.input_names}")  # a bug
-    output_names = tuple(o.name for o in spec_m.outputs)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "raw.onnx"
-        torch_export(wrapper, _example(src), input_names, output_names, cfg.opset, raw, RAGGED_AXES)
-        model = onnx.load(str(raw))
+    input_names, output_names = lay.input_names, tuple(o.name for o in spec_m.outputs)
+    model = _trace_ragged(src, lay, cfg)
     checks = finish_graph(model, src, cfg)
     io_shapes = _require_triton_shapes(model, output_names)
 
@@ -269,14 +258,38 @@ def export_triton_repo(model_or_checkpoint, repo: str | Path, repo_cfg: TritonRe
         raise
 
     config_path = model_dir / "config.pbtxt"
-    checked = _write_config(render_config(repo_cfg, spec_m, lay), config_path, declared_inputs(repo_cfg, lay),
-                            output_names)
-    # edgemp serve reads the same batch budget from config.json (Triton ignores the file).
+    checked = _write_serving_configs(model_dir, repo_cfg, spec_m, lay, output_names)
+    checks.update(io_shapes=io_shapes, config_schema_checked=checked)
+    log.info("wrote Triton repository model %s (%s)", model_dir, "verified" if report else "not verified")
+    return TritonRepoResult(model_dir, onnx_path, config_path, spec, report, checks)
+
+
+def _trace_ragged(src, lay, cfg: ExportConfig):
+    """The source module wrapped for ragged batching, exported to an ``onnx.ModelProto``."""
+    import onnx
+
+    from edgemp.export.wrappers import triton_ragged_export
+
+    spec_m = src.spec
+    output_names = tuple(o.name for o in spec_m.outputs)
+    wrapper = triton_ragged_export(src.module, output_names, spec_m.node_features, spec_m.edge_features,
+                                   cfg.scatter_impl).eval()
+    if wrapper.input_names() != lay.input_names:  # a bug, not a user error
+        raise ExportError(f"wrapper inputs {wrapper.input_names()} disagree with the ragged layout {lay.input_names}")
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        torch_export(wrapper, _example(src), lay.input_names, output_names, cfg.opset, raw, RAGGED_AXES)
+        return onnx.load(str(raw))
+
+
+def _write_serving_configs(model_dir: Path, repo_cfg: TritonRepoConfig, spec_m, lay,
+                           output_names: tuple[str, ...]) -> bool:
+    """config.pbtxt for Triton and config.json (the same batch budget) for edgemp serve; True if schema-checked."""
+    checked = _write_config(render_config(repo_cfg, spec_m, lay), model_dir / "config.pbtxt",
+                            declared_inputs(repo_cfg, lay), output_names)
     batch = {"max_batch_graphs": repo_cfg.max_batch_size, "max_queue_delay_us": repo_cfg.max_queue_delay_us}
     if repo_cfg.max_queue_size:  # Triton's 0 = unbounded; edgemp serve keeps its own default then
         batch["max_queue_size"] = repo_cfg.max_queue_size
     (model_dir / "config.json").write_text(json.dumps(batch, indent=2) + "\n", encoding="utf-8")
-    checks.update(io_shapes=io_shapes, config_schema_checked=checked)
-    log.info("wrote Triton repository model %s (%s)", model_dir, "verified" if report else "not verified")
-    return TritonRepoResult(model_dir, onnx_path, config_path, spec, report, checks)
+    return checked
 

@@ -28,10 +28,8 @@ class SparseExport(nn.Module):
         return ("x", "edge_index", "node_graph", "graph_node_counts")
 
     def run(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None, node_graph: Tensor, counts: Tensor):
-        kwargs = {"x": x, "edge_index": edge_index, "node_graph": node_graph, "num_graphs": counts.shape[0]}
-        if "edge_attr" in self._takes:
-            kwargs["edge_attr"] = edge_attr
-        return _as_tuple(self.net(**kwargs), self.output_names)
+        return call_graph_net(self.net, self._takes, self.output_names, x, edge_index, edge_attr, node_graph,
+                              counts.shape[0])
 
 
 class SparseNodeExport(SparseExport):
@@ -65,10 +63,20 @@ class DenseExport(nn.Module):
         return ("x", "adjacency", "node_mask")
 
     def forward(self, x: Tensor, adjacency: Tensor, node_mask: Tensor) -> tuple[Tensor, ...]:
-        return _as_tuple(self.net.forward_dense(x, adjacency, node_mask), self.output_names)
+        return outputs_as_tuple(self.net.forward_dense(x, adjacency, node_mask), self.output_names)
 
 
-def _as_tuple(out, names: tuple[str, ...]) -> tuple[Tensor, ...]:
+def call_graph_net(net: nn.Module, takes: set[str], output_names: tuple[str, ...], x: Tensor, edge_index: Tensor,
+                   edge_attr: Tensor | None, node_graph: Tensor, num_graphs) -> tuple[Tensor, ...]:
+    """``net`` called with the schema's keyword names (``edge_attr`` only if its forward ``takes`` it)."""
+    kwargs = {"x": x, "edge_index": edge_index, "node_graph": node_graph, "num_graphs": num_graphs}
+    if "edge_attr" in takes:
+        kwargs["edge_attr"] = edge_attr
+    return outputs_as_tuple(net(**kwargs), output_names)
+
+
+def outputs_as_tuple(out, names: tuple[str, ...]) -> tuple[Tensor, ...]:
+    """A model's outputs (a tensor, a tuple or a dict keyed by name) in the ONNX output order ``names``."""
     if isinstance(out, dict):
         return tuple(out[n] for n in names)
     if isinstance(out, torch.Tensor):
@@ -128,10 +136,8 @@ class TritonRaggedExport(nn.Module):
         node_graph = self._segment_ids(node_off, h.shape[0])  # [N]
         edge_graph = self._segment_ids(edge_off, pairs.shape[0])  # [E]
         ei = pairs.t() + node_off.index_select(0, edge_graph).unsqueeze(0)  # [2, E]
-        kwargs = {"x": h, "edge_index": ei, "node_graph": node_graph, "num_graphs": node_off.shape[0] - 1}
-        if "edge_attr" in self._takes:
-            kwargs["edge_attr"] = None if edge_attr is None else edge_attr.reshape(-1, self.edge_features)  # [E, Fe]
-        return _as_tuple(self.net(**kwargs), self.output_names)
+        ea = None if edge_attr is None else edge_attr.reshape(-1, self.edge_features)  # [E, Fe]
+        return call_graph_net(self.net, self._takes, self.output_names, h, ei, ea, node_graph, node_off.shape[0] - 1)
 
 
 class TritonRaggedNodeExport(TritonRaggedExport):

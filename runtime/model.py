@@ -20,8 +20,8 @@ from edgemp.chem.chemprop_features import PAIRED_EDGE_FAMILIES, require_reverse_
 from edgemp.errors import GraphValidationError, ModelFormatError
 from edgemp.graph import Graph, GraphBatch, collate_valid, validate_graph
 from edgemp.runtime.batch_outputs import BatchSlice
-from edgemp.runtime.runners import Runner, RunnerOptions, open_runner
-from edgemp.spec import ExportedModelSpec
+from edgemp.runtime.runners import InputLayout, Runner, RunnerOptions, open_runner
+from edgemp.spec import ExportedModelSpec, spec_from_metadata
 
 if TYPE_CHECKING:
     from edgemp.runtime.text import TextModel
@@ -40,7 +40,7 @@ MAX_WIDTH = 1 << 20  # features / output width: far past any real model, far bel
 MAX_DENSE_NODES = 1 << 16
 
 
-class Model:
+class Model(InputLayout):
     """An exported model ready to run; build it with :func:`load`."""
 
     def __init__(self, runner: Runner, path: Path | None = None) -> None:
@@ -52,24 +52,10 @@ class Model:
         self._paired_edges = self.spec.model.family.startswith(PAIRED_EDGE_FAMILIES)  # chemprop D-MPNN
         self._check_contract()
 
-    # -- what the model is --------------------------------------------------------------
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return self.runner.input_names
-
+    # -- what the model is (inputs, providers and lifetime: InputLayout) ----------------
     @property
     def output_names(self) -> tuple[str, ...]:
         return tuple(o.name for o in self.spec.model.outputs)
-
-    @property
-    def providers(self) -> tuple[str, ...]:
-        """Execution providers that actually run (after any GPU -> CPU fallback)."""
-        return self.runner.providers
-
-    @property
-    def provider_fallbacks(self) -> tuple[str, ...]:
-        """Requested GPU providers that onnxruntime did not activate."""
-        return self.runner.fallbacks
 
     def _check_metadata(self) -> None:
         """Impossible metadata (no outputs, widths that are not small positive integers) is one
@@ -213,15 +199,6 @@ class Model:
             return []
         return self.split(self.run_batch(batch), batch).dicts()
 
-    def close(self) -> None:
-        self.runner.close()
-
-    def __enter__(self) -> "Model":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"Model({self.path}, form={self.spec.form}, providers={list(self.providers)})"
 
@@ -274,8 +251,4 @@ def load(
 
 def read_spec(runner: Runner) -> ExportedModelSpec:
     """The graph model's ExportedModelSpec from the runner's edgemp metadata."""
-    text = runner.require_metadata("`edgemp export`")
-    try:
-        return ExportedModelSpec.from_json(text)
-    except ModelFormatError as e:
-        raise ModelFormatError(f"{runner.path}: {e}") from e
+    return spec_from_metadata(runner.metadata, runner.path)

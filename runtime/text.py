@@ -31,8 +31,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgemp.errors import MissingExtraError, ModelFormatError
-from edgemp.runtime.runners import Runner, RunnerOptions, one_line, open_runner
+from edgemp.runtime.runners import InputLayout, Runner, RunnerOptions, one_line, open_runner
 from edgemp.runtime.runners.onnxruntime import CPU, ORT_ERRORS, OrtRunner, resolve_providers
+from edgemp.spec import metadata_entry
 from edgemp.text_spec import MODEL_FILE, TOKENIZER_FILE, TextInputError, TextModelSpec, is_text_metadata
 
 logger = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str, normalize: bool) ->
     return out.astype(np.float32, copy=False)
 
 
-class TextModel:
+class TextModel(InputLayout):
     """An exported text model ready to run; build it with :func:`load_text_model`."""
 
     def __init__(self, runner: Runner, tokenizer: Any, path: Path, config: TextRuntimeConfig | None = None,
@@ -173,24 +174,10 @@ class TextModel:
         runner.fetch([self.spec.output_name])
         self._bounds = list(self.config.bucket_boundaries)
 
-    # -- what the model is --------------------------------------------------------------
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return self.runner.input_names
-
+    # -- what the model is (inputs, providers and lifetime: InputLayout) ----------------
     @property
     def output_names(self) -> tuple[str, ...]:
         return self.spec.output_names
-
-    @property
-    def providers(self) -> tuple[str, ...]:
-        """Execution providers that actually run (after any GPU -> CPU fallback)."""
-        return self.runner.providers
-
-    @property
-    def provider_fallbacks(self) -> tuple[str, ...]:
-        """Requested GPU providers that onnxruntime did not activate."""
-        return self.runner.fallbacks
 
     # -- texts in -----------------------------------------------------------------------
     def validate(self, texts: Sequence[str | bytes]) -> list[TokenizedText]:
@@ -332,16 +319,6 @@ class TextModel:
                 out[name] = np.stack(values) if values else np.zeros((0,), np.float32)
         return out
 
-    # -- lifecycle ----------------------------------------------------------------------
-    def close(self) -> None:
-        self.runner.close()
-
-    def __enter__(self) -> "TextModel":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"TextModel({self.path}, task={self.spec.task}, providers={list(self.providers)})"
 
@@ -374,7 +351,7 @@ def read_texts(path: str | Path) -> tuple[list[str], list[str] | None]:
 
 def read_text_spec(runner: Runner) -> TextModelSpec:
     """The TextModelSpec from the runner's edgemp metadata."""
-    text = runner.require_metadata("`edgemp export HF_DIR`")
+    text = metadata_entry(runner.metadata, runner.path, "`edgemp export HF_DIR`")
     if not is_text_metadata(text):
         raise ModelFormatError(f"{runner.path} is an edgemp graph model, not a text model; load the .onnx file itself")
     try:

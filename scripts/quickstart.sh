@@ -15,7 +15,7 @@ edgemp train --family mpnn --train "$OUT/train.jsonl" -o "$OUT/ckpt" --no-progre
 edgemp evaluate "$OUT/ckpt" "$OUT/test.jsonl"
 
 say "3. export: ONNX with the 3 rounds unrolled, verified against PyTorch"
-edgemp export "$OUT/ckpt" -o "$OUT/solubility.onnx" --report "$OUT/export_report.json"
+edgemp export graph "$OUT/ckpt" -o "$OUT/solubility.onnx" --report "$OUT/export_report.json"
 edgemp evaluate "$OUT/solubility.onnx" "$OUT/test.jsonl"
 
 say "4. quantize: int8 dynamic, accuracy measured on the test molecules"
@@ -47,5 +47,5 @@ kill -TERM $SERVER
 wait $SERVER && echo "server stopped cleanly"
 
 say "8. bench: edgemp (ORT CPU fp32 / int8) vs PyTorch eager, same molecules, interleaved"
-edgemp bench "$OUT/solubility.onnx" "$OUT/solubility_int8.onnx" --checkpoint "$OUT/ckpt" \
+edgemp bench graphs "$OUT/solubility.onnx" "$OUT/solubility_int8.onnx" --checkpoint "$OUT/ckpt" \
   --graphs "$OUT/test.jsonl" --batch 1,64 --iterations 200 --quiet --summary --json "$OUT/bench.json"

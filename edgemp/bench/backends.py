@@ -38,7 +38,20 @@ def parse_backends(text: str) -> tuple[str, ...]:
     return names
 
 
-class OrtBackend(Backend):
+class _RuntimeModelBackend(Backend):
+    """A backend that times an :mod:`edgemp.runtime` model (``self.model``, set by the subclass)."""
+
+    def prepare(self, graphs: Sequence[Graph]) -> None:
+        self.model.validate(graphs)
+
+    def infer(self, graphs: Sequence[Graph], keep: bool = False) -> Timing:
+        return _time_model(self.model, graphs, keep)
+
+    def close(self) -> None:
+        self.model.close()
+
+
+class OrtBackend(_RuntimeModelBackend):
     """An exported model through :func:`edgemp.runtime.load` with the backend's providers."""
 
     def __init__(self, name: str, path: Path, threads: int) -> None:
@@ -62,17 +75,8 @@ class OrtBackend(Backend):
             raise BackendUnavailable(f"onnxruntime could not activate {fell} here (runs CPU only); not measured")
         self.providers = tuple(self.model.providers)
 
-    def prepare(self, graphs: Sequence[Graph]) -> None:
-        self.model.validate(graphs)
 
-    def infer(self, graphs: Sequence[Graph], keep: bool = False) -> Timing:
-        return _time_model(self.model, graphs, keep)
-
-    def close(self) -> None:
-        self.model.close()
-
-
-class TensorRTBackend(Backend):
+class TensorRTBackend(_RuntimeModelBackend):
     """A serialized TensorRT ``.plan`` engine (edgemp's own TensorRT runner)."""
 
     name = "tensorrt"
@@ -91,15 +95,6 @@ class TensorRTBackend(Backend):
         except EdgempError as e:
             raise BackendUnavailable(str(e)) from e
         self.providers = ("TensorRT",)
-
-    def prepare(self, graphs: Sequence[Graph]) -> None:
-        self.model.validate(graphs)
-
-    def infer(self, graphs: Sequence[Graph], keep: bool = False) -> Timing:
-        return _time_model(self.model, graphs, keep)
-
-    def close(self) -> None:
-        self.model.close()
 
 
 def _time_model(model, graphs: Sequence[Graph], keep: bool) -> Timing:

@@ -2,7 +2,7 @@
 
 A chemprop model only gives the right answer on the features it was trained on, so these
 reproduce ``chemprop.featurizers`` (v2.3.1) bit for bit — checked against chemprop itself
-on a thousand-odd molecules in ``tests/test_chemprop_featurizer.py``:
+on a thousand-odd molecules in ``tests/core/test_chemprop_featurizer.py``:
 
 * atoms: ``MultiHotAtomFeaturizer`` in its ``v2`` (72 features, the default), ``v1`` (133)
   and ``organic`` (44) forms — one-hots with an "unknown" pad for atomic number, total
@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgemp.data.featurize import InvalidSmilesError, _rdkit_chem
+from edgemp.data.featurize import InvalidSmilesError, rdkit_chem
 from edgemp.graph import Graph
 
 BOND_FEATURES = 14  # null, 4 bond types, conjugated, in ring, 6 stereo + unknown
@@ -140,7 +140,7 @@ def bond_features(bond: Any) -> np.ndarray:
 
 def parse_smiles_like_chemprop(smiles: str) -> Any:
     """``chemprop.utils.make_mol(smi, keep_h=False, add_h=False)``, with an error that names the SMILES."""
-    Chem = _rdkit_chem()
+    Chem = rdkit_chem()
     if not isinstance(smiles, str) or not smiles.strip():
         raise InvalidSmilesError("empty SMILES string")
     params = Chem.SmilesParserParams()

@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 FAMILY_CHOICES = ("gin", "gine", "gcn", "sage", "gat", "mpnn", "ggnn")  # = edgemp.models.config.FAMILIES
 TASK_CHOICES = ("regression", "classification", "node_regression", "node_classification")  # = edgemp.spec.TASKS
 # = edgemp.train.TrainConfig defaults, repeated because importing edgemp.train imports torch
-# (tests/test_train.py checks they agree).
+# (tests/models/test_train.py checks they agree).
 DEFAULTS = {"epochs": 100, "hidden": 64, "rounds": 3, "seed": 0, "lr": 1e-3, "batch_size": 32, "patience": 15}
 
 

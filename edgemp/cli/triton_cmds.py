@@ -37,7 +37,7 @@ def triton_group() -> None:
 @click.option("--quiet", is_flag=True, help="Do not copy Triton's log to stderr.")
 def serve_cmd(repository, http_port, grpc_port, metrics_port, host, backend_env, binary, ready_timeout, exit_timeout,
               quiet):
-    """Serve REPOSITORY (`edgemp export CKPT --triton-repo DIR --triton-backend python`) on Triton.
+    """Serve REPOSITORY (`edgemp export triton CKPT --repo DIR --backend python`) on Triton.
 
     Exits with Triton's exit code after SIGTERM or Ctrl-C (0 after a clean drain).
     """

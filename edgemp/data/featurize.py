@@ -35,7 +35,8 @@ class InvalidSmilesError(EdgempError, ValueError):
     """A SMILES string could not be parsed into a molecule."""
 
 
-def _rdkit_chem() -> Any:
+def rdkit_chem() -> Any:
+    """``rdkit.Chem`` with RDKit's own stderr logging off, or an install hint for the ``chem`` extra."""
     try:
         from rdkit import Chem, RDLogger
     except ImportError as e:
@@ -77,7 +78,7 @@ def bond_features(bond: Any) -> list[float]:
 
 def parse_smiles(smiles: str) -> Any:
     """Parse a SMILES string, raising :class:`InvalidSmilesError` instead of returning None."""
-    Chem = _rdkit_chem()
+    Chem = rdkit_chem()
     if not isinstance(smiles, str) or not smiles.strip():
         raise InvalidSmilesError("empty SMILES string")
     mol = Chem.MolFromSmiles(smiles.strip())

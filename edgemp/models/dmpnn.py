@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from edgemp.errors import CheckpointError
-from edgemp.models.graph_ctx import SCATTER_IMPLS, _scatter_sum
+from edgemp.models.graph_ctx import SCATTER_IMPLS, scatter_sum
 from edgemp.spec import ModelSpec, OutputSpec
 
 MESSAGE_PASSING = ("bond", "atom")
@@ -176,7 +176,7 @@ class DMPNN(nn.Module):
         self.scatter_impl = impl
 
     def _sum_into(self, rows: Tensor, index: Tensor, size: int) -> Tensor:
-        return _scatter_sum(rows, index, size, self.scatter_impl)
+        return scatter_sum(rows, index, size, self.scatter_impl)
 
     def encode_atoms(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
         """Message passing: atom features [N, d_v] → atom encodings [N, d_h]."""

@@ -25,7 +25,7 @@ warnings.filterwarnings("ignore", message="index_reduce\\(\\) is in beta")
 SCATTER_IMPLS = ("index_add", "scatter")
 
 
-def _scatter_sum(src: Tensor, index: Tensor, size: int, impl: str) -> Tensor:
+def scatter_sum(src: Tensor, index: Tensor, size: int, impl: str) -> Tensor:
     """Sum rows of ``src`` [K, ...] into ``size`` rows by ``index`` [K]."""
     flat = src.flatten(1) if src.dim() > 1 else src.unsqueeze(1)  # [K, D]; safe for K = 0
     out = flat.new_zeros((size, flat.shape[1]))
@@ -76,9 +76,9 @@ class SparseGraph:
         self.scatter_impl = scatter_impl
         # Round-invariant quantities are computed once here, not once per round.
         ones = torch.ones_like(self.dst, dtype=torch.float32).unsqueeze(1)  # [E, 1]
-        self.in_degree = _scatter_sum(ones, self.dst, num_nodes, scatter_impl).squeeze(1)  # [N]
+        self.in_degree = scatter_sum(ones, self.dst, num_nodes, scatter_impl).squeeze(1)  # [N]
         graph_ones = torch.ones_like(node_graph, dtype=torch.float32).unsqueeze(1)  # [N, 1]
-        self.graph_sizes = _scatter_sum(graph_ones, node_graph, num_graphs, scatter_impl)  # [G, 1]
+        self.graph_sizes = scatter_sum(graph_ones, node_graph, num_graphs, scatter_impl)  # [G, 1]
 
     # -- gather -----------------------------------------------------------------
     def gather_src(self, h: Tensor) -> Tensor:
@@ -91,9 +91,9 @@ class SparseGraph:
     def aggregate(self, messages: Tensor, aggr: str) -> Tensor:
         """Aggregate per-edge ``messages`` [E, ...] onto targets → [N, ...]."""
         if aggr == "sum":
-            return _scatter_sum(messages, self.dst, self.num_nodes, self.scatter_impl)
+            return scatter_sum(messages, self.dst, self.num_nodes, self.scatter_impl)
         if aggr == "mean":
-            total = _scatter_sum(messages, self.dst, self.num_nodes, self.scatter_impl)
+            total = scatter_sum(messages, self.dst, self.num_nodes, self.scatter_impl)
             deg = self.in_degree.clamp(min=1.0).reshape((-1,) + (1,) * (messages.dim() - 1))
             return total / deg
         if aggr == "max":
@@ -108,9 +108,9 @@ class SparseGraph:
     def pool(self, h: Tensor, how: str) -> Tensor:
         """Per-graph readout [N, H] → [G, H]."""
         if how == "sum":
-            return _scatter_sum(h, self.node_graph, self.num_graphs, self.scatter_impl)
+            return scatter_sum(h, self.node_graph, self.num_graphs, self.scatter_impl)
         if how == "mean":
-            return _scatter_sum(h, self.node_graph, self.num_graphs, self.scatter_impl) / self.graph_sizes.clamp(min=1.0)
+            return scatter_sum(h, self.node_graph, self.num_graphs, self.scatter_impl) / self.graph_sizes.clamp(min=1.0)
         if how == "max":
             return _scatter_max(h, self.node_graph, self.num_graphs, self.scatter_impl)
         raise ValueError(f"unknown readout {how!r}")

@@ -1,6 +1,6 @@
 """Triton Python-backend model: an edgemp Triton-ragged ONNX model run by ``edgemp.runtime``.
 
-Written by ``edgemp export CKPT --triton-repo DIR --triton-backend python`` into
+Written by ``edgemp export triton CKPT --repo DIR --backend python`` into
 ``DIR/<name>/<version>/model.py`` beside ``model.onnx``. Triton's dynamic batcher hands
 ``execute`` a list of requests, each one graph in the flat layout of
 :mod:`edgemp.ragged_layout` (``x [1, n*F]``, ``edge_index [1, 2*E]``, ``edge_attr [1, E*Fe]``).
@@ -56,7 +56,7 @@ class TritonPythonModel:
         self.model = load(path, providers="cpu", threads=threads)
         if self.model.spec.form != ragged.FORM:
             raise RuntimeError(f"{path} is form {self.model.spec.form!r}; this model.py serves the "
-                               f"{ragged.FORM!r} export of `edgemp export --triton-repo`")
+                               f"{ragged.FORM!r} export of `edgemp export triton`")
         m = self.model.spec.model
         self.node_features, self.edge_features = m.node_features, m.edge_features
         self.inputs = [r.name for r in ragged.layout(m.node_features, m.edge_features).ragged]

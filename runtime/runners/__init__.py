@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgemp.errors import EdgempError
-from edgemp.runtime.runners.base import Runner, RunnerOptions, one_line
+from edgemp.runtime.runners.base import InputLayout, Runner, RunnerOptions, one_line
 from edgemp.runtime.runners.onnxruntime import OrtRunner
 from edgemp.runtime.runners.tensorrt import TensorRTRunner
 
@@ -36,5 +36,5 @@ def open_runner(path: str | Path, options: RunnerOptions = RunnerOptions(), runn
     return runner_class(runner or runner_name_for(path)).open(path, options)
 
 
-__all__ = ["RUNNERS", "Runner", "RunnerOptions", "OrtRunner", "TensorRTRunner", "open_runner", "one_line",
+__all__ = ["RUNNERS", "InputLayout", "Runner", "RunnerOptions", "OrtRunner", "TensorRTRunner", "open_runner", "one_line",
            "runner_class", "runner_name_for"]

@@ -3,7 +3,7 @@
 A runner turns named numpy feeds into named numpy outputs and knows nothing about graphs
 or texts: the input layouts (:class:`edgemp.runtime.model.Model` for graphs,
 :class:`edgemp.runtime.text.TextModel` for texts) parse the edgemp spec the runner carries
-(:attr:`Runner.metadata`), pick the outputs they need with :meth:`Runner.fetch`, build the
+(:attr:`Runner.metadata`, read with :mod:`edgemp.spec` like every other reader), pick the outputs they need with :meth:`Runner.fetch`, build the
 feeds and read the outputs back.
 """
 from __future__ import annotations
@@ -11,12 +11,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Mapping, Sequence
+from typing import ClassVar, Mapping, Sequence, TypeVar
 
 import numpy as np
 
 from edgemp.errors import InternalError, ModelFormatError
-from edgemp.spec import METADATA_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +54,7 @@ class Runner:
     outputs_origin: ClassVar[str] = "the model"  # what declares the outputs, for error messages
 
     path: Path
-    metadata: str | None  # the edgemp spec JSON stored with the model; None when there is none
+    metadata: Mapping[str, str]  # the model's metadata map; the edgemp spec is under edgemp.spec.METADATA_KEY
     input_names: tuple[str, ...]  # inputs the backend declares; only these are fed
     declared_outputs: tuple[str, ...]  # every output the backend can produce
     output_names: tuple[str, ...] = ()  # the outputs :meth:`infer` returns (set by :meth:`fetch`)
@@ -66,14 +65,6 @@ class Runner:
     def open(cls, path: str | Path, options: RunnerOptions) -> "Runner":
         """Open ``path`` with the options this backend understands (by default: none)."""
         return cls(path)  # type: ignore[call-arg]
-
-    def require_metadata(self, export_hint: str) -> str:
-        """The edgemp spec JSON; a model without one is not an edgemp model (``export_hint`` says how to make one)."""
-        if self.metadata is None:
-            raise ModelFormatError(
-                f"not an edgemp model: {self.path} has no {METADATA_KEY!r} metadata; export it with {export_hint}"
-            )
-        return self.metadata
 
     def fetch(self, names: Sequence[str]) -> None:
         """Return only ``names`` from now on; a name the backend does not produce is a format error."""
@@ -98,6 +89,44 @@ class Runner:
         """Release backend resources (a no-op unless the backend holds device memory)."""
 
     def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_Layout = TypeVar("_Layout", bound="InputLayout")
+
+
+class InputLayout:
+    """An input layout over one runner: what graph models and text models have in common.
+
+    A layout (:class:`~edgemp.runtime.model.Model` for graphs,
+    :class:`~edgemp.runtime.text.TextModel` for texts) turns its inputs into the runner's
+    feeds and the runner's outputs back into answers; the inputs the model declares, the
+    providers that run it and its lifetime are the runner's.
+    """
+
+    runner: Runner
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return self.runner.input_names
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        """Execution providers that actually run (after any GPU -> CPU fallback)."""
+        return self.runner.providers
+
+    @property
+    def provider_fallbacks(self) -> tuple[str, ...]:
+        """Requested GPU providers that onnxruntime did not activate."""
+        return self.runner.fallbacks
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def __enter__(self: _Layout) -> _Layout:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -18,7 +18,6 @@ from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from edgemp.errors import EdgempError, ModelFormatError, ResourceExhaustedError
 from edgemp.runtime.runners.base import Runner, RunnerOptions, one_line
-from edgemp.spec import METADATA_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +116,7 @@ class OrtRunner(Runner):
                                                 providers=requested, disabled_optimizers=list(disabled_optimizers))
         except ORT_ERRORS as e:
             raise ModelFormatError(f"{path} is not a loadable ONNX model: {one_line(e)}") from e
-        self.metadata = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         self.declared_outputs = tuple(o.name for o in self.session.get_outputs())
         self._output_list: list[str] = []

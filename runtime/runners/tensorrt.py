@@ -1,7 +1,7 @@
 """The TensorRT runner: a serialized ``.plan`` engine (TensorRT 10 API, cuda-python buffers).
 
 An engine file carries no edgemp metadata, so the spec travels in a sidecar
-``<file>.plan.json`` (``ExportedModelSpec.to_json()``), which this runner offers as its
+``<file>.plan.json`` (``ExportedModelSpec.to_json()``), which this runner offers under ``METADATA_KEY`` in its
 :attr:`~edgemp.runtime.runners.base.Runner.metadata`. ``tensorrt`` and ``cuda-python``
 are imported only when a ``.plan`` is loaded, so ``import edgemp.runtime`` stays light.
 Engines have one execution context here, so calls are serialized with a lock.
@@ -17,6 +17,7 @@ import numpy as np
 
 from edgemp.errors import EdgempError, GraphValidationError, MissingExtraError, ModelFormatError
 from edgemp.runtime.runners.base import Runner
+from edgemp.spec import METADATA_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class TensorRTRunner(Runner):
         if not side.exists():
             raise ModelFormatError(f"{path}: spec sidecar {side.name} is missing; rebuild the engine with edgemp")
         try:
-            self.metadata = side.read_text(encoding="utf-8")
+            self.metadata = {METADATA_KEY: side.read_text(encoding="utf-8")}
         except (OSError, UnicodeDecodeError) as e:
             raise ModelFormatError(f"{path}: cannot read spec sidecar {side.name}: {e}") from e
         self._trt, self._cudart = trt, cudart = _import_backend()

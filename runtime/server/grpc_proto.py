@@ -2,7 +2,7 @@
 
 The messages are the ``inference`` package of Triton's ``grpc_service.proto`` (and the part
 of ``model_config.proto`` that ModelConfig answers need), with Triton's field numbers and
-types, so stock ``tritonclient.grpc`` reads them unchanged (``tests/test_server_grpc.py``
+types, so stock ``tritonclient.grpc`` reads them unchanged (``tests/server/test_server_grpc.py``
 checks every field against the descriptors tritonclient ships). Built at import from a
 ``FileDescriptorProto`` instead of protoc-generated ``_pb2`` modules: generated code pins
 the protobuf runtime version it was generated for, while this works with any protobuf

@@ -1,6 +1,6 @@
 """Coverage-guided fuzzing of ``edgemp serve``'s request decoders with atheris (run by hand).
 
-The hypothesis fuzzer in ``tests/test_server_fuzz.py`` runs in CI with a fixed budget;
+The hypothesis fuzzer in ``tests/server/test_server_fuzz.py`` runs in CI with a fixed budget;
 this harness runs as long as you let it and steers by coverage. Like the CI fuzzer it
 goes through the public surface only: a real server (``create_app`` + ``serve_app``) on
 127.0.0.1 in a thread of this process, so atheris sees the server's coverage, and real

@@ -10,6 +10,7 @@ from runtime_fixtures import build_plain_onnx, build_sparse_model, random_graphs
 import edgemp.runtime as rt
 from edgemp.errors import EdgempError, ModelFormatError
 from edgemp.runtime.model import Model
+from edgemp.spec import METADATA_KEY
 from edgemp.runtime.runners import (
     RUNNERS,
     OrtRunner,
@@ -43,7 +44,7 @@ def test_runner_is_chosen_by_file_kind():
 def test_open_runner_gives_the_graph_layout_a_plain_runner(sparse_path):
     runner = open_runner(sparse_path, RunnerOptions(providers="cpu", threads=1))
     assert isinstance(runner, OrtRunner) and runner.path == sparse_path
-    assert runner.metadata is not None and runner.output_names == ()  # nothing fetched until a layout asks
+    assert METADATA_KEY in runner.metadata and runner.output_names == ()  # nothing fetched until a layout asks
     assert runner.session.get_session_options().intra_op_num_threads == 1
     with Model(runner, sparse_path) as model:
         assert runner.output_names == tuple(o.name for o in model.spec.model.outputs)

@@ -21,7 +21,7 @@ import pytest
 from runtime_fixtures import build_sparse_model, random_graphs
 from server_utils import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [
     pytest.mark.slow,

@@ -24,7 +24,7 @@ from edgemp.errors import ExportError, VerificationError  # noqa: E402
 from edgemp.export.hf_export import TextExportConfig, export_text_model, is_hf_model_dir  # noqa: E402
 from edgemp.text_spec import TextInputError, TextModelSpec  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SENTENCES = [
     "the cat sat on the mat", "message passing on graphs of atoms", "tokens attend to every other token",
     "a transformer layer is a graph layer", "edge devices run small models fast", "quantized weights save memory",

@@ -464,23 +464,12 @@ def test_server_imports_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
 
 
-def test_serves_a_real_exported_model(tmp_path):
+def test_serves_a_real_exported_model(export_checkpoint, tmp_path):
     """A checkpoint exported by edgemp.export (GINE, with edge features) serves like the fixtures."""
-    torch = pytest.importorskip("torch")
-    try:
-        from edgemp.export.config import ExportConfig
-        from edgemp.export.onnx_export import export_onnx
-        from edgemp.models.checkpoint import build_model, save_checkpoint
-        from edgemp.models.config import ModelConfig
-    except ImportError as e:
-        pytest.skip(f"exporter not available: {e}")
-    torch.manual_seed(0)
-    cfg = ModelConfig(family="gine", task="regression", node_features=5, edge_features=EF, hidden=16, num_rounds=2)
-    save_checkpoint(build_model(cfg), tmp_path / "ckpt")
-    path = export_onnx(tmp_path / "ckpt", tmp_path / "gine.onnx", ExportConfig())
+    path = export_checkpoint("gine", node_features=5, edge_features=EF, hidden=16, num_rounds=2)
     model = load(path)
     graphs = random_graphs(np.random.default_rng(16), 9, edge_features=EF)
-    srv = start_server(path, tmp_path)
+    srv = start_server(path, tmp_path, "--name", "gine")
     try:
         c = th.InferenceServerClient(srv.url)
         result = c.infer("gine", _inputs(batch_tensors(graphs, EF)))

@@ -10,7 +10,7 @@ never a 5xx (save the 503 of a queue timeout the request asked for), a dropped
 connection or a dead server.**
 
 The CI budget is ``EDGEMP_FUZZ_EXAMPLES`` (default 1500: a few seconds). Run it large by
-hand: ``EDGEMP_FUZZ_EXAMPLES=10000 pytest -q tests/test_server_fuzz.py``.
+hand: ``EDGEMP_FUZZ_EXAMPLES=10000 pytest -q tests/server/test_server_fuzz.py``.
 """
 from __future__ import annotations
 

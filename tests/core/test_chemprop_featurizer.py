@@ -32,7 +32,7 @@ EDGE_CASES = [
 
 
 def _molecules() -> list[str]:
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     with open(root / "edgemp" / "data" / "solubility.csv", newline="") as fh:
         smiles = [row["smiles"] for row in csv.DictReader(fh)]
     from rdkit import RDConfig

@@ -245,24 +245,13 @@ def test_evaluate_onnx(models):
     assert abs(result.value - expected.value) < 1e-4
 
 
-def test_real_export_sparse_and_dense(tmp_path):
+def test_real_export_sparse_and_dense(export_checkpoint):
     """A checkpoint from edgemp.models exported by edgemp.export runs through the runtime."""
-    torch = pytest.importorskip("torch")
-    try:
-        from edgemp.export.config import ExportConfig
-        from edgemp.export.onnx_export import export_onnx
-        from edgemp.models.checkpoint import build_model, save_checkpoint
-        from edgemp.models.config import ModelConfig
-    except ImportError as e:
-        pytest.skip(f"exporter not available: {e}")
-    torch.manual_seed(0)
-    cfg = ModelConfig(family="gin", task="regression", node_features=F, edge_features=0, hidden=16, num_rounds=2)
-    save_checkpoint(build_model(cfg), tmp_path / "ckpt")
     graphs = random_graphs(np.random.default_rng(13), 20, max_nodes=32)
     answers = {}
     for form in ("sparse", "dense"):
-        path = export_onnx(tmp_path / "ckpt", tmp_path / f"{form}.onnx",
-                           ExportConfig(form=form, max_nodes=32 if form == "dense" else 0))
+        path = export_checkpoint("gin", form=form, max_nodes=32 if form == "dense" else 0, node_features=F,
+                                 edge_features=0, hidden=16, num_rounds=2)
         m = rt.load(path)
         assert m.spec.form == form
         answers[form] = m.predict(graphs)

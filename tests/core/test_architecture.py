@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # The folders that import as edgemp.* (pyproject's package-dir).
 PACKAGE_DIRS = {"edgemp": REPO / "edgemp", "edgemp.export": REPO / "export", "edgemp.runtime": REPO / "runtime"}
 CORE_MODULES = {"edgemp", "edgemp.errors", "edgemp.graph", "edgemp.graphio", "edgemp.metrics", "edgemp.spec",
@@ -172,6 +172,58 @@ def test_no_module_level_import_cycles():
         if v not in index:
             connect(v)
     assert not cycles, f"modules that import each other at load time: {cycles}"
+
+
+def _private_uses(module: str, path: Path) -> list[str]:
+    """``from edgemp.x import _name`` and ``x._name`` (``x`` an edgemp module) in ``module``, outside ``x`` itself."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    modules: dict[str, str] = {}  # local name -> the edgemp module it is bound to
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - (node.level - 1)] if node.level else []
+            target = ".".join(base + ([node.module] if node.module else []))
+            if not _is(target, "edgemp"):
+                continue
+            for alias in node.names:
+                if _private(alias.name) and target != module:
+                    found.append(f"{module}:{node.lineno} imports {target}.{alias.name}")
+                if f"{target}.{alias.name}" in MODULES:
+                    modules[alias.asname or alias.name] = f"{target}.{alias.name}"
+        elif isinstance(node, ast.Import):
+            modules.update({a.asname: a.name for a in node.names if a.asname and _is(a.name, "edgemp")})
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and _private(node.attr) and isinstance(node.value, ast.Name)
+                and modules.get(node.value.id, module) != module):
+            found.append(f"{module}:{node.lineno} uses {modules[node.value.id]}.{node.attr}")
+    return found
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def test_no_module_uses_another_modules_private_names():
+    """A ``_name`` is its module's own business; a helper two modules share is public in the module whose job it is.
+
+    Tests may reach into privates to check them; the library and the benchmarks may not.
+    """
+    scripts = {f"benchmarks.{p.stem}": p for p in sorted((REPO / "benchmarks").glob("*.py"))}
+    bad = [use for name, path in {**MODULES, **scripts}.items() for use in _private_uses(name, path)]
+    assert not bad, "make the shared helper public where it belongs:\n" + "\n".join(bad)
+
+
+def test_a_private_cross_import_is_caught(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("from edgemp.export.rewrite import _attr\nfrom edgemp.export import lint\n"
+                   "from . import _own_helper\nimport edgemp.export.wrappers as w\n\n"
+                   "def f(x):\n    return lint._walk(x), w._as_tuple(x), x._private, _attr\n")
+    found = _private_uses("edgemp.export.m", src)
+    assert found == ["edgemp.export.m:1 imports edgemp.export.rewrite._attr",
+                     "edgemp.export.m:3 imports edgemp.export._own_helper",
+                     "edgemp.export.m:7 uses edgemp.export.lint._walk",
+                     "edgemp.export.m:7 uses edgemp.export.wrappers._as_tuple"], found
 
 
 @pytest.mark.parametrize("folder", ["benchmarks"])

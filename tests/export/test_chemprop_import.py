@@ -29,7 +29,7 @@ from edgemp.cli.main import cli  # noqa: E402
 from edgemp.errors import CheckpointError  # noqa: E402
 from edgemp.export.chemprop_import import is_chemprop_checkpoint, load_chemprop_model  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _solubility(split: str) -> list[tuple[str, float]]:
