@@ -17,7 +17,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from edgemp.export.rewrite import _attr, _const_ints, finish_fold, graph_index, replace_nodes
+from edgemp.export.onnx_graph import const_ints as _const_ints
+from edgemp.export.onnx_graph import node_attr as _attr
+from edgemp.export.rewrite import finish_fold, graph_index, replace_nodes
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from edgemp.export.rewrite import _attr, finish_fold, graph_index, replace_nodes
+from edgemp.export.onnx_graph import node_attr as _attr
+from edgemp.export.rewrite import finish_fold, graph_index, replace_nodes
 
 log = logging.getLogger(__name__)
 
