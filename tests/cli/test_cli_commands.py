@@ -26,12 +26,28 @@ def _run(args: list[str]):
 
 @pytest.mark.parametrize("group", ["export", "bench"])
 def test_every_subcommand_help_fits_a_screen(group):
-    cmd = cli.commands[group]
+    cmd = cli.get_command(click.Context(cli), group)
     assert isinstance(cmd, click.Group) and len(cmd.commands) >= 3
     for name in ["", *cmd.commands]:
         res = _run([group, *([name] if name else []), "--help"])
         assert res.exit_code == 0, res.output
         assert len(res.output.splitlines()) <= 40, f"edgemp {group} {name} --help:\n{res.output}"
+
+
+def test_a_command_imports_only_its_own_module():
+    """`edgemp serve` starts without importing the other commands' modules (time to ready)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from edgemp.cli.main import cli\n"
+            "try: cli(['serve', '--help'], prog_name='edgemp')\n"
+            "except SystemExit: pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith('edgemp.cli.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "['edgemp.cli.main', 'edgemp.cli.serve']"
+    names = _run(["--help"]).output
+    for name in ("bench", "data", "export", "predict", "quantize", "serve", "train", "triton"):
+        assert f"  {name} " in names
 
 
 @pytest.mark.parametrize("args, expected", [
