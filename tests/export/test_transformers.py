@@ -584,8 +584,18 @@ def test_outlier_channels_leave_int8_through_an_fp32_side_path(tiny_dir, tiny_ex
     split = smooth_model(model, maxima, 0.7, 0.8, ln_outputs)  # ratio below 1: several channels per FFN out, always
     side = [n for n in split.graph.node if n.name.endswith(FP32_SUFFIX)]
     assert side and all(n.op_type == "MatMul" for n in side)
+    # BERT's FFN is GELU(x @ W + b): the outlier channels are zeroed in the up-projection (GELU(0) = 0)
+    # instead of by a Mul + Gather on the wide activation, and recomputed in fp32 from its input
+    assert not [n for n in split.graph.node if n.op_type == "Gather" and "Outlier" in n.name]
     muls = {n.input[0] for n in split.graph.node if n.op_type == "Mul" and "SmoothQuant" in n.name}
-    assert muls == ln_outputs | {n.input[0] for n in split.graph.node if n.name.endswith("OutlierGather")}
+    assert muls == ln_outputs
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in split.graph.initializer}
+    up_side = [n for n in side if n.input[1].endswith("_outlier_cols")]
+    assert up_side and len(up_side) * 2 == len(side)
+    for n in up_side:  # the int8 up-projection's columns for those channels are exactly zero
+        k = inits[n.input[1]].shape[1]
+        w = inits[n.input[1].removesuffix("_outlier_cols")]
+        assert k >= 1 and (np.abs(w).max(axis=0) == 0).sum() >= k
     feeds = m.padded(m.validate(MIXED))
     run = lambda proto: ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(  # noqa: E731
         None, {n: feeds[n] for n in m.input_names})[0]
@@ -596,7 +606,7 @@ def test_outlier_channels_leave_int8_through_an_fp32_side_path(tiny_dir, tiny_ex
     _quantize(src, tmp_path / "int8.onnx", "ort", per_channel=True)
     q = onnx.load(str(tmp_path / "int8.onnx"))
     still_fp32 = {n.name for n in q.graph.node
-                  if n.op_type == "MatMul" and any(i.endswith("_outlier_rows") for i in n.input)}
+                  if n.op_type == "MatMul" and any(i.endswith(("_outlier_rows", "_outlier_cols")) for i in n.input)}
     assert still_fp32 == {n.name for n in side}
 
 
