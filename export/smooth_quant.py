@@ -16,7 +16,10 @@ A channel far above all others (one or two of the 1,536 GELU outputs feeding Min
 down-projections, 4-6x the 99th percentile) is better taken out of int8 altogether than
 smoothed: ``smooth_model(..., outlier_ratio=...)`` zeroes it in the int8 path and adds its exact
 contribution back with a tiny fp32 MatMul (LLM.int8()'s decomposition, with the channels fixed
-at calibration instead of found per call).
+at calibration instead of found per call). Where that activation is ``GELU(x @ W + b)`` (BERT's
+FFN), the channels are zeroed in the up-projection's columns instead (GELU(0) = 0) and recomputed
+in fp32 from its input: no ``Mul``/``Gather`` over the wide [tokens, 1536] activation (MiniLM-L6
+int8 ~1% faster, same accuracy).
 """
 from __future__ import annotations
 
@@ -107,10 +110,11 @@ def _bias(name: str, inits: dict[str, Any], producer: dict[str, Any]) -> np.ndar
 
 def _up_projection(model: Any, act: str, inits: dict[str, Any], consumers: dict[str, list[Any]],
                    width: int) -> tuple[Any, Any, str, np.ndarray, list[Any]] | None:
-    """``(MatMul, bias Add, bias input, bias, activation nodes)`` when ``act`` is ``f(x @ W + b)`` with ``W`` and ``b``
-    constants used nowhere else and ``f`` a short chain of elementwise ops on scalar constants
-    (GELU, exported or fused): then zeroing columns of ``W`` and ``b`` zeroes ``act``'s channels
-    (f(0) = 0 for GELU/ReLU) without a ``Mul``. None when the graph does not have that shape."""
+    """``(MatMul, bias Add, bias input, bias, activation nodes)`` when ``act`` is ``f(x @ W + b)``
+    with ``W`` a constant used nowhere else, ``b`` a constant and ``f`` a short chain of elementwise
+    ops on scalar constants (GELU, exported or fused): then zeroing columns of ``W`` and ``b``
+    makes ``act``'s channels f(0) (0 for GELU/ReLU) without a ``Mul``; the result stays exact for any
+    ``f``, as the down-projection's rows for those channels are zero. None for any other shape."""
     producer = {o: n for n in model.graph.node for o in n.output}
     scalars = _scalar_constants(model)
     chain: list[Any] = []
@@ -118,7 +122,9 @@ def _up_projection(model: Any, act: str, inits: dict[str, Any], consumers: dict[
     while frontier:
         t = frontier.pop()
         node = producer.get(t)
-        if node is None or any(node is c for c in chain):
+        if node is None:  # a graph input or a per-channel constant: not sliceable to the outlier columns
+            return None
+        if any(node is c for c in chain):
             continue
         if node.op_type == "Add" and len(node.input) == 2 and any(
                 i not in scalars and _bias(i, inits, producer) is not None for i in node.input):
@@ -165,6 +171,10 @@ def smooth_model(model: Any, maxima: dict[str, np.ndarray], alpha: float | None,
     (named ``*`` + :data:`FP32_SUFFIX`, for the quantizer to skip) adds their exact contribution
     back after the bias. One channel 4x larger than the rest otherwise sets both the activation's
     int8 step and, smoothed into the weights, every output channel's weight step.
+
+    When that input is an elementwise activation of a biased up-projection (:func:`_up_projection`),
+    the up-projection's columns do the zeroing and the side path starts from its input
+    (:func:`_fold_outliers`), so the wide activation gets no ``Mul`` or ``Gather``.
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -181,7 +191,7 @@ def smooth_model(model: Any, maxima: dict[str, np.ndarray], alpha: float | None,
     matmuls = smoothable_matmuls(out)
     before: dict[str, list[Any]] = {}  # node name -> new nodes placed right before it (the input's Mul)
     after: dict[str, list[Any]] = {}  # node name -> an outlier side path, placed right after it
-    folds: list[tuple[str, np.ndarray, tuple[Any, Any, str, np.ndarray, list[Any]]]] = []  # outliers zeroed in an up-projection
+    folds: list[tuple[str, np.ndarray, tuple]] = []  # (down-projection, outliers, its up-projection's pattern)
     for act in sorted({n.input[0] for n in matmuls}):
         if act not in maxima:
             continue
@@ -270,7 +280,8 @@ def _fold_outliers(model: Any, inits: dict[str, Any], outliers: np.ndarray, mm: 
     bias_add.input[list(bias_add.input).index(b_name)] = own_b
     rename = {bias_add.output[0]: f"{bias_add.output[0]}_outliers", act: f"{act}_outliers"}
     rename.update({o: f"{o}_outliers" for n in chain for o in n.output})
-    nodes = [helper.make_node("MatMul", [mm.input[0], cols], [f"{mm.output[0]}_outliers"], name=f"{mm.name}{FP32_SUFFIX}"),
+    nodes = [helper.make_node("MatMul", [mm.input[0], cols], [f"{mm.output[0]}_outliers"],
+                              name=f"{mm.name}{FP32_SUFFIX}"),
              helper.make_node("Add", [f"{mm.output[0]}_outliers", cols_b], [rename[bias_add.output[0]]],
                               name=f"{bias_add.name}_outliers")]
     for n in chain:
