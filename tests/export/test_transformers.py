@@ -584,8 +584,18 @@ def test_outlier_channels_leave_int8_through_an_fp32_side_path(tiny_dir, tiny_ex
     split = smooth_model(model, maxima, 0.7, 0.8, ln_outputs)  # ratio below 1: several channels per FFN out, always
     side = [n for n in split.graph.node if n.name.endswith(FP32_SUFFIX)]
     assert side and all(n.op_type == "MatMul" for n in side)
+    # BERT's FFN is GELU(x @ W + b): the outlier channels are zeroed in the up-projection (GELU(0) = 0)
+    # instead of by a Mul + Gather on the wide activation, and recomputed in fp32 from its input
+    assert not [n for n in split.graph.node if n.op_type == "Gather" and "Outlier" in n.name]
     muls = {n.input[0] for n in split.graph.node if n.op_type == "Mul" and "SmoothQuant" in n.name}
-    assert muls == ln_outputs | {n.input[0] for n in split.graph.node if n.name.endswith("OutlierGather")}
+    assert muls == ln_outputs
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in split.graph.initializer}
+    up_side = [n for n in side if n.input[1].endswith("_outlier_cols")]
+    assert up_side and len(up_side) * 2 == len(side)
+    for n in up_side:  # the int8 up-projection's columns for those channels are exactly zero
+        k = inits[n.input[1]].shape[1]
+        w = inits[n.input[1].removesuffix("_outlier_cols")]
+        assert k >= 1 and (np.abs(w).max(axis=0) == 0).sum() >= k
     feeds = m.padded(m.validate(MIXED))
     run = lambda proto: ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(  # noqa: E731
         None, {n: feeds[n] for n in m.input_names})[0]
@@ -596,7 +606,7 @@ def test_outlier_channels_leave_int8_through_an_fp32_side_path(tiny_dir, tiny_ex
     _quantize(src, tmp_path / "int8.onnx", "ort", per_channel=True)
     q = onnx.load(str(tmp_path / "int8.onnx"))
     still_fp32 = {n.name for n in q.graph.node
-                  if n.op_type == "MatMul" and any(i.endswith("_outlier_rows") for i in n.input)}
+                  if n.op_type == "MatMul" and any(i.endswith(("_outlier_rows", "_outlier_cols")) for i in n.input)}
     assert still_fp32 == {n.name for n in side}
 
 
@@ -641,3 +651,43 @@ def test_text_model_runs_on_the_shared_ort_runner(tiny_export, monkeypatch, capl
         fell = load_text_model(tiny_export.output_dir, providers="cuda")
     assert fell.providers == (ort_runner.CPU,) and fell.provider_fallbacks == (ort_runner.CUDA,)
     assert "requested CUDAExecutionProvider" in caplog.text
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_outlier_fold_needs_a_biased_up_projection_and_stays_exact(bias):
+    """x -> MatMul [+ bias] -> Relu -> MatMul: with the bias Add the outlier channel is zeroed in the
+    up-projection (no Gather); without it the Mul + Gather side path stays. fp32 equal either way."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgemp.export.smooth_quant import FP32_SUFFIX, activation_maxima, smooth_model
+
+    rng = np.random.default_rng(0)
+    w1, b1, w2 = rng.normal(size=(8, 256)), rng.normal(size=256), rng.normal(size=(256, 8))
+    w1[:, 5] *= 40.0  # channel 5 of the hidden activation: a calibration outlier
+    inits = [numpy_helper.from_array(a.astype(np.float32), n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"))]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["u"], name="up")]
+    nodes += [helper.make_node("Add", ["u", "b1"], ["h"], name="bias"), helper.make_node("Relu", ["h"], ["a"])] \
+        if bias else [helper.make_node("Relu", ["u"], ["a"])]
+    nodes.append(helper.make_node("MatMul", ["a", "w2"], ["y"], name="down"))
+    graph = helper.make_graph(nodes, "ffn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = rng.normal(size=(64, 8)).astype(np.float32)
+    maxima = activation_maxima(model, [{"x": x}])
+    assert maxima["a"].argmax() == 5
+    split = smooth_model(model, maxima, None, 3.0)
+    ops = [n.op_type for n in split.graph.node]
+    assert ("Gather" in ops) != bias and ("Mul" in ops) != bias
+    side = {n.input[1] for n in split.graph.node if n.name.endswith(FP32_SUFFIX)}
+    assert side == ({"w1_outlier_cols", "w2_outlier_rows"} if bias else {"w2_outlier_rows"})
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(  # noqa: E731
+        None, {"x": x})[0]
+    np.testing.assert_allclose(run(split), run(model), rtol=1e-5, atol=1e-4)
+    if bias:  # the int8 path's hidden channel 5 is exactly zero
+        probe = onnx.ModelProto()
+        probe.CopyFrom(split)
+        probe.graph.output.append(helper.make_tensor_value_info("a", TensorProto.FLOAT, None))
+        hidden = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"]).run(["a"], {"x": x})[0]
+        assert not hidden[:, 5].any() and hidden[:, :5].any()
