@@ -3,8 +3,8 @@
 A runner turns named numpy feeds into named numpy outputs and knows nothing about graphs
 or texts: the input layouts (:class:`edgemp.runtime.model.Model` for graphs,
 :class:`edgemp.runtime.text.TextModel` for texts) parse the edgemp spec the runner carries
-(:attr:`Runner.metadata`, read with :mod:`edgemp.spec` like every other reader), pick the outputs they need with :meth:`Runner.fetch`, build the
-feeds and read the outputs back.
+(:attr:`Runner.metadata`, read with :mod:`edgemp.spec` like every other reader), pick the
+outputs they need with :meth:`Runner.fetch`, build the feeds and read the outputs back.
 """
 from __future__ import annotations
 
