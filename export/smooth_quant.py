@@ -95,7 +95,7 @@ def _scalar_constants(model: Any) -> set[str]:
     return names
 
 
-def _bias(name: str, inits: dict[str, Any], producer: dict[str, Any]) -> np.ndarray | None:
+def constant_value(name: str, inits: dict[str, Any], producer: dict[str, Any]) -> np.ndarray | None:
     """The value of a constant tensor: an initializer, or an ``Identity`` of one (exporters alias
     equal biases, e.g. a random model's zeros, that way)."""
     from onnx import numpy_helper
@@ -127,7 +127,7 @@ def _up_projection(model: Any, act: str, inits: dict[str, Any], consumers: dict[
         if any(node is c for c in chain):
             continue
         if node.op_type == "Add" and len(node.input) == 2 and any(
-                i not in scalars and _bias(i, inits, producer) is not None for i in node.input):
+                i not in scalars and constant_value(i, inits, producer) is not None for i in node.input):
             pre = pre or node
             if pre is not node:
                 return None
@@ -138,8 +138,8 @@ def _up_projection(model: Any, act: str, inits: dict[str, Any], consumers: dict[
         frontier += [i for i in node.input if i not in scalars]
     if pre is None or not chain:
         return None
-    bias_name = next(i for i in pre.input if i not in scalars and _bias(i, inits, producer) is not None)
-    bias = _bias(bias_name, inits, producer)
+    bias_name = next(i for i in pre.input if i not in scalars and constant_value(i, inits, producer) is not None)
+    bias = constant_value(bias_name, inits, producer)
     x = next(i for i in pre.input if i != bias_name)
     mm = producer.get(x)
     if mm is None or mm.op_type != "MatMul" or mm.input[1] not in inits or mm.input[0] in inits:

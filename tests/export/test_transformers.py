@@ -282,6 +282,7 @@ def test_quantize_tiny_reports_cosine(tiny_export, tmp_path):
     q = r.spec.extra["quantization"]  # every SmoothQuant candidate was scored; the record says which won
     assert q["calibration_texts"] == 300 and q["smoothquant_alpha"] in (None, 0.6, 0.7, 0.8)
     assert 0.0 < q["calibration_min_cosine"] <= 1.0 + 1e-6
+    assert q["merged_matmul_groups"] == 2  # Q, K and V of each of the 2 layers quantized as one MatMul
     assert load_text_model(tmp_path / "int8").spec.precision == "int8"
     assert r.report.num_texts == len(MIXED) and 0.9 < r.report.mean_cosine <= 1.0 + 1e-6
     print(f"\ntiny BERT int8 (ort): {r.report.table()}")
@@ -564,6 +565,24 @@ def test_smoothquant_keeps_fp32_outputs_and_flattens_activation_outliers(tiny_ex
     after = _calibration_maxima(smoothed, m, SENTENCES)
     spread = lambda v: float(v.max() / max(np.median(v), 1e-12))  # noqa: E731
     assert all(spread(after[f"{k}_smoothquant"]) <= spread(v) + 1e-6 for k, v in maxima.items())
+
+
+def test_query_key_value_merge_into_one_matmul_per_layer_with_equal_outputs(tiny_dir, tiny_export):
+    import onnx
+    import onnxruntime as ort
+
+    from edgemp.export.matmul_merge import merge_shared_input_matmuls
+    from edgemp.runtime.text import load_text_model
+
+    m = load_text_model(tiny_export.output_dir)
+    model = onnx.load(str(tiny_export.path))
+    merged, groups = merge_shared_input_matmuls(model)
+    assert groups == json.loads((tiny_dir / "config.json").read_text())["num_hidden_layers"]
+    assert sum(n.op_type == "MatMul" for n in model.graph.node) - sum(n.op_type == "MatMul" for n in merged.graph.node) == 2 * groups
+    feeds = m.padded(m.validate(MIXED))
+    run = lambda proto: ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(  # noqa: E731
+        None, {n: feeds[n] for n in m.input_names})[0]
+    np.testing.assert_allclose(run(merged), run(model), rtol=1e-5, atol=1e-5)
 
 
 def test_outlier_channels_leave_int8_through_an_fp32_side_path(tiny_dir, tiny_export, tmp_path):

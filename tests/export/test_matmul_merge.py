@@ -1,0 +1,70 @@
+"""Biased MatMuls that share an input become one wider MatMul + Split, with the same fp32 outputs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from edgemp.export.matmul_merge import merge_shared_input_matmuls  # noqa: E402
+
+K = 16
+
+
+def _run(model, x: np.ndarray) -> list[np.ndarray]:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})
+
+
+def _projections_graph(opset: int = 18):
+    """x feeds: q, k, v (biased; k's bias through an Identity, v's Add with the bias first), a
+    MatMul without a bias, and a MatMul whose weight another node reads too; only q, k, v match."""
+    rng = np.random.default_rng(0)
+    arrays = {"wq": rng.normal(size=(K, 8)), "wk": rng.normal(size=(K, 8)), "wv": rng.normal(size=(K, 12)),
+              "bq": rng.normal(size=8), "bk": rng.normal(size=8), "bv": rng.normal(size=12),
+              "wn": rng.normal(size=(K, 8)), "ws": rng.normal(size=(K, K)), "bs": rng.normal(size=K)}
+    inits = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in arrays.items()]
+    nodes = [
+        helper.make_node("MatMul", ["x", "wq"], ["mq"], name="q"), helper.make_node("Add", ["mq", "bq"], ["q"]),
+        helper.make_node("Identity", ["bk"], ["bk_alias"]),
+        helper.make_node("MatMul", ["x", "wk"], ["mk"], name="k"), helper.make_node("Add", ["mk", "bk_alias"], ["k"]),
+        helper.make_node("MatMul", ["x", "wv"], ["mv"], name="v"), helper.make_node("Add", ["bv", "mv"], ["v"]),
+        helper.make_node("MatMul", ["x", "wn"], ["n"], name="no_bias"),
+        helper.make_node("MatMul", ["x", "ws"], ["ms"], name="shared"), helper.make_node("Add", ["ms", "bs"], ["s1"]),
+        helper.make_node("MatMul", ["s1", "ws"], ["s"], name="shared_again"),
+    ]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, None, None]) for n in ("q", "k", "v", "n", "s")]
+    graph = helper.make_graph(nodes, "projections", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, K])],
+                              outs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize("opset", [11, 18])  # Split's sizes are an attribute before opset 13, an input after
+def test_biased_projections_of_one_input_merge_and_stay_exact(opset):
+    model = _projections_graph(opset)
+    merged, groups = merge_shared_input_matmuls(model)
+    assert groups == 1
+    onnx.checker.check_model(merged)
+    names = {n.name for n in merged.graph.node if n.op_type == "MatMul"}
+    assert {"no_bias", "shared", "shared_again"} <= names and not names & {"q", "k", "v"}
+    (w,) = [i for i in merged.graph.initializer if i.name.endswith("_merged_weight")]
+    assert list(w.dims) == [K, 8 + 8 + 12]
+    assert [n.op_type for n in merged.graph.node].count("Split") == 1
+    assert not {i.name for i in merged.graph.initializer} & {"wq", "wk", "wv"}  # no dead weights left behind
+    x = np.random.default_rng(1).normal(size=(2, 5, K)).astype(np.float32)
+    for a, b in zip(_run(merged, x), _run(model, x)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_graph_without_the_pattern_is_left_as_it_is():
+    model = _projections_graph()
+    keep = [n for n in model.graph.node if n.name not in ("k", "v") and n.output[0] not in ("k", "v", "bk_alias")]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    del model.graph.output[1:3]
+    merged, groups = merge_shared_input_matmuls(model)  # q alone shares x with unbiased / shared-weight MatMuls
+    assert groups == 0
+    assert [n.name for n in merged.graph.node] == [n.name for n in model.graph.node]
