@@ -71,6 +71,11 @@ class TextQuantizeConfig:
             MatMul adds them back; see :func:`edgemp.export.smooth_quant.smooth_model`). MiniLM-L6:
             one or two of 1,536 channels in four of six layers; held-back min cosine 0.9922 -> 0.996,
             top-10 overlap over all texts 0.943 -> 0.962. ``None`` turns it off.
+        fuse_attention: replace each self-attention block with ONNX Runtime's ``Attention`` op
+            before quantizing (``QAttention`` after; :mod:`edgemp.export.attention_fusion`), when
+            the graph matches and the fused fp32 outputs stay within 1e-4 (default: on; MiniLM-L6
+            int8 ~3.5% faster, same accuracy). The int8 model then needs ONNX Runtime's CPU kernels,
+            as dynamic int8 does anyway.
     """
 
     preset: str = "auto"
@@ -78,6 +83,7 @@ class TextQuantizeConfig:
     smooth_alphas: tuple[float, ...] = (0.6, 0.7, 0.8)
     calibration_texts: int = 300
     outlier_ratio: float | None = 3.0
+    fuse_attention: bool = True
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -187,6 +193,7 @@ def _quantize_optimum(src_dir: Path, dst: Path, preset: str, per_channel: bool, 
 
 
 def _quantize_ort(src: Path, dst: Path, per_channel: bool, exclude: Sequence[str]) -> None:
+    from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root = logging.getLogger()
@@ -195,12 +202,15 @@ def _quantize_ort(src: Path, dst: Path, per_channel: bool, exclude: Sequence[str
     try:
         quantize_dynamic(str(src), str(dst), per_channel=per_channel, weight_type=QuantType.QInt8,
                          op_types_to_quantize=["MatMul", "Gemm", "Attention"], nodes_to_exclude=list(exclude),
-                         extra_options={"MatMulConstBOnly": True})
+                         extra_options={"MatMulConstBOnly": True,
+                                        # ONNX shape inference cannot type com.microsoft ops' outputs
+                                        "DefaultTensorType": TensorProto.FLOAT})
     finally:
         root.setLevel(level)
 
 
 HELDBACK_TEXTS = 1000
+FUSION_CHECK_TEXTS = 64  # calibration texts the fused-attention graph must reproduce before it is used
 
 
 def default_eval_texts(n: int = HELDBACK_TEXTS, words: Sequence[str] = ()) -> list[str]:
@@ -322,13 +332,17 @@ def _quantize(src_dir: Path, dst: Path, preset: str, per_channel: bool) -> str:
     return f"optimum ORTQuantizer {preset} (dynamic)"
 
 
+def _runtime_feeds(runtime: Any, texts: Sequence[str]) -> list[dict[str, np.ndarray]]:
+    """``texts`` as the runtime feeds them to ONNX Runtime (bucketed, padded)."""
+    items = runtime.validate(texts)
+    return [runtime.padded([items[i] for i in group]) for group in runtime.buckets(items)]
+
+
 def _calibration_maxima(model: Any, runtime: Any, texts: Sequence[str]) -> dict[str, np.ndarray]:
-    """Activation maxima over ``texts`` fed exactly as the runtime feeds them (bucketed, padded)."""
+    """Activation maxima over ``texts`` fed exactly as the runtime feeds them."""
     from edgemp.export.smooth_quant import activation_maxima
 
-    items = runtime.validate(texts)
-    feeds = [runtime.padded([items[i] for i in group]) for group in runtime.buckets(items)]
-    return activation_maxima(model, feeds)
+    return activation_maxima(model, _runtime_feeds(runtime, texts))
 
 
 def quantize_text_model(model_dir: str | Path, output_dir: str | Path, cfg: TextQuantizeConfig = TextQuantizeConfig(),
@@ -343,6 +357,7 @@ def quantize_text_model(model_dir: str | Path, output_dir: str | Path, cfg: Text
     """
     import onnx
 
+    from edgemp.export.attention_fusion import fuse_attention
     from edgemp.export.matmul_merge import merge_shared_input_matmuls
     from edgemp.export.onnx_file import write_metadata
     from edgemp.export.smooth_quant import FP32_SUFFIX, layernorm_outputs, smooth_model
@@ -366,9 +381,13 @@ def quantize_text_model(model_dir: str | Path, output_dir: str | Path, cfg: Text
     calibrate = bool(cfg.smooth_alphas) or cfg.outlier_ratio is not None
     calibration = text_split("calibration", cfg.calibration_texts, words) if calibrate else []
     with tempfile.TemporaryDirectory(prefix="edgemp-q-") as tmp:
+        fp32_model, fused = onnx.load(str(src_dir / MODEL_FILE)), 0
+        if cfg.fuse_attention:
+            check = _runtime_feeds(fp32, text_split("calibration", FUSION_CHECK_TEXTS, words))
+            fp32_model, fused = fuse_attention(fp32_model, check)
         # int8 only: one GEMM three times as wide beats three (MiniLM-L6 int8 ~0.5% faster); in fp32
-        # the merge measured 0.7% slower, so the export keeps them apart
-        fp32_model, merged = merge_shared_input_matmuls(onnx.load(str(src_dir / MODEL_FILE)))
+        # the merge measured 0.7% slower, so the export keeps them apart. Fused attention packs Q/K/V itself.
+        fp32_model, merged = merge_shared_input_matmuls(fp32_model)
         maxima = _calibration_maxima(fp32_model, fp32, calibration) if calibration else {}
         smooth_only = layernorm_outputs(fp32_model)
         reference = fp32.predict(calibration) if calibration else []
@@ -384,6 +403,7 @@ def quantize_text_model(model_dir: str | Path, output_dir: str | Path, cfg: Text
             model = onnx.load(str(cand / MODEL_FILE))
             quant = {"method": method, "per_channel": cfg.per_channel, "smoothquant_alpha": alpha,
                      "outlier_ratio": cfg.outlier_ratio, "merged_matmul_groups": merged,
+                     "fused_attention": fused,
                      "fp32_outlier_matmuls": sum(n.name.endswith(FP32_SUFFIX) for n in smoothed.graph.node)}
             if calibration:
                 quant["calibration_texts"] = len(calibration)

@@ -36,10 +36,16 @@ SCALE_RANGE = (1e-2, 1e3)  # keeps a dead channel (max 0) or a huge one from pro
 FP32_SUFFIX = "_fp32_outliers"  # node-name suffix of the outlier side-path MatMuls, which stay fp32
 
 
+# ops whose input 0 is multiplied by a constant weight in input 1 ([K, N]), which dynamic quantization
+# turns into int8: MatMul, and ORT's fused Attention (its packed Q/K/V projection, [hidden, 3·hidden])
+WEIGHTED_OPS = {("", "MatMul"), ("ai.onnx", "MatMul"), ("com.microsoft", "Attention")}
+
+
 def smoothable_matmuls(model: Any) -> list[Any]:
-    """MatMul nodes with a constant weight (the ones dynamic quantization turns into int8)."""
+    """Nodes of :data:`WEIGHTED_OPS` with a constant weight (the ones dynamic quantization turns into int8)."""
     inits = {i.name for i in model.graph.initializer}
-    return [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits and n.input[0] not in inits]
+    return [n for n in model.graph.node if (n.domain, n.op_type) in WEIGHTED_OPS and len(n.input) > 1
+            and n.input[1] in inits and n.input[0] not in inits]
 
 
 def activation_maxima(model: Any, feeds: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

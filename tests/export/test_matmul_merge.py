@@ -68,3 +68,11 @@ def test_graph_without_the_pattern_is_left_as_it_is():
     merged, groups = merge_shared_input_matmuls(model)  # q alone shares x with unbiased / shared-weight MatMuls
     assert groups == 0
     assert [n.name for n in merged.graph.node] == [n.name for n in model.graph.node]
+
+
+def test_attention_fusion_leaves_a_graph_without_attention_alone():
+    from edgemp.export.attention_fusion import fuse_attention
+
+    model = _projections_graph()
+    x = np.random.default_rng(1).normal(size=(2, 5, K)).astype(np.float32)
+    assert fuse_attention(model, [{"x": x}]) == (model, 0)

@@ -282,7 +282,7 @@ def test_quantize_tiny_reports_cosine(tiny_export, tmp_path):
     q = r.spec.extra["quantization"]  # every SmoothQuant candidate was scored; the record says which won
     assert q["calibration_texts"] == 300 and q["smoothquant_alpha"] in (None, 0.6, 0.7, 0.8)
     assert 0.0 < q["calibration_min_cosine"] <= 1.0 + 1e-6
-    assert q["merged_matmul_groups"] == 2  # Q, K and V of each of the 2 layers quantized as one MatMul
+    assert q["fused_attention"] == 2 and q["merged_matmul_groups"] == 0  # Attention packs Q, K, V itself
     assert load_text_model(tmp_path / "int8").spec.precision == "int8"
     assert r.report.num_texts == len(MIXED) and 0.9 < r.report.mean_cosine <= 1.0 + 1e-6
     print(f"\ntiny BERT int8 (ort): {r.report.table()}")
@@ -583,6 +583,40 @@ def test_query_key_value_merge_into_one_matmul_per_layer_with_equal_outputs(tiny
     run = lambda proto: ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(  # noqa: E731
         None, {n: feeds[n] for n in m.input_names})[0]
     np.testing.assert_allclose(run(merged), run(model), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_fuses_with_any_padding_and_quantizes_to_qattention(tiny_export, tmp_path):
+    """Fused attention takes the raw [batch, tokens] mask: left padding and holes give the same
+    outputs as the exported graph. Without the fusion, Q/K/V are merged into one MatMul instead."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgemp.export.attention_fusion import fuse_attention
+    from edgemp.export.hf_quantize import TextQuantizeConfig, quantize_text_model
+    from edgemp.runtime.text import load_text_model
+
+    m = load_text_model(tiny_export.output_dir)
+    model = onnx.load(str(tiny_export.path))
+    feed = m.padded(m.validate(MIXED))
+    mask = feed["attention_mask"].copy()
+    mask[0] = np.roll(mask[0], 3)  # left padding
+    mask[1, 1::2] = 0  # holes
+    odd = {**feed, "attention_mask": mask}
+    fused, n = fuse_attention(model, [feed, odd])
+    assert n == 2 and {(o.domain, o.op_type) for o in (fused.graph.node)} >= {("com.microsoft", "Attention")}
+    assert fused.metadata_props == model.metadata_props
+    run = lambda proto, f: ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(  # noqa: E731
+        None, {k: f[k] for k in m.input_names})[0]
+    for f in (feed, odd):
+        np.testing.assert_allclose(run(fused, f), run(model, f), rtol=1e-5, atol=1e-5)
+    assert fuse_attention(model, [feed], atol=-1.0) == (model, 0)  # outputs that move: the graph stays
+    r = quantize_text_model(tiny_export.output_dir, tmp_path / "int8", eval_texts=MIXED,
+                            cfg=TextQuantizeConfig(smooth_alphas=(), outlier_ratio=None))
+    assert "QAttention" in {n.op_type for n in onnx.load(str(r.path)).graph.node}
+    r = quantize_text_model(tiny_export.output_dir, tmp_path / "unfused", eval_texts=MIXED,
+                            cfg=TextQuantizeConfig(smooth_alphas=(), outlier_ratio=None, fuse_attention=False))
+    q = r.spec.extra["quantization"]
+    assert q["fused_attention"] == 0 and q["merged_matmul_groups"] == 2  # Q, K and V of each layer as one MatMul
 
 
 def test_outlier_channels_leave_int8_through_an_fp32_side_path(tiny_dir, tiny_export, tmp_path):
