@@ -70,9 +70,10 @@ def test_graph_without_the_pattern_is_left_as_it_is():
     assert [n.name for n in merged.graph.node] == [n.name for n in model.graph.node]
 
 
-def test_attention_fusion_leaves_a_graph_without_attention_alone():
-    from edgemp.export.attention_fusion import fuse_attention
+def test_ort_fusions_leave_a_graph_without_attention_or_gelu_alone():
+    from edgemp.export.ort_fusions import approximate_gelu, fuse_attention
 
     model = _projections_graph()
     x = np.random.default_rng(1).normal(size=(2, 5, K)).astype(np.float32)
     assert fuse_attention(model, [{"x": x}]) == (model, 0)
+    assert approximate_gelu(model) == (model, 0)

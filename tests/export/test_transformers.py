@@ -283,6 +283,7 @@ def test_quantize_tiny_reports_cosine(tiny_export, tmp_path):
     assert q["calibration_texts"] == 300 and q["smoothquant_alpha"] in (None, 0.6, 0.7, 0.8)
     assert 0.0 < q["calibration_min_cosine"] <= 1.0 + 1e-6
     assert q["fused_attention"] == 2 and q["merged_matmul_groups"] == 0  # Attention packs Q, K, V itself
+    assert q["fast_gelu"] == 2  # one FFN GELU per layer
     assert load_text_model(tmp_path / "int8").spec.precision == "int8"
     assert r.report.num_texts == len(MIXED) and 0.9 < r.report.mean_cosine <= 1.0 + 1e-6
     print(f"\ntiny BERT int8 (ort): {r.report.table()}")
@@ -585,13 +586,13 @@ def test_query_key_value_merge_into_one_matmul_per_layer_with_equal_outputs(tiny
     np.testing.assert_allclose(run(merged), run(model), rtol=1e-5, atol=1e-5)
 
 
-def test_attention_fuses_with_any_padding_and_quantizes_to_qattention(tiny_export, tmp_path):
+def test_attention_fuses_with_any_padding_gelu_goes_tanh_and_int8_has_qattention(tiny_export, tmp_path):
     """Fused attention takes the raw [batch, tokens] mask: left padding and holes give the same
     outputs as the exported graph. Without the fusion, Q/K/V are merged into one MatMul instead."""
     import onnx
     import onnxruntime as ort
 
-    from edgemp.export.attention_fusion import fuse_attention
+    from edgemp.export.ort_fusions import approximate_gelu, fuse_attention
     from edgemp.export.hf_quantize import TextQuantizeConfig, quantize_text_model
     from edgemp.runtime.text import load_text_model
 
@@ -610,6 +611,9 @@ def test_attention_fuses_with_any_padding_and_quantizes_to_qattention(tiny_expor
     for f in (feed, odd):
         np.testing.assert_allclose(run(fused, f), run(model, f), rtol=1e-5, atol=1e-5)
     assert fuse_attention(model, [feed], atol=-1.0) == (model, 0)  # outputs that move: the graph stays
+    approx, n_gelu = approximate_gelu(fused)  # int8 only: tanh GELU, close to the exact one
+    assert n_gelu == 2 and sum(n.op_type == "FastGelu" for n in approx.graph.node) == 2
+    np.testing.assert_allclose(run(approx, feed), run(model, feed), atol=1e-2)
     r = quantize_text_model(tiny_export.output_dir, tmp_path / "int8", eval_texts=MIXED,
                             cfg=TextQuantizeConfig(smooth_alphas=(), outlier_ratio=None))
     assert "QAttention" in {n.op_type for n in onnx.load(str(r.path)).graph.node}
@@ -617,6 +621,7 @@ def test_attention_fuses_with_any_padding_and_quantizes_to_qattention(tiny_expor
                             cfg=TextQuantizeConfig(smooth_alphas=(), outlier_ratio=None, fuse_attention=False))
     q = r.spec.extra["quantization"]
     assert q["fused_attention"] == 0 and q["merged_matmul_groups"] == 2  # Q, K and V of each layer as one MatMul
+    assert q["fast_gelu"] == 2
 
 
 def test_outlier_channels_leave_int8_through_an_fp32_side_path(tiny_dir, tiny_export, tmp_path):

@@ -1,0 +1,126 @@
+"""ONNX Runtime's transformer fusions for the int8 text graph: fused attention and tanh GELU.
+
+**Attention.** Exported BERT attention is ~20 small nodes per layer: three projections,
+Reshape/Transpose of Q, K and V, QKᵀ, scale, mask Add, Softmax, attention·V, Transpose/Reshape
+back. ONNX Runtime's transformer optimizer (``onnxruntime.transformers.optimizer``) replaces them
+with one ``com.microsoft.Attention`` holding the packed ``[hidden, 3·hidden]`` Q/K/V weight, which
+dynamic quantization turns into ``QAttention``: one int8 GEMM for Q, K and V and a fused attention
+kernel instead of Transposes and batched fp32 MatMuls. MiniLM-L6, 1 thread, 128 tokens, 400
+interleaved rounds: int8 12.42 -> 12.09 ms. Only the attention fusion runs (LayerNorm stays
+``LayerNormalization``; SkipLayerNormalization, slower on CPU, and BiasGelu, which would hide the
+FFN's bias from the outlier fold, do not), with the raw ``[batch, tokens]`` attention mask, so any
+padding pattern stays correct. The fused graph is checked against the original on real inputs;
+a graph the fusion does not match, or whose outputs move, is returned unchanged.
+
+**GELU.** BERT's exact GELU ``x·Φ(x)`` (erf) costs 130 µs per [128, 1536] activation on one
+core; the tanh form (``FastGelu``) 101 µs, and differs by at most 5e-4, far below int8's own
+rounding: MiniLM-L6 int8 ~1.8% faster, held-back accuracy unchanged (min cosine 0.99566 vs
+0.99605, top-10 overlap 0.9732 vs 0.9725). Only the int8 path uses it: the fp32 export stays
+the exact model.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ORT_OPTIMIZER_LOGGERS = ("onnxruntime.transformers", "onnx_model", "fusion_base", "fusion_attention")
+# ORT optimizer fusion flags edgemp sets; each call turns on only the ones it needs (LayerNorm fusion
+# stays on: older opsets export LayerNorm as ReduceMean/Sub/Pow/..., which the attention pattern expects fused)
+FUSION_FLAGS = ("enable_attention", "enable_gelu", "enable_gelu_approximation", "enable_skip_layer_norm",
+                "enable_embed_layer_norm", "enable_bias_skip_layer_norm", "enable_bias_gelu",
+                "enable_qordered_matmul", "enable_rotary_embeddings")
+
+
+@contextlib.contextmanager
+def _quiet_optimizer() -> Iterator[None]:
+    """ORT's optimizer warns that the model's producer is not PyTorch and logs every fusion."""
+    loggers = [logging.getLogger(n) for n in ORT_OPTIMIZER_LOGGERS] + [logging.getLogger()]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _optimized(model: Any, enable: Sequence[str], raw_mask: bool = True) -> Any:
+    """``model`` after ORT's optimizer with only the fusion flags in ``enable`` on (a new proto;
+    the optimizer edits the one it is given)."""
+    import onnx
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    opts = FusionOptions("bert")
+    for flag in FUSION_FLAGS:
+        setattr(opts, flag, flag in enable)
+    opts.use_raw_attention_mask(raw_mask)
+    with _quiet_optimizer():
+        # num_heads / hidden_size 0: read from the graph's Reshape shapes; opt_level 0: fusions only
+        out = optimize_model(copy, model_type="bert", num_heads=0, hidden_size=0, optimization_options=opts,
+                             opt_level=0, use_gpu=False).model
+    if not any(o.domain == "com.microsoft" for o in out.opset_import):  # save_model_to_file would add it
+        out.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    del out.metadata_props[:]
+    out.metadata_props.extend(model.metadata_props)
+    return out
+
+
+def _count(model: Any, op_type: str) -> int:
+    return sum(1 for n in model.graph.node if n.op_type == op_type and n.domain == "com.microsoft")
+
+
+def _outputs(model: Any, feeds: Sequence[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    return [sess.run(None, {k: v for k, v in feed.items() if k in names}) for feed in feeds]
+
+
+def fuse_attention(model: Any, feeds: Sequence[dict[str, np.ndarray]], atol: float = 1e-4) -> tuple[Any, int]:
+    """``(model with fused self-attention, number of Attention nodes)``; ``(model, 0)`` when the
+    fusion matches nothing or any output on ``feeds`` moves more than ``atol``."""
+    if not feeds:
+        raise ValueError("fuse_attention needs at least one input feed to check the fused graph against")
+    try:
+        fused = _optimized(model, ("enable_attention",))
+    except Exception as e:  # the optimizer's pattern code raises many types on graphs it does not expect
+        log.warning("attention fusion failed (%s: %s); the int8 model keeps the exported attention",
+                    type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+        return model, 0
+    n = _count(fused, "Attention") - _count(model, "Attention")
+    if n <= 0:
+        log.info("no self-attention matched ONNX Runtime's fusion; the graph stays as exported")
+        return model, 0
+    worst = max(float(np.abs(a - b).max()) for fa, fb in zip(_outputs(fused, feeds), _outputs(model, feeds))
+                for a, b in zip(fa, fb))
+    if not worst <= atol:
+        log.warning("fused attention moves outputs by %.3g (> %.3g); the int8 model keeps the exported attention",
+                    worst, atol)
+        return model, 0
+    log.info("fused %d self-attention blocks into com.microsoft.Attention (max output change %.2e)", n, worst)
+    return fused, n
+
+
+def approximate_gelu(model: Any) -> tuple[Any, int]:
+    """``(model with every exact GELU as com.microsoft.FastGelu (tanh form), number replaced)``;
+    ``(model, 0)`` when there is none (see the module docstring for when that is worth it)."""
+    try:
+        out = _optimized(model, ("enable_gelu", "enable_gelu_approximation"))
+    except Exception as e:  # as in fuse_attention
+        log.warning("GELU approximation failed (%s: %s); the int8 model keeps the exact GELU",
+                    type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+        return model, 0
+    n = _count(out, "FastGelu") - _count(model, "FastGelu")
+    return (out, n) if n > 0 else (model, 0)
