@@ -622,6 +622,10 @@ def test_attention_fuses_with_any_padding_gelu_goes_tanh_and_int8_has_qattention
     q = r.spec.extra["quantization"]
     assert q["fused_attention"] == 0 and q["merged_matmul_groups"] == 2  # Q, K and V of each layer as one MatMul
     assert q["fast_gelu"] == 2
+    r = quantize_text_model(tiny_export.output_dir, tmp_path / "optimum", eval_texts=MIXED,
+                            cfg=TextQuantizeConfig(preset="avx2", smooth_alphas=(), outlier_ratio=None))
+    q = r.spec.extra["quantization"]  # optimum's quantizer cannot type contrib ops: no ORT fusions for it
+    assert (q["fused_attention"], q["fast_gelu"], q["merged_matmul_groups"]) == (0, 0, 2)
 
 
 def test_outlier_channels_leave_int8_through_an_fp32_side_path(tiny_dir, tiny_export, tmp_path):
