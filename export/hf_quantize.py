@@ -389,13 +389,17 @@ def quantize_text_model(model_dir: str | Path, output_dir: str | Path, cfg: Text
     calibrate = bool(cfg.smooth_alphas) or cfg.outlier_ratio is not None
     calibration = text_split("calibration", cfg.calibration_texts, words) if calibrate else []
     with tempfile.TemporaryDirectory(prefix="edgemp-q-") as tmp:
-        fp32_model, fused, fast_gelu = onnx.load(str(src_dir / MODEL_FILE)), 0, 0
+        fp32_model, fast_gelu = onnx.load(str(src_dir / MODEL_FILE)), 0
         # optimum's quantizer cannot type com.microsoft ops' outputs, so its presets get the graph as exported
         if cfg.fuse_attention and preset == "ort":
             check = _runtime_feeds(fp32, text_split("calibration", FUSION_CHECK_TEXTS, words))
-            fp32_model, fused = fuse_attention(fp32_model, check)
+            fp32_model, _ = fuse_attention(fp32_model, check)
         if cfg.approximate_gelu and preset == "ort":
             fp32_model, fast_gelu = approximate_gelu(fp32_model)
+        attention = sum(n.op_type == "Attention" and n.domain == "com.microsoft" for n in fp32_model.graph.node)
+        if attention and preset != "ort":
+            raise ExportError(f"{src_dir} holds fused com.microsoft.Attention, which optimum's {preset} preset cannot "
+                              "quantize: use TextQuantizeConfig(preset='ort'), or export without fuse_attention")
         # int8 only: one GEMM three times as wide beats three (MiniLM-L6 int8 ~0.5% faster); in fp32
         # the merge measured 0.7% slower, so the export keeps them apart. Fused attention packs Q/K/V itself.
         fp32_model, merged = merge_shared_input_matmuls(fp32_model)
@@ -414,7 +418,7 @@ def quantize_text_model(model_dir: str | Path, output_dir: str | Path, cfg: Text
             model = onnx.load(str(cand / MODEL_FILE))
             quant = {"method": method, "per_channel": cfg.per_channel, "smoothquant_alpha": alpha,
                      "outlier_ratio": cfg.outlier_ratio, "merged_matmul_groups": merged,
-                     "fused_attention": fused, "fast_gelu": fast_gelu,
+                     "fused_attention": attention, "fast_gelu": fast_gelu,
                      "fp32_outlier_matmuls": sum(n.name.endswith(FP32_SUFFIX) for n in smoothed.graph.node)}
             if calibration:
                 quant["calibration_texts"] = len(calibration)

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -626,6 +627,21 @@ def test_attention_fuses_with_any_padding_gelu_goes_tanh_and_int8_has_qattention
                             cfg=TextQuantizeConfig(preset="avx2", smooth_alphas=(), outlier_ratio=None))
     q = r.spec.extra["quantization"]  # optimum's quantizer cannot type contrib ops: no ORT fusions for it
     assert (q["fused_attention"], q["fast_gelu"], q["merged_matmul_groups"]) == (0, 0, 2)
+
+
+def test_export_with_fused_attention_verifies_and_quantizes_with_the_ort_preset_only(tiny_dir, tmp_path):
+    import onnx
+
+    from edgemp.export.hf_quantize import TextQuantizeConfig, quantize_text_model
+
+    r = export_text_model(tiny_dir, tmp_path / "fp32", TextExportConfig(fuse_attention=True))
+    assert r.report.passed and r.spec.extra["fused_attention"] == 2 and "verification" in r.spec.extra
+    assert sum(n.op_type == "Attention" for n in onnx.load(str(r.path)).graph.node) == 2
+    fast = TextQuantizeConfig(smooth_alphas=(), outlier_ratio=None)
+    q = quantize_text_model(r.output_dir, tmp_path / "int8", fast, eval_texts=MIXED)
+    assert q.spec.extra["quantization"]["fused_attention"] == 2 and q.report.mean_cosine > 0.9
+    with pytest.raises(ExportError, match="preset='ort'"):
+        quantize_text_model(r.output_dir, tmp_path / "avx2", replace(fast, preset="avx2"), eval_texts=MIXED)
 
 
 def test_outlier_channels_leave_int8_through_an_fp32_side_path(tiny_dir, tiny_export, tmp_path):
