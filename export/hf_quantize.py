@@ -365,9 +365,9 @@ def quantize_text_model(model_dir: str | Path, output_dir: str | Path, cfg: Text
     """
     import onnx
 
-    from edgemp.export.ort_fusions import approximate_gelu, fuse_attention
     from edgemp.export.matmul_merge import merge_shared_input_matmuls
     from edgemp.export.onnx_file import write_metadata
+    from edgemp.export.ort_fusions import approximate_gelu, fuse_attention
     from edgemp.export.smooth_quant import FP32_SUFFIX, layernorm_outputs, smooth_model
     from edgemp.export.text_corpus import text_split
     from edgemp.runtime.text import load_text_model, text_model_files
@@ -450,6 +450,10 @@ def quantize_text_model(model_dir: str | Path, output_dir: str | Path, cfg: Text
         method = f"{method} + SmoothQuant alpha={alpha}"
     if q_spec.extra["quantization"].get("fp32_outlier_matmuls"):
         method = f"{method}, outlier channels fp32 in {q_spec.extra['quantization']['fp32_outlier_matmuls']} MatMuls"
+    if q_spec.extra["quantization"]["fused_attention"]:
+        method = f"{method}, fused attention (QAttention)"
+    if q_spec.extra["quantization"]["fast_gelu"]:
+        method = f"{method}, tanh GELU"
     log.info("wrote %s with %s", output_dir / MODEL_FILE, method)
     texts = list(eval_texts) if eval_texts is not None else default_eval_texts(words=words)
     corpus = None if eval_texts is not None else fluent_heldback(len(texts), words)

@@ -37,8 +37,8 @@ def _projections_graph(opset: int = 18):
         helper.make_node("MatMul", ["s1", "ws"], ["s"], name="shared_again"),
     ]
     outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, None, None]) for n in ("q", "k", "v", "n", "s")]
-    graph = helper.make_graph(nodes, "projections", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, K])],
-                              outs, inits)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, K])
+    graph = helper.make_graph(nodes, "projections", [x], outs, inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
