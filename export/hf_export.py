@@ -69,7 +69,7 @@ class TextExportConfig:
         seed: seed for the verification texts.
         fuse_attention: replace each self-attention block with ONNX Runtime's ``Attention`` op
             (:func:`edgemp.export.ort_fusions.fuse_attention`; default: off). On CPU the fused fp32
-            model is the faster one (MiniLM-L6, 1 thread, 128 tokens: 0.4-1.9% across five
+            model is the faster one (MiniLM-L6, 1 thread, 128 tokens: 0.4-2.5% across six
             interleaved runs on a shared machine), but it runs only on ONNX Runtime, and
             optimum's int8 presets cannot quantize it; ``edgemp quantize`` (``ort`` preset) fuses
             the int8 graph itself either way.
