@@ -52,7 +52,9 @@ class GATLayer(nn.Module):
         a_dst = (z * self.att_dst).sum(-1)
         if ctx.dense:
             return self._dense(z, a_src, a_dst, ctx).flatten(-2) + self.bias
-        return self._sparse(flat, a_src, a_dst, ctx) + self.bias
+        # The attention weights of node i sum to 1, so Σ_j α_ij (z_j + b) = Σ_j α_ij z_j + b: adding the
+        # bias to z, right after the (bias-free) GEMM, lets ONNX Runtime fuse it into that GEMM.
+        return self._sparse(flat + self.bias, a_src, a_dst, ctx)
 
     def _sparse(self, z: Tensor, a_src: Tensor, a_dst: Tensor, ctx) -> Tensor:
         """``z`` [N, H] (heads side by side) → [N, H]; the softmax runs on [*, heads] tensors only."""
