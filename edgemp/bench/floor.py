@@ -157,3 +157,24 @@ class GemmPeak:
 def share_of_peak(flops: int, latency_ns: float, peak_gflops: float) -> float:
     """Fraction of the sgemm peak a call reaches: (FLOPs / latency) / peak."""
     return (flops / latency_ns) / peak_gflops if latency_ns > 0 and peak_gflops > 0 else float("nan")
+
+
+def torch_gemm_flops(model, batch) -> int:
+    """GEMM FLOPs of one eager forward of a GraphNet on a collated ``batch`` (torch's FLOP counter).
+
+    What PyTorch eager and torch.compile compute: the model as written, before any export fold,
+    so a peer's share of the same-run peak reads from its own work. Counts matmul-family ops
+    (mm, addmm, bmm, ...) as 2·M·K·N, like :func:`gemm_profile` does for ONNX Runtime.
+    """
+    try:
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode
+    except ImportError as e:
+        raise MissingExtraError("torch", "export", "counting a PyTorch peer's FLOPs") from e
+
+    t = {k: torch.from_numpy(v) for k, v in batch.tensors().items()}
+    edge_attr = t.get("edge_attr") if getattr(model.cfg, "uses_edge_features", False) else None
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(t["x"], t["edge_index"], edge_attr, t["node_graph"], batch.num_graphs)
+    return int(counter.get_total_flops())
