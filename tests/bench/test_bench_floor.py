@@ -53,3 +53,14 @@ def test_peak_on_the_cpu_clock_counts_this_process_cpu_time():
     peak.sample(4)
     spent = time.process_time_ns() - before
     assert len(peak.samples_ns) == 4 and 0 < sum(peak.samples_ns) <= spent and 0 < peak.gflops < 1e5
+
+
+
+def test_int8_peak_runs_the_dynamic_int8_gemm():
+    # The int8 rows' yardstick: the same chain, each product quantized the way int8-dynamic runs it.
+    fp32, int8 = GemmPeak(64, 64, 64), GemmPeak(64, 64, 64, int8=True)
+    assert set(fp32.op_types) == {"MatMul"}
+    assert int8.op_types and "MatMul" not in int8.op_types and "DynamicQuantizeLinear" in int8.op_types
+    assert int8.label() == "64x64 @ 64x64 int8-dynamic"
+    int8.sample(3)
+    assert 0 < int8.gflops < 1e6
