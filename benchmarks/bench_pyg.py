@@ -12,7 +12,9 @@ of 25 nodes / 54 edges, batch 1 and 64):
   ScatterND), fp32 and int8-dynamic, through ``edgemp.runtime`` (collate + run + split).
 
 Different weights (random, seeded): the rows compare speed of equally sized models, not
-outputs. Prints a markdown table with the command and environment.
+outputs. The last column is each ORT row's GEMM work against a same-run fp32 sgemm peak; the
+int8 row also against a same-run int8-dynamic peak, with the ratio to torch.compile its GEMMs
+alone would allow (the int8 ceiling). Prints a markdown table with the command and environment.
 Usage: python benchmarks/bench_pyg.py [--rounds 20] [--per-round 20]
 """
 from __future__ import annotations

@@ -30,7 +30,8 @@ def _session(nodes, inputs, outputs, inits=()):
     from onnx import helper
 
     graph = helper.make_graph(nodes, "piece", inputs, outputs, list(inits))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
+    opsets = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.log_severity_level = 3
@@ -85,8 +86,8 @@ def aggregation_pieces(src: np.ndarray, dst: np.ndarray, n: int, slots: int, h: 
     cols = np.concatenate([src, np.arange(n)])
     order = np.lexsort((cols, rows))
     indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))]).astype(np.int64)
-    csr = ort.SparseTensor.sparse_csr_from_numpy([n, n], np.ones(len(rows), np.float32), cols[order].astype(np.int64),
-                                                 indptr, ort.OrtDevice.make("cpu", 0))
+    csr = ort.SparseTensor.sparse_csr_from_numpy([n, n], np.ones(len(rows), np.float32),
+                                                 cols[order].astype(np.int64), indptr, ort.OrtDevice.make("cpu", 0))
     s = _session([helper.make_node("SparseToDenseMatMul", ["A", "h"], ["y"], domain="com.microsoft")],
                  [helper.make_sparse_tensor_value_info("A", T.FLOAT, [n, n]), v("h")], out)
     a_value, h_value = ort.OrtValue.ort_value_from_sparse_tensor(csr), ort.OrtValue.ortvalue_from_numpy(h)
