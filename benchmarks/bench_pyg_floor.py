@@ -78,7 +78,8 @@ def aggregation_pieces(src: np.ndarray, dst: np.ndarray, n: int, slots: int, h: 
         fill[dst[e]] += 1
     s = _session([helper.make_node("Pad", ["h", "pads"], ["hp"]), helper.make_node("Gather", ["hp", "table"], ["g"]),
                   helper.make_node("ReduceSum", ["g", "axes"], ["y"], keepdims=0)], [v("h"), v("table", T.INT64)], out,
-                 [nh.from_array(np.array([0, 0, 1, 0], np.int64), "pads"), nh.from_array(np.array([1], np.int64), "axes")])
+                 [nh.from_array(np.array([0, 0, 1, 0], np.int64), "pads"),
+                  nh.from_array(np.array([1], np.int64), "axes")])
     feeds = {"h": h, "table": table}
     pieces[f"padded neighbour table [N, {width}] + ReduceSum"] = lambda s=s, f=feeds: s.run(None, f)[0]
 
