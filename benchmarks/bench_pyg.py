@@ -12,7 +12,9 @@ of 25 nodes / 54 edges, batch 1 and 64):
   ScatterND), fp32 and int8-dynamic, through ``edgemp.runtime`` (collate + run + split).
 
 Different weights (random, seeded): the rows compare speed of equally sized models, not
-outputs. Prints a markdown table with the command and environment.
+outputs. The last column is each ORT row's GEMM work against a same-run fp32 sgemm peak; the
+int8 row also against a same-run int8-dynamic peak, with the ratio to torch.compile its GEMMs
+alone would allow (the int8 ceiling). Prints a markdown table with the command and environment.
 Usage: python benchmarks/bench_pyg.py [--rounds 20] [--per-round 20]
 """
 from __future__ import annotations
@@ -114,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         # The floor: GEMM FLOPs each ORT engine runs per call, against a same-run sgemm of the largest shape.
         onnx_of = dict(zip(list(engines)[2:], ("pyg", "gin", "gin_int8")))
         flops = {label: gemm_profile(tmp / f"{name}.onnx", b.tensors()).flops for label, name in onnx_of.items()}
-        peak = GemmPeak(*gemm_profile(tmp / "gin.onnx", b.tensors()).largest, clock=args.clock)
+        largest = gemm_profile(tmp / "gin.onnx", b.tensors()).largest
+        peak = GemmPeak(*largest, clock=args.clock)
+        peak8 = GemmPeak(*largest, clock=args.clock, int8=True)  # the int8 row's own yardstick
         clock = CLOCKS[args.clock]
         times: dict[str, list[int]] = {k: [] for k in engines}
         for fn in engines.values():  # warm-up
@@ -130,14 +134,22 @@ def main(argv: list[str] | None = None) -> int:
                     fn()
                     times[name].append(clock() - t0)
             peak.sample(3)
+            peak8.sample(3)
         base = float(np.median(times["PyG eager"]))
         best_peer = min(float(np.median(times[n])) for n in list(engines)[:2])
+        compile_ns = float(np.median(times[list(engines)[1]]))
         for name, ts in times.items():
             arr = np.asarray(ts) / 1e3
             floor = "-"
             if name in flops:
                 share = share_of_peak(flops[name], float(np.median(ts)), peak.gflops)
                 floor = f"{flops[name] / 1e6:.0f} M, {share * 100:.0f}% of {peak.gflops:.0f} GFLOP/s ({peak.label()})"
+                if "int8" in name:
+                    share8 = share_of_peak(flops[name], float(np.median(ts)), peak8.gflops)
+                    gemm_only_ns = flops[name] / peak8.gflops  # the int8 GEMMs alone, at the int8 peak
+                    floor += (f"; {share8 * 100:.0f}% of the same-run int8 peak {peak8.gflops:.0f} GOP/s: "
+                              f"its GEMMs alone at that peak {gemm_only_ns / 1e3:.0f} µs, a ceiling of "
+                              f"{compile_ns / gemm_only_ns:.2f}x torch.compile")
             rows.append((batch, name, np.median(arr), np.percentile(arr, 99), base / 1e3 / np.median(arr),
                          best_peer / 1e3 / np.median(arr), floor))
 

@@ -15,7 +15,9 @@ feeds one row Gather and one (optionally scaled) self term of one ScatterND(add)
 sum feeds one Gemm by weights — and export verification checks the numerics.
 
 :func:`fold_linear_chains` handles the plainer case where the encoder feeds a Linear directly
-(GCN's first ``lin``): two GEMMs become one.
+(GCN's first ``lin``): two GEMMs become one. :func:`fold_bias_adds` moves a separate bias
+``Add`` into the GEMM before it (GAT adds its bias to ``z = h·W``): ONNX Runtime fuses
+MatMul + Add, but not Gemm + Add.
 """
 from __future__ import annotations
 
@@ -156,3 +158,48 @@ def fold_linear_chains(model) -> int:
         producers[outer.output[0]] = fused
         folded += 1
     return finish_fold(model, folded, "consecutive Linear pairs folded into one GEMM each")
+
+
+def fold_bias_adds(model) -> int:
+    """``Add(Gemm(a, W[, c]), b)`` → ``Gemm(a, W, c + b)`` for a 1-D initializer ``b``; returns how many.
+
+    Only when the Gemm's sole use is that Add and ``b`` has one value per output column (or one
+    in all), so the sum is the same broadcast the Gemm applies to its C. Exact up to the order
+    of one float addition (``(a·W + c) + b`` vs ``a·W + (c + b)``).
+    """
+    from onnx import numpy_helper
+
+    inits, producers, found = graph_index(model)
+    users: dict[str, list] = defaultdict(list, found)
+    outputs = {o.name for o in model.graph.output}
+    folded = 0
+    for add in list(model.graph.node):
+        if add.op_type != "Add" or len(add.input) != 2:
+            continue
+        gemm = next((producers.get(i) for i in add.input if producers.get(i) is not None
+                     and producers[i].op_type == "Gemm"), None)
+        if gemm is None:
+            continue
+        bias_name = add.input[1] if add.input[0] == gemm.output[0] else add.input[0]
+        w = _gemm_weight(gemm, inits)
+        if w is None or bias_name not in inits or len(users[gemm.output[0]]) != 1 or gemm.output[0] in outputs:
+            continue
+        bias = numpy_helper.to_array(inits[bias_name])
+        width = w.shape[1]
+        if bias.ndim != 1 or bias.size not in (1, width) or bias.dtype != np.float32:
+            continue
+        old_c = gemm.input[2] if len(gemm.input) > 2 and gemm.input[2] else None
+        if old_c is not None and (old_c not in inits or numpy_helper.to_array(inits[old_c]).size not in (1, width)):
+            continue
+        total = np.broadcast_to(bias, (width,)).astype(np.float64)
+        if old_c is not None:
+            total = total + np.broadcast_to(numpy_helper.to_array(inits[old_c]).reshape(-1), (width,))
+        tag = f"{gemm.name or gemm.output[0]}_bias_folded"
+        model.graph.initializer.append(numpy_helper.from_array(total.astype(np.float32), tag))
+        while len(gemm.input) < 3:
+            gemm.input.append("")
+        gemm.input[2] = tag
+        gemm.output[0] = add.output[0]
+        model.graph.node.remove(add)
+        folded += 1
+    return finish_fold(model, folded, "bias Adds folded into the GEMM before them")

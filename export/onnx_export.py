@@ -22,7 +22,7 @@ from edgemp.export.config import ExportConfig
 from edgemp.export.deps import require_torch_export
 from edgemp.export.attention_logits import fold_attention_logits
 from edgemp.export.edge_rows import edge_network_on_distinct_rows
-from edgemp.export.encoder_fold import fold_encoder_into_aggregation, fold_linear_chains
+from edgemp.export.encoder_fold import fold_bias_adds, fold_encoder_into_aggregation, fold_linear_chains
 from edgemp.export.failures import explain_export_failure, quiet_tracer
 from edgemp.export.pyg_translations import pyg_translations
 from edgemp.export.onnx_file import staged_path, write_metadata
@@ -254,6 +254,7 @@ def finish_graph(model, src: ExportSource, cfg: ExportConfig) -> dict:
     narrow = fold_encoder_into_aggregation(model) if into_addend and cfg.target != "tensorrt" else 0
     logits = fold_attention_logits(model) if cfg.target != "tensorrt" else 0
     chains = fold_linear_chains(model) if cfg.target != "tensorrt" else 0
+    biases = fold_bias_adds(model) if cfg.target != "tensorrt" else 0
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as e:
@@ -273,6 +274,7 @@ def finish_graph(model, src: ExportSource, cfg: ExportConfig) -> dict:
         "encoders_folded_into_aggregation": narrow,
         "attention_logits_as_matmul": logits,
         "linear_pairs_folded": chains,
+        "bias_adds_folded_into_gemm": biases,
         "lint": {cfg.target: lint.problems},
     }
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from edgemp.errors import ExportError
 from edgemp.export.attention_logits import LOGIT_NODE_SUFFIX
 from edgemp.export.deps import require_onnx
@@ -103,16 +105,26 @@ def dense_layer_nodes(model) -> list[str]:
     ``h_j @ W_e``) depend on node/edge counts and are excluded by construction; GAT's folded
     attention logits (:mod:`edgemp.export.attention_logits`) are excluded by name.
     """
-    inits = {i.name for i in model.graph.initializer}
+    inits = {i.name: i for i in model.graph.initializer}
     names = []
     for node in model.graph.node:
         if node.name.endswith(LOGIT_NODE_SUFFIX):
             continue  # GAT's folded attention logits stay float, as before the fold
+        if node.op_type == "MatMul" and node.input[1] in inits and _is_selection(inits[node.input[1]]):
+            continue  # a 0/1 copy (GAT's per-head widening): exact in float, nothing for int8 to gain
         if node.op_type in DENSE_OP_TYPES and any(i in inits for i in node.input[:2]):
             if not node.name:
                 raise QuantizationError(f"a {node.op_type} node has no name; re-export the model with edgemp")
             names.append(node.name)
     return names
+
+
+def _is_selection(initializer) -> bool:
+    """A 2-D 0/1 weight with exactly one 1 per column: ``x @ W`` only copies columns of ``x``."""
+    from onnx import numpy_helper
+
+    w = numpy_helper.to_array(initializer)
+    return w.ndim == 2 and bool(np.isin(w, (0.0, 1.0)).all()) and bool((w.sum(0) == 1).all())
 
 
 def _float_ops_kept(model, quantized: set[str]) -> dict[str, int]:

@@ -99,7 +99,7 @@ class GemmPeak:
     MIN_CHAIN_FLOPS = 4_000_000
     MAX_CHAIN = 16
 
-    def __init__(self, m: int, k: int, n: int, threads: int = 1, clock: str = "wall") -> None:
+    def __init__(self, m: int, k: int, n: int, threads: int = 1, clock: str = "wall", int8: bool = False) -> None:
         import onnxruntime as ort
 
         try:
@@ -127,6 +127,10 @@ class GemmPeak:
              helper.make_tensor("b2", TensorProto.FLOAT, [n, k], b2.ravel().tolist())],
         )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        self.int8 = int8
+        if int8:
+            model = _dynamic_int8(model)
+        self.op_types = tuple(node.op_type for node in model.graph.node)  # what the peak really runs
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -151,9 +155,56 @@ class GemmPeak:
 
     def label(self) -> str:
         m, k, n = self.shape
-        return f"{m}x{k} @ {k}x{n}"
+        return f"{m}x{k} @ {k}x{n}" + (" int8-dynamic" if self.int8 else "")
+
+
+def _dynamic_int8(model):
+    """The same chain through ORT's dynamic quantizer: what edgemp's int8-dynamic GEMMs run.
+
+    Each product becomes DynamicQuantizeMatMul (activation range, u8 quantization and the u8 x s8
+    VNNI GEMM per call), so the int8 rows compare with int8 work done the same way, not with fp32.
+    """
+    import onnx
+
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError as e:  # onnxruntime builds without the quantization tools
+        raise MissingExtraError("onnxruntime.quantization", "export", "the int8 GEMM peak") from e
+
+    with tempfile.TemporaryDirectory(prefix="edgemp-floor-int8-") as tmp:
+        src, dst = os.path.join(tmp, "chain.onnx"), os.path.join(tmp, "chain_int8.onnx")
+        onnx.save(model, src)
+        root = logging.getLogger()
+        was = root.disabled
+        root.disabled = True  # the quantizer logs a pre-processing hint through the root logger on every call
+        try:
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True})
+        finally:
+            root.disabled = was
+        return onnx.load(dst)
 
 
 def share_of_peak(flops: int, latency_ns: float, peak_gflops: float) -> float:
     """Fraction of the sgemm peak a call reaches: (FLOPs / latency) / peak."""
     return (flops / latency_ns) / peak_gflops if latency_ns > 0 and peak_gflops > 0 else float("nan")
+
+
+def torch_gemm_flops(model, batch) -> int:
+    """GEMM FLOPs of one eager forward of a GraphNet on a collated ``batch`` (torch's FLOP counter).
+
+    What PyTorch eager and torch.compile compute: the model as written, before any export fold,
+    so a peer's share of the same-run peak reads from its own work. Counts matmul-family ops
+    (mm, addmm, bmm, ...) as 2·M·K·N, like :func:`gemm_profile` does for ONNX Runtime.
+    """
+    try:
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode
+    except ImportError as e:
+        raise MissingExtraError("torch", "export", "counting a PyTorch peer's FLOPs") from e
+
+    t = {k: torch.from_numpy(v) for k, v in batch.tensors().items()}
+    edge_attr = t.get("edge_attr") if getattr(model.cfg, "uses_edge_features", False) else None
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(t["x"], t["edge_index"], edge_attr, t["node_graph"], batch.num_graphs)
+    return int(counter.get_total_flops())

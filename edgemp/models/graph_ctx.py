@@ -100,6 +100,26 @@ class SparseGraph:
             return _scatter_max(messages, self.dst, self.num_nodes, self.scatter_impl)
         raise ValueError(f"unknown aggregation {aggr!r}")
 
+    def aggregate_onto(self, base: Tensor, messages: Tensor, aggr: str) -> Tensor:
+        """``base`` [N, ...] combined with per-edge ``messages`` [E, ...] per target: sum or max.
+
+        One scatter whose data input is ``base`` (ScatterND/ScatterElements with reduction and
+        the node term as its starting value), instead of a scatter into zeros (or -inf, then a
+        Where for empty rows) followed by an Add or Max: fewer nodes and one pass fewer over
+        ``[N, ...]``. Every target row has its ``base`` term, so a max is never -inf.
+        """
+        if aggr not in ("sum", "max"):
+            raise ValueError(f"aggregate_onto supports sum and max, not {aggr!r}")
+        flat, msgs = base.flatten(1), messages.flatten(1)  # [N, D], [E, D]
+        if self.scatter_impl == "index_add":
+            out = flat.index_add(0, self.dst, msgs) if aggr == "sum" else \
+                flat.index_reduce(0, self.dst, msgs, "amax", include_self=True)
+        else:
+            index = self.dst.unsqueeze(1).expand_as(msgs)
+            out = flat.scatter_add(0, index, msgs) if aggr == "sum" else \
+                flat.scatter_reduce(0, index, msgs, "amax", include_self=True)
+        return out.reshape(base.shape)
+
     def propagate(self, node_messages: Tensor, aggr: str) -> Tensor:
         """Aggregate messages that depend only on the source node: Σ_j m(h_j)."""
         return self.aggregate(self.gather_src(node_messages), aggr)

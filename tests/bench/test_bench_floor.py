@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import onnx
 from onnx import TensorProto, helper
 
@@ -53,3 +54,34 @@ def test_peak_on_the_cpu_clock_counts_this_process_cpu_time():
     peak.sample(4)
     spent = time.process_time_ns() - before
     assert len(peak.samples_ns) == 4 and 0 < sum(peak.samples_ns) <= spent and 0 < peak.gflops < 1e5
+
+
+
+def test_int8_peak_runs_the_dynamic_int8_gemm():
+    # The int8 rows' yardstick: the same chain, each product quantized the way int8-dynamic runs it.
+    fp32, int8 = GemmPeak(64, 64, 64), GemmPeak(64, 64, 64, int8=True)
+    assert set(fp32.op_types) == {"MatMul"}
+    assert int8.op_types and "MatMul" not in int8.op_types and "DynamicQuantizeLinear" in int8.op_types
+    assert int8.label() == "64x64 @ 64x64 int8-dynamic"
+    int8.sample(3)
+    assert 0 < int8.gflops < 1e6
+
+
+def test_torch_gemm_flops_counts_the_eager_models_matmuls():
+    pytest.importorskip("torch")
+    import torch
+
+    from edgemp.bench.floor import torch_gemm_flops
+    from edgemp.data.synthetic import random_graph
+    from edgemp.graph import collate
+    from edgemp.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    f, h, rounds = 5, 16, 2
+    model = build_model(ModelConfig("gin", "regression", f, 0, hidden=h, num_rounds=rounds)).eval()
+    rng = np.random.default_rng(0)
+    batch = collate([random_graph(rng, 7, 12, f) for _ in range(3)])
+    n, g = batch.x.shape[0], batch.num_graphs
+    # encoder F -> H, two H x H Linears per round, head H -> H -> 1: 2·M·K·N each
+    want = 2 * n * f * h + rounds * 2 * (2 * n * h * h) + 2 * g * h * h + 2 * g * h * 1
+    assert torch_gemm_flops(model, batch) == want

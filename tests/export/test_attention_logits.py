@@ -22,7 +22,38 @@ def test_gat_logits_fold_in_every_round_and_verify(form, tmp_path):
     graph = onnx.load(str(tmp_path / "gat.onnx")).graph
     att = {i.name for i in graph.initializer if "att_" in i.name}
     assert not att  # the per-head attention vectors live on only inside the folded [H, heads] weights
-    assert sum(n.op_type == "MatMul" and n.name.endswith(LOGIT_NODE_SUFFIX) for n in graph.node) == 4
+    # Both sides read the same h: one [H, 2 * heads] product and a Split per round.
+    merged = [n for n in graph.node if n.op_type == "MatMul" and n.name.endswith(LOGIT_NODE_SUFFIX)]
+    assert len(merged) == 2
+    splits = [n for n in graph.node if n.op_type == "Split" and n.input[0] in {m.output[0] for m in merged}]
+    assert len(splits) == 2 and all(len(n.output) == 2 for n in splits)
+
+
+def test_merged_logit_products_are_exact():
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    inits = [numpy_helper.from_array(rng.standard_normal((6, 4)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([-1, 2, 3], np.int64), "shape"),
+             numpy_helper.from_array(np.array([-1], np.int64), "axes")]
+    nodes = [helper.make_node("Gemm", ["h", "w"], ["z"], transB=1),
+             helper.make_node("Reshape", ["z", "shape"], ["view"]),
+             helper.make_node("Identity", ["view"], ["z_out"])]
+    outputs = [helper.make_tensor_value_info("z_out", TensorProto.FLOAT, ["n", 2, 3])]
+    for side in ("src", "dst"):
+        inits.append(numpy_helper.from_array(rng.standard_normal((2, 3)).astype(np.float32), f"att_{side}"))
+        nodes += [helper.make_node("Mul", ["view", f"att_{side}"], [f"prod_{side}"]),
+                  helper.make_node("ReduceSum", [f"prod_{side}", "axes"], [f"logit_{side}"], keepdims=0)]
+        outputs.append(helper.make_tensor_value_info(f"logit_{side}", TensorProto.FLOAT, ["n", 2]))
+    graph = helper.make_graph(nodes, "two_sides", [helper.make_tensor_value_info("h", TensorProto.FLOAT, ["n", 4])],
+                              outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    h = rng.standard_normal((11, 4)).astype(np.float32)
+    before = _run(model, h)
+    assert fold_attention_logits(model) == 2
+    assert sorted(n.op_type for n in model.graph.node) == ["Gemm", "Identity", "MatMul", "Reshape", "Split"]
+    for got, want in zip(_run(model, h), before):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def _logits(bias: bool) -> onnx.ModelProto:
@@ -70,4 +101,4 @@ def test_int8_leaves_the_folded_logits_float(tmp_path):
     result = quantize(tmp_path / "gat.onnx", tmp_path / "gat_int8.onnx", QuantizeConfig(precision="int8-dynamic"))
     assert result.quantized_nodes and not any(n.endswith(LOGIT_NODE_SUFFIX) for n in result.quantized_nodes)
     graph = onnx.load(str(tmp_path / "gat_int8.onnx")).graph
-    assert sum(n.op_type == "MatMul" and n.name.endswith(LOGIT_NODE_SUFFIX) for n in graph.node) == 4
+    assert sum(n.op_type == "MatMul" and n.name.endswith(LOGIT_NODE_SUFFIX) for n in graph.node) == 2

@@ -149,3 +149,45 @@ def test_gcn_export_folds_its_encoder_into_the_first_linear(tmp_path):
     net = build_model(ModelConfig("gcn", "regression", F, 0, hidden=H, num_rounds=2)).eval()
     result = export_model(net, tmp_path / "gcn.onnx", ExportConfig())  # verification: eager parity on every case
     assert result.checks["linear_pairs_folded"] == 1
+
+
+@pytest.mark.parametrize("gemm_bias", [True, False])
+def test_bias_add_after_a_gemm_folds_into_it(gemm_bias):
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgemp.export.encoder_fold import fold_bias_adds
+
+    rng = np.random.default_rng(8)
+
+    def model(bias_shape, second_use: bool):
+        inits = [numpy_helper.from_array(rng.standard_normal((H, F)).astype(np.float32), "w"),
+                 numpy_helper.from_array(rng.standard_normal(H).astype(np.float32), "c"),
+                 numpy_helper.from_array(rng.standard_normal(bias_shape).astype(np.float32), "b")]
+        nodes = [helper.make_node("Gemm", ["x", "w", "c"] if gemm_bias else ["x", "w"], ["z"], transB=1),
+                 helper.make_node("Add", ["b", "z"], ["y"])]
+        outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", H])]
+        if second_use:  # the bias-free product is needed too: nothing to fold
+            nodes.append(helper.make_node("Identity", ["z"], ["z_out"]))
+            outputs.append(helper.make_tensor_value_info("z_out", TensorProto.FLOAT, ["n", H]))
+        graph = helper.make_graph(nodes, "gemm_add", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", F])],
+                                  outputs, inits)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+    feeds = {"x": rng.standard_normal((13, F)).astype(np.float32)}
+    for shape in ((H,), (1,)):
+        m = model(shape, second_use=False)
+        before = _run(m, feeds)
+        assert fold_bias_adds(m) == 1 and [n.op_type for n in m.graph.node] == ["Gemm"]
+        np.testing.assert_allclose(_run(m, feeds), before, rtol=1e-5, atol=1e-5)
+    assert fold_bias_adds(model((H,), second_use=True)) == 0
+    assert fold_bias_adds(model((13, H), second_use=False)) == 0  # a per-row addend is no bias
+
+
+def test_gat_export_folds_its_bias_into_the_gemm(tmp_path):
+    torch.manual_seed(6)
+    net = build_model(ModelConfig("gat", "regression", F, 0, hidden=H, num_rounds=2)).eval()
+    with torch.no_grad():
+        for layer in net.layers:
+            layer.bias.uniform_(-1, 1)  # a trained bias, so the fold is not a no-op
+    result = export_model(net, tmp_path / "gat.onnx", ExportConfig())  # verification: eager parity on every case
+    assert result.checks["bias_adds_folded_into_gemm"] == 2

@@ -93,6 +93,19 @@ def test_only_dense_layers_are_quantized(export_checkpoint, tmp_path, calib):
     assert per_edge and not set(per_edge) & set(dense_layer_nodes(src_model))
 
 
+def test_gat_head_widening_stays_float(export_checkpoint, tmp_path):
+    # GAT widens per-head softmax weights with a 0/1 [heads, H] MatMul: a copy, never an int8 layer.
+    src = export_checkpoint("gat")
+    model = onnx.load(str(src))
+    inits = {i.name for i in model.graph.initializer}
+    widening = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits
+                and not n.name.endswith("_attention_logits")]
+    assert widening, "the sparse GAT should widen its attention weights with a MatMul"
+    assert not set(widening) & set(dense_layer_nodes(model))
+    res = quantize(src, tmp_path / "gat8.onnx", QuantizeConfig("int8-dynamic"))
+    assert res.quantized_nodes and not set(widening) & set(res.quantized_nodes)
+
+
 @pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
 def test_calibration_methods(export_checkpoint, tmp_path, calib, method):
     from edgemp.runtime import load

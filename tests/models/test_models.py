@@ -220,6 +220,19 @@ def test_sparse_max_of_negative_messages_stays_negative(impl):
     assert out[2].item() == -1.0
 
 
+@pytest.mark.parametrize("impl", ["index_add", "scatter"])
+def test_aggregate_onto_starts_from_the_node_term(impl):
+    # GAT's softmax: one scatter seeded with the node's own term, for nodes with and without in-edges.
+    ctx = _sparse_ctx([(0, 2), (1, 2), (0, 1)], 4, impl)
+    base = torch.tensor([[-7.0, 1.0], [0.5, -2.0], [-1.0, 3.0], [-4.0, -4.0]])
+    msg = torch.tensor([[-3.0, 2.0], [-5.0, 9.0], [1.0, -6.0]])
+    assert torch.equal(ctx.aggregate_onto(base, msg, "sum"), base + ctx.aggregate(msg, "sum"))
+    expected_max = torch.tensor([[-7.0, 1.0], [1.0, -2.0], [-1.0, 9.0], [-4.0, -4.0]])  # no -inf, no 0 fill
+    assert torch.equal(ctx.aggregate_onto(base, msg, "max"), expected_max)
+    with pytest.raises(ValueError, match="mean"):
+        ctx.aggregate_onto(base, msg, "mean")
+
+
 @pytest.mark.parametrize("aggr", ["sum", "mean", "max"])
 def test_sparse_no_edges(aggr):
     ctx = _sparse_ctx([], 4)
