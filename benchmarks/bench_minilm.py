@@ -175,7 +175,8 @@ def main() -> None:
     print(f"## all-MiniLM-L6-v2, texts in -> embeddings out ({t} thread(s), torch and ORT alike)\n")
     print(markdown_table(lat, baseline="st-torch", batch_sizes=sizes, peers=PEERS))
     ratio = lambda case, a, b: float(np.median(lat[(case, a)]) / np.median(lat[(case, b)]))  # noqa: E731
-    best_fp32 = lambda case: min(("edgemp-fp32", "edgemp-fp32-fused"), key=lambda e: np.median(lat[(case, e)]))  # noqa: E731
+    best_fp32 = lambda case: min(("edgemp-fp32", "edgemp-fp32-fused"),  # noqa: E731
+                                 key=lambda e: np.median(lat[(case, e)]))
     print("\nint8 speed-up over its own fastest fp32 (p50 ratio, same run; fused = fp32 with ORT's fused attention): "
           + "; ".join(f"{c.label}: edgemp {ratio(c.label, best_fp32(c.label), 'edgemp-int8'):.2f}x vs "
                       f"{best_fp32(c.label).removeprefix('edgemp-')} "
