@@ -7,7 +7,6 @@ so a client sees what to fix and never a 500. Tensor *contents* never appear in 
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgemp.errors import EdgempError
+from edgemp.runtime.server import jsoncodec
 
 if TYPE_CHECKING:
     from edgemp.runtime.server.served import ServedModel
@@ -125,7 +125,7 @@ def array_from_bytes(raw: bytes | memoryview, datatype: str, shape: tuple[int, .
 def load_json(data: bytes | memoryview | str, what: str) -> Any:
     """``json.loads`` whose every failure (syntax, encoding, nesting depth, huge ints) is a 400."""
     try:
-        return json.loads(bytes(data) if isinstance(data, memoryview) else data)
+        return jsoncodec.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:  # JSONDecodeError is a ValueError
         raise ProtocolError(f"{what} is not valid JSON: {_name(e)}") from e
 
@@ -353,7 +353,7 @@ def encode_infer_response(
     if request.id is not None:
         response["id"] = request.id
     response["outputs"] = entries
-    header = json.dumps(response, separators=(",", ":")).encode()
+    header = jsoncodec.dumps(response)
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)
