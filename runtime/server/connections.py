@@ -158,12 +158,13 @@ class GuardedRequestHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        if data and self.awaiting_headers:
-            self._arm_header_timer()  # first bytes of a request after an idle keep-alive
+        waiting = data and self.awaiting_headers  # first bytes of a request after an idle keep-alive
         before = self._request_count
         super().data_received(data)
         if self._request_count != before:
             self._cancel_header_timer()
+        elif waiting:  # headers still incomplete: they have until the deadline. A request whose
+            self._arm_header_timer()  # headers came in one read (nearly all) never arms a timer.
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_header_timer()
