@@ -133,6 +133,11 @@ class BodyReader:
         else:
             self.held.pop(id(request), None)
 
+    def hold(self, owner: object, nbytes: int) -> None:
+        """Count a body already read (by the fast path) against ``max_buffered_bytes`` until
+        :meth:`release` (BufferFullError past it)."""
+        self._hold(owner, nbytes)  # type: ignore[arg-type]
+
     def release(self, request: web.Request) -> None:
         """Forget the bytes ``request`` held (its handler has finished)."""
         self._drop(request, self.held.get(id(request), 0))

@@ -21,6 +21,7 @@ from edgemp.errors import (
     ResourceExhaustedError,
     ShuttingDownError,
 )
+from edgemp.runtime.server import jsoncodec
 from edgemp.runtime.server.body import BadBodyError, BodyReader, ClientGoneError, aiohttp_inflates
 from edgemp.runtime.server.config import ServerConfig
 
@@ -76,8 +77,28 @@ def one_line(e: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def error_answer(e: Exception, method: str, path: str) -> tuple[int, str]:
+    """(status, message) for a failure while serving ``method path``; logs what is not the client's.
+
+    A client's error is its 4xx (or 503) without a log line; real exhaustion is one warning
+    line, no traceback per request; anything unexpected is a 500 with its traceback logged.
+    """
+    if isinstance(e, ResourceExhaustedError):
+        logger.warning("%s %s: %s", method, path, one_line(e))
+        return status_for(e), str(e)
+    if isinstance(e, EdgempError):
+        return status_for(e), str(e)
+    if isinstance(e, MemoryError):
+        logger.warning("%s %s: out of memory serving the request", method, path)
+        return 507, "the server ran out of memory for this request; send fewer or smaller graphs"
+    logger.exception("internal error serving %s %s", method, path)
+    return 500, "internal server error; see the server log"
+
+
 def error_response(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+    """The V2 error body, byte for byte what the fast path sends (runtime/server/fastpath.py)."""
+    return web.Response(body=jsoncodec.dumps({"error": message}), status=status, content_type="application/json",
+                        charset="utf-8")
 
 
 def request_middleware(reader: BodyReader, token: str | None = None) -> Callable:
@@ -131,16 +152,8 @@ def request_middleware(reader: BodyReader, token: str | None = None) -> Callable
             response.force_close()  # the rest of the stream is unreadable: answer, then close
             request.content.feed_eof()  # and do not let aiohttp try to drain it again
             return response
-        except ResourceExhaustedError as e:  # real exhaustion: one log line, no traceback per request
-            logger.warning("%s %s: %s", request.method, request.path, one_line(e))
-            return error_response(status_for(e), str(e))
-        except EdgempError as e:
-            return error_response(status_for(e), str(e))
-        except MemoryError:
-            logger.warning("%s %s: out of memory serving the request", request.method, request.path)
-            return error_response(507, "the server ran out of memory for this request; send fewer or smaller graphs")
-        except Exception:
-            logger.exception("internal error serving %s %s", request.method, request.path)
-            return error_response(500, "internal server error; see the server log")
+        except Exception as e:  # noqa: BLE001 - every failure is answered (see error_answer)
+            status, message = error_answer(e, request.method, request.path)
+            return error_response(status, message)
 
     return handle
