@@ -1,4 +1,4 @@
-"""The hot routes without aiohttp's per-request machinery: health probes and V2 infer.
+"""The hot routes without aiohttp's per-request machinery: health probes, V2 infer, /v1 predict.
 
 aiohttp turns every request into a Request, a task, a middleware chain and a StreamResponse;
 measured here (benchmarks/results/server.md §0b) that costs ~40 µs of server CPU for a
@@ -8,29 +8,31 @@ model. This path parses the request with httptools and answers from the same req
 
 A request takes it only when nothing about it needs aiohttp: one whole request in one read,
 on a connection with nothing else in progress, HTTP/1.1 keep-alive, ``GET`` of a health
-probe or ``POST`` to a served model's ``infer`` with a ``Content-Length`` under the offload
-size, no ``Content-Encoding``, ``Transfer-Encoding`` or ``Expect``, the bearer token (when
-one is set) right, and the server not draining. Anything else — a partial read, a pipelined
-request, a limit, a bad token, unparsable bytes — goes to aiohttp untouched, so every limit
-and error answer it has stays the one answer for those requests. An error raised while
-serving a fast request is answered exactly as the middleware answers it
+probe or ``POST`` to a served model's V2 ``infer`` or ``/v1`` ``predict`` with a
+``Content-Length`` under the offload size, no ``Content-Encoding``, ``Transfer-Encoding`` or
+``Expect``, the bearer token (when one is set) right, and the server not draining. Anything
+else — a partial read, a pipelined request, a limit, a bad token, unparsable bytes — goes to
+aiohttp untouched, so every limit and error answer it has stays the one answer for those
+requests. With ``--access-log`` on, aiohttp serves everything (it writes that log). An error
+raised while serving a fast request is answered exactly as the middleware answers it
 (:func:`edgemp.runtime.server.middleware.error_answer`).
 """
 from __future__ import annotations
 
-import asyncio
 import hmac
 import time
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import httptools
 
 from edgemp.runtime.server import core, jsoncodec
+from edgemp.runtime.server.body import BadBodyError
 from edgemp.runtime.server.middleware import BODY_READER, error_answer
 from edgemp.runtime.server.protocol import decode_infer_request
 from edgemp.runtime.server.state import STATE
+from edgemp.runtime.server.v1 import v1_call
 from edgemp.runtime.server.v2 import HttpCall
 
 if TYPE_CHECKING:
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
     from edgemp.runtime.server.connections import GuardedRequestHandler
 
 HEALTH = {b"/v2/health/live": False, b"/v2/health/ready": True}  # path -> answers readiness
-_PREFIXES = (b"GET /v2/health/", b"POST /v2/models/")
+_PREFIXES = (b"GET /v2/health/", b"POST /v2/models/", b"POST /v1/models/")
 _REFUSING = frozenset({b"content-encoding", b"transfer-encoding", b"expect", b"upgrade"})
 
 
@@ -140,59 +142,78 @@ class FastPath:
             return True
         if method != b"POST" or self.state.draining:
             return False
-        served = self._model(parsed.url)
+        served, v2 = self._model(parsed.url)
         if served is None or not self._authorized(headers):
             return False
         length = headers.get(b"content-length")
         body = b"".join(parsed.body)
         if length is None or not length.isdigit() or int(length) != len(body) or len(body) > self.max_length:
             return False
+        owner = object()  # the body's bytes count against max_buffered_bytes until it is answered
         try:
-            self.reader.check_announced(len(body))
-        except Exception:  # noqa: BLE001 - the buffer is full: aiohttp's path gives the 503
+            self.reader.hold(owner, len(body))
+        except BadBodyError:  # the buffer is full: aiohttp's path gives the 503
             return False
-        header_length = headers.get(b"inference-header-content-length")
-        conn.fast_run(self._infer(served, body, None if header_length is None else header_length.decode("latin-1"),
-                                  parsed.url))
+        if v2:
+            header_length = headers.get(b"inference-header-content-length")
+            conn.fast_run(self._infer(owner, served, body,
+                                      None if header_length is None else header_length.decode("latin-1"), parsed.url))
+        else:
+            conn.fast_run(self._predict(owner, served, body, parsed.url))
         return True
 
-    def _model(self, url: bytes) -> Any:
-        """The served model a ``/v2/models/{m}[/versions/{v}]/infer`` URL names, else None."""
+    def _model(self, url: bytes) -> tuple[Any, bool]:
+        """The served model a ``/v2/models/{m}[/versions/{v}]/infer`` or ``/v1/models/{m}/predict``
+        URL names (None if none), and whether it is the V2 route."""
         parts = url.split(b"/")
-        if len(parts) == 5 and parts[4] == b"infer":
+        v2 = parts[1:3] == [b"v2", b"models"]
+        if v2 and len(parts) == 5 and parts[4] == b"infer":
             version = None
-        elif len(parts) == 7 and parts[4] == b"versions" and parts[6] == b"infer":
+        elif v2 and len(parts) == 7 and parts[4] == b"versions" and parts[6] == b"infer":
             version = parts[5].decode("latin-1")
+        elif parts[1:3] == [b"v1", b"models"] and len(parts) == 5 and parts[4] == b"predict":
+            version = None
         else:
-            return None
-        if parts[:3] != [b"", b"v2", b"models"]:
-            return None
+            return None, v2
+        if parts[0]:
+            return None, v2
         served = self.state.models.get(parts[3].decode("latin-1"))
         if served is None or version not in (None, served.version):
-            return None  # aiohttp answers unknown models and versions (404)
-        return served
+            return None, v2  # aiohttp answers unknown models and versions (404)
+        return served, v2
 
     def _authorized(self, headers: dict[bytes, bytes]) -> bool:
         return self.expected is None or hmac.compare_digest(headers.get(b"authorization", b""), self.expected)
 
-    async def _infer(self, served: Any, body: bytes, header_length: str | None, url: bytes) -> bytes:
-        """The whole response to one fast infer request (an error answered as the middleware would)."""
+    async def _infer(self, owner: object, served: Any, body: bytes, header_length: str | None, url: bytes) -> bytes:
+        """The whole response to one V2 infer request (as :func:`edgemp.runtime.server.v2.infer` answers)."""
         def decode(data: bytes) -> HttpCall:
             return HttpCall(served, decode_infer_request(data, header_length, served.input_types))
 
-        owner = object()  # the body's bytes count against max_buffered_bytes until answered
-        self.reader.hold(owner, len(body))
-        try:
-            payload, json_length = await core.infer(self.state, served, body, decode)
-        except Exception as e:  # noqa: BLE001 - every failure is answered, as the middleware answers it
-            status, message = error_answer(e, "POST", url.decode("latin-1"))
-            return _response(status, b"application/json; charset=utf-8", jsoncodec.dumps({"error": message}))
-        finally:
-            self.reader.release(owner)
+        answer, error = await self._answer(owner, served, body, decode, url)
+        if error is not None:
+            return error
+        payload, json_length = answer
         if json_length is None:
             return _response(200, b"application/json", payload)
         return _response(200, b"application/octet-stream", payload,
                          b"Inference-Header-Content-Length: %d\r\n" % json_length)
+
+    async def _predict(self, owner: object, served: Any, body: bytes, url: bytes) -> bytes:
+        """The whole response to one ``/v1`` predict request (as :func:`edgemp.runtime.server.v1.predict` answers)."""
+        payload, error = await self._answer(owner, served, body, lambda data: v1_call(served, data), url)
+        return error if error is not None else _response(200, b"application/json", payload)
+
+    async def _answer(self, owner: object, served: Any, body: bytes, decode: Callable[[bytes], Any],
+                      url: bytes) -> tuple[Any, bytes | None]:
+        """(the request core's answer, None), or (None, the error response the middleware would give)."""
+        try:
+            return await core.infer(self.state, served, body, decode), None
+        except Exception as e:  # noqa: BLE001 - every failure is answered, as the middleware answers it
+            status, message = error_answer(e, "POST", url.decode("latin-1"))
+            return None, _response(status, b"application/json; charset=utf-8", jsoncodec.dumps({"error": message}))
+        finally:
+            self.reader.release(owner)  # type: ignore[arg-type]
 
 
 def attach(app: "web.Application") -> FastPath | None:

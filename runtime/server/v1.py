@@ -42,7 +42,7 @@ class V1GraphCall:
         return jsoncodec.dumps(out)
 
 
-def _call(served: ServedModel, body: bytes):
+def v1_call(served: ServedModel, body: bytes):
     """The /v1 body as a call: texts for a text model, SMILES or graphs for a graph model."""
     if isinstance(served, TextServedModel):
         return V1TextCall(served, body)
@@ -54,7 +54,7 @@ def _call(served: ServedModel, body: bytes):
 async def predict(request: web.Request) -> web.Response:
     served = served_model(request)
     payload = await core.infer(request.app[STATE], served, lambda: read_body(request),
-                               lambda body: _call(served, body))
+                               lambda body: v1_call(served, body))
     return web.Response(body=payload, content_type="application/json")
 
 

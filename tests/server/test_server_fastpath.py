@@ -88,7 +88,10 @@ def exchange(port: int, *requests: bytes) -> list[tuple[int, dict[str, str], byt
 
 
 def _bodies(graphs) -> dict[str, tuple[bytes, dict]]:
+    from edgemp.graphio import graph_to_json
+
     tensors = batch_tensors(graphs)
+    v1 = json.dumps({"graphs": [{k: v for k, v in graph_to_json(g).items() if k != "y"} for g in graphs], "id": "v"})
     binary, header_length = v2_binary_body(tensors, request_id="r1")
     bad = json.dumps({"inputs": [{"name": "x", "datatype": "INT64", "shape": [1, 5], "data": [0] * 5}]}).encode()
     return {
@@ -97,20 +100,26 @@ def _bodies(graphs) -> dict[str, tuple[bytes, dict]]:
         "bad datatype": (bad, {}),
         "not json": (b"{oops", {}),
         "bad header length": (binary, {"Inference-Header-Content-Length": "99999999"}),
+        "v1": (v1.encode(), {}),
+        "v1 bad": (b'{"graphs": [{"x": [[1.0]]}]}', {}),
     }
 
 
-@pytest.mark.parametrize("case", ["binary", "json", "bad datatype", "not json", "bad header length"])
+@pytest.mark.parametrize("case", ["binary", "json", "bad datatype", "not json", "bad header length", "v1", "v1 bad"])
 def test_fast_and_aiohttp_paths_answer_alike(server, gnn, case):
     graphs = random_graphs(np.random.default_rng(5), 3, max_nodes=10)
     body, headers = _bodies(graphs)[case]
-    (fs, fh, fb), = exchange(server.port, wire("POST", "/v2/models/gnn/infer", body, {**headers, **FAST}))
-    (ss, sh, sb), = exchange(server.port, wire("POST", "/v2/models/gnn/infer", body, {**headers, **SLOW}))
+    path = "/v1/models/gnn/predict" if case.startswith("v1") else "/v2/models/gnn/infer"
+    (fs, fh, fb), = exchange(server.port, wire("POST", path, body, {**headers, **FAST}))
+    (ss, sh, sb), = exchange(server.port, wire("POST", path, body, {**headers, **SLOW}))
     assert fh["server"] == "edgemp" and "aiohttp" in sh["server"]  # each path was taken
     assert (fs, fb) == (ss, sb)
     for name in ("content-type", "inference-header-content-length"):
         assert fh.get(name) == sh.get(name), name
-    if fs == 200:
+    if fs == 200 and case == "v1":
+        outputs = json.loads(fb)["outputs"]
+        assert len(outputs) == len(graphs) and json.loads(fb)["id"] == "v"
+    elif fs == 200:
         _, outputs = decode_v2_response(fb, fh.get("inference-header-content-length"))
         assert_outputs_match(outputs, expected_layout(gnn, graphs), case)
     else:
