@@ -184,3 +184,13 @@ def test_token_is_checked_on_the_fast_path(repo):
         assert got == 200 and headers["server"] == "edgemp"  # the probes need no token
     finally:
         srv.close()
+
+
+def test_access_log_turns_the_fast_path_off(repo):
+    """aiohttp writes the access log, so with it on every request is aiohttp's."""
+    srv = start_thread_server(repo, ServerConfig(port=0, access_log=True))
+    try:
+        (got, headers, _), = exchange(srv.port, wire("GET", "/v2/health/ready"))
+        assert got == 200 and "aiohttp" in headers["server"]
+    finally:
+        srv.close()
