@@ -20,7 +20,7 @@ from edgemp.runtime.server.config import ServerConfig
 from edgemp.runtime.server.body import BodyReader
 from edgemp.runtime.server.limits import RequestLimits
 from edgemp.runtime.server.metrics import ServerMetrics
-from edgemp.runtime.server.middleware import BODY_READER, auth_middleware, body_limit_middleware, error_middleware
+from edgemp.runtime.server.middleware import BODY_READER, request_middleware
 from edgemp.runtime.server.repository import NAME_RE, ModelSource
 from edgemp.runtime.server.served import ServedModel
 from edgemp.runtime.server.state import STATE, ServerState
@@ -83,13 +83,11 @@ def create_app(
             s.limits = RequestLimits.for_model(s.spec, s.source.path, s.source.batcher, config)
     state = ServerState(served, config)
     state.metrics = ServerMetrics(lambda: list(state.models.values()), lambda: state.ready)
-    middlewares = [error_middleware]
     if config.auth_token is not None:
-        middlewares.append(auth_middleware(config.auth_token))
         logger.info("bearer-token auth is on for every route except /v2/health/live and /v2/health/ready")
     body_reader = BodyReader(config)
-    middlewares.append(body_limit_middleware(body_reader))
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
+    app = web.Application(client_max_size=config.max_body_bytes,
+                          middlewares=[request_middleware(body_reader, config.auth_token)])
     app[STATE] = state
     app[BODY_READER] = body_reader
     v2.add_routes(app)

@@ -108,7 +108,7 @@ class BodyReader:
         self.min_rate = config.body_min_rate_bytes_per_s
         self.grace_s = config.header_timeout_s
         self.buffered = 0  # bytes held by bodies of requests still being handled
-        self._held: dict[int, int] = {}  # id(request) -> its share of `buffered` (requests are unhashable)
+        self.held: dict[int, int] = {}  # id(request) -> its share of `buffered` (requests are unhashable)
         self._active: set = set()  # StreamReaders of bodies still arriving
         self._draining = False
 
@@ -122,20 +122,25 @@ class BodyReader:
     def _hold(self, request: web.Request, nbytes: int) -> None:
         self._check_room(nbytes)
         self.buffered += nbytes
-        self._held[id(request)] = self._held.get(id(request), 0) + nbytes
+        self.held[id(request)] = self.held.get(id(request), 0) + nbytes
 
     def _drop(self, request: web.Request, nbytes: int) -> None:
-        held = self._held.get(id(request), 0)
+        held = self.held.get(id(request), 0)
         nbytes = min(nbytes, held)
         self.buffered -= nbytes
         if held - nbytes:
-            self._held[id(request)] = held - nbytes
+            self.held[id(request)] = held - nbytes
         else:
-            self._held.pop(id(request), None)
+            self.held.pop(id(request), None)
+
+    def hold(self, owner: object, nbytes: int) -> None:
+        """Count a body already read (by the fast path) against ``max_buffered_bytes`` until
+        :meth:`release` (BufferFullError past it)."""
+        self._hold(owner, nbytes)  # type: ignore[arg-type]
 
     def release(self, request: web.Request) -> None:
         """Forget the bytes ``request`` held (its handler has finished)."""
-        self._drop(request, self._held.get(id(request), 0))
+        self._drop(request, self.held.get(id(request), 0))
 
     def check_announced(self, length: int) -> None:
         """Refuse a body by its Content-Length before reading a byte of it."""

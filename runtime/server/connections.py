@@ -23,18 +23,26 @@ import json
 import logging
 import resource
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import httptools
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 
 from edgemp.runtime.server.config import ServerConfig
 
+if TYPE_CHECKING:
+    from typing import Coroutine
+
+    from edgemp.runtime.server.fastpath import FastPath
+
 logger = logging.getLogger(__name__)
 
 LOG_EVERY_S = 10.0
 FD_RESERVE = 64  # descriptors kept for model files, logs and the listening socket
+PENDING_LIMIT = 1 << 20  # bytes read ahead while a fast request runs; past it, reading pauses
+FAST_RUN_KEEPALIVE_S = 1e6  # a connection serving a fast request is not idle
 
 
 def _raw_response(status: str, message: str) -> bytes:
@@ -81,9 +89,10 @@ def connection_limit(requested: int) -> int:
 
 
 class ConnectionGuard:
-    """What every connection of one server shares: its settings, the cap and the logs."""
+    """What every connection of one server shares: its settings, the cap, the logs and the fast path."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, fast: "FastPath | None" = None) -> None:
+        self.fast = fast
         self.header_timeout_s = config.header_timeout_s
         self.max_connections = connection_limit(config.max_connections)
         self.evicted_log = RateLimitedLog(logger)
@@ -103,12 +112,18 @@ class GuardedRequestHandler(RequestHandler):
         self._header_timer: asyncio.TimerHandle | None = None
         self._refused = False
         self._opened = time.monotonic()
+        # Fast path (runtime/server/fastpath.py): a parser that follows the stream only to know
+        # whether aiohttp's parser sits between requests (None once it cannot tell: no fast path).
+        self._stream = _StreamTracker() if guard.fast is not None else None
+        self._fast_busy = False  # a fast request is being served: later bytes wait for its answer
+        self._fast_pending: list[bytes] = []
+        self._fast_paused = False
 
     # -- waiting for headers --------------------------------------------------------------
     @property
     def awaiting_headers(self) -> bool:
         """True while no request is queued or being handled (idle or mid-headers)."""
-        return not self._request_in_progress and not self._messages
+        return not self._request_in_progress and not self._messages and not self._fast_busy
 
     def _arm_header_timer(self) -> None:
         if self._header_timer is None and self.guard.header_timeout_s > 0:
@@ -158,12 +173,73 @@ class GuardedRequestHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        if data and self.awaiting_headers:
-            self._arm_header_timer()  # first bytes of a request after an idle keep-alive
+        if self._fast_busy:  # in order: these bytes are read once the fast answer is written
+            self._fast_pending.append(data)
+            if not self._fast_paused and sum(map(len, self._fast_pending)) > PENDING_LIMIT and self.transport:
+                self._fast_paused = True
+                self.transport.pause_reading()
+            return
+        stream = self._stream
+        if stream is not None and data and stream.between_requests and self.awaiting_headers \
+                and self.transport is not None and self._manager is not None and self.guard.fast.take(self, data):
+            self._cancel_header_timer()
+            return
+        if stream is not None and not stream.feed(data):
+            self._stream = None
+        waiting = data and self.awaiting_headers  # first bytes of a request after an idle keep-alive
         before = self._request_count
         super().data_received(data)
         if self._request_count != before:
             self._cancel_header_timer()
+        elif waiting:  # headers still incomplete: they have until the deadline. A request whose
+            self._arm_header_timer()  # headers came in one read (nearly all) never arms a timer.
+
+    # -- the fast path's side of the connection ------------------------------------------
+    def fast_write(self, response: bytes) -> None:
+        """Send a fast request's answer; the connection is idle again (keep-alive timer restarts)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(response)
+        self._opened = time.monotonic()
+        if self._keepalive_timeout > 0:  # as aiohttp does after each request it answers
+            self._keep_alive_until(self._loop.time() + self._keepalive_timeout)
+
+    def _keep_alive_until(self, close_time: float) -> None:
+        self._next_keepalive_close_time = close_time
+        handle = self._keepalive_handle
+        if handle is not None:
+            if handle.when() <= close_time:
+                return  # it fires first and re-arms itself for close_time
+            handle.cancel()
+        self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
+
+    def fast_run(self, answer: "Coroutine[Any, Any, bytes]") -> None:
+        """Serve a fast request that has to wait (an infer): its answer goes out before later bytes are read."""
+        self._fast_busy = True
+        # aiohttp sees an idle connection meanwhile: its keep-alive timer must not close it.
+        self._next_keepalive_close_time = self._loop.time() + FAST_RUN_KEEPALIVE_S
+        self._loop.create_task(self._serve_fast(answer))
+
+    async def _serve_fast(self, answer: "Coroutine[Any, Any, bytes]") -> None:
+        try:
+            response = await answer
+        except BaseException:
+            if self.transport is not None:  # cannot answer: close rather than leave the client waiting
+                self.transport.close()
+            raise
+        else:
+            # Written in the step the request core finished in: before a drain that waited for
+            # this request can go on to close the connection.
+            self.fast_write(response)
+        finally:
+            self._fast_busy = False
+            pending, self._fast_pending = self._fast_pending, []
+            if self._fast_paused and self.transport is not None:
+                self._fast_paused = False
+                self.transport.resume_reading()
+            if pending and self.transport is not None:
+                self.data_received(b"".join(pending))
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_header_timer()
@@ -194,6 +270,39 @@ class GuardedRequestHandler(RequestHandler):
         return result
 
 
+class _StreamTracker:
+    """Follows a connection's bytes with httptools to know whether they end between requests.
+
+    The fast path may only take a read when aiohttp's parser holds nothing of a request
+    (else the read is the middle of one). Bytes aiohttp reads pass through here first;
+    ``feed`` returns False on anything it cannot follow (the fast path is then off for
+    the connection: aiohttp alone parses it).
+    """
+
+    __slots__ = ("_parser", "_begun", "_done")
+
+    def __init__(self) -> None:
+        self._parser = httptools.HttpRequestParser(self)
+        self._begun = self._done = 0
+
+    @property
+    def between_requests(self) -> bool:
+        return self._begun == self._done
+
+    def on_message_begin(self) -> None:
+        self._begun += 1
+
+    def on_message_complete(self) -> None:
+        self._done += 1
+
+    def feed(self, data: bytes) -> bool:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError:  # including an upgrade: not HTTP/1.1 requests any more
+            return False
+        return True
+
+
 class _GuardedServer(Server):
     """aiohttp's protocol factory, building :class:`GuardedRequestHandler` connections."""
 
@@ -210,7 +319,11 @@ class GuardedAppRunner(web.AppRunner):
         # auto_decompress=False: bodies are inflated by edgemp.runtime.server.body, in a
         # worker thread and only up to the body limit (aiohttp inflates on the event loop).
         super().__init__(app, keepalive_timeout=config.keepalive_timeout_s, auto_decompress=False, **kwargs)
-        self._guard = ConnectionGuard(config)
+        # The fast path answers without aiohttp's access log: with that log on, aiohttp serves all.
+        from edgemp.runtime.server import fastpath  # it builds on the middleware, which imports this module
+
+        fast = fastpath.attach(app) if "access_log" in kwargs and kwargs["access_log"] is None else None
+        self._guard = ConnectionGuard(config, fast)
 
     async def _make_server(self) -> Server:
         server = await super()._make_server()

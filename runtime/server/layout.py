@@ -51,9 +51,15 @@ def output_specs(spec: ExportedModelSpec) -> list[TensorSpec]:
 
 
 def _check_shape(name: str, arr: np.ndarray, want: tuple[int, ...]) -> None:
-    if arr.ndim != len(want) or any(w != -1 and w != d for w, d in zip(want, arr.shape)):
-        shown = ["-1" if w == -1 else str(w) for w in want]
-        raise ProtocolError(f"input {name!r} has shape {list(arr.shape)}; expected [{', '.join(shown)}]")
+    shape = arr.shape
+    if len(shape) == len(want):  # a plain loop: a generator per tensor cost more than the check
+        for w, d in zip(want, shape):
+            if w != -1 and w != d:
+                break
+        else:
+            return
+    shown = ["-1" if w == -1 else str(w) for w in want]
+    raise ProtocolError(f"input {name!r} has shape {list(arr.shape)}; expected [{', '.join(shown)}]")
 
 
 def tensors_to_graphs(tensors: dict[str, np.ndarray], spec: ExportedModelSpec,

@@ -21,6 +21,7 @@ from edgemp.errors import (
     ResourceExhaustedError,
     ShuttingDownError,
 )
+from edgemp.runtime.server import jsoncodec
 from edgemp.runtime.server.body import BadBodyError, BodyReader, ClientGoneError, aiohttp_inflates
 from edgemp.runtime.server.config import ServerConfig
 
@@ -76,77 +77,83 @@ def one_line(e: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def error_response(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+def error_answer(e: Exception, method: str, path: str) -> tuple[int, str]:
+    """(status, message) for a failure while serving ``method path``; logs what is not the client's.
 
-
-def auth_middleware(token: str) -> Callable:
-    expected = f"Bearer {token}".encode()
-
-    @web.middleware
-    async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in OPEN_PATHS:
-            # aiohttp keeps undecodable header bytes as surrogates: encode them back, never raise.
-            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
-            if not hmac.compare_digest(given, expected):
-                return error_response(401, "missing or invalid bearer token")
-        return await handler(request)
-
-    return check_token
-
-
-def body_limit_middleware(reader: BodyReader) -> Callable:
-    """Refuse a body by its Content-Length before reading it; free its bytes after the handler.
-
-    The bytes a request's body holds count against ``max_buffered_bytes`` until its
-    handler has answered (decoded tensors live that long too).
+    A client's error is its 4xx (or 503) without a log line; real exhaustion is one warning
+    line, no traceback per request; anything unexpected is a 500 with its traceback logged.
     """
+    if isinstance(e, ResourceExhaustedError):
+        logger.warning("%s %s: %s", method, path, one_line(e))
+        return status_for(e), str(e)
+    if isinstance(e, EdgempError):
+        return status_for(e), str(e)
+    if isinstance(e, MemoryError):
+        logger.warning("%s %s: out of memory serving the request", method, path)
+        return 507, "the server ran out of memory for this request; send fewer or smaller graphs"
+    logger.exception("internal error serving %s %s", method, path)
+    return 500, "internal server error; see the server log"
+
+
+def error_response(status: int, message: str) -> web.Response:
+    """The V2 error body, byte for byte what the fast path sends (runtime/server/fastpath.py)."""
+    return web.Response(body=jsoncodec.dumps({"error": message}), status=status, content_type="application/json",
+                        charset="utf-8")
+
+
+def request_middleware(reader: BodyReader, token: str | None = None) -> Callable:
+    """Every route's one middleware: errors as V2 bodies, the bearer token, the body limits.
+
+    One layer instead of three: each aiohttp middleware costs a call layer and a partial
+    per request, as much as a health check's own handler. In order, for each request:
+
+    - an unexpected exception becomes a 500 with its traceback logged; a client's error
+      its 4xx (see :func:`status_for`), as the V2 error body;
+    - with a ``token``, every route but the health probes needs ``Authorization: Bearer``
+      (401, before anything of the body is looked at);
+    - a body is refused by its Content-Length before a byte of it is read, and the bytes
+      it holds count against ``max_buffered_bytes`` until its handler has answered.
+    """
+    expected = None if token is None else f"Bearer {token}".encode()
+    held = reader.held  # requests holding body bytes (most GETs never do)
 
     @web.middleware
-    async def check_length(request: web.Request, handler: Handler) -> web.StreamResponse:
-        length = request.content_length
-        if length is not None and request.method in ("POST", "PUT"):
-            try:
-                reader.check_announced(length)
-            except BadBodyError as e:
-                # Nothing was read: answer without closing, and aiohttp discards the unread body
-                # (for at most its lingering time) so the client can finish sending and read this.
-                return error_response(e.status, str(e))
+    async def handle(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            return await handler(request)
-        finally:
-            reader.release(request)
+            if expected is not None and request.path not in OPEN_PATHS:
+                # aiohttp keeps undecodable header bytes as surrogates: encode them back, never raise.
+                given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+                if not hmac.compare_digest(given, expected):
+                    return error_response(401, "missing or invalid bearer token")
+            length = request.content_length
+            if length is not None and request.method in ("POST", "PUT"):
+                try:
+                    reader.check_announced(length)
+                except BadBodyError as e:
+                    # Nothing was read: answer without closing, and aiohttp discards the unread body
+                    # (for at most its lingering time) so the client can finish sending and read this.
+                    return error_response(e.status, str(e))
+            try:
+                return await handler(request)
+            finally:
+                if held:
+                    reader.release(request)
+        except web.HTTPRequestEntityTooLarge as e:
+            return error_response(413, e.text or "request body too large")
+        except web.HTTPException as e:
+            if e.status < 400:
+                raise
+            return error_response(e.status, e.reason)
+        except ClientGoneError:
+            logger.info("%s %s: client disconnected mid-request", request.method, request.path)
+            return error_response(400, "client disconnected")
+        except BadBodyError as e:
+            response = error_response(e.status, str(e))
+            response.force_close()  # the rest of the stream is unreadable: answer, then close
+            request.content.feed_eof()  # and do not let aiohttp try to drain it again
+            return response
+        except Exception as e:  # noqa: BLE001 - every failure is answered (see error_answer)
+            status, message = error_answer(e, request.method, request.path)
+            return error_response(status, message)
 
-    return check_length
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every failure into the V2 error body; keep tracebacks only for real bugs."""
-    try:
-        return await handler(request)
-    except web.HTTPRequestEntityTooLarge as e:
-        return error_response(413, e.text or "request body too large")
-    except web.HTTPException as e:
-        if e.status < 400:
-            raise
-        return error_response(e.status, e.reason)
-    except ClientGoneError:
-        logger.info("%s %s: client disconnected mid-request", request.method, request.path)
-        return error_response(400, "client disconnected")
-    except BadBodyError as e:
-        response = error_response(e.status, str(e))
-        response.force_close()  # the rest of the stream is unreadable: answer, then close
-        request.content.feed_eof()  # and do not let aiohttp try to drain it again
-        return response
-    except ResourceExhaustedError as e:  # real exhaustion: one log line, no traceback per request
-        logger.warning("%s %s: %s", request.method, request.path, one_line(e))
-        return error_response(status_for(e), str(e))
-    except EdgempError as e:
-        return error_response(status_for(e), str(e))
-    except MemoryError:
-        logger.warning("%s %s: out of memory serving the request", request.method, request.path)
-        return error_response(507, "the server ran out of memory for this request; send fewer or smaller graphs")
-    except Exception:
-        logger.exception("internal error serving %s %s", request.method, request.path)
-        return error_response(500, "internal server error; see the server log")
+    return handle

@@ -14,13 +14,14 @@ thread, not on the event loop. A server without rdkit answers with a 400 naming 
 """
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
 import numpy as np
+
 from edgemp.chem import MoleculeFeaturizer, featurize_smiles
 from edgemp.errors import EdgempError
 from edgemp.graph import Graph
+from edgemp.runtime.server import jsoncodec
 from edgemp.runtime.server.protocol import ProtocolError, load_json, parse_v1_body
 from edgemp.runtime.smiles import model_featurizer
 from edgemp.spec import ExportedModelSpec
@@ -87,7 +88,7 @@ def _render(items: list, results: list, model_name: str, request_id: str | None)
     if request_id is not None:
         out["id"] = request_id
     out["outputs"] = outputs
-    return json.dumps(out, separators=(",", ":")).encode()
+    return jsoncodec.dumps(out)
 
 
 class V1SmilesCall:

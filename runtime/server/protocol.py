@@ -7,7 +7,6 @@ so a client sees what to fix and never a 500. Tensor *contents* never appear in 
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgemp.errors import EdgempError
+from edgemp.runtime.server import jsoncodec
 
 if TYPE_CHECKING:
     from edgemp.runtime.server.served import ServedModel
@@ -84,8 +84,25 @@ def _parameters(obj: dict, where: str) -> dict[str, Any]:
     return params
 
 
-def check_shape(value: object, where: str) -> tuple[int, ...]:
-    """A client's tensor shape, checked before anything is sized from it (HTTP and gRPC)."""
+def check_shape(value: object, where: object) -> tuple[int, ...]:
+    """A client's tensor shape, checked before anything is sized from it (HTTP and gRPC).
+
+    ``where`` names the tensor in errors (a string, or anything that formats as one).
+    """
+    if type(value) is list and len(value) <= MAX_DIMS:  # noqa: E721 - the JSON case, checked in one pass
+        count = 1
+        for d in value:
+            if type(d) is not int or d < 0 or d > MAX_ELEMENTS:  # noqa: E721 - bool is not a dimension
+                break
+            count *= d
+        else:
+            if count <= MAX_ELEMENTS:
+                return tuple(value)
+    return _check_shape_slow(value, where)
+
+
+def _check_shape_slow(value: object, where: object) -> tuple[int, ...]:
+    """:func:`check_shape` for anything but a plain valid list: the error that fits, or the shape."""
     if not isinstance(value, (list, tuple)) or len(value) > MAX_DIMS:
         if isinstance(value, (list, tuple)):
             raise ProtocolError(f"{where}: 'shape' has {len(value)} dimensions; at most {MAX_DIMS} are allowed")
@@ -125,7 +142,7 @@ def array_from_bytes(raw: bytes | memoryview, datatype: str, shape: tuple[int, .
 def load_json(data: bytes | memoryview | str, what: str) -> Any:
     """``json.loads`` whose every failure (syntax, encoding, nesting depth, huge ints) is a 400."""
     try:
-        return json.loads(bytes(data) if isinstance(data, memoryview) else data)
+        return jsoncodec.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:  # JSONDecodeError is a ValueError
         raise ProtocolError(f"{what} is not valid JSON: {_name(e)}") from e
 
@@ -203,15 +220,17 @@ def decode_infer_request(body: bytes, header_length: str | None, expected: dict[
     decoded: dict[str, np.ndarray] = {}
     offset = 0
     for i, spec in enumerate(inputs):
-        if not isinstance(spec, dict):
+        if type(spec) is not dict:  # noqa: E721 - JSON objects parse to dict, never a subclass
             raise ProtocolError(f"inputs[{i}] must be a JSON object")
         name = spec.get("name")
-        if not isinstance(name, str):
+        if type(name) is not str:  # noqa: E721
             raise ProtocolError(f"inputs[{i}]: 'name' must be a string")
         where = _Where(name)  # formatted only if an error message needs it
         if name in decoded:
             raise ProtocolError(f"{where} is given twice")
-        datatype = check_datatype(name, spec.get("datatype"), expected, where)
+        datatype = spec.get("datatype")
+        if datatype is None or expected.get(name) != datatype:
+            check_datatype(name, datatype, expected, where)  # raises the error that fits
         if datatype == "BYTES":  # texts: variable-length elements, decoded apart from the numeric types
             decoded[name], offset = _bytes_input(spec, binary, offset, where)
             continue
@@ -229,14 +248,15 @@ def decode_infer_request(body: bytes, header_length: str | None, expected: dict[
             continue
         if "data" in spec:
             raise ProtocolError(f"{where} has both 'data' and 'binary_data_size'")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        if type(size) is not int or size < 0:  # noqa: E721 - bool (an int subclass) is not a size
             raise ProtocolError(f"{where}: 'binary_data_size' must be a non-negative integer")
-        need = math.prod(shape) * dtype.itemsize
-        if size != need:
-            raise ProtocolError(f"{where}: binary_data_size is {size} bytes but shape {list(shape)} {datatype} needs {need}")
+        count = math.prod(shape)
+        if size != count * dtype.itemsize:
+            raise ProtocolError(f"{where}: binary_data_size is {size} bytes but shape {list(shape)} "
+                                f"{datatype} needs {count * dtype.itemsize}")
         if offset + size > len(binary):
             raise ProtocolError(f"{where}: binary data runs past the end of the body")
-        decoded[name] = array_from_bytes(binary[offset : offset + size], datatype, shape, where)
+        decoded[name] = np.frombuffer(binary, dtype, count, offset).reshape(shape)  # a view of the body
         offset += size
     if offset != len(binary):
         raise ProtocolError(f"body has {len(binary) - offset} bytes of binary data that no input claims")
@@ -353,7 +373,7 @@ def encode_infer_response(
     if request.id is not None:
         response["id"] = request.id
     response["outputs"] = entries
-    header = json.dumps(response, separators=(",", ":")).encode()
+    header = jsoncodec.dumps(response)
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)

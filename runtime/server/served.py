@@ -11,6 +11,8 @@ molecule's model run.
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import logging
 import time
 from concurrent.futures import Future
@@ -47,6 +49,36 @@ def _transfer(source: Future, target: "asyncio.Future[Any]") -> None:
         target.set_result(source.result())
 
 
+class _Completions:
+    """Batcher results handed to the event loop a batch at a time, not one call each.
+
+    The batcher's worker finishes a batch's requests one after another; each finished
+    future is queued here, and only the first of a run schedules a drain on the loop
+    (``call_soon_threadsafe``), so a batch of 30 requests costs one loop wake-up and one
+    callback, not 30 of each.
+    """
+
+    __slots__ = ("loop", "_done", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._done: collections.deque[tuple[Future, asyncio.Future]] = collections.deque()
+        self._scheduled = False
+
+    def add(self, source: Future, target: "asyncio.Future[Any]") -> None:
+        """On the batcher's thread: queue ``source``'s result for ``target``."""
+        self._done.append((source, target))
+        if not self._scheduled:  # a drain already scheduled will see this entry
+            self._scheduled = True
+            self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        self._scheduled = False  # first: an entry added from now on schedules another drain
+        done = self._done
+        while done:
+            _transfer(*done.popleft())
+
+
 class ServedModel:
     """One model: name, version, runtime model, batcher, statistics and metric children."""
 
@@ -70,6 +102,7 @@ class ServedModel:
         self.output_names = [t.name for t in self.outputs]
         self.closed = False
         self._wake_pending = False
+        self._completions: _Completions | None = None  # made on the first request, on the serving loop
         self.limits: RequestLimits | None = None  # per-request work limits, set by create_app
         self.batcher = batcher_class(model, source.batcher, on_batch=self.stats.record_batch)
 
@@ -140,12 +173,15 @@ class ServedModel:
                 if done is not None:
                     return done
         future = self.batcher.submit(items, timeout_us, wake=False)
+        loop = asyncio.get_running_loop()
         if not self._wake_pending:  # one wake-up per event-loop turn: requests decoded together batch together
             self._wake_pending = True
-            asyncio.get_running_loop().call_soon(self._wake)
-        loop = asyncio.get_running_loop()
+            loop.call_soon(self._wake)
+        completions = self._completions
+        if completions is None or completions.loop is not loop:
+            completions = self._completions = _Completions(loop)
         done = loop.create_future()  # its own future: a cancelled caller cancels this wait, never the batch
-        future.add_done_callback(lambda f: loop.call_soon_threadsafe(_transfer, f, done))
+        future.add_done_callback(functools.partial(completions.add, target=done))
         results = await done
         return results, future.timing
 

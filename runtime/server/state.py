@@ -9,11 +9,9 @@ after the drain starts and be dropped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from aiohttp import web
 
@@ -39,11 +37,17 @@ def outcome_of(error: BaseException) -> str:
 
 
 class RequestScope:
-    """Times one admitted inference request and records its outcome exactly once."""
+    """Times one admitted inference request and records its outcome exactly once.
 
-    __slots__ = ("served", "start_ns", "input_ns", "done")
+    A context manager (made by :meth:`ServerState.admit`): on leaving, the request is out
+    of the in-flight count, and an exception it raised is its failure outcome. A class
+    rather than a ``contextlib`` generator: this runs once per request.
+    """
 
-    def __init__(self, served: ServedModel) -> None:
+    __slots__ = ("state", "served", "start_ns", "input_ns", "done")
+
+    def __init__(self, state: "ServerState", served: ServedModel) -> None:
+        self.state = state
         self.served = served
         self.start_ns = time.perf_counter_ns()
         self.input_ns = 0  # decode + split, set by the request core
@@ -61,6 +65,17 @@ class RequestScope:
             return
         self.served.stats.record_failure(outcome_of(error), time.perf_counter_ns() - self.start_ns)
         self.done = True
+
+    def __enter__(self) -> "RequestScope":
+        return self
+
+    def __exit__(self, kind: type | None, error: BaseException | None, tb: object) -> None:
+        if error is not None:
+            if isinstance(error, (asyncio.CancelledError, ClientGoneError)):
+                self.done = True  # the client went away; not a server outcome
+            elif isinstance(error, Exception):
+                self.failure(error)
+        self.state.leave()
 
 
 @dataclass
@@ -88,27 +103,22 @@ class ServerState:
         """True when exactly one inference request is admitted (the caller's own)."""
         return self.inflight == 1
 
-    @contextlib.contextmanager
-    def admit(self, served: ServedModel) -> Iterator[RequestScope]:
-        """Admit one inference request, or raise UnavailableError (503) while draining."""
-        scope = RequestScope(served)
+    def admit(self, served: ServedModel) -> RequestScope:
+        """Admit one inference request (use the scope in ``with``), or raise UnavailableError
+        (503) while draining."""
+        scope = RequestScope(self, served)
         if self.draining:
             error = UnavailableError("the server is shutting down and accepts no new requests")
             scope.failure(error)
             raise error
         self.inflight += 1
-        try:
-            yield scope
-        except (asyncio.CancelledError, ClientGoneError):
-            scope.done = True  # the client went away; not a server outcome
-            raise
-        except Exception as e:
-            scope.failure(e)
-            raise
-        finally:
-            self.inflight -= 1
-            if self.inflight == 0 and self._idle is not None:
-                self._idle.set()
+        return scope
+
+    def leave(self) -> None:
+        """An admitted request has finished (its scope was left)."""
+        self.inflight -= 1
+        if self.inflight == 0 and self._idle is not None:
+            self._idle.set()
 
     def begin_drain(self) -> None:
         if not self.draining:

@@ -11,13 +11,13 @@ labels -1) for token classification.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any, Sequence
 
 import numpy as np
 
+from edgemp.runtime.server import jsoncodec
 from edgemp.runtime.server.layout import TensorSpec
 from edgemp.runtime.server.protocol import ProtocolError, parse_v1_body
 from edgemp.runtime.server.repository import ModelSource
@@ -115,4 +115,4 @@ class V1TextCall:
         else:
             out["labels"] = model.label_names(results)
             out["probabilities"] = [r["probabilities"].tolist() for r in results]
-        return json.dumps(out, separators=(",", ":")).encode()
+        return jsoncodec.dumps(out)

@@ -8,13 +8,12 @@ the one request path of :mod:`edgemp.runtime.server.core`.
 """
 from __future__ import annotations
 
-import json
 from typing import Sequence
 
 from aiohttp import web
 
 from edgemp.graphio import graph_from_json
-from edgemp.runtime.server import core
+from edgemp.runtime.server import core, jsoncodec
 from edgemp.runtime.server.middleware import read_body
 from edgemp.runtime.server.molecules import V1SmilesCall, is_smiles_body, takes_smiles
 from edgemp.runtime.server.protocol import parse_v1_body
@@ -40,10 +39,10 @@ class V1GraphCall:
         if self.request_id is not None:
             out["id"] = self.request_id
         out["outputs"] = [{name: value.tolist() for name, value in r.items()} for r in results]
-        return json.dumps(out, separators=(",", ":")).encode()
+        return jsoncodec.dumps(out)
 
 
-def _call(served: ServedModel, body: bytes):
+def v1_call(served: ServedModel, body: bytes):
     """The /v1 body as a call: texts for a text model, SMILES or graphs for a graph model."""
     if isinstance(served, TextServedModel):
         return V1TextCall(served, body)
@@ -55,7 +54,7 @@ def _call(served: ServedModel, body: bytes):
 async def predict(request: web.Request) -> web.Response:
     served = served_model(request)
     payload = await core.infer(request.app[STATE], served, lambda: read_body(request),
-                               lambda body: _call(served, body))
+                               lambda body: v1_call(served, body))
     return web.Response(body=payload, content_type="application/json")
 
 

@@ -71,7 +71,7 @@ async def repository_index(request: web.Request) -> web.Response:
     ])
 
 
-class _HttpCall(V2Call):
+class HttpCall(V2Call):
     """A V2 HTTP body (JSON header + optional binary tensors) as a call; answers in kind."""
 
     __slots__ = ()
@@ -85,8 +85,8 @@ async def infer(request: web.Request) -> web.Response:
     served = served_model(request)
     header_length = request.headers.get(HEADER_LENGTH)
 
-    def decode(body: bytes) -> _HttpCall:
-        return _HttpCall(served, decode_infer_request(body, header_length, served.input_types))
+    def decode(body: bytes) -> HttpCall:
+        return HttpCall(served, decode_infer_request(body, header_length, served.input_types))
 
     payload, json_length = await core.infer(state, served, lambda: read_body(request), decode)
     if json_length is None:

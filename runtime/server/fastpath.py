@@ -1,0 +1,223 @@
+"""The hot routes without aiohttp's per-request machinery: health probes, V2 infer, /v1 predict.
+
+aiohttp turns every request into a Request, a task, a middleware chain and a StreamResponse;
+measured here (benchmarks/results/server.md §0b) that costs ~40 µs of server CPU for a
+health GET and ~90 µs for a V2 binary infer, more than everything edgemp does around the
+model. This path parses the request with httptools and answers from the same request core
+(:mod:`edgemp.runtime.server.core`) on the same connection, writing the response bytes itself.
+
+A request takes it only when nothing about it needs aiohttp: one whole request in one read,
+on a connection with nothing else in progress, HTTP/1.1 keep-alive, ``GET`` of a health
+probe or ``POST`` to a served model's V2 ``infer`` or ``/v1`` ``predict`` with a
+``Content-Length`` under the offload size, no ``Content-Encoding``, ``Transfer-Encoding`` or
+``Expect``, the bearer token (when one is set) right, and the server not draining. Anything
+else — a partial read, a pipelined request, a limit, a bad token, unparsable bytes — goes to
+aiohttp untouched, so every limit and error answer it has stays the one answer for those
+requests. With ``--access-log`` on, aiohttp serves everything (it writes that log). An error
+raised while serving a fast request is answered exactly as the middleware answers it
+(:func:`edgemp.runtime.server.middleware.error_answer`).
+"""
+from __future__ import annotations
+
+import hmac
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, Callable
+
+import httptools
+
+from edgemp.runtime.server import core, jsoncodec
+from edgemp.runtime.server.body import BadBodyError
+from edgemp.runtime.server.middleware import BODY_READER, error_answer
+from edgemp.runtime.server.protocol import decode_infer_request
+from edgemp.runtime.server.state import STATE
+from edgemp.runtime.server.v1 import v1_call
+from edgemp.runtime.server.v2 import HttpCall
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from edgemp.runtime.server.connections import GuardedRequestHandler
+
+HEALTH = {b"/v2/health/live": False, b"/v2/health/ready": True}  # path -> answers readiness
+_PREFIXES = (b"GET /v2/health/", b"POST /v2/models/", b"POST /v1/models/")
+_REFUSING = frozenset({b"content-encoding", b"transfer-encoding", b"expect", b"upgrade"})
+
+
+class _Parsed:
+    """httptools callbacks: one request's URL, the headers this path looks at, and its body."""
+
+    __slots__ = ("parser", "url", "headers", "body", "messages", "complete", "odd", "keep_alive")
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.keep_alive = False  # read when the headers end: llhttp resets it once the message completes
+        self.url = b""
+        self.headers: dict[bytes, bytes] = {}
+        self.body: list[bytes] = []
+        self.messages = 0
+        self.complete = False
+        self.odd = False  # a header that only aiohttp handles, or one given twice
+
+    def on_message_begin(self) -> None:
+        self.messages += 1
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name in self.headers or name in _REFUSING:
+            self.odd = True
+        self.headers[name] = value
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        self.keep_alive = parser.get_http_version() == "1.1" and parser.should_keep_alive()
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+class _Clock:
+    """The ``Date`` header, formatted once a second."""
+
+    __slots__ = ("second", "value")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.value = b""
+
+    def date(self) -> bytes:
+        now = int(time.time())
+        if now != self.second:
+            self.second, self.value = now, formatdate(now, usegmt=True).encode()
+        return self.value
+
+
+_CLOCK = _Clock()
+
+
+def _response(status: int, content_type: bytes | None, body: bytes, extra: bytes = b"") -> bytes:
+    head = b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode())
+    if content_type is not None:
+        head += b"Content-Type: " + content_type + b"\r\n"
+    return (head + extra + b"Content-Length: %d\r\nDate: %s\r\nServer: edgemp\r\n\r\n"
+            % (len(body), _CLOCK.date()) + body)
+
+
+class FastPath:
+    """The fast routes of one app (see the module docstring); one per server, shared by its connections."""
+
+    def __init__(self, app: "web.Application") -> None:
+        self.state = app[STATE]
+        self.reader = app[BODY_READER]
+        token = self.state.config.auth_token
+        self.expected = None if token is None else f"Bearer {token}".encode()
+        self.max_length = min(self.reader.max_body_bytes, self.state.config.offload_bytes - 1)
+
+    def take(self, conn: "GuardedRequestHandler", data: bytes) -> bool:
+        """Serve ``data`` here if it is one whole fast request; False leaves it to aiohttp."""
+        if not data.startswith(_PREFIXES):  # other routes are aiohttp's: do not parse them twice
+            return False
+        parsed = _Parsed()
+        parser = parsed.parser
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserError:  # aiohttp's parser gives the malformed-request answer
+            return False
+        if parsed.messages != 1 or not parsed.complete or parsed.odd or not parsed.keep_alive:
+            return False
+        method, headers = parser.get_method(), parsed.headers
+        if method == b"GET":
+            readiness = HEALTH.get(parsed.url)
+            if readiness is None or parsed.body or b"content-length" in headers:
+                return False
+            ok = self.state.ready if readiness else True
+            conn.fast_write(_response(200 if ok else 503, b"application/octet-stream", b""))
+            return True
+        if method != b"POST" or self.state.draining:
+            return False
+        served, v2 = self._model(parsed.url)
+        if served is None or not self._authorized(headers):
+            return False
+        length = headers.get(b"content-length")
+        body = b"".join(parsed.body)
+        if length is None or not length.isdigit() or int(length) != len(body) or len(body) > self.max_length:
+            return False
+        owner = object()  # the body's bytes count against max_buffered_bytes until it is answered
+        try:
+            self.reader.hold(owner, len(body))
+        except BadBodyError:  # the buffer is full: aiohttp's path gives the 503
+            return False
+        if v2:
+            header_length = headers.get(b"inference-header-content-length")
+            conn.fast_run(self._infer(owner, served, body,
+                                      None if header_length is None else header_length.decode("latin-1"), parsed.url))
+        else:
+            conn.fast_run(self._predict(owner, served, body, parsed.url))
+        return True
+
+    def _model(self, url: bytes) -> tuple[Any, bool]:
+        """The served model a ``/v2/models/{m}[/versions/{v}]/infer`` or ``/v1/models/{m}/predict``
+        URL names (None if none), and whether it is the V2 route."""
+        parts = url.split(b"/")
+        v2 = parts[1:3] == [b"v2", b"models"]
+        if v2 and len(parts) == 5 and parts[4] == b"infer":
+            version = None
+        elif v2 and len(parts) == 7 and parts[4] == b"versions" and parts[6] == b"infer":
+            version = parts[5].decode("latin-1")
+        elif parts[1:3] == [b"v1", b"models"] and len(parts) == 5 and parts[4] == b"predict":
+            version = None
+        else:
+            return None, v2
+        if parts[0]:
+            return None, v2
+        served = self.state.models.get(parts[3].decode("latin-1"))
+        if served is None or version not in (None, served.version):
+            return None, v2  # aiohttp answers unknown models and versions (404)
+        return served, v2
+
+    def _authorized(self, headers: dict[bytes, bytes]) -> bool:
+        return self.expected is None or hmac.compare_digest(headers.get(b"authorization", b""), self.expected)
+
+    async def _infer(self, owner: object, served: Any, body: bytes, header_length: str | None, url: bytes) -> bytes:
+        """The whole response to one V2 infer request (as :func:`edgemp.runtime.server.v2.infer` answers)."""
+        def decode(data: bytes) -> HttpCall:
+            return HttpCall(served, decode_infer_request(data, header_length, served.input_types))
+
+        answer, error = await self._answer(owner, served, body, decode, url)
+        if error is not None:
+            return error
+        payload, json_length = answer
+        if json_length is None:
+            return _response(200, b"application/json", payload)
+        return _response(200, b"application/octet-stream", payload,
+                         b"Inference-Header-Content-Length: %d\r\n" % json_length)
+
+    async def _predict(self, owner: object, served: Any, body: bytes, url: bytes) -> bytes:
+        """The whole response to one ``/v1`` predict request (as :func:`edgemp.runtime.server.v1.predict` answers)."""
+        payload, error = await self._answer(owner, served, body, lambda data: v1_call(served, data), url)
+        return error if error is not None else _response(200, b"application/json", payload)
+
+    async def _answer(self, owner: object, served: Any, body: bytes, decode: Callable[[bytes], Any],
+                      url: bytes) -> tuple[Any, bytes | None]:
+        """(the request core's answer, None), or (None, the error response the middleware would give)."""
+        try:
+            return await core.infer(self.state, served, body, decode), None
+        except Exception as e:  # noqa: BLE001 - every failure is answered, as the middleware answers it
+            status, message = error_answer(e, "POST", url.decode("latin-1"))
+            return None, _response(status, b"application/json; charset=utf-8", jsoncodec.dumps({"error": message}))
+        finally:
+            self.reader.release(owner)  # type: ignore[arg-type]
+
+
+def attach(app: "web.Application") -> FastPath | None:
+    """The app's fast path, or None for an app that was not built by ``create_app``."""
+    if STATE not in app or BODY_READER not in app:
+        return None
+    return FastPath(app)

@@ -1,0 +1,196 @@
+"""The fast path (health probes and V2 infer without aiohttp's request machinery) answers
+exactly as aiohttp's path does, keeps answers in order on a connection, and leaves every
+request it does not fully understand to aiohttp.
+
+A response from the fast path says ``Server: edgemp``; aiohttp's says ``aiohttp``. A body
+with ``Content-Encoding: identity`` is the same request, but one the fast path leaves to
+aiohttp, so the two answers can be compared byte for byte.
+"""
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgemp.runtime.server import ServerConfig
+from hardening_utils import TOKEN, build_repo, raw_socket, start_thread_server
+from runtime_fixtures import random_graphs
+from server_utils import (
+    assert_outputs_match,
+    batch_tensors,
+    decode_v2_response,
+    expected_layout,
+    v2_binary_body,
+    v2_json_body,
+)
+
+FAST, SLOW = {}, {"Content-Encoding": "identity"}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    return build_repo(tmp_path_factory.mktemp("fast_repo"))
+
+
+@pytest.fixture(scope="module")
+def server(repo):
+    srv = start_thread_server(repo, ServerConfig(port=0, access_log=False, keepalive_timeout_s=5.0))
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="module")
+def gnn(repo):
+    from edgemp.runtime.model import load
+
+    with load(repo / "gnn" / "model.onnx") as m:
+        yield m
+
+
+def wire(method: str, path: str, body: bytes = b"", headers: dict | None = None) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: t"] + [f"{k}: {v}" for k, v in (headers or {}).items()]
+    if method == "POST":
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def read_response(sock: socket.socket, buf: bytearray) -> tuple[int, dict[str, str], bytes]:
+    """One response from ``sock`` (``buf`` keeps bytes read past it, for the next one)."""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        assert chunk, "server closed the connection"
+        buf += chunk
+    end = buf.index(b"\r\n\r\n")
+    lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    length = int(headers["content-length"])
+    while len(buf) < end + 4 + length:
+        chunk = sock.recv(65536)
+        assert chunk, "server closed the connection mid-body"
+        buf += chunk
+    body = bytes(buf[end + 4 : end + 4 + length])
+    del buf[: end + 4 + length]
+    return int(lines[0].split()[1]), headers, body
+
+
+def exchange(port: int, *requests: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """Send ``requests`` back to back in one write (pipelined) and read their answers."""
+    sock = raw_socket(port)
+    try:
+        sock.sendall(b"".join(requests))
+        buf = bytearray()
+        return [read_response(sock, buf) for _ in requests]
+    finally:
+        sock.close()
+
+
+def _bodies(graphs) -> dict[str, tuple[bytes, dict]]:
+    from edgemp.graphio import graph_to_json
+
+    tensors = batch_tensors(graphs)
+    v1 = json.dumps({"graphs": [{k: v for k, v in graph_to_json(g).items() if k != "y"} for g in graphs], "id": "v"})
+    binary, header_length = v2_binary_body(tensors, request_id="r1")
+    bad = json.dumps({"inputs": [{"name": "x", "datatype": "INT64", "shape": [1, 5], "data": [0] * 5}]}).encode()
+    return {
+        "binary": (binary, {"Inference-Header-Content-Length": str(header_length)}),
+        "json": (v2_json_body(tensors, request_id="r2"), {}),
+        "bad datatype": (bad, {}),
+        "not json": (b"{oops", {}),
+        "bad header length": (binary, {"Inference-Header-Content-Length": "99999999"}),
+        "v1": (v1.encode(), {}),
+        "v1 bad": (b'{"graphs": [{"x": [[1.0]]}]}', {}),
+    }
+
+
+@pytest.mark.parametrize("case", ["binary", "json", "bad datatype", "not json", "bad header length", "v1", "v1 bad"])
+def test_fast_and_aiohttp_paths_answer_alike(server, gnn, case):
+    graphs = random_graphs(np.random.default_rng(5), 3, max_nodes=10)
+    body, headers = _bodies(graphs)[case]
+    path = "/v1/models/gnn/predict" if case.startswith("v1") else "/v2/models/gnn/infer"
+    (fs, fh, fb), = exchange(server.port, wire("POST", path, body, {**headers, **FAST}))
+    (ss, sh, sb), = exchange(server.port, wire("POST", path, body, {**headers, **SLOW}))
+    assert fh["server"] == "edgemp" and "aiohttp" in sh["server"]  # each path was taken
+    assert (fs, fb) == (ss, sb)
+    for name in ("content-type", "inference-header-content-length"):
+        assert fh.get(name) == sh.get(name), name
+    if fs == 200 and case == "v1":
+        outputs = json.loads(fb)["outputs"]
+        assert len(outputs) == len(graphs) and json.loads(fb)["id"] == "v"
+    elif fs == 200:
+        _, outputs = decode_v2_response(fb, fh.get("inference-header-content-length"))
+        assert_outputs_match(outputs, expected_layout(gnn, graphs), case)
+    else:
+        assert fs == 400 and json.loads(fb)["error"]
+
+
+def test_answers_stay_in_order_on_a_connection(server, gnn):
+    """Pipelined requests — fast ones, aiohttp ones, and bytes arriving while a fast one runs —
+    are answered one each, in the order sent."""
+    rng = np.random.default_rng(9)
+    batches = [random_graphs(rng, k, max_nodes=12) for k in (1, 2, 3, 4)]
+    reqs = [wire("POST", "/v2/models/gnn/infer", v2_json_body(batch_tensors(g)), SLOW if i == 2 else FAST)
+            for i, g in enumerate(batches)]
+    reqs.insert(1, wire("GET", "/v2/health/ready"))
+    answers = exchange(server.port, *reqs)
+    assert [a[0] for a in answers] == [200] * 5
+    infer = [a for i, a in enumerate(answers) if i != 1]
+    for graphs, (_, headers, body) in zip(batches, infer):
+        _, outputs = decode_v2_response(body, headers.get("inference-header-content-length"))
+        assert_outputs_match(outputs, expected_layout(gnn, graphs), "pipelined")
+    sock = raw_socket(server.port)  # a second request written while the first one is in flight
+    try:
+        buf = bytearray()
+        sock.sendall(reqs[0])
+        sock.sendall(reqs[3])
+        first, second = read_response(sock, buf), read_response(sock, buf)
+    finally:
+        sock.close()
+    assert (first[2], second[2]) == (infer[0][2], infer[2][2])
+
+
+def test_what_the_fast_path_leaves_to_aiohttp(server):
+    """Unknown models and versions, other routes, HTTP/1.0 and Connection: close are aiohttp's."""
+    body = v2_json_body(batch_tensors(random_graphs(np.random.default_rng(1), 1, max_nodes=5)))
+    cases = {
+        wire("POST", "/v2/models/nope/infer", body): 404,
+        wire("POST", "/v2/models/gnn/versions/9/infer", body): 404,
+        wire("POST", "/v2/models/gnn/versions/1/infer", body): 200,
+        wire("GET", "/v2/health/ready?x=1"): 200,
+        wire("GET", "/v2"): 200,
+    }
+    for request, status in cases.items():
+        (got, headers, _), = exchange(server.port, request)
+        assert got == status, request[:60]
+    (got, headers, _), = exchange(server.port, wire("POST", "/v2/models/gnn/infer", body, {"Connection": "close"}))
+    assert got == 200 and "aiohttp" in headers["server"]
+    (got, headers, _), = exchange(server.port, b"GET /v2/health/live HTTP/1.0\r\n\r\n")
+    assert got == 200 and "aiohttp" in headers["server"]
+    (got, headers, _), = exchange(server.port, wire("GET", "/v2/health/live"))
+    assert got == 200 and headers["server"] == "edgemp"
+
+
+def test_token_is_checked_on_the_fast_path(repo):
+    srv = start_thread_server(repo, ServerConfig(port=0, access_log=False, auth_token=TOKEN))
+    try:
+        body = v2_json_body(batch_tensors(random_graphs(np.random.default_rng(2), 1, max_nodes=5)))
+        good = {"Authorization": f"Bearer {TOKEN}"}
+        for headers, status in (({}, 401), ({"Authorization": "Bearer wrong"}, 401), (good, 200)):
+            (got, _, _), = exchange(srv.port, wire("POST", "/v2/models/gnn/infer", body, headers))
+            assert got == status, headers
+        (got, headers, _), = exchange(srv.port, wire("GET", "/v2/health/ready"))
+        assert got == 200 and headers["server"] == "edgemp"  # the probes need no token
+    finally:
+        srv.close()
+
+
+def test_access_log_turns_the_fast_path_off(repo):
+    """aiohttp writes the access log, so with it on every request is aiohttp's."""
+    srv = start_thread_server(repo, ServerConfig(port=0, access_log=True))
+    try:
+        (got, headers, _), = exchange(srv.port, wire("GET", "/v2/health/ready"))
+        assert got == 200 and "aiohttp" in headers["server"]
+    finally:
+        srv.close()
