@@ -20,6 +20,7 @@ raised while serving a fast request is answered exactly as the middleware answer
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from email.utils import formatdate
 from http import HTTPStatus
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from edgemp.runtime.server.connections import GuardedRequestHandler
+
+logger = logging.getLogger(__name__)
 
 HEALTH = {b"/v2/health/live": False, b"/v2/health/ready": True}  # path -> answers readiness
 _PREFIXES = (b"GET /v2/health/", b"POST /v2/models/", b"POST /v1/models/")
@@ -216,8 +219,26 @@ class FastPath:
             self.reader.release(owner)  # type: ignore[arg-type]
 
 
+# aiohttp internals the fast path steers (its keep-alive timer and request bookkeeping, see
+# connections.GuardedRequestHandler). They are private, so they are checked once at start-up:
+# an aiohttp that renamed one serves every request itself instead of failing request by request.
+AIOHTTP_INTERNALS = ("_keepalive_handle", "_keepalive_timeout", "_next_keepalive_close_time",
+                     "_process_keepalive", "_request_count", "_request_in_progress", "_messages", "_manager")
+
+
+def aiohttp_has_fast_path_internals() -> bool:
+    """Whether the installed aiohttp's request handler still has every name the fast path uses."""
+    from aiohttp.web_protocol import RequestHandler
+
+    names = set(dir(RequestHandler)).union(*(getattr(k, "__slots__", ()) for k in RequestHandler.__mro__))
+    return all(name in names for name in AIOHTTP_INTERNALS)
+
+
 def attach(app: "web.Application") -> FastPath | None:
-    """The app's fast path, or None for an app that was not built by ``create_app``."""
+    """The app's fast path; None for an app not built by ``create_app``, or an aiohttp it does not know."""
     if STATE not in app or BODY_READER not in app:
+        return None
+    if not aiohttp_has_fast_path_internals():
+        logger.info("fast path off: this aiohttp lacks internals it steers; aiohttp serves every request")
         return None
     return FastPath(app)

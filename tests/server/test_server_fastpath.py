@@ -194,3 +194,18 @@ def test_access_log_turns_the_fast_path_off(repo):
         assert got == 200 and "aiohttp" in headers["server"]
     finally:
         srv.close()
+
+
+def test_an_aiohttp_without_the_internals_serves_everything(repo, monkeypatch):
+    """The fast path steers private aiohttp names; one missing (a future aiohttp) turns it off, not the server."""
+    from edgemp.runtime.server import fastpath
+
+    assert fastpath.aiohttp_has_fast_path_internals()  # the pinned aiohttp has them all
+    monkeypatch.setattr(fastpath, "AIOHTTP_INTERNALS", fastpath.AIOHTTP_INTERNALS + ("_renamed_by_aiohttp",))
+    assert not fastpath.aiohttp_has_fast_path_internals()
+    srv = start_thread_server(repo, ServerConfig(port=0, access_log=False))
+    try:
+        (got, headers, _), = exchange(srv.port, wire("GET", "/v2/health/ready"))
+        assert got == 200 and "aiohttp" in headers["server"]
+    finally:
+        srv.close()
