@@ -270,7 +270,7 @@ class TextModel(InputLayout):
     def run_tokenized(self, items: Sequence[TokenizedText]) -> list[dict[str, np.ndarray]]:
         """Run validated texts bucket by bucket; one output dict per text, in order."""
         results: list[dict[str, np.ndarray] | None] = [None] * len(items)
-        for group in self.buckets(items):
+        for group in self.buckets(items) if len(items) != 1 else [[0]]:  # one text: one run, no sorting
             chunk = [items[i] for i in group]
             tensors = self.padded(chunk)
             try:
