@@ -18,7 +18,8 @@ Before all that, the graph is prepared for int8 speed: self-attention is fused i
 Runtime's ``Attention`` (``QAttention`` once quantized) and GELU takes its tanh form
 (:mod:`edgemp.export.ort_fusions`); where attention does not fuse, biased MatMuls that read one
 input (a layer's query, key and value) are merged into one MatMul three times as wide
-(:mod:`edgemp.export.matmul_merge`).
+(:mod:`edgemp.export.matmul_merge`). After quantization, chains of two activation Adds become one
+``Sum`` (:func:`edgemp.export.ort_fusions.sum_add_chains`).
 
 The report compares fp32 and int8 through the torch-free runtime on texts the calibration
 never saw (1,000 held-back texts by default): embedding cosine (min, p1, mean) and top-10
