@@ -235,8 +235,9 @@ class TextModel(InputLayout):
         """input_ids / attention_mask / token_type_ids ``[B, L]``, L = the longest text in ``items``."""
         if len(items) == 1:  # one text: nothing to pad, its own arrays are the feeds (no copies)
             it = items[0]
-            return {"input_ids": it.ids[None], "attention_mask": np.ones((1, it.num_tokens), np.int64),
-                    "token_type_ids": it.type_ids[None]}
+            return {"input_ids": np.asarray(it.ids, np.int64)[None],
+                    "attention_mask": np.ones((1, it.num_tokens), np.int64),
+                    "token_type_ids": np.asarray(it.type_ids, np.int64)[None]}
         length = max(it.num_tokens for it in items)
         ids = np.full((len(items), length), self.spec.pad_token_id, np.int64)
         types = np.zeros((len(items), length), np.int64)
