@@ -23,8 +23,8 @@ else, becomes one ``Sum(a, b, c)``: one pass over the [tokens, hidden] tensors a
 launch instead of two. The int8 graph has five (the embeddings' word + type + position, and each
 outlier side path's int8 part + fp32 part + residual): MiniLM-L6 int8, 1 thread, 128 tokens,
 interleaved calls at the session, 0.3% and 0.8% faster in two runs on a shared machine (250 and
-200 calls), embeddings bit for bit the same (ORT's ``Sum`` adds its inputs in order). Checked like the attention fusion: a graph that will not load
-or whose outputs move is returned unchanged.
+200 calls), embeddings bit for bit the same (ORT's ``Sum`` adds its inputs in order). Checked
+like the attention fusion: a graph that will not load or whose outputs move is returned unchanged.
 """
 from __future__ import annotations
 
