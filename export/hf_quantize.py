@@ -18,7 +18,8 @@ Before all that, the graph is prepared for int8 speed: self-attention is fused i
 Runtime's ``Attention`` (``QAttention`` once quantized) and GELU takes its tanh form
 (:mod:`edgemp.export.ort_fusions`); where attention does not fuse, biased MatMuls that read one
 input (a layer's query, key and value) are merged into one MatMul three times as wide
-(:mod:`edgemp.export.matmul_merge`).
+(:mod:`edgemp.export.matmul_merge`). After quantization, chains of two activation Adds become one
+``Sum`` (:func:`edgemp.export.ort_fusions.sum_add_chains`).
 
 The report compares fp32 and int8 through the torch-free runtime on texts the calibration
 never saw (1,000 held-back texts by default): embedding cosine (min, p1, mean) and top-10
@@ -367,10 +368,10 @@ def quantize_text_model(model_dir: str | Path, output_dir: str | Path, cfg: Text
 
     from edgemp.export.matmul_merge import merge_shared_input_matmuls
     from edgemp.export.onnx_file import write_metadata
-    from edgemp.export.ort_fusions import approximate_gelu, fuse_attention
+    from edgemp.export.ort_fusions import approximate_gelu, fuse_attention, sum_add_chains
     from edgemp.export.smooth_quant import FP32_SUFFIX, layernorm_outputs, smooth_model
     from edgemp.export.text_corpus import text_split
-    from edgemp.runtime.text import load_text_model, text_model_files
+    from edgemp.runtime.text import TEXT_DISABLED_OPTIMIZERS, load_text_model, text_model_files
 
     src_dir, output_dir = Path(model_dir), Path(output_dir)
     if text_model_files(src_dir) is None or not src_dir.is_dir():
@@ -391,9 +392,9 @@ def quantize_text_model(model_dir: str | Path, output_dir: str | Path, cfg: Text
     with tempfile.TemporaryDirectory(prefix="edgemp-q-") as tmp:
         fp32_model, fast_gelu = onnx.load(str(src_dir / MODEL_FILE)), 0
         # optimum's quantizer cannot type com.microsoft ops' outputs, so its presets get the graph as exported
+        check_feeds = _runtime_feeds(fp32, text_split("calibration", FUSION_CHECK_TEXTS, words))
         if cfg.fuse_attention and preset == "ort":
-            check = _runtime_feeds(fp32, text_split("calibration", FUSION_CHECK_TEXTS, words))
-            fp32_model, _ = fuse_attention(fp32_model, check)
+            fp32_model, _ = fuse_attention(fp32_model, check_feeds)
         if cfg.approximate_gelu and preset == "ort":
             fp32_model, fast_gelu = approximate_gelu(fp32_model)
         attention = sum(n.op_type == "Attention" and n.domain == "com.microsoft" for n in fp32_model.graph.node)
@@ -415,10 +416,11 @@ def quantize_text_model(model_dir: str | Path, output_dir: str | Path, cfg: Text
             cand = Path(tmp) / f"int8_{k}"
             _copy_aux_files(src_dir, cand)
             method = _quantize(src, cand / MODEL_FILE, preset, cfg.per_channel)
-            model = onnx.load(str(cand / MODEL_FILE))
+            model, summed = sum_add_chains(onnx.load(str(cand / MODEL_FILE)), check_feeds,
+                                           disabled_optimizers=TEXT_DISABLED_OPTIMIZERS)
             quant = {"method": method, "per_channel": cfg.per_channel, "smoothquant_alpha": alpha,
                      "outlier_ratio": cfg.outlier_ratio, "merged_matmul_groups": merged,
-                     "fused_attention": attention, "fast_gelu": fast_gelu,
+                     "fused_attention": attention, "fast_gelu": fast_gelu, "summed_add_chains": summed,
                      "fp32_outlier_matmuls": sum(n.name.endswith(FP32_SUFFIX) for n in smoothed.graph.node)}
             if calibration:
                 quant["calibration_texts"] = len(calibration)

@@ -17,6 +17,14 @@ core; the tanh form (``FastGelu``) 101 µs, and differs by at most 5e-4, far bel
 rounding: MiniLM-L6 int8 ~1.8% faster, held-back accuracy unchanged (min cosine 0.99566 vs
 0.99605, top-10 overlap 0.9732 vs 0.9725). Only the int8 path uses it: the fp32 export stays
 the exact model.
+
+**Add chains.** ``Add(Add(a, b), c)`` over three activations, where the inner sum feeds nothing
+else, becomes one ``Sum(a, b, c)``: one pass over the [tokens, hidden] tensors and one kernel
+launch instead of two. The int8 graph has five (the embeddings' word + type + position, and each
+outlier side path's int8 part + fp32 part + residual): MiniLM-L6 int8, 1 thread, 128 tokens,
+interleaved calls at the session, 0.3% and 0.8% faster in two runs on a shared machine (250 and
+200 calls), embeddings bit for bit the same (ORT's ``Sum`` adds its inputs in order). Checked
+like the attention fusion: a graph that will not load or whose outputs move is returned unchanged.
 """
 from __future__ import annotations
 
@@ -78,12 +86,14 @@ def _count(model: Any, op_type: str) -> int:
     return sum(1 for n in model.graph.node if n.op_type == op_type and n.domain == "com.microsoft")
 
 
-def _outputs(model: Any, feeds: Sequence[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+def _outputs(model: Any, feeds: Sequence[dict[str, np.ndarray]],
+             disabled_optimizers: Sequence[str] = ()) -> list[list[np.ndarray]]:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(disabled_optimizers))
     names = {i.name for i in sess.get_inputs()}
     return [sess.run(None, {k: v for k, v in feed.items() if k in names}) for feed in feeds]
 
@@ -124,3 +134,63 @@ def approximate_gelu(model: Any) -> tuple[Any, int]:
         return model, 0
     n = _count(out, "FastGelu") - _count(model, "FastGelu")
     return (out, n) if n > 0 else (model, 0)
+
+
+def sum_add_chains(model: Any, feeds: Sequence[dict[str, np.ndarray]], atol: float = 1e-5,
+                   disabled_optimizers: Sequence[str] = ()) -> tuple[Any, int]:
+    """``(model with each Add(Add(a, b), c) of activations as one Sum(a, b, c), number merged)``;
+    ``(model, 0)`` when there is none, or the merged graph fails or moves an output on ``feeds`` by
+    more than ``atol`` (run with ``disabled_optimizers``, as the runtime will run it: a different set
+    of ORT fusions on the two graphs would compare different kernels, not the merge)."""
+    import onnx
+
+    if not feeds:
+        raise ValueError("sum_add_chains needs at least one input feed to check the merged graph against")
+    g = model.graph
+    constants = {i.name for i in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
+    graph_outputs = {o.name for o in g.output}
+    consumers: dict[str, list[int]] = {}
+    for i, n in enumerate(g.node):
+        for x in n.input:
+            consumers.setdefault(x, []).append(i)
+    inner_of: dict[int, int] = {}  # outer Add's index -> the inner Add it absorbs (indices: names may be empty)
+    for i, a in enumerate(g.node):
+        users = consumers.get(a.output[0], []) if a.op_type == "Add" and not a.domain else []
+        if len(users) != 1 or a.output[0] in graph_outputs or i in inner_of or i in inner_of.values():
+            continue
+        b = g.node[users[0]]
+        others = [x for x in b.input if x != a.output[0]]
+        # activations only: an Add with a constant is a bias (ORT fuses those with their MatMul/GELU),
+        # and Sum takes float tensors only, which shape arithmetic on constants is not
+        if b.op_type != "Add" or b.domain or users[0] in inner_of or users[0] in inner_of.values() or len(others) != 1 \
+                or any(x in constants for x in [*a.input, *others]):
+            continue
+        inner_of[users[0]] = i
+    if not inner_of:
+        return model, 0
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    absorbed = set(inner_of.values())
+    nodes = []
+    for i, n in enumerate(out.graph.node):
+        if i in absorbed:
+            continue
+        if i in inner_of:
+            a = out.graph.node[inner_of[i]]
+            other = next(x for x in n.input if x != a.output[0])
+            n = onnx.helper.make_node("Sum", [*a.input, other], list(n.output), name=f"{n.name or a.output[0]}_sum3")
+        nodes.append(n)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    try:
+        worst = max(float(np.abs(x - y).max()) for fa, fb in zip(_outputs(out, feeds, disabled_optimizers),
+                                                                 _outputs(model, feeds, disabled_optimizers))
+                    for x, y in zip(fa, fb))
+    except Exception as e:  # e.g. an Add chain over integer tensors, which Sum does not take
+        log.warning("Add chains stay Adds (%s: %s)", type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+        return model, 0
+    if not worst <= atol:
+        log.warning("Sum of Add chains moves outputs by %.3g (> %.3g); the graph keeps its Adds", worst, atol)
+        return model, 0
+    log.info("merged %d Add chains into Sum (max output change %.2e)", len(inner_of), worst)
+    return out, len(inner_of)

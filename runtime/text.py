@@ -143,14 +143,22 @@ def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str, normalize: bool) ->
     ``mean`` is sentence-transformers' masked mean (sum over real tokens / their count);
     ``normalize`` divides by ``max(||e||, 1e-12)`` as ``torch.nn.functional.normalize`` does.
     """
-    m = mask.astype(np.float32)[:, :, None]  # [B, T, 1]
+    # Every numpy call here runs right after an ONNX Runtime run has evicted the caches, where each one
+    # costs tens of microseconds rather than a few: hence few calls and no [B, T, H] temporaries.
+    w = mask.astype(np.float32)  # [B, T]
     if pooling == "mean":
-        # [B, 1, T] @ [B, T, H]: one matmul instead of a [B, T, H] product and a sum over it
-        out = (m.transpose(0, 2, 1) @ hidden)[:, 0] / np.maximum(m.sum(axis=1), 1e-9)  # [B, H]
-    elif pooling == "cls":
+        out = np.matmul(w[:, None, :], hidden)[:, 0]  # [B, 1, T] @ [B, T, H]: the masked sum, [B, H]
+        count = np.maximum(w.sum(axis=1, keepdims=True), np.float32(1e-9))  # [B, 1]
+        if not normalize:
+            out /= count
+            return out.astype(np.float32, copy=False)
+        # normalize(sum / n) == sum / max(||sum||, 1e-12 * n): the mean's division folds into the norm's
+        out /= np.maximum(np.sqrt(np.einsum("bh,bh->b", out, out))[:, None], count * np.float32(1e-12))
+        return out.astype(np.float32, copy=False)
+    if pooling == "cls":
         out = hidden[:, 0]
     elif pooling == "max":
-        out = np.where(m > 0, hidden, np.float32(-1e9)).max(axis=1)
+        out = np.where(w[:, :, None] > 0, hidden, np.float32(-1e9)).max(axis=1)
     else:
         raise ModelFormatError(f"pooling {pooling!r} cannot make an embedding")
     if normalize:
@@ -225,6 +233,11 @@ class TextModel(InputLayout):
 
     def padded(self, items: Sequence[TokenizedText]) -> dict[str, np.ndarray]:
         """input_ids / attention_mask / token_type_ids ``[B, L]``, L = the longest text in ``items``."""
+        if len(items) == 1:  # one text: nothing to pad, its own arrays are the feeds (no copies)
+            it = items[0]
+            return {"input_ids": np.asarray(it.ids, np.int64)[None],
+                    "attention_mask": np.ones((1, it.num_tokens), np.int64),
+                    "token_type_ids": np.asarray(it.type_ids, np.int64)[None]}
         length = max(it.num_tokens for it in items)
         ids = np.full((len(items), length), self.spec.pad_token_id, np.int64)
         types = np.zeros((len(items), length), np.int64)
@@ -258,7 +271,7 @@ class TextModel(InputLayout):
     def run_tokenized(self, items: Sequence[TokenizedText]) -> list[dict[str, np.ndarray]]:
         """Run validated texts bucket by bucket; one output dict per text, in order."""
         results: list[dict[str, np.ndarray] | None] = [None] * len(items)
-        for group in self.buckets(items):
+        for group in self.buckets(items) if len(items) != 1 else [[0]]:  # one text: one run, no sorting
             chunk = [items[i] for i in group]
             tensors = self.padded(chunk)
             try:

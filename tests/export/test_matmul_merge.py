@@ -77,3 +77,41 @@ def test_ort_fusions_leave_a_graph_without_attention_or_gelu_alone():
     x = np.random.default_rng(1).normal(size=(2, 5, K)).astype(np.float32)
     assert fuse_attention(model, [{"x": x}]) == (model, 0)
     assert approximate_gelu(model) == (model, 0)
+
+
+def _add_chains_graph(elem: int = TensorProto.FLOAT):
+    """x + y + z (merges), (x + bias) + y (a bias Add: stays), and x + y read twice (stays); nodes unnamed."""
+    bias = numpy_helper.from_array(np.arange(4, dtype=np.float32 if elem == TensorProto.FLOAT else np.int64), "bias")
+    nodes = [
+        helper.make_node("Add", ["x", "y"], ["xy"]), helper.make_node("Add", ["xy", "z"], ["chain"]),
+        helper.make_node("Add", ["x", "bias"], ["xb"]), helper.make_node("Add", ["y", "xb"], ["biased"]),
+        helper.make_node("Add", ["y", "z"], ["yz"]), helper.make_node("Add", ["yz", "x"], ["shared1"]),
+        helper.make_node("Mul", ["yz", "x"], ["shared2"]),
+    ]
+    ins = [helper.make_tensor_value_info(n, elem, [None, 4]) for n in ("x", "y", "z")]
+    outs = [helper.make_tensor_value_info(n, elem, [None, 4]) for n in ("chain", "biased", "shared1", "shared2")]
+    return helper.make_model(helper.make_graph(nodes, "adds", ins, outs, [bias]), opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_add_chains_of_activations_become_one_sum_with_the_same_outputs():
+    from edgemp.export.ort_fusions import sum_add_chains
+
+    rng = np.random.default_rng(1)
+    feeds = [{n: rng.normal(size=(3, 4)).astype(np.float32) for n in "xyz"}]
+    model = _add_chains_graph()
+    merged, n = sum_add_chains(model, feeds)
+    assert n == 1
+    ops = [(node.op_type, list(node.input)) for node in merged.graph.node]
+    assert ("Sum", ["x", "y", "z"]) in ops and sum(op == "Add" for op, _ in ops) == 4  # bias + shared chains stay
+    sess = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])  # noqa: E731
+    for a, b in zip(sess(merged).run(None, feeds[0]), sess(model).run(None, feeds[0])):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_add_chains_over_integers_stay_adds():
+    from edgemp.export.ort_fusions import sum_add_chains
+
+    model = _add_chains_graph(TensorProto.INT64)
+    feeds = [{n: np.arange(8, dtype=np.int64).reshape(2, 4) for n in "xyz"}]
+    out, n = sum_add_chains(model, feeds)  # Sum takes no int64: the check fails and nothing changes
+    assert n == 0 and out is model

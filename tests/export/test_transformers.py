@@ -136,6 +136,41 @@ def test_runtime_matches_torch_mean_pooling_and_is_padding_invariant(tiny_dir, t
     np.testing.assert_allclose(got, one_by_one, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("normalize", [False, True])
+def test_mean_pool_matches_the_masked_mean_formula(normalize):
+    from edgemp.runtime.text import pool
+
+    rng = np.random.default_rng(0)
+    hidden = rng.normal(size=(4, 7, 5)).astype(np.float32) * np.float32(3)
+    hidden[2] = 0  # an all-zero text: normalize must keep it zero (no division by ~0)
+    mask = np.ones((4, 7), np.int64)
+    mask[1, 3:] = 0  # padded rows: their states (non-zero here) must not count
+    mask[3, 1:] = 0
+    m = mask.astype(np.float64)[:, :, None]
+    ref = (hidden * m).sum(axis=1) / m.sum(axis=1)
+    if normalize:
+        ref = ref / np.maximum(np.linalg.norm(ref, axis=1, keepdims=True), 1e-12)
+    got = pool(hidden, mask, "mean", normalize)
+    assert got.dtype == np.float32 and got.shape == (4, 5)
+    np.testing.assert_allclose(got, ref, atol=1e-6, rtol=1e-6)
+    assert not got[2].any()
+
+
+def test_one_text_feeds_its_own_ids_unpadded(tiny_export):
+    from edgemp.runtime.text import load_text_model
+
+    m = load_text_model(tiny_export.output_dir)
+    (item,) = m.validate(["the cat sat on the mat"])
+    feeds = m.padded([item])
+    assert {k: (v.shape, v.dtype) for k, v in feeds.items()} == {k: ((1, item.num_tokens), np.int64) for k in feeds}
+    np.testing.assert_array_equal(feeds["input_ids"][0], item.ids)
+    np.testing.assert_array_equal(feeds["token_type_ids"][0], item.type_ids)
+    assert feeds["attention_mask"].all()
+    two = m.padded([item, item])  # the general path agrees row for row
+    for k in feeds:
+        np.testing.assert_array_equal(two[k][0], feeds[k][0])
+
+
 def test_buckets_pad_to_longest_in_bucket_not_max_length(tiny_export):
     from edgemp.runtime.text import TextRuntimeConfig, load_text_model
 
