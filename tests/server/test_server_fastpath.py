@@ -42,14 +42,6 @@ def server(repo):
     srv.close()
 
 
-@pytest.fixture(scope="module")
-def gnn(repo):
-    from edgemp.runtime.model import load
-
-    with load(repo / "gnn" / "model.onnx") as m:
-        yield m
-
-
 def wire(method: str, path: str, body: bytes = b"", headers: dict | None = None) -> bytes:
     lines = [f"{method} {path} HTTP/1.1", "Host: t"] + [f"{k}: {v}" for k, v in (headers or {}).items()]
     if method == "POST":

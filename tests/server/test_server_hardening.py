@@ -66,14 +66,6 @@ def server(repo):
     srv.close()
 
 
-@pytest.fixture(scope="module")
-def gnn(repo):
-    from edgemp.runtime.model import load
-
-    with load(repo / "gnn" / "model.onnx") as m:
-        yield m
-
-
 def _valid(server, gnn, seed: int = 3) -> None:
     """A valid request still gets exactly its own, correct answer."""
     graphs = random_graphs(np.random.default_rng(seed), 3, max_nodes=10)
