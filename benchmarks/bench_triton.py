@@ -79,7 +79,10 @@ def main() -> None:
         repo = _repository(tmp)
         e_port, t_ports = _port(), (_port(), _port(), _port())
         servers = {
-            "edgemp serve": subprocess.Popen(EDGEMP + ["serve", str(repo), "--port", str(e_port)],
+            # edgemp serves the repository's ONNX file itself: a python-backend config.pbtxt names a
+            # backend edgemp does not run (Triton's model.py), and `edgemp serve REPO` refuses it.
+            "edgemp serve": subprocess.Popen(EDGEMP + ["serve", str(repo / "mpnn" / "1" / "model.onnx"), "--name", "mpnn",
+                                                       "--port", str(e_port)],
                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
             "Triton (python backend)": subprocess.Popen(
                 EDGEMP + ["triton", "serve", str(repo), "--http-port", str(t_ports[0]), "--grpc-port", str(t_ports[1]),
