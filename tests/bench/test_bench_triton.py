@@ -1,0 +1,39 @@
+"""benchmarks/bench_triton.py runs end to end: both servers come up on one repository, every level gets
+answers from both, and both exit cleanly on SIGTERM (it once broke unnoticed when `edgemp serve` began
+refusing python-backend repositories).
+
+Needs the Triton backend environment that ``scripts/build_triton_env.sh`` builds (the README's test command
+builds it); skipped without it. ~30 s.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = Path(os.environ.get("EDGEMP_TRITON_ENV") or ROOT / ".venv-triton")
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the nvidia-pytriton tritonserver is Linux-only"),
+    pytest.mark.skipif(not (ENV / "bin" / "python3").exists(),
+                       reason=f"no Triton backend environment at {ENV}: bash scripts/build_triton_env.sh"),
+]
+
+
+def test_bench_triton_runs_both_servers_at_every_level(tmp_path):
+    out = tmp_path / "triton.md"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_triton.py"), "--rounds", "1",
+                          "--duration", "0.5", "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-2000:]
+    text = out.read_text()
+    rows = re.findall(r"^\| (\d+) \| (edgemp serve|Triton \(python backend\)) \| ([\d,]+) \|.*\| (\d+) \|$", text, re.M)
+    assert {(level, server) for level, server, _, _ in rows} == {
+        (level, server) for level in ("1", "8", "32") for server in ("edgemp serve", "Triton (python backend)")}
+    assert all(int(graphs.replace(",", "")) > 0 and errors == "0" for _, _, graphs, errors in rows)
+    assert "Exit codes after SIGTERM: {'edgemp serve': 0, 'Triton (python backend)': 0}" in text
