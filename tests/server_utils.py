@@ -23,6 +23,20 @@ from edgemp.graph import Graph, collate
 from edgemp.bench.local_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+# The Triton backend environment scripts/build_triton_env.sh builds (the README's test command builds it).
+TRITON_ENV = Path(os.environ.get("EDGEMP_TRITON_ENV") or ROOT / ".venv-triton")
+
+
+def needs_triton_server() -> list:
+    """Marks for a module that starts the bundled tritonserver: slow, Linux-only, and the backend env built."""
+    import pytest
+
+    return [
+        pytest.mark.slow,
+        pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the nvidia-pytriton tritonserver is Linux-only"),
+        pytest.mark.skipif(not (TRITON_ENV / "bin" / "python3").exists(),
+                           reason=f"no Triton backend environment at {TRITON_ENV}: bash scripts/build_triton_env.sh"),
+    ]
 
 
 @dataclass

@@ -7,23 +7,13 @@ builds it); skipped without it. ~30 s.
 """
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
+from server_utils import ROOT, needs_triton_server
 
-ROOT = Path(__file__).resolve().parents[2]
-ENV = Path(os.environ.get("EDGEMP_TRITON_ENV") or ROOT / ".venv-triton")
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the nvidia-pytriton tritonserver is Linux-only"),
-    pytest.mark.skipif(not (ENV / "bin" / "python3").exists(),
-                       reason=f"no Triton backend environment at {ENV}: bash scripts/build_triton_env.sh"),
-]
+pytestmark = needs_triton_server()
 
 
 def test_bench_triton_runs_both_servers_at_every_level(tmp_path):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,15 +22,9 @@ import pytest
 from edgemp.data.synthetic import random_sized_graphs
 from edgemp.graph import Graph
 from edgemp.graphio import read_graphs, write_jsonl
-from server_utils import ROOT, free_port, triton_inputs
+from server_utils import TRITON_ENV, free_port, needs_triton_server, triton_inputs
 
-ENV = Path(os.environ.get("EDGEMP_TRITON_ENV") or ROOT / ".venv-triton")
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the nvidia-pytriton tritonserver is Linux-only"),
-    pytest.mark.skipif(not (ENV / "bin" / "python3").exists(),
-                       reason=f"no Triton backend environment at {ENV}: bash scripts/build_triton_env.sh"),
-]
+pytestmark = needs_triton_server()
 pytest.importorskip("torch")
 F, FE = 8, 4  # make_checkpoint's feature widths
 MAX_BATCH = 32
@@ -53,7 +46,7 @@ class _Triton:
 def _start(repo: Path, tmp: Path) -> _Triton:
     http, grpc, metrics = free_port(), free_port(), free_port()
     log = tmp / "triton.log"
-    cmd = [sys.executable, "-m", "edgemp.cli.main", "triton", "serve", str(repo), "--backend-env", str(ENV),
+    cmd = [sys.executable, "-m", "edgemp.cli.main", "triton", "serve", str(repo), "--backend-env", str(TRITON_ENV),
            "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--exit-timeout", "10"]
     with open(log, "wb") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=tmp)
@@ -212,7 +205,7 @@ def test_a_model_that_fails_to_load_is_one_error_with_tritons_reason(triton, tmp
     repo = tmp_path / "broken"
     shutil.copytree(triton.repo, repo)
     (repo / "gine" / "1" / "model.onnx").write_bytes(b"not an onnx file")
-    res = CliRunner().invoke(cli, ["triton", "serve", str(repo), "--backend-env", str(ENV), "--quiet",
+    res = CliRunner().invoke(cli, ["triton", "serve", str(repo), "--backend-env", str(TRITON_ENV), "--quiet",
                                    "--http-port", str(free_port()), "--grpc-port", str(free_port()),
                                    "--metrics-port", str(free_port())])
     assert res.exit_code == 1, res.output
@@ -259,7 +252,7 @@ def test_bad_repositories_are_one_clear_error(tmp_path, make_checkpoint):
         (ort_repo, "export with --triton-backend python"),
     ]
     for repo, why in cases:
-        res = CliRunner().invoke(cli, ["triton", "serve", str(repo), "--backend-env", str(ENV), "--quiet"])
+        res = CliRunner().invoke(cli, ["triton", "serve", str(repo), "--backend-env", str(TRITON_ENV), "--quiet"])
         assert res.exit_code == 1, (repo, res.output)
         assert why in res.output and len(res.output.strip().splitlines()) == 1, (repo, res.output)
     res = CliRunner().invoke(cli, ["triton", "serve", str(ort_repo), "--backend-env", str(tmp_path / "noenv")])
