@@ -207,6 +207,24 @@ def _latency_paths(srv: Server, model, graphs: list[Graph]) -> Iterator[dict[str
         }
 
 
+def _thread_cpu_ns(pid: int) -> tuple[int, int]:
+    """(event-loop thread, every other thread) CPU ns of a server process, from schedstat.
+
+    The loop runs on the main thread (``asyncio.run``); the rest is the batcher worker and
+    ONNX Runtime's own threads, i.e. the model."""
+    loop = other = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            ns = int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that ended between listing and reading
+        if task.name == str(pid):
+            loop += ns
+        else:
+            other += ns
+    return loop, other
+
+
 def _proc_cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -325,6 +343,10 @@ def batching(seconds: float, clients: int, tmp: Path, rounds: int = 5) -> list[s
     elapsed = {m: 0.0 for m in modes}
     lat: dict[str, list[int]] = {m: [] for m in modes}
     ceilings: dict[str, list[float]] = {m: [] for m in modes}
+    loop_ns = {m: 0 for m in modes}  # server event-loop thread, during the infer windows
+    model_ns = {m: 0 for m in modes}  # the server's other threads (batcher worker, ORT)
+    client_ns = {m: 0 for m in modes}  # this process: the load generator
+    served = {m: 0 for m in modes}  # graphs answered in those windows, warm-up included
     try:
         remote = remote_model(next(iter(servers.values())))
         encoded = [encode(request_tensors([g], remote), "binary") for g in graphs]
@@ -336,7 +358,15 @@ def batching(seconds: float, clients: int, tmp: Path, rounds: int = 5) -> list[s
                 base = f"http://127.0.0.1:{srv.port}"
                 health = _closed_loop(f"{base}/v2/health/ready", [b""], [{}], clients, min(window, 1.0), "GET")
                 ceilings[mode].append(health.latencies_ns.size / health.duration_s)
+                served0 = _stats(srv.port)["inference_count"]
+                loop0, model0 = _thread_cpu_ns(srv.proc.pid)
+                client0 = time.process_time_ns()
                 run = _closed_loop(f"{base}/v2/models/m/infer", bodies, headers, clients, window)
+                client_ns[mode] += time.process_time_ns() - client0
+                loop1, model1 = _thread_cpu_ns(srv.proc.pid)
+                loop_ns[mode] += loop1 - loop0
+                model_ns[mode] += model1 - model0
+                served[mode] += _stats(srv.port)["inference_count"] - served0  # warm-up included, as the CPU is
                 done[mode] += run.latencies_ns.size
                 elapsed[mode] += run.duration_s
                 lat[mode] += run.latencies_ns.tolist()
@@ -364,6 +394,16 @@ def batching(seconds: float, clients: int, tmp: Path, rounds: int = 5) -> list[s
                      f"{3 * compute_us:.0f} |")
     lines.append("")
     lines.append(f"batching on / off: {rates['on (delay 0)'] / rates['off']:.2f}x graphs/s")
+    lines += ["", "Where the CPU went during the infer windows (per-thread schedstat; one graph per request), and what "
+              "it implies: a mode cannot beat 1 / (its busiest thread's CPU per request), and a closed loop of "
+              f"{clients} clients waits {clients} / rate on average (Little's law), whatever the tail does.", "",
+              "| batching | loop thread µs/request (its ceiling req/s) | model threads µs/graph | client µs/request | "
+              f"mean latency floor {clients} / rate µs |", "|---|---:|---:|---:|---:|"]
+    for mode in modes:
+        n = max(served[mode], 1)
+        loop_us, model_us, client_us = loop_ns[mode] / n / 1e3, model_ns[mode] / n / 1e3, client_ns[mode] / n / 1e3
+        lines.append(f"| {mode} | {loop_us:.0f} ({1e6 / max(loop_us, 1e-3):.0f}) | {model_us:.0f} | {client_us:.0f} | "
+                     f"{clients / rates[mode] * 1e6:.0f} |")
     return lines
 
 
