@@ -251,6 +251,7 @@ class H2Connection(asyncio.Protocol):
         while out is not None and len(out):
             n = min(len(out), self.peer_max_frame, stream.send_window, self.send_window)
             if n <= 0:
+                stream.out = out
                 self.blocked[stream.id] = stream
                 return
             self.out.append(f.frame(f.DATA, 0, stream.id, bytes(out[:n])))
