@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import hpack
 
 from edgemp.runtime.server.h2 import frames as f
+from edgemp.runtime.server.h2.headers import HeaderDecoder
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class H2Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.preface_seen = False
-        self.decoder = hpack.Decoder(max_header_list_size=limits.max_header_list)
+        self.decoder = HeaderDecoder(limits.max_header_list)
         self.streams: dict[int, Stream] = {}
         self.highest = 0  # highest client stream id seen
         self.goaway_sent = False
@@ -441,7 +442,7 @@ class H2Connection(asyncio.Protocol):
         if len(block) > self.limits.max_header_block:
             raise H2Error(f.ENHANCE_YOUR_CALM, "header block too large")
         try:  # always decoded, even for a stream we refuse: HPACK state is per connection
-            fields = self.decoder.decode(block, raw=True)
+            fields = self.decoder.decode(block)
         except hpack.OversizedHeaderListError as e:
             raise H2Error(f.ENHANCE_YOUR_CALM, "header list exceeds MAX_HEADER_LIST_SIZE") from e
         except (hpack.HPACKError, IndexError, ValueError, UnicodeError) as e:
