@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 from typing import Any, Awaitable, Callable, NamedTuple
 
 import numpy as np
@@ -107,15 +108,16 @@ def decode_request(msg: Any, expected: dict[str, str]) -> InferRequest:
             raise ProtocolError(f"{where} is given twice")
         datatype = check_datatype(tensor.name, tensor.datatype, expected, where)
         shape = check_shape(list(tensor.shape), where)
-        count = int(np.prod(shape, dtype=object)) if shape else 1
         if raw:
             if tensor.HasField("contents"):
                 raise ProtocolError(f"{where} has both 'contents' and raw_input_contents")
             if datatype == "BYTES":
-                decoded[tensor.name] = object_array(bytes_elements(raw[i], count, where, "its raw_input_contents"), shape)
+                decoded[tensor.name] = object_array(
+                    bytes_elements(raw[i], math.prod(shape), where, "its raw_input_contents"), shape)
             else:
                 decoded[tensor.name] = array_from_bytes(raw[i], datatype, shape, where)
             continue
+        count = math.prod(shape)  # Python ints: check_shape bounded it
         values = getattr(tensor.contents, _TYPED[datatype])
         if len(values) != count:
             raise ProtocolError(f"{where}: contents hold {len(values)} values but shape {list(shape)} needs {count}")
