@@ -432,7 +432,8 @@ def test_frame_fuzz_never_hangs_or_crashes(server, model):
 
 
 def test_idle_timeouts_and_drain_by_goaway(model_path, model, tmp_path):
-    """No preface in time: closed. Idle past the keep-alive timeout: GOAWAY. SIGTERM: GOAWAY, the
+    """No preface in time: closed. Idle past the keep-alive timeout: GOAWAY. A peer that never opens
+    its window for an answer: closed. SIGTERM: GOAWAY, the
     queued call is still answered, then the connection closes and the server exits 0."""
     gport = free_port()
     srv = start_server(model_path, tmp_path, "--name", "gnn", "--grpc-port", str(gport), "--header-timeout-s", "1",
@@ -440,12 +441,16 @@ def test_idle_timeouts_and_drain_by_goaway(model_path, model, tmp_path):
     try:
         silent = Client(gport, handshake=False)
         idle = Client(gport)
+        stuck = Client(gport, settings={0x4: 0})  # a zero window: its answer can never be sent
+        stuck.send(stuck.call(1, READY, b""))
         t0 = time.monotonic()
         silent.until_closed()
         _expect_goaway(idle, 0)
+        stuck.until_closed()
         assert time.monotonic() - t0 < 5
-        silent.close()
-        idle.close()
+        assert not stuck.streams.get(1, {}).get("done")  # closed with its answer unsent
+        for c in (silent, idle, stuck):
+            c.close()
         c = Client(gport)
         graphs = random_graphs(np.random.default_rng(6), 2)
         wire, want = _infer(model, graphs, "queued")

@@ -4,7 +4,8 @@ The connection-level limits mirror the HTTP side's (:mod:`edgemp.runtime.server.
 a connection must send the preface within ``header_timeout_s``; one with no open stream
 for ``keepalive_timeout_s`` gets GOAWAY and closes (gRPC clients reconnect on their own);
 a request whose DATA arrives slower than ``body_min_rate_bytes_per_s`` after the grace
-period is ended; at ``max_connections`` newcomers are closed at once. One timer per
+period is ended; a peer that leaves answers waiting for flow-control window and says
+nothing for ``keepalive_timeout_s`` is closed; at ``max_connections`` newcomers are closed at once. One timer per
 listener, once a second, checks all of them: nothing is scheduled per request.
 """
 from __future__ import annotations
@@ -73,6 +74,9 @@ class H2Listener:
                 if not conn.streams:
                     if now - conn.last_active > self.keepalive_timeout_s:
                         conn.goaway(f.NO_ERROR, "idle")
+                    continue
+                if conn.blocked and now - conn.last_active > self.keepalive_timeout_s:
+                    conn.abort(f.NO_ERROR, "answers wait for flow-control window the peer never gives")
                     continue
                 for stream in list(conn.streams.values()):
                     elapsed = now - stream.opened
