@@ -327,7 +327,8 @@ def test_grpc_semantics(conn, case):
     elif case == "no_message":
         conn.send(frame(HEADERS, 0x5, 1, conn.headers(READY)))
     elif case == "too_large":  # refused from the 5-byte prefix, before the rest is sent
-        conn.send(frame(HEADERS, 0x4, 1, conn.headers(INFER)) + frame(DATA, 0, 1, b"\x00" + struct.pack(">I", 50 << 20)))
+        prefix = b"\x00" + struct.pack(">I", 50 << 20)
+        conn.send(frame(HEADERS, 0x4, 1, conn.headers(INFER)) + frame(DATA, 0, 1, prefix))
     elif case == "deadline":  # the message never completes; grpc-timeout ends the call
         conn.send(frame(HEADERS, 0x4, 1, conn.headers(INFER, [("grpc-timeout", "200m")])) + frame(DATA, 0, 1, b"\0\0"))
     elif case == "bad_protobuf":
