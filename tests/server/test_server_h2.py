@@ -310,10 +310,13 @@ def test_grpc_semantics(conn, case):
         assert conn.response(1)["http"] == "405"
         return
     if case == "content_type":
-        block = conn.encoder.encode([(":method", "POST"), (":scheme", "http"), (":path", READY),
-                                     (":authority", "x"), ("content-type", "application/json")])
-        conn.send(frame(HEADERS, 0x4, 1, block) + frame(DATA, 1, 1, message(ready)))
-        assert conn.response(1)["http"] == "415"
+        for sid, kind in ((1, "application/json"), (3, "application/grpc-web"), (5, None)):
+            fields = [(":method", "POST"), (":scheme", "http"), (":path", READY), (":authority", "x")]
+            block = conn.encoder.encode(fields + ([("content-type", kind)] if kind else []))
+            conn.send(frame(HEADERS, 0x4, sid, block) + frame(DATA, 1, sid, message(ready)))
+            assert conn.response(sid)["http"] == "415"
+        conn.send(conn.call(7, READY, ready, [("content-type", "application/grpc+proto")]))
+        assert conn.response(7)["status"] == 0
         return
     expected = {"unknown": 12, "two_messages": 12, "compressed": 12, "no_message": 12, "too_large": 8,
                 "deadline": 4, "bad_protobuf": 3}[case]
@@ -468,3 +471,17 @@ def test_idle_timeouts_and_drain_by_goaway(model_path, model, tmp_path):
     finally:
         srv.stop()
     assert "Traceback" not in srv.log(), srv.log()[-3000:]
+
+
+def test_serving_grpc_needs_neither_grpcio_nor_torch():
+    """The gRPC listener is edgemp's own: importing everything it runs loads no grpc (grpcio) and no torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import edgemp.runtime.server.run, edgemp.runtime.server.grpc_service\n"
+            "import edgemp.runtime.server.h2.grpc_handler, edgemp.runtime.server.h2.listener\n"
+            "bad = {'grpc', 'torch'} & set(sys.modules)\n"
+            "assert not bad, bad\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]

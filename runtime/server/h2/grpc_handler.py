@@ -76,7 +76,8 @@ class GrpcHandler:
             conn.respond(stream, f.status(405))
             return
         headers = stream.headers
-        if not headers.get(b"content-type", b"").startswith(b"application/grpc"):
+        content_type = headers.get(b"content-type", b"")
+        if not content_type.startswith(b"application/grpc") or content_type[16:17] not in (b"", b"+", b";"):
             conn.respond(stream, f.status(415))
             return
         rpc = self.service.rpcs.get(stream.path)
