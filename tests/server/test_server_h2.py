@@ -343,10 +343,12 @@ def test_grpc_semantics(conn, case):
     assert conn.response(3)["status"] == 0
 
 
-def test_bad_preface_is_refused(server):
+@pytest.mark.parametrize("opening", [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", PREFACE + frame(PING, 0, 0, b"\0" * 8)])
+def test_bad_preface_is_refused(server, opening):
+    """HTTP/1.1 on the gRPC port, or a preface not followed by SETTINGS: GOAWAY PROTOCOL_ERROR, closed."""
     c = Client(server.grpc_port, handshake=False)
     try:
-        c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        c.send(opening)
         c.until_closed()
         assert c.goaway is not None and c.goaway[1] == PROTOCOL_ERROR
     finally:

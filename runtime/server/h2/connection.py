@@ -125,6 +125,7 @@ class H2Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.preface_seen = False
+        self.settings_seen = False  # the client's preface ends with its SETTINGS frame
         self.decoder = HeaderDecoder(limits.max_header_list)
         self.streams: dict[int, Stream] = {}
         self.highest = 0  # highest client stream id seen
@@ -316,6 +317,10 @@ class H2Connection(asyncio.Protocol):
 
     # -- receiving -------------------------------------------------------------------------
     def _frame(self, kind: int, flags: int, sid: int, payload: bytes) -> None:
+        if not self.settings_seen:
+            if kind != f.SETTINGS or flags & f.ACK:
+                raise H2Error(f.PROTOCOL_ERROR, "the connection preface must end with a SETTINGS frame")
+            self.settings_seen = True
         if self.header_block is not None and kind != f.CONTINUATION:
             raise H2Error(f.PROTOCOL_ERROR, "expected CONTINUATION")
         if kind == f.DATA:
