@@ -58,18 +58,8 @@ _FROM_HTTP = {400: INVALID_ARGUMENT, 404: NOT_FOUND, 413: RESOURCE_EXHAUSTED, 50
               507: RESOURCE_EXHAUSTED}
 
 
-class RpcError(Exception):
-    """An RPC's failure with its gRPC status ``code``."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 def grpc_status(error: BaseException, rpc: str) -> tuple[int, str]:
     """(gRPC status code, message) for an exception raised serving ``rpc``; logs what is not the client's."""
-    if isinstance(error, RpcError):
-        return error.code, str(error)
     if isinstance(error, EdgempError):
         return _FROM_HTTP.get(status_for(error), INVALID_ARGUMENT), one_line(error, 1000)
     logger.error("internal error serving gRPC %s", rpc, exc_info=error)
