@@ -8,8 +8,9 @@ Three measurements, each in one run with the same model and molecules:
    /v2/health/ready``, V2 binary and JSON over a raw client, ``/v1`` JSON, stock
    ``tritonclient.http``), then gRPC (a raw HTTP/2 client, a grpcio channel, stock
    ``tritonclient.grpc``, and a bare grpcio server's empty call). The figure of merit is
-   served p50 minus the in-process p50 of the same pass. The passes are apart because grpc's client threads slow everything else in
-   the process, the in-process baseline included (by up to ~40% on 2 cores).
+   served p50 minus the in-process p50 of the same pass. The passes are apart because grpc's
+   client threads slow everything else in the process, the in-process baseline included (by
+   up to ~40% on 2 cores).
 2. ``batching``: 32 closed-loop clients on GIN (hidden 64, 3 rounds, molecule-sized graphs),
    dynamic batching on vs off, next to the load generator's own ceiling (the rate it drives
    against the health endpoint), so a client-bound result is visible.
