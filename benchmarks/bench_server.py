@@ -6,10 +6,11 @@ Three measurements, each in one run with the same model and molecules:
    with an in-process ``Model.predict`` on the quickstart's solubility-style MPNN (hidden 64,
    3 rounds, real solubility molecules), in two passes: HTTP (the floor ``GET
    /v2/health/ready``, V2 binary and JSON over a raw client, ``/v1`` JSON, stock
-   ``tritonclient.http``), then gRPC (a raw channel, stock ``tritonclient.grpc``, and a bare
-   grpcio server's empty call). The figure of merit is served p50 minus the in-process p50 of
-   the same pass. The passes are apart because grpc's client threads slow everything else in
-   the process, the in-process baseline included (by up to ~40% on 2 cores).
+   ``tritonclient.http``), then gRPC (a raw HTTP/2 client, a grpcio channel, stock
+   ``tritonclient.grpc``, and a bare grpcio server's empty call). The figure of merit is
+   served p50 minus the in-process p50 of the same pass. The passes are apart because grpc's
+   client threads slow everything else in the process, the in-process baseline included (by
+   up to ~40% on 2 cores).
 2. ``batching``: 32 closed-loop clients on GIN (hidden 64, 3 rounds, molecule-sized graphs),
    dynamic batching on vs off, next to the load generator's own ceiling (the rate it drives
    against the health endpoint), so a client-bound result is visible.
@@ -47,6 +48,7 @@ from edgemp.data.synthetic import molecule_like_graphs
 from edgemp.graph import Graph
 from edgemp.graphio import graph_to_json
 from edgemp.bench.local_server import free_port
+from h2_client import RawGrpcClient  # benchmarks/h2_client.py: this script's folder is on sys.path
 
 logger = logging.getLogger("bench_server")
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,6 +141,8 @@ def pct(samples_ns: list[int], q: float) -> float:
 
 # -- 1. latency -------------------------------------------------------------------------
 IN_PROCESS = "in-process Model.predict"
+READY_PATH = "/inference.GRPCInferenceService/ServerReady"
+INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
 
 
 def _latency_paths(srv: Server, model, graphs: list[Graph]) -> Iterator[dict[str, Callable[[int], object]]]:
@@ -193,16 +197,26 @@ def _latency_paths(srv: Server, model, graphs: list[Graph]) -> Iterator[dict[str
         from edgemp.runtime.server import grpc_proto as pb
 
         channel = grpc.insecure_channel(f"127.0.0.1:{srv.grpc_port}")
-        ready_rpc = channel.unary_unary("/inference.GRPCInferenceService/ServerReady")
-        infer_rpc = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        ready_rpc = channel.unary_unary(READY_PATH)
+        infer_rpc = channel.unary_unary(INFER_PATH)
         empty = pb.ServerReadyRequest().SerializeToString()
         infer_wire = [pb.infer_request_bytes("m", x) for x in t]
         tcg = tg.InferenceServerClient(f"127.0.0.1:{srv.grpc_port}")
         tcg_in = [tc_inputs(tg, x) for x in t]
+        h2 = RawGrpcClient("127.0.0.1", srv.grpc_port)
+
+        def h2_call(path: str, message: bytes) -> object:
+            status, answer = h2.call(path, message)
+            if status != 0:
+                raise SystemExit(f"gRPC {path} failed with status {status}")
+            return answer
+
         yield {
             f"{IN_PROCESS} (gRPC pass)": in_process,
-            "gRPC ServerReady, raw channel (floor)": lambda i: ready_rpc(empty),
-            "gRPC ModelInfer, raw channel": lambda i: infer_rpc(infer_wire[i % n]),
+            "gRPC ServerReady, raw HTTP/2 client (floor)": lambda i: h2_call(READY_PATH, empty),
+            "gRPC ModelInfer, raw HTTP/2 client": lambda i: h2_call(INFER_PATH, infer_wire[i % n]),
+            "gRPC ServerReady, grpcio channel (floor)": lambda i: ready_rpc(empty),
+            "gRPC ModelInfer, grpcio channel": lambda i: infer_rpc(infer_wire[i % n]),
             "tritonclient.grpc": lambda i: tcg.infer("m", tcg_in[i % n]),
         }
 

@@ -7,7 +7,7 @@
 # atomically); every later run execs the cached server directly, so it starts as fast as a
 # venv. PyInstaller's own --onefile (kept for comparison with --pyinstaller-onefile) unpacks
 # itself into a fresh temporary directory on every start instead.
-# The build venv gets the base install plus grpcio (no torch, so nothing of it can end up in
+# The build venv gets the base install plus the grpc extra (protobuf, hpack; no torch, so nothing of it can end up in
 # the binary). The target needs only /bin/sh, tail, tar and gzip (busybox has them).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -20,7 +20,7 @@ python3 -m venv "$work/venv"
 printf 'from edgemp.cli.serve import serve_main\n\nif __name__ == "__main__":\n    serve_main()\n' > "$work/edgemp_serve.py"
 cd "$work"
 common=(--name edgemp-serve --log-level WARN --collect-binaries onnxruntime --collect-submodules edgemp.runtime
-        --collect-submodules edgemp.cli --hidden-import grpc --noconfirm)
+        --collect-submodules edgemp.cli --hidden-import hpack --noconfirm)
 mkdir -p "$out"
 if [ "$mode" = "--pyinstaller-onefile" ]; then
   "$work/venv/bin/pyinstaller" --onefile --distpath "$out" "${common[@]}" "$work/edgemp_serve.py"

@@ -1,28 +1,34 @@
-"""KServe V2 over gRPC (``inference.GRPCInferenceService``), beside the HTTP listener.
+"""KServe V2 over gRPC (``inference.GRPCInferenceService``): the RPCs, protocol-neutral.
 
 Stock ``tritonclient.grpc`` works against it: ServerLive/Ready, ModelReady, ServerMetadata,
 ModelMetadata, ModelConfig, ModelStatistics and ModelInfer with ``raw_input_contents`` /
 ``raw_output_contents`` (the client decodes outputs only from raw contents, in the order of
-its requested outputs). Inference takes the request core of the HTTP routes
-(:func:`edgemp.runtime.server.core.infer`): same batcher, statistics, admission and
-draining. The serialized request is decoded inside the core, so a large one is parsed off
-the event loop like a large HTTP body. Errors keep their meaning across protocols: what is
-HTTP 400 is ``INVALID_ARGUMENT``, 404 ``NOT_FOUND``, 503 ``UNAVAILABLE`` (queue full,
-draining, queue timeout), a wrong bearer token (``authorization`` metadata)
-``UNAUTHENTICATED``, and a message over the size limit ``RESOURCE_EXHAUSTED``.
+its requested outputs). Each RPC here is serialized request bytes in, serialized response
+bytes out, or an exception; :func:`grpc_status` turns that into a gRPC status. The wire
+(HTTP/2, the 5-byte message prefix, metadata, trailers) is :mod:`edgemp.runtime.server.h2`'s:
+an asyncio protocol on the server's own event loop, because grpcio's server alone cost
+~300-450 µs per call here (benchmarks/results/server.md), more than the model.
 
-Needs ``grpcio`` (``pip install 'edgemp[grpc]'``); imported only when a gRPC port is given.
+Inference takes the request core of the HTTP routes (:func:`edgemp.runtime.server.core.infer`):
+same batcher, statistics, admission and draining. Errors keep their meaning across
+protocols: what is HTTP 400 is ``INVALID_ARGUMENT``, 404 ``NOT_FOUND``, 503 ``UNAVAILABLE``
+(queue full, draining, queue timeout), 413 ``RESOURCE_EXHAUSTED``, a wrong bearer token
+(``authorization`` metadata) ``UNAUTHENTICATED``.
+
+Needs ``protobuf`` and ``hpack`` (``pip install 'edgemp[grpc]'``); imported only when a gRPC
+port is given.
 """
 from __future__ import annotations
 
 import hmac
 import logging
-from typing import Any, Awaitable, Callable
+import math
+from typing import Any, Awaitable, Callable, NamedTuple
 
 import numpy as np
 
 from edgemp import __version__
-from edgemp.errors import EdgempError
+from edgemp.errors import EdgempError, MissingExtraError
 from edgemp.runtime.server import core
 from edgemp.runtime.server.metadata import EXTENSIONS, SERVER_NAME, model_config, model_metadata
 from edgemp.runtime.server.middleware import one_line, status_for
@@ -45,13 +51,19 @@ logger = logging.getLogger(__name__)
 
 OPEN_RPCS = frozenset({"ServerLive", "ServerReady"})  # as /v2/health/{live,ready}: no token needed
 
+# gRPC status codes (grpc/doc/statuscodes.md)
+OK, CANCELLED, UNKNOWN, INVALID_ARGUMENT, DEADLINE_EXCEEDED, NOT_FOUND = 0, 1, 2, 3, 4, 5
+RESOURCE_EXHAUSTED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, UNAUTHENTICATED = 8, 12, 13, 14, 16
+_FROM_HTTP = {400: INVALID_ARGUMENT, 404: NOT_FOUND, 413: RESOURCE_EXHAUSTED, 503: UNAVAILABLE,
+              507: RESOURCE_EXHAUSTED}
 
-def _grpc():
-    try:
-        import grpc
-    except ImportError as e:
-        raise EdgempError("gRPC serving needs grpcio: pip install 'edgemp[grpc]'") from e
-    return grpc
+
+def grpc_status(error: BaseException, rpc: str) -> tuple[int, str]:
+    """(gRPC status code, message) for an exception raised serving ``rpc``; logs what is not the client's."""
+    if isinstance(error, EdgempError):
+        return _FROM_HTTP.get(status_for(error), INVALID_ARGUMENT), one_line(error, 1000)
+    logger.error("internal error serving gRPC %s", rpc, exc_info=error)
+    return INTERNAL, "internal server error; see the server log"
 
 
 def _where(name: str) -> str:
@@ -86,15 +98,16 @@ def decode_request(msg: Any, expected: dict[str, str]) -> InferRequest:
             raise ProtocolError(f"{where} is given twice")
         datatype = check_datatype(tensor.name, tensor.datatype, expected, where)
         shape = check_shape(list(tensor.shape), where)
-        count = int(np.prod(shape, dtype=object)) if shape else 1
         if raw:
             if tensor.HasField("contents"):
                 raise ProtocolError(f"{where} has both 'contents' and raw_input_contents")
             if datatype == "BYTES":
-                decoded[tensor.name] = object_array(bytes_elements(raw[i], count, where, "its raw_input_contents"), shape)
+                decoded[tensor.name] = object_array(
+                    bytes_elements(raw[i], math.prod(shape), where, "its raw_input_contents"), shape)
             else:
                 decoded[tensor.name] = array_from_bytes(raw[i], datatype, shape, where)
             continue
+        count = math.prod(shape)  # Python ints: check_shape bounded it
         values = getattr(tensor.contents, _TYPED[datatype])
         if len(values) != count:
             raise ProtocolError(f"{where}: contents hold {len(values)} values but shape {list(shape)} needs {count}")
@@ -135,8 +148,18 @@ class _GrpcCall(V2Call):
         return resp.SerializeToString()
 
 
+class Rpc(NamedTuple):
+    """One RPC: its handler (bytes -> bytes, or an awaitable of bytes when ``deferred``) and
+    whether it needs the bearer token."""
+
+    name: str
+    handler: Callable[[bytes], Any]
+    deferred: bool
+    needs_token: bool
+
+
 class InferenceService:
-    """The RPC handlers over one :class:`ServerState` (the HTTP app's own)."""
+    """The RPCs over one :class:`ServerState` (the HTTP app's own); see the module docstring."""
 
     def __init__(self, state: ServerState) -> None:
         from edgemp.runtime.server import grpc_proto as pb
@@ -145,54 +168,48 @@ class InferenceService:
         self.pb = pb
         token = state.config.auth_token
         self._expected = f"Bearer {token}".encode() if token is not None else None
+        self.rpcs: dict[bytes, Rpc] = {}
+        for name in pb.RPCS:
+            deferred = name == "ModelInfer"
+            handler = self.ModelInfer if deferred else self._unary(name)
+            self.rpcs[f"/{pb.SERVICE}/{name}".encode()] = Rpc(name, handler, deferred, name not in OPEN_RPCS)
 
-    # -- plumbing -------------------------------------------------------------------------
-    def _authorized(self, context: Any) -> bool:
-        if self._expected is None:
-            return True
-        given = ""
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                given = value if isinstance(value, str) else value.decode("latin-1")
-        return hmac.compare_digest(given.encode(), self._expected)
+    def authorized(self, header: bytes | None) -> bool:
+        """Whether an ``authorization`` metadata value carries the server's bearer token."""
+        return self._expected is None or hmac.compare_digest(header or b"", self._expected)
 
-    def _wrap(self, name: str, fn: Callable[[Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
-        grpc = _grpc()
-        codes = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
-                 413: grpc.StatusCode.RESOURCE_EXHAUSTED, 503: grpc.StatusCode.UNAVAILABLE}
-        open_rpc = name in OPEN_RPCS
+    def _unary(self, name: str) -> Callable[[bytes], bytes]:
+        req_class = self.pb.CLASSES[self.pb.RPCS[name][0]]
+        answer = getattr(self, name)
 
-        async def handler(request: Any, context: Any) -> Any:
-            if not open_rpc and not self._authorized(context):
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+        def handler(data: bytes) -> bytes:
+            request = req_class()
             try:
-                return await fn(request)
-            except EdgempError as e:
-                await context.abort(codes.get(status_for(e), grpc.StatusCode.INVALID_ARGUMENT), one_line(e, 1000))
-            except Exception:
-                logger.exception("internal error serving gRPC %s", name)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal server error; see the server log")
+                request.ParseFromString(data)
+            except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and its C variants
+                raise ProtocolError(f"request is not a valid {req_class.DESCRIPTOR.name}: {one_line(e)}") from e
+            return answer(request).SerializeToString()
 
         return handler
 
-    # -- RPCs -----------------------------------------------------------------------------
-    async def ServerLive(self, request: Any) -> Any:  # noqa: N802 - the RPC's name
+    # -- RPCs (a parsed request in, a response message out) -----------------------------------
+    def ServerLive(self, request: Any) -> Any:  # noqa: N802 - the RPC's name
         return self.pb.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request: Any) -> Any:  # noqa: N802
+    def ServerReady(self, request: Any) -> Any:  # noqa: N802
         return self.pb.ServerReadyResponse(ready=self.state.ready)
 
-    async def ModelReady(self, request: Any) -> Any:  # noqa: N802
+    def ModelReady(self, request: Any) -> Any:  # noqa: N802
         try:
             self.state.model(request.name, request.version)
         except EdgempError:
             return self.pb.ModelReadyResponse(ready=False)
         return self.pb.ModelReadyResponse(ready=self.state.ready)
 
-    async def ServerMetadata(self, request: Any) -> Any:  # noqa: N802
+    def ServerMetadata(self, request: Any) -> Any:  # noqa: N802
         return self.pb.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=EXTENSIONS)
 
-    async def ModelMetadata(self, request: Any) -> Any:  # noqa: N802
+    def ModelMetadata(self, request: Any) -> Any:  # noqa: N802
         meta = model_metadata(self.state.model(request.name, request.version))
         resp = self.pb.ModelMetadataResponse(name=meta["name"], versions=meta["versions"], platform=meta["platform"])
         for field in ("inputs", "outputs"):
@@ -200,7 +217,7 @@ class InferenceService:
                 getattr(resp, field).add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
         return resp
 
-    async def ModelConfig(self, request: Any) -> Any:  # noqa: N802
+    def ModelConfig(self, request: Any) -> Any:  # noqa: N802
         from google.protobuf import json_format
 
         config = model_config(self.state.model(request.name, request.version))
@@ -208,7 +225,7 @@ class InferenceService:
         json_format.ParseDict(config, resp.config, ignore_unknown_fields=True)
         return resp
 
-    async def ModelStatistics(self, request: Any) -> Any:  # noqa: N802
+    def ModelStatistics(self, request: Any) -> Any:  # noqa: N802
         from google.protobuf import json_format
 
         state = self.state
@@ -220,7 +237,7 @@ class InferenceService:
                                   ignore_unknown_fields=True)
         return resp
 
-    async def ModelInfer(self, request: bytes) -> bytes:  # noqa: N802 - raw bytes in and out
+    def ModelInfer(self, request: bytes) -> Awaitable[bytes]:  # noqa: N802 - raw bytes in and out
         state = self.state
         header = self.pb.ModelInferRequest()
         try:
@@ -232,38 +249,25 @@ class InferenceService:
         def decode(_: bytes) -> _GrpcCall:
             return _GrpcCall(served, decode_request(header, served.input_types))
 
-        return await core.infer(state, served, request, decode)
-
-    def handlers(self) -> Any:
-        grpc = _grpc()
-        methods = {}
-        for name, (req, resp) in self.pb.RPCS.items():
-            if name == "ModelInfer":
-                methods[name] = grpc.unary_unary_rpc_method_handler(self._wrap(name, self.ModelInfer))
-            else:
-                methods[name] = grpc.unary_unary_rpc_method_handler(
-                    self._wrap(name, getattr(self, name)),
-                    request_deserializer=self.pb.CLASSES[req].FromString,
-                    response_serializer=self.pb.CLASSES[resp].SerializeToString,
-                )
-        return grpc.method_handlers_generic_handler(self.pb.SERVICE, methods)
+        return core.infer(state, served, request, decode)
 
 
-async def start_grpc(state: ServerState, host: str, port: int) -> tuple[Any, int]:
-    """Start the gRPC listener on the running event loop; (server, bound port)."""
-    grpc = _grpc()
-    limit = state.config.max_body_bytes
-    server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", limit),
-        ("grpc.max_send_message_length", max(limit, 64 * 1024 * 1024)),
-        ("grpc.so_reuseport", 0),
-    ])
-    server.add_generic_rpc_handlers((InferenceService(state).handlers(),))
+async def start_grpc(state: ServerState, host: str, port: int, body_reader: Any = None) -> tuple[Any, int]:
+    """Start the gRPC listener on the running event loop; (listener, bound port).
+
+    ``body_reader`` (the HTTP app's) counts request messages against the same
+    ``max_buffered_bytes`` as HTTP bodies.
+    """
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
-    except RuntimeError as e:
-        raise OSError(f"cannot listen for gRPC on {host}:{port}: {e}") from e
-    if bound == 0:
-        raise OSError(f"cannot listen for gRPC on {host}:{port}")
-    await server.start()
-    return server, bound
+        from edgemp.runtime.server.h2.grpc_handler import GrpcHandler
+        from edgemp.runtime.server.h2.listener import H2Listener
+
+        service = InferenceService(state)
+    except ImportError as e:
+        raise MissingExtraError(e.name or "hpack", "grpc", "serving gRPC (--grpc-port)") from e
+    listener = H2Listener(GrpcHandler(service, state.config.max_body_bytes, body_reader), state.config)
+    try:
+        bound = await listener.start(host, port)
+    except OSError as e:
+        raise OSError(f"cannot listen for gRPC on {host}:{port}: {e.strerror}") from e
+    return listener, bound

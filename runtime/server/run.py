@@ -48,23 +48,25 @@ async def serve_app(
     )
     quiet_accept_errors(asyncio.get_running_loop())
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True)
-    try:
-        await site.start()
-    except OSError as e:
-        await runner.cleanup()
-        raise OSError(f"cannot listen on {config.host}:{config.port}: {e.strerror}") from e
-    port = runner.addresses[0][1] if runner.addresses else config.port
-    grpc_server = None
+    grpc_listener = None
     if config.grpc_port is not None:  # KServe V2 gRPC beside HTTP: same state, drained together
         from edgemp.runtime.server.grpc_service import start_grpc
 
-        try:
-            grpc_server, grpc_port = await start_grpc(state, config.host, config.grpc_port)
+        try:  # before HTTP: once /v2/health/ready answers, the gRPC port is listening too
+            grpc_listener, grpc_port = await start_grpc(state, config.host, config.grpc_port, app.get(BODY_READER))
         except BaseException:
             await runner.cleanup()
             raise
         logger.info("serving gRPC (inference.GRPCInferenceService) on %s:%d", config.host, grpc_port)
+    site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as e:
+        if grpc_listener is not None:
+            await grpc_listener.close(grace_s=0)
+        await runner.cleanup()
+        raise OSError(f"cannot listen on {config.host}:{config.port}: {e.strerror}") from e
+    port = runner.addresses[0][1] if runner.addresses else config.port
     since = f" ({(time.perf_counter() - started_at) * 1e3:.0f} ms after start)" if started_at else ""
     logger.info("serving %s on http://%s:%d%s", ", ".join(sorted(state.models)), config.host, port, since)
     if on_ready is not None:
@@ -79,6 +81,8 @@ async def serve_app(
     try:
         await stop.wait()
         state.begin_drain()
+        if grpc_listener is not None:
+            grpc_listener.begin_drain()  # GOAWAY: no new streams; open ones are answered
         body_reader = app.get(BODY_READER)
         if body_reader is not None:
             body_reader.abort_uploads()  # a stalled upload must not hold the drain
@@ -87,8 +91,8 @@ async def serve_app(
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
-        if grpc_server is not None:
-            await grpc_server.stop(grace=1.0)  # in-flight calls already finished in wait_idle
+        if grpc_listener is not None:
+            await grpc_listener.close(grace_s=1.0)  # in-flight calls already finished in wait_idle
         await runner.cleanup()  # closes listeners, waits for handlers, runs on_cleanup (batchers)
     for served in state.models.values():
         s = served.stats.to_json(served.name, served.version)["inference_stats"]
