@@ -194,3 +194,128 @@ def sum_add_chains(model: Any, feeds: Sequence[dict[str, np.ndarray]], atol: flo
         return model, 0
     log.info("merged %d Add chains into Sum (max output change %.2e)", len(inner_of), worst)
     return out, len(inner_of)
+
+
+MASK_INPUT = {"Attention": 3, "QAttention": 5}  # com.microsoft attention op -> index of its mask input
+UNPADDED_SUFFIX = "_unpadded"
+
+
+def _raw_mask_source(g: Any, mask: str) -> str | None:
+    """The rank-2 graph input (the raw ``[batch, tokens]`` 0/1 attention mask) that ``mask`` is,
+    directly or through one Cast; None for any other mask (key lengths, a mask built in the graph)."""
+    inputs = {i.name: i for i in g.input}
+    producer = next((n for n in g.node if mask in n.output), None)
+    if producer is not None and producer.op_type == "Cast" and not producer.domain:
+        mask = producer.input[0]
+    elif producer is not None:
+        return None
+    graph_input = inputs.get(mask)
+    if graph_input is None or len(graph_input.type.tensor_type.shape.dim) != 2:
+        return None
+    return mask
+
+
+def skip_unpadded_attention_mask(model: Any, feeds: Sequence[dict[str, np.ndarray]], atol: float = 0.0,
+                                 disabled_optimizers: Sequence[str] = ()) -> tuple[Any, int]:
+    """``(model whose fused attention skips the mask when no token is padding, number of attention nodes)``.
+
+    ONNX Runtime's CPU ``Attention``/``QAttention`` kernels turn a given mask into a ``[batch, tokens,
+    tokens]`` float bias, copy it into every head's score matrix and accumulate the QKᵀ GEMM onto it,
+    even when every token is real: a single text (the runtime feeds it unpadded) or a batch of equal
+    lengths. Each such node becomes ``If(all mask > 0, node without mask, node)``; the branch taken
+    without the mask adds no zeros, so its outputs are the same bit for bit. MiniLM-L6 int8, 1 thread,
+    one 128-token text: 871 -> 833 µs per QAttention (the ``If`` costs ~20 µs of the 55 µs the mask did).
+
+    Only nodes whose mask is the raw rank-2 graph input (or a Cast of it) are wrapped; ``(model, 0)``
+    when there is none, or the graph fails or moves an output on ``feeds`` by more than ``atol`` (feeds
+    with and without padding check both branches).
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    if not feeds:
+        raise ValueError("skip_unpadded_attention_mask needs at least one input feed to check the graph against")
+    g = model.graph
+
+    def mask_of(n: Any) -> str:
+        k = MASK_INPUT.get(n.op_type, -1) if n.domain == "com.microsoft" else -1
+        return n.input[k] if 0 <= k < len(n.input) else ""
+
+    targets = [i for i, n in enumerate(g.node)
+               if mask_of(n) and len(n.output) == 1 and _raw_mask_source(g, mask_of(n))]
+    sources = {_raw_mask_source(g, mask_of(g.node[i])) for i in targets}
+    if not targets or len(sources) != 1:
+        return model, 0
+    source = sources.pop()
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    unpadded = f"{source}{UNPADDED_SUFFIX}"
+    cond_nodes = [helper.make_node("ReduceMin", [source], [f"{source}_min"], name=f"{source}_min", keepdims=0),
+                  helper.make_node("Greater", [f"{source}_min", f"{source}_zero"], [unpadded], name=unpadded)]
+    zero_type = next(i for i in g.input if i.name == source).type.tensor_type.elem_type
+    out.graph.initializer.append(helper.make_tensor(f"{source}_zero", zero_type, [], [0]))
+    nodes = []
+    for i, n in enumerate(out.graph.node):
+        if i == targets[0]:
+            nodes.extend(cond_nodes)
+        if i not in targets:
+            nodes.append(n)
+            continue
+        branches = {}
+        for kind, mask in (("unmasked", ""), ("masked", mask_of(n))):
+            body = onnx.NodeProto()
+            body.CopyFrom(n)
+            body.input[MASK_INPUT[n.op_type]] = mask
+            body.output[0] = f"{n.output[0]}_{kind}"
+            body.name = f"{n.name or n.output[0]}_{kind}"
+            branches[kind] = helper.make_graph([body], f"{body.name}_branch", [],
+                                               [helper.make_tensor_value_info(body.output[0], TensorProto.FLOAT, None)])
+        nodes.append(helper.make_node("If", [unpadded], list(n.output), name=f"{n.name or n.output[0]}_if_unpadded",
+                                      then_branch=branches["unmasked"], else_branch=branches["masked"]))
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    try:
+        worst = max(float(np.abs(x - y).max()) for fa, fb in zip(_outputs(out, feeds, disabled_optimizers),
+                                                                 _outputs(model, feeds, disabled_optimizers))
+                    for x, y in zip(fa, fb))
+    except Exception as e:  # a kernel that will not take the mask-free form, an opset without If, ...
+        log.warning("attention keeps its mask on unpadded inputs (%s: %s)", type(e).__name__,
+                    str(e).splitlines()[0][:200] if str(e) else "")
+        return model, 0
+    if not worst <= atol:
+        log.warning("skipping the mask on unpadded inputs moves outputs by %.3g (> %.3g); attention keeps its mask",
+                    worst, atol)
+        return model, 0
+    log.info("%d attention nodes skip the mask when no token is padding (max output change %.2e)", len(targets), worst)
+    return out, len(targets)
+
+
+def restore_attention_mask(model: Any) -> tuple[Any, int]:
+    """The inverse of :func:`skip_unpadded_attention_mask`: each ``If`` it wrote becomes its masked
+    attention node again (quantization and the other fusions work on top-level nodes only);
+    ``(model, 0)`` when there is none."""
+    import onnx
+
+    wrapped = [n for n in model.graph.node if n.op_type == "If" and n.name.endswith("_if_unpadded")]
+    if not wrapped:
+        return model, 0
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    conds = {n.input[0] for n in wrapped}
+    nodes = []
+    for n in out.graph.node:
+        if n.op_type == "If" and n.name.endswith("_if_unpadded"):
+            masked = onnx.NodeProto()
+            masked.CopyFrom(next(a.g for a in n.attribute if a.name == "else_branch").node[0])
+            masked.output[0], masked.name = n.output[0], n.name[: -len("_if_unpadded")]
+            n = masked
+        elif any(o in conds or o.endswith("_min") and o[: -len("_min")] + UNPADDED_SUFFIX in conds for o in n.output):
+            continue  # the ReduceMin / Greater that computed the condition
+        nodes.append(n)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    zeros = {c[: -len(UNPADDED_SUFFIX)] + "_zero" for c in conds}
+    kept = [i for i in out.graph.initializer if i.name not in zeros]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept)
+    return out, len(wrapped)

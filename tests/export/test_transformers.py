@@ -319,6 +319,7 @@ def test_quantize_tiny_reports_cosine(tiny_export, tmp_path):
     assert q["calibration_texts"] == 300 and q["smoothquant_alpha"] in (None, 0.6, 0.7, 0.8)
     assert 0.0 < q["calibration_min_cosine"] <= 1.0 + 1e-6
     assert q["fused_attention"] == 2 and q["merged_matmul_groups"] == 0  # Attention packs Q, K, V itself
+    assert q["attention_mask_skip"] == 2  # each QAttention skips the mask when nothing is padded
     assert q["fast_gelu"] == 2  # one FFN GELU per layer
     assert load_text_model(tmp_path / "int8").spec.precision == "int8"
     assert r.report.num_texts == len(MIXED) and 0.9 < r.report.mean_cosine <= 1.0 + 1e-6
@@ -654,7 +655,8 @@ def test_attention_fuses_with_any_padding_gelu_goes_tanh_and_int8_has_qattention
     np.testing.assert_allclose(run(approx, feed), run(model, feed), atol=1e-2)
     r = quantize_text_model(tiny_export.output_dir, tmp_path / "int8", eval_texts=MIXED,
                             cfg=TextQuantizeConfig(smooth_alphas=(), outlier_ratio=None))
-    assert "QAttention" in {n.op_type for n in onnx.load(str(r.path)).graph.node}
+    graph = onnx.load(str(r.path)).graph  # QAttention sits in If branches (mask skipped when nothing is padded)
+    assert "QAttention" in {b.op_type for n in graph.node for a in n.attribute if a.name.endswith("_branch") for b in a.g.node}
     r = quantize_text_model(tiny_export.output_dir, tmp_path / "unfused", eval_texts=MIXED,
                             cfg=TextQuantizeConfig(smooth_alphas=(), outlier_ratio=None, fuse_attention=False))
     q = r.spec.extra["quantization"]
@@ -666,6 +668,38 @@ def test_attention_fuses_with_any_padding_gelu_goes_tanh_and_int8_has_qattention
     assert (q["fused_attention"], q["fast_gelu"], q["merged_matmul_groups"]) == (0, 0, 2)
 
 
+def test_fused_attention_skips_the_mask_only_when_no_token_is_padding(tiny_export):
+    """One text (fed unpadded) or equal lengths take the mask-free branch, anything padded the masked one;
+    outputs are bit for bit the exported fused graph's, and the wrap undoes exactly."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgemp.export.ort_fusions import fuse_attention, restore_attention_mask, skip_unpadded_attention_mask
+    from edgemp.runtime.text import load_text_model
+
+    m = load_text_model(tiny_export.output_dir)
+    batch = m.padded(m.validate(MIXED))
+    alone = m.padded(m.validate(MIXED[:1]))
+    holes = {**batch, "attention_mask": batch["attention_mask"].copy()}
+    holes["attention_mask"][1, 1::2] = 0
+    fused, n = fuse_attention(onnx.load(str(tiny_export.path)), [batch])
+    wrapped, k = skip_unpadded_attention_mask(fused, [batch, alone])
+    assert n == k == 2 and sum(x.op_type == "If" for x in wrapped.graph.node) == 2
+    assert not any(x.op_type == "Attention" for x in wrapped.graph.node)  # all inside the If branches
+
+    def run(proto, f):
+        sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        return sess.run(None, {x: f[x] for x in m.input_names})[0]
+    for f in (batch, alone, holes, {**batch, "attention_mask": np.ones_like(batch["attention_mask"])}):
+        np.testing.assert_array_equal(run(wrapped, f), run(fused, f))
+    restored, r = restore_attention_mask(wrapped)
+    assert r == 2 and restored.graph == fused.graph
+    assert restore_attention_mask(fused) == (fused, 0)
+    assert skip_unpadded_attention_mask(onnx.load(str(tiny_export.path)), [batch])[1] == 0  # nothing fused
+    with pytest.raises(ValueError, match="feed"):
+        skip_unpadded_attention_mask(fused, [])
+
+
 def test_export_with_fused_attention_verifies_and_quantizes_with_the_ort_preset_only(tiny_dir, tmp_path):
     import onnx
 
@@ -673,10 +707,13 @@ def test_export_with_fused_attention_verifies_and_quantizes_with_the_ort_preset_
 
     r = export_text_model(tiny_dir, tmp_path / "fp32", TextExportConfig(fuse_attention=True))
     assert r.report.passed and r.spec.extra["fused_attention"] == 2 and "verification" in r.spec.extra
-    assert sum(n.op_type == "Attention" for n in onnx.load(str(r.path)).graph.node) == 2
+    assert r.spec.extra["attention_mask_skip"] == 2  # each fused node inside an If that skips the mask unpadded
+    branches = [a.g for n in onnx.load(str(r.path)).graph.node if n.op_type == "If" for a in n.attribute]
+    assert sorted(b.node[0].op_type for b in branches) == ["Attention"] * 4
     fast = TextQuantizeConfig(smooth_alphas=(), outlier_ratio=None)
     q = quantize_text_model(r.output_dir, tmp_path / "int8", fast, eval_texts=MIXED)
-    assert q.spec.extra["quantization"]["fused_attention"] == 2 and q.report.mean_cosine > 0.9
+    quant = q.spec.extra["quantization"]
+    assert quant["fused_attention"] == 2 and quant["attention_mask_skip"] == 2 and q.report.mean_cosine > 0.9
     with pytest.raises(ExportError, match="preset='ort'"):
         quantize_text_model(r.output_dir, tmp_path / "avx2", replace(fast, preset="avx2"), eval_texts=MIXED)
 
