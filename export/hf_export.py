@@ -295,6 +295,7 @@ def export_text_model(model_dir: str | Path, output_dir: str | Path,
         if cfg.fuse_attention:
             fused, skipped = _fuse_attention(raw_dir / MODEL_FILE, tokenizer, spec, cfg.seed)
             spec = replace(spec, extra={**spec.extra, "fused_attention": fused, "attention_mask_skip": skipped})
+        spec = pool_in_graph(raw_dir / MODEL_FILE, spec)
         _write_model(raw_dir / MODEL_FILE, stage / MODEL_FILE, spec)
         with quiet_exporter_output():
             tokenizer.save_pretrained(str(stage))
@@ -329,6 +330,19 @@ def _text_spec(onnx_path: Path, model_dir: Path, hf_config: dict, task: str, tok
         source=str(hf_config.get("_name_or_path") or model_dir.name),
         edgemp_version=__version__,
     )
+
+
+def pool_in_graph(path: Path, spec: TextModelSpec) -> TextModelSpec:
+    """Add the mean-pooled embedding output to the graph at ``path`` in place (mean-pooled
+    feature extraction only; :mod:`edgemp.export.text_pooling`); returns the spec that names it."""
+    import onnx
+
+    from edgemp.export.text_pooling import pool_for_spec
+
+    model, pooled = pool_for_spec(onnx.load(str(path), load_external_data=False), spec)  # large weights stay put
+    if "pooled_output" in pooled.extra:
+        onnx.save(model, str(path))
+    return pooled
 
 
 def _fuse_attention(path: Path, tokenizer, spec: TextModelSpec, seed: int) -> tuple[int, int]:

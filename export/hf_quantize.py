@@ -378,6 +378,7 @@ def quantize_text_model(model_dir: str | Path, output_dir: str | Path, cfg: Text
                                            skip_unpadded_attention_mask, sum_add_chains)
     from edgemp.export.smooth_quant import FP32_SUFFIX, layernorm_outputs, smooth_model
     from edgemp.export.text_corpus import text_split
+    from edgemp.export.text_pooling import pool_for_spec, remove_pooled_output
     from edgemp.runtime.text import TEXT_DISABLED_OPTIMIZERS, load_text_model, text_model_files
 
     src_dir, output_dir = Path(model_dir), Path(output_dir)
@@ -400,6 +401,7 @@ def quantize_text_model(model_dir: str | Path, output_dir: str | Path, cfg: Text
         fp32_model, fast_gelu = onnx.load(str(src_dir / MODEL_FILE)), 0
         # an export with fused attention may skip its mask on unpadded inputs: quantize the plain nodes
         fp32_model, _ = restore_attention_mask(fp32_model)
+        fp32_model = remove_pooled_output(fp32_model)  # pooling is added back to the int8 graph at the end
         # optimum's quantizer cannot type com.microsoft ops' outputs, so its presets get the graph as exported
         check_feeds = _check_feeds(fp32, text_split("calibration", FUSION_CHECK_TEXTS, words))
         if cfg.fuse_attention and preset == "ort":
@@ -452,6 +454,7 @@ def quantize_text_model(model_dir: str | Path, output_dir: str | Path, cfg: Text
         model, skipped = skip_unpadded_attention_mask(onnx.load(str(cand / MODEL_FILE)), check_feeds,
                                                       disabled_optimizers=TEXT_DISABLED_OPTIMIZERS)
         q_spec.extra["quantization"]["attention_mask_skip"] = skipped
+        model, q_spec = pool_for_spec(model, q_spec)
         write_metadata(model, q_spec)
         onnx.save(model, str(cand / MODEL_FILE))
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -179,7 +179,10 @@ class TextModel(InputLayout):
         unknown = [n for n in runner.input_names if n not in TEXT_INPUTS]
         if unknown:
             raise ModelFormatError(f"{path}: text model input(s) {unknown} are not input_ids/attention_mask/token_type_ids")
-        runner.fetch([self.spec.output_name])
+        # embeddings pooled inside the graph (export/text_pooling.py): read while ORT still has them in cache
+        pooled = self.spec.extra.get("pooled_output") if self.spec.task == "feature-extraction" else None
+        self._pooled = pooled if isinstance(pooled, str) and pooled in runner.declared_outputs else None
+        runner.fetch([self.spec.output_name, *([self._pooled] if self._pooled else [])])
         self._bounds = list(self.config.bucket_boundaries)
 
     # -- what the model is (inputs, providers and lifetime: InputLayout) ----------------
@@ -250,9 +253,13 @@ class TextModel(InputLayout):
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
     # -- outputs ------------------------------------------------------------------------
-    def _postprocess(self, raw: np.ndarray, items: Sequence[TokenizedText], mask: np.ndarray) -> list[dict[str, np.ndarray]]:
+    def _postprocess(self, outputs: dict[str, np.ndarray], items: Sequence[TokenizedText],
+                     mask: np.ndarray) -> list[dict[str, np.ndarray]]:
         spec = self.spec
+        raw = outputs[spec.output_name]
         if spec.task == "feature-extraction":
+            if self._pooled:  # [B, H], pooled by the graph
+                return [{"embedding": e} for e in outputs[self._pooled].astype(np.float32, copy=False)]
             emb = pool(raw, mask, spec.pooling, spec.normalize)  # [B, H]
             return [{"embedding": e} for e in emb]
         if spec.task == "sequence-classification":
@@ -275,10 +282,10 @@ class TextModel(InputLayout):
             chunk = [items[i] for i in group]
             tensors = self.padded(chunk)
             try:
-                raw = self.runner.infer(tensors)[self.spec.output_name]
+                outputs = self.runner.infer(tensors)
             except ORT_ERRORS as e:
                 raise ModelFormatError(f"{self.path}: onnxruntime failed on a batch of {len(chunk)}: {one_line(e)}") from e
-            for i, res in zip(group, self._postprocess(raw, chunk, tensors["attention_mask"])):
+            for i, res in zip(group, self._postprocess(outputs, chunk, tensors["attention_mask"])):
                 results[i] = res
         return results  # type: ignore[return-value]
 

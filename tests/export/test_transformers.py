@@ -309,6 +309,8 @@ def test_text_batcher_concurrent_requests_match_predict(tiny_export):
 # -- quantization -------------------------------------------------------------------------
 
 def test_quantize_tiny_reports_cosine(tiny_export, tmp_path):
+    import onnx
+
     from edgemp.export.hf_quantize import TextQuantizeConfig, quantize_text_model
     from edgemp.runtime.text import load_text_model
 
@@ -320,6 +322,8 @@ def test_quantize_tiny_reports_cosine(tiny_export, tmp_path):
     assert 0.0 < q["calibration_min_cosine"] <= 1.0 + 1e-6
     assert q["fused_attention"] == 2 and q["merged_matmul_groups"] == 0  # Attention packs Q, K, V itself
     assert q["attention_mask_skip"] == 2  # each QAttention skips the mask when nothing is padded
+    assert r.spec.extra["pooled_output"] == "sentence_embedding"  # int8 pools in the graph too
+    assert "sentence_embedding" in {o.name for o in onnx.load(str(r.path)).graph.output}
     assert q["fast_gelu"] == 2  # one FFN GELU per layer
     assert load_text_model(tmp_path / "int8").spec.precision == "int8"
     assert r.report.num_texts == len(MIXED) and 0.9 < r.report.mean_cosine <= 1.0 + 1e-6
@@ -700,6 +704,34 @@ def test_fused_attention_skips_the_mask_only_when_no_token_is_padding(tiny_expor
         skip_unpadded_attention_mask(fused, [])
 
 
+@pytest.mark.parametrize("normalize", [True, False])
+def test_mean_pooling_in_the_graph_matches_the_runtime_pool(tiny_export, normalize):
+    """The graph's pooled output is the runtime's numpy pool (padded batches and one text alone), and the
+    runtime reads it; without the output the runtime pools in numpy as before."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgemp.export.text_pooling import POOLED_OUTPUT, add_pooled_output, remove_pooled_output
+    from edgemp.runtime.text import load_text_model, pool
+
+    m = load_text_model(tiny_export.output_dir)
+    assert tiny_export.spec.extra["pooled_output"] == POOLED_OUTPUT == m._pooled
+    model = remove_pooled_output(onnx.load(str(tiny_export.path)))
+    assert POOLED_OUTPUT not in {o.name for o in model.graph.output}
+    assert not any(n.name.startswith("edgemp_pool/") for n in model.graph.node)
+    pooled, name = add_pooled_output(model, "last_hidden_state", "attention_mask", normalize)
+    assert name == POOLED_OUTPUT and add_pooled_output(pooled, "last_hidden_state", "attention_mask", normalize)[1] is None
+    assert add_pooled_output(model, "no_such_output", "attention_mask", normalize) == (model, None)
+    sess = ort.InferenceSession(pooled.SerializeToString(), providers=["CPUExecutionProvider"])
+    for texts in (MIXED, MIXED[:1]):
+        feeds = m.padded(m.validate(texts))
+        raw, emb = sess.run(["last_hidden_state", POOLED_OUTPUT], {k: feeds[k] for k in m.input_names})
+        np.testing.assert_allclose(emb, pool(raw, feeds["attention_mask"], "mean", normalize), rtol=1e-6, atol=1e-6)
+    got = m.embed(MIXED)  # the runtime reads the graph's pooling...
+    m._pooled = None  # ...and pools the same in numpy without it
+    np.testing.assert_allclose(got, m.embed(MIXED), rtol=1e-6, atol=1e-6)
+
+
 def test_export_with_fused_attention_verifies_and_quantizes_with_the_ort_preset_only(tiny_dir, tmp_path):
     import onnx
 
@@ -793,7 +825,7 @@ def test_text_model_runs_on_the_shared_ort_runner(tiny_export, monkeypatch, capl
     m = load_text_model(tiny_export.output_dir, providers="cpu")
     assert type(m.runner) is ort_runner.OrtRunner
     assert m.runner.session.get_session_options().intra_op_num_threads == TEXT_DEFAULT_THREADS
-    assert m.runner.output_names == (m.spec.output_name,)
+    assert m.runner.output_names == (m.spec.output_name, "sentence_embedding")  # raw states + pooled in the graph
     one = load_text_model(tiny_export.output_dir, providers="cpu", threads=1)
     assert one.runner.session.get_session_options().intra_op_num_threads == 1
     np.testing.assert_allclose(one.embed(["the cat sat"]), m.embed(["the cat sat"]), atol=1e-5)
