@@ -732,6 +732,20 @@ def test_mean_pooling_in_the_graph_matches_the_runtime_pool(tiny_export, normali
     np.testing.assert_allclose(got, m.embed(MIXED), rtol=1e-6, atol=1e-6)
 
 
+def test_ascii_texts_skip_the_rust_normalizer_with_the_same_tokens(tiny_export):
+    from edgemp.runtime.text import load_text_model
+
+    m = load_text_model(tiny_export.output_dir)
+    assert m._ascii is not None  # BERT's normalizer: ASCII texts are cleaned and lowercased in Python
+    texts = SENTENCES + ["The Quick\tBROWN fox\r\n", "\x00ctrl\x0bchars\x7f", "the quick brown fox " * 40]
+    fast = m.validate(texts)
+    m._ascii = None
+    slow = m.validate(texts)
+    assert [t.ids.tolist() for t in fast] == [t.ids.tolist() for t in slow]
+    assert [t.type_ids.tolist() for t in fast] == [t.type_ids.tolist() for t in slow]
+    assert max(t.num_tokens for t in fast) == m.spec.max_length  # truncation kept
+
+
 def test_export_with_fused_attention_verifies_and_quantizes_with_the_ort_preset_only(tiny_dir, tmp_path):
     import onnx
 
