@@ -1,4 +1,5 @@
-"""ONNX Runtime's transformer fusions for the int8 text graph: fused attention and tanh GELU.
+"""ONNX Runtime's transformer fusions for text graphs: fused attention, tanh GELU, Add chains as Sum,
+and fused attention that skips its mask on unpadded inputs.
 
 **Attention.** Exported BERT attention is ~20 small nodes per layer: three projections,
 Reshape/Transpose of Q, K and V, QKᵀ, scale, mask Add, Softmax, attention·V, Transpose/Reshape
@@ -25,6 +26,17 @@ outlier side path's int8 part + fp32 part + residual): MiniLM-L6 int8, 1 thread,
 interleaved calls at the session, 0.3% and 0.8% faster in two runs on a shared machine (250 and
 200 calls), embeddings bit for bit the same (ORT's ``Sum`` adds its inputs in order). Checked
 like the attention fusion: a graph that will not load or whose outputs move is returned unchanged.
+
+**Unpadded inputs.** ORT's CPU ``Attention``/``QAttention`` spend ~55 µs per MiniLM layer (128 tokens)
+applying a mask even when it is all ones, which it always is for the runtime's batch-1 calls (one text
+is fed unpadded). :func:`skip_unpadded_attention_mask` wraps each fused node in an ``If`` on "no mask
+entry is 0" whose then-branch is the same node without its mask: bit-identical outputs, MiniLM-L6 at
+the session int8 12.10 -> 11.79 ms and fused fp32 30.49 -> 30.21 ms (1 thread, 250 interleaved rounds).
+Both the int8 graph and the fused fp32 export use it (the fp32 baseline stays the fastest fp32).
+:func:`restore_attention_mask` undoes it before quantization. Tried and dropped: the unpadded branch as
+three int8 GEMMs into ``MultiHeadAttention`` (its flash kernel): 727 vs 750 µs for one layer alone, but
+no gain in the whole model (11.76 vs 11.71 ms); the merged-Q/K/V ``DynamicQuantizeMatMul`` into
+``MultiHeadAttention`` or the unfused ops: 5-7% slower than ``QAttention`` per layer.
 """
 from __future__ import annotations
 
