@@ -19,7 +19,9 @@ Runtime's ``Attention`` (``QAttention`` once quantized) and GELU takes its tanh 
 (:mod:`edgemp.export.ort_fusions`); where attention does not fuse, biased MatMuls that read one
 input (a layer's query, key and value) are merged into one MatMul three times as wide
 (:mod:`edgemp.export.matmul_merge`). After quantization, chains of two activation Adds become one
-``Sum`` (:func:`edgemp.export.ort_fusions.sum_add_chains`).
+``Sum`` (:func:`edgemp.export.ort_fusions.sum_add_chains`), each ``QAttention`` skips its mask when no
+token is padding (:func:`edgemp.export.ort_fusions.skip_unpadded_attention_mask`), and mean pooling
+runs at the end of the graph (:mod:`edgemp.export.text_pooling`), as in the fp32 export.
 
 The report compares fp32 and int8 through the torch-free runtime on texts the calibration
 never saw (1,000 held-back texts by default): embedding cosine (min, p1, mean) and top-10
