@@ -737,7 +737,8 @@ def test_ascii_texts_skip_the_rust_normalizer_with_the_same_tokens(tiny_export):
 
     m = load_text_model(tiny_export.output_dir)
     assert m._ascii is not None  # BERT's normalizer: ASCII texts are cleaned and lowercased in Python
-    texts = SENTENCES + ["The Quick\tBROWN fox\r\n", "\x00ctrl\x0bchars\x7f", "the quick brown fox " * 40]
+    texts = SENTENCES + ["The Quick\tBROWN fox\r\n", "\x00ctrl\x0bchars\x7f", "the quick brown fox " * 40,
+                         "a [MASK] token", "[CLS] [cls] [Sep]"]  # added tokens: matched before normalization
     fast = m.validate(texts)
     m._ascii = None
     slow = m.validate(texts)
