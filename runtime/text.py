@@ -146,9 +146,13 @@ class AsciiTokenizer:
             if not t.isascii():
                 return None
             low = t.lower()
-            norm = t.translate(ASCII_CLEAN) if self.clean else t
-            norm = norm.lower() if self.lower else norm
-            if any(a in low or a in norm.lower() for a in self.added):
+            norm = low if self.lower else t
+            if self.clean:
+                cleaned = norm.translate(ASCII_CLEAN)
+                if cleaned != norm and any(a in cleaned.lower() for a in self.added):
+                    return None  # an added token that cleaning would join up
+                norm = cleaned
+            if any(a in low for a in self.added):
                 return None
             out.append(norm)
         return out
