@@ -16,7 +16,9 @@ bench_minilm.py measures the same models end to end (tokenizer, buckets, pooling
 of ``--tokens`` tokens in, its embedding out; a different text each round, the same for every model),
 without bench_minilm's peers. ``--model NAME=DIR`` (repeatable) times those model directories instead
 of the prepared three (e.g. before/after an export change); ratios pair every non-int8 name with every
-name containing ``int8``.
+name containing ``int8``. A name ending in ``:rust-normalizer`` loads its model with
+``TextRuntimeConfig(ascii_fast_path=False)`` (every text through the Rust BERT normalizer, as before
+the ASCII fast path), e.g. ``--model int8-before:rust-normalizer=OLD_DIR``.
 """
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from edgemp.bench.env import capture_environment
+
+RUST_SUFFIX = ":rust-normalizer"  # --model NAME:rust-normalizer=DIR: no ASCII fast path for that model
 
 
 def _prepare(work: Path) -> dict[str, Path]:
@@ -56,12 +60,15 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    from edgemp.runtime.text import load_text_model
+    from edgemp.runtime.text import TextRuntimeConfig, load_text_model
 
     if any("=" not in m for m in args.model):
         ap.error("--model takes NAME=DIR")
     dirs = dict(m.split("=", 1) for m in args.model) if args.model else _prepare(args.work_dir)
-    models = {name: load_text_model(d, providers="cpu", threads=args.threads) for name, d in dirs.items()}
+    rust = TextRuntimeConfig(ascii_fast_path=False)
+    models = {name.removesuffix(RUST_SUFFIX): load_text_model(d, providers="cpu", threads=args.threads,
+                                                               config=rust if name.endswith(RUST_SUFFIX) else None)
+              for name, d in dirs.items()}
     ids = np.random.default_rng(0).integers(1000, 20000, (1, args.tokens))  # [1, T] ordinary vocabulary ids
     ids[0, 0], ids[0, -1] = 101, 102  # [CLS] ... [SEP]
     feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}

@@ -60,16 +60,19 @@ ASCII_CLEAN = {**{c: None for c in range(32)}, 127: None, **{ord(c): " " for c i
 
 @dataclass(frozen=True)
 class TextRuntimeConfig:
-    """How texts are grouped into ONNX Runtime runs.
+    """How texts are tokenised and grouped into ONNX Runtime runs.
 
     Args:
         max_batch_texts: most rows in one run (default: 32).
         bucket_boundaries: ascending padded-length bounds (default: :data:`DEFAULT_BUCKETS`);
             ``()`` puts every text of a call into one bucket (padded to the longest).
+        ascii_fast_path: ASCII texts skip the Rust BERT normalizer (:func:`ascii_tokenizer`; same
+            token ids; default: on). Off runs every text through the tokenizer as written.
     """
 
     max_batch_texts: int = 32
     bucket_boundaries: tuple[int, ...] = DEFAULT_BUCKETS
+    ascii_fast_path: bool = True
 
     def __post_init__(self) -> None:
         if self.max_batch_texts < 1:
@@ -241,7 +244,7 @@ class TextModel(InputLayout):
         pooled = self.spec.extra.get("pooled_output") if self.spec.task == "feature-extraction" else None
         self._pooled = pooled if isinstance(pooled, str) and pooled in runner.declared_outputs else None
         runner.fetch([self.spec.output_name, *([self._pooled] if self._pooled else [])])
-        self._ascii = ascii_tokenizer(tokenizer)
+        self._ascii = ascii_tokenizer(tokenizer) if self.config.ascii_fast_path else None
         self._bounds = list(self.config.bucket_boundaries)
 
     # -- what the model is (inputs, providers and lifetime: InputLayout) ----------------

@@ -733,15 +733,16 @@ def test_mean_pooling_in_the_graph_matches_the_runtime_pool(tiny_export, normali
 
 
 def test_ascii_texts_skip_the_rust_normalizer_with_the_same_tokens(tiny_export):
-    from edgemp.runtime.text import load_text_model
+    from edgemp.runtime.text import TextRuntimeConfig, load_text_model
 
     m = load_text_model(tiny_export.output_dir)
     assert m._ascii is not None  # BERT's normalizer: ASCII texts are cleaned and lowercased in Python
     texts = SENTENCES + ["The Quick\tBROWN fox\r\n", "\x00ctrl\x0bchars\x7f", "the quick brown fox " * 40,
                          "a [MASK] token", "[CLS] [cls] [Sep]"]  # added tokens: matched before normalization
     fast = m.validate(texts)
-    m._ascii = None
-    slow = m.validate(texts)
+    plain = load_text_model(tiny_export.output_dir, config=TextRuntimeConfig(ascii_fast_path=False))
+    assert plain._ascii is None
+    slow = plain.validate(texts)
     assert [t.ids.tolist() for t in fast] == [t.ids.tolist() for t in slow]
     assert [t.type_ids.tolist() for t in fast] == [t.type_ids.tolist() for t in slow]
     assert max(t.num_tokens for t in fast) == m.spec.max_length  # truncation kept
