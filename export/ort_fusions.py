@@ -29,9 +29,10 @@ like the attention fusion: a graph that will not load or whose outputs move is r
 
 **Unpadded inputs.** ORT's CPU ``Attention``/``QAttention`` spend ~55 µs per MiniLM layer (128 tokens)
 applying a mask even when it is all ones, which it always is for the runtime's batch-1 calls (one text
-is fed unpadded). :func:`skip_unpadded_attention_mask` wraps each fused node in an ``If`` on "no mask
-entry is 0" whose then-branch is the same node without its mask: bit-identical outputs, MiniLM-L6 at
-the session int8 12.10 -> 11.79 ms and fused fp32 30.49 -> 30.21 ms (1 thread, 250 interleaved rounds).
+is fed unpadded). :func:`skip_unpadded_attention_mask` hands each fused node its mask sliced to one
+column when no entry is 0, which the kernels read as no mask (plain dataflow, no ``If``): bit-identical
+outputs; an ``If`` around each node measured MiniLM-L6 int8 12.10 -> 11.79 ms at the session and fused
+fp32 30.49 -> 30.21 ms (1 thread, 250 interleaved rounds) and cost ~20 µs a layer of that itself.
 Both the int8 graph and the fused fp32 export use it (the fp32 baseline stays the fastest fp32).
 :func:`restore_attention_mask` undoes it before quantization. Tried and dropped: the unpadded branch as
 three int8 GEMMs into ``MultiHeadAttention`` (its flash kernel): 727 vs 750 µs for one layer alone, but
@@ -234,13 +235,15 @@ def skip_unpadded_attention_mask(model: Any, feeds: Sequence[dict[str, np.ndarra
     ONNX Runtime's CPU ``Attention``/``QAttention`` kernels turn a given mask into a ``[batch, tokens,
     tokens]`` float bias, copy it into every head's score matrix and accumulate the QKᵀ GEMM onto it,
     even when every token is real: a single text (the runtime feeds it unpadded) or a batch of equal
-    lengths. Each such node becomes ``If(all mask > 0, node without mask, node)``; the branch taken
-    without the mask adds no zeros, so its outputs are the same bit for bit. MiniLM-L6 int8, 1 thread,
-    one 128-token text: 871 -> 833 µs per QAttention (the ``If`` costs ~20 µs of the 55 µs the mask did).
+    lengths. The kernels read a ``[batch, 1]`` mask as "no mask" (ORT's ``MASK_2D_DUMMY``: one value
+    per row broadcasts to no effect), so the mask each node gets is sliced to its first column when no
+    entry is 0, and kept whole otherwise: ``mask[:, :k]`` with ``k = tokens - (tokens - 1) · all(mask >
+    0)``, computed once for every layer. Plain dataflow, no ``If`` (edgemp graphs carry no control
+    flow); the mask-free form adds no zeros, so outputs are the same bit for bit.
 
-    Only nodes whose mask is the raw rank-2 graph input (or a Cast of it) are wrapped; ``(model, 0)``
-    when there is none, or the graph fails or moves an output on ``feeds`` by more than ``atol`` (feeds
-    with and without padding check both branches).
+    Only nodes whose mask is the raw rank-2 graph input (or a Cast of it) change; ``(model, 0)`` when
+    there is none, or the graph fails or moves an output on ``feeds`` by more than ``atol`` (feeds with
+    and without padding check both forms).
     """
     import onnx
     from onnx import TensorProto, helper
@@ -261,36 +264,41 @@ def skip_unpadded_attention_mask(model: Any, feeds: Sequence[dict[str, np.ndarra
     source = sources.pop()
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    unpadded = f"{source}{UNPADDED_SUFFIX}"
-    cond_nodes = [helper.make_node("ReduceMin", [source], [f"{source}_min"], name=f"{source}_min", keepdims=0),
-                  helper.make_node("Greater", [f"{source}_min", f"{source}_zero"], [unpadded], name=unpadded)]
+    p = f"{source}{UNPADDED_SUFFIX}"  # every name this adds starts with it: restore_attention_mask finds them
     zero_type = next(i for i in g.input if i.name == source).type.tensor_type.elem_type
-    out.graph.initializer.append(helper.make_tensor(f"{source}_zero", zero_type, [], [0]))
+    out.graph.initializer.extend([helper.make_tensor(f"{p}_zero", zero_type, [], [0]),
+                                  helper.make_tensor(f"{p}_one", TensorProto.INT64, [1], [1]),
+                                  helper.make_tensor(f"{p}_start", TensorProto.INT64, [1], [0])])
+    length = [  # k = tokens - (tokens - 1) * all(mask > 0): 1 when nothing is padded, else every token
+        helper.make_node("ReduceMin", [source], [f"{p}_min"], name=f"{p}_min", keepdims=0),
+        helper.make_node("Greater", [f"{p}_min", f"{p}_zero"], [f"{p}_all"], name=f"{p}_all"),
+        helper.make_node("Cast", [f"{p}_all"], [f"{p}_flag"], name=f"{p}_flag", to=TensorProto.INT64),
+        helper.make_node("Shape", [source], [f"{p}_shape"], name=f"{p}_shape"),
+        helper.make_node("Gather", [f"{p}_shape", f"{p}_one"], [f"{p}_tokens"], name=f"{p}_tokens", axis=0),
+        helper.make_node("Sub", [f"{p}_tokens", f"{p}_one"], [f"{p}_extra"], name=f"{p}_extra"),
+        helper.make_node("Mul", [f"{p}_extra", f"{p}_flag"], [f"{p}_dropped"], name=f"{p}_dropped"),
+        helper.make_node("Sub", [f"{p}_tokens", f"{p}_dropped"], [f"{p}_k"], name=f"{p}_k"),
+    ]
+    sliced: dict[str, str] = {}  # mask tensor -> its sliced form (one Slice per distinct mask)
     nodes = []
     for i, n in enumerate(out.graph.node):
         if i == targets[0]:
-            nodes.extend(cond_nodes)
-        if i not in targets:
-            nodes.append(n)
-            continue
-        branches = {}
-        for kind, mask in (("unmasked", ""), ("masked", mask_of(n))):
-            body = onnx.NodeProto()
-            body.CopyFrom(n)
-            body.input[MASK_INPUT[n.op_type]] = mask
-            body.output[0] = f"{n.output[0]}_{kind}"
-            body.name = f"{n.name or n.output[0]}_{kind}"
-            branches[kind] = helper.make_graph([body], f"{body.name}_branch", [],
-                                               [helper.make_tensor_value_info(body.output[0], TensorProto.FLOAT, None)])
-        nodes.append(helper.make_node("If", [unpadded], list(n.output), name=f"{n.name or n.output[0]}_if_unpadded",
-                                      then_branch=branches["unmasked"], else_branch=branches["masked"]))
+            nodes.extend(length)
+        if i in targets:
+            mask = mask_of(n)
+            if mask not in sliced:
+                sliced[mask] = f"{p}_{mask}"
+                nodes.append(helper.make_node("Slice", [mask, f"{p}_start", f"{p}_k", f"{p}_one"], [sliced[mask]],
+                                              name=sliced[mask]))
+            n.input[MASK_INPUT[n.op_type]] = sliced[mask]
+        nodes.append(n)
     del out.graph.node[:]
     out.graph.node.extend(nodes)
     try:
         worst = max(float(np.abs(x - y).max()) for fa, fb in zip(_outputs(out, feeds, disabled_optimizers),
                                                                  _outputs(model, feeds, disabled_optimizers))
                     for x, y in zip(fa, fb))
-    except Exception as e:  # a kernel that will not take the mask-free form, an opset without If, ...
+    except Exception as e:  # a kernel that will not take the one-column mask, ...
         log.warning("attention keeps its mask on unpadded inputs (%s: %s)", type(e).__name__,
                     str(e).splitlines()[0][:200] if str(e) else "")
         return model, 0
@@ -303,31 +311,34 @@ def skip_unpadded_attention_mask(model: Any, feeds: Sequence[dict[str, np.ndarra
 
 
 def restore_attention_mask(model: Any) -> tuple[Any, int]:
-    """The inverse of :func:`skip_unpadded_attention_mask`: each ``If`` it wrote becomes its masked
-    attention node again (quantization and the other fusions work on top-level nodes only);
-    ``(model, 0)`` when there is none."""
+    """The inverse of :func:`skip_unpadded_attention_mask`: every attention node takes its whole mask
+    again and the nodes and constants it added go (quantization and the other fusions expect the
+    exported form); ``(model, 0)`` when there is none."""
     import onnx
 
-    wrapped = [n for n in model.graph.node if n.op_type == "If" and n.name.endswith("_if_unpadded")]
-    if not wrapped:
+    slices = {n.output[0]: n.input[0] for n in model.graph.node
+              if n.op_type == "Slice" and n.name.endswith(n.input[0]) and UNPADDED_SUFFIX + "_" in n.name}
+    if not slices:
         return model, 0
+    prefixes = {name[: name.index(UNPADDED_SUFFIX + "_") + len(UNPADDED_SUFFIX)] for name in slices}
+
+    def added(name: str) -> bool:
+        return any(name.startswith(prefix + "_") for prefix in prefixes)
+
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    conds = {n.input[0] for n in wrapped}
-    nodes = []
+    nodes, restored = [], 0
     for n in out.graph.node:
-        if n.op_type == "If" and n.name.endswith("_if_unpadded"):
-            masked = onnx.NodeProto()
-            masked.CopyFrom(next(a.g for a in n.attribute if a.name == "else_branch").node[0])
-            masked.output[0], masked.name = n.output[0], n.name[: -len("_if_unpadded")]
-            n = masked
-        elif any(o in conds or o.endswith("_min") and o[: -len("_min")] + UNPADDED_SUFFIX in conds for o in n.output):
-            continue  # the ReduceMin / Greater that computed the condition
+        if added(n.name) and all(added(o) for o in n.output):
+            continue
+        k = MASK_INPUT.get(n.op_type, -1) if n.domain == "com.microsoft" else -1
+        if 0 <= k < len(n.input) and n.input[k] in slices:
+            n.input[k] = slices[n.input[k]]
+            restored += 1
         nodes.append(n)
     del out.graph.node[:]
     out.graph.node.extend(nodes)
-    zeros = {c[: -len(UNPADDED_SUFFIX)] + "_zero" for c in conds}
-    kept = [i for i in out.graph.initializer if i.name not in zeros]
+    kept = [i for i in out.graph.initializer if not added(i.name)]
     del out.graph.initializer[:]
     out.graph.initializer.extend(kept)
-    return out, len(wrapped)
+    return out, restored
