@@ -72,7 +72,9 @@ class TextExportConfig:
             model is the faster one (MiniLM-L6, 1 thread, 128 tokens: 0.4-2.5% across six
             interleaved runs on a shared machine), but it runs only on ONNX Runtime, and
             optimum's int8 presets cannot quantize it; ``edgemp quantize`` (``ort`` preset) fuses
-            the int8 graph itself either way.
+            the int8 graph itself either way. The fused nodes skip the attention mask when no token
+            is padding (:func:`edgemp.export.ort_fusions.skip_unpadded_attention_mask`; MiniLM-L6,
+            1 thread, 128 tokens: 30.49 -> 30.21 ms), as the int8 graph's do.
     """
 
     task: str | None = None
@@ -291,8 +293,9 @@ def export_text_model(model_dir: str | Path, output_dir: str | Path,
         _optimum_export(model_dir, raw_dir, task, cfg.opset)
         spec = _text_spec(raw_dir / MODEL_FILE, model_dir, hf_config, task, tokenizer, cfg)
         if cfg.fuse_attention:
-            fused = _fuse_attention(raw_dir / MODEL_FILE, tokenizer, spec, cfg.seed)
-            spec = replace(spec, extra={**spec.extra, "fused_attention": fused})
+            fused, skipped = _fuse_attention(raw_dir / MODEL_FILE, tokenizer, spec, cfg.seed)
+            spec = replace(spec, extra={**spec.extra, "fused_attention": fused, "attention_mask_skip": skipped})
+        spec = pool_in_graph(raw_dir / MODEL_FILE, spec)
         _write_model(raw_dir / MODEL_FILE, stage / MODEL_FILE, spec)
         with quiet_exporter_output():
             tokenizer.save_pretrained(str(stage))
@@ -329,24 +332,42 @@ def _text_spec(onnx_path: Path, model_dir: Path, hf_config: dict, task: str, tok
     )
 
 
-def _fuse_attention(path: Path, tokenizer, spec: TextModelSpec, seed: int) -> int:
-    """Fuse the exported graph's self-attention in place (checked on the verification texts); returns
-    how many blocks were fused (0: the graph is left as exported)."""
+def pool_in_graph(path: Path, spec: TextModelSpec) -> TextModelSpec:
+    """Add the mean-pooled embedding output to the graph at ``path`` in place (mean-pooled
+    feature extraction only; :mod:`edgemp.export.text_pooling`); returns the spec that names it."""
+    import onnx
+
+    from edgemp.export.text_pooling import pool_for_spec
+
+    model, pooled = pool_for_spec(onnx.load(str(path), load_external_data=False), spec)  # large weights stay put
+    if "pooled_output" in pooled.extra:
+        onnx.save(model, str(path))
+    return pooled
+
+
+def _fuse_attention(path: Path, tokenizer, spec: TextModelSpec, seed: int) -> tuple[int, int]:
+    """Fuse the exported graph's self-attention in place (checked on the verification texts, batched and
+    one by one) and let it skip the mask on unpadded inputs; returns ``(blocks fused, blocks that skip
+    the mask)`` (``(0, 0)``: the graph is left as exported)."""
     import numpy as np
     import onnx
 
     from edgemp.export.hf_verify import verification_texts
-    from edgemp.export.ort_fusions import fuse_attention
+    from edgemp.export.ort_fusions import fuse_attention, skip_unpadded_attention_mask
+    from edgemp.runtime.text import TEXT_DISABLED_OPTIMIZERS
 
     feeds = []
-    for _, texts in verification_texts(spec.max_length, seed):
+    groups = [texts for _, texts in verification_texts(spec.max_length, seed)]
+    for texts in groups + [[t] for t in max(groups, key=len)[:4]]:  # one text alone: unpadded, as the runtime feeds it
         enc = tokenizer(texts, padding=True, truncation=True, max_length=spec.max_length, return_tensors="np")
         ids = np.asarray(enc["input_ids"], np.int64)
         feeds.append({k: np.asarray(enc[k], np.int64) if k in enc else np.zeros_like(ids) for k in spec.input_names})
     model, fused = fuse_attention(onnx.load(str(path)), feeds)
+    skipped = 0
     if fused:
+        model, skipped = skip_unpadded_attention_mask(model, feeds, disabled_optimizers=TEXT_DISABLED_OPTIMIZERS)
         onnx.save(model, str(path))
-    return fused
+    return fused, skipped
 
 
 def _verify_staged(stage: Path, spec: TextModelSpec, model_dir: Path, tokenizer, cfg: TextExportConfig,

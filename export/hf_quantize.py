@@ -19,7 +19,9 @@ Runtime's ``Attention`` (``QAttention`` once quantized) and GELU takes its tanh 
 (:mod:`edgemp.export.ort_fusions`); where attention does not fuse, biased MatMuls that read one
 input (a layer's query, key and value) are merged into one MatMul three times as wide
 (:mod:`edgemp.export.matmul_merge`). After quantization, chains of two activation Adds become one
-``Sum`` (:func:`edgemp.export.ort_fusions.sum_add_chains`).
+``Sum`` (:func:`edgemp.export.ort_fusions.sum_add_chains`), each ``QAttention`` skips its mask when no
+token is padding (:func:`edgemp.export.ort_fusions.skip_unpadded_attention_mask`), and mean pooling
+runs at the end of the graph (:mod:`edgemp.export.text_pooling`), as in the fp32 export.
 
 The report compares fp32 and int8 through the torch-free runtime on texts the calibration
 never saw (1,000 held-back texts by default): embedding cosine (min, p1, mean) and top-10
@@ -347,6 +349,12 @@ def _runtime_feeds(runtime: Any, texts: Sequence[str]) -> list[dict[str, np.ndar
     return [runtime.padded([items[i] for i in group]) for group in runtime.buckets(items)]
 
 
+def _check_feeds(runtime: Any, texts: Sequence[str], single: int = 4) -> list[dict[str, np.ndarray]]:
+    """Feeds a rewritten graph must reproduce: ``texts`` bucketed and padded as the runtime feeds
+    them, plus the first ``single`` texts alone (unpadded, as the runtime feeds one text)."""
+    return _runtime_feeds(runtime, texts) + [runtime.padded([it]) for it in runtime.validate(texts[:single])]
+
+
 def _calibration_maxima(model: Any, runtime: Any, texts: Sequence[str]) -> dict[str, np.ndarray]:
     """Activation maxima over ``texts`` fed exactly as the runtime feeds them."""
     from edgemp.export.smooth_quant import activation_maxima
@@ -368,9 +376,11 @@ def quantize_text_model(model_dir: str | Path, output_dir: str | Path, cfg: Text
 
     from edgemp.export.matmul_merge import merge_shared_input_matmuls
     from edgemp.export.onnx_file import write_metadata
-    from edgemp.export.ort_fusions import approximate_gelu, fuse_attention, sum_add_chains
+    from edgemp.export.ort_fusions import (approximate_gelu, fuse_attention, restore_attention_mask,
+                                           skip_unpadded_attention_mask, sum_add_chains)
     from edgemp.export.smooth_quant import FP32_SUFFIX, layernorm_outputs, smooth_model
     from edgemp.export.text_corpus import text_split
+    from edgemp.export.text_pooling import pool_for_spec, remove_pooled_output
     from edgemp.runtime.text import TEXT_DISABLED_OPTIMIZERS, load_text_model, text_model_files
 
     src_dir, output_dir = Path(model_dir), Path(output_dir)
@@ -391,8 +401,11 @@ def quantize_text_model(model_dir: str | Path, output_dir: str | Path, cfg: Text
     calibration = text_split("calibration", cfg.calibration_texts, words) if calibrate else []
     with tempfile.TemporaryDirectory(prefix="edgemp-q-") as tmp:
         fp32_model, fast_gelu = onnx.load(str(src_dir / MODEL_FILE)), 0
+        # an export with fused attention may skip its mask on unpadded inputs: quantize the plain nodes
+        fp32_model, _ = restore_attention_mask(fp32_model)
+        fp32_model = remove_pooled_output(fp32_model)  # pooling is added back to the int8 graph at the end
         # optimum's quantizer cannot type com.microsoft ops' outputs, so its presets get the graph as exported
-        check_feeds = _runtime_feeds(fp32, text_split("calibration", FUSION_CHECK_TEXTS, words))
+        check_feeds = _check_feeds(fp32, text_split("calibration", FUSION_CHECK_TEXTS, words))
         if cfg.fuse_attention and preset == "ort":
             fp32_model, _ = fuse_attention(fp32_model, check_feeds)
         if cfg.approximate_gelu and preset == "ort":
@@ -439,9 +452,13 @@ def quantize_text_model(model_dir: str | Path, output_dir: str | Path, cfg: Text
         score, cand, q_spec, method = best  # type: ignore[misc]
         if len(candidates) > 1:
             q_spec.extra["quantization"]["calibration_min_cosine"] = score
-            model = onnx.load(str(cand / MODEL_FILE))
-            write_metadata(model, q_spec)
-            onnx.save(model, str(cand / MODEL_FILE))
+        # after quantization (which sees top-level nodes only), on the written candidate alone
+        model, skipped = skip_unpadded_attention_mask(onnx.load(str(cand / MODEL_FILE)), check_feeds,
+                                                      disabled_optimizers=TEXT_DISABLED_OPTIMIZERS)
+        q_spec.extra["quantization"]["attention_mask_skip"] = skipped
+        model, q_spec = pool_for_spec(model, q_spec)
+        write_metadata(model, q_spec)
+        onnx.save(model, str(cand / MODEL_FILE))
         output_dir.mkdir(parents=True, exist_ok=True)
         for f in cand.iterdir():
             if f.name != MODEL_FILE:

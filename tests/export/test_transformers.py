@@ -309,6 +309,8 @@ def test_text_batcher_concurrent_requests_match_predict(tiny_export):
 # -- quantization -------------------------------------------------------------------------
 
 def test_quantize_tiny_reports_cosine(tiny_export, tmp_path):
+    import onnx
+
     from edgemp.export.hf_quantize import TextQuantizeConfig, quantize_text_model
     from edgemp.runtime.text import load_text_model
 
@@ -319,6 +321,9 @@ def test_quantize_tiny_reports_cosine(tiny_export, tmp_path):
     assert q["calibration_texts"] == 300 and q["smoothquant_alpha"] in (None, 0.6, 0.7, 0.8)
     assert 0.0 < q["calibration_min_cosine"] <= 1.0 + 1e-6
     assert q["fused_attention"] == 2 and q["merged_matmul_groups"] == 0  # Attention packs Q, K, V itself
+    assert q["attention_mask_skip"] == 2  # each QAttention skips the mask when nothing is padded
+    assert r.spec.extra["pooled_output"] == "sentence_embedding"  # int8 pools in the graph too
+    assert "sentence_embedding" in {o.name for o in onnx.load(str(r.path)).graph.output}
     assert q["fast_gelu"] == 2  # one FFN GELU per layer
     assert load_text_model(tmp_path / "int8").spec.precision == "int8"
     assert r.report.num_texts == len(MIXED) and 0.9 < r.report.mean_cosine <= 1.0 + 1e-6
@@ -654,7 +659,8 @@ def test_attention_fuses_with_any_padding_gelu_goes_tanh_and_int8_has_qattention
     np.testing.assert_allclose(run(approx, feed), run(model, feed), atol=1e-2)
     r = quantize_text_model(tiny_export.output_dir, tmp_path / "int8", eval_texts=MIXED,
                             cfg=TextQuantizeConfig(smooth_alphas=(), outlier_ratio=None))
-    assert "QAttention" in {n.op_type for n in onnx.load(str(r.path)).graph.node}
+    ops = [n.op_type for n in onnx.load(str(r.path)).graph.node]
+    assert "QAttention" in ops and "If" not in ops  # the mask skip is dataflow, not control flow
     r = quantize_text_model(tiny_export.output_dir, tmp_path / "unfused", eval_texts=MIXED,
                             cfg=TextQuantizeConfig(smooth_alphas=(), outlier_ratio=None, fuse_attention=False))
     q = r.spec.extra["quantization"]
@@ -666,6 +672,92 @@ def test_attention_fuses_with_any_padding_gelu_goes_tanh_and_int8_has_qattention
     assert (q["fused_attention"], q["fast_gelu"], q["merged_matmul_groups"]) == (0, 0, 2)
 
 
+def test_fused_attention_skips_the_mask_only_when_no_token_is_padding(tiny_export):
+    """One text (fed unpadded) or equal lengths take the mask-free branch, anything padded the masked one;
+    outputs are bit for bit the exported fused graph's, and the wrap undoes exactly."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgemp.export.ort_fusions import fuse_attention, restore_attention_mask, skip_unpadded_attention_mask
+    from edgemp.runtime.text import load_text_model
+
+    m = load_text_model(tiny_export.output_dir)
+    batch = m.padded(m.validate(MIXED))
+    alone = m.padded(m.validate(MIXED[:1]))
+    holes = {**batch, "attention_mask": batch["attention_mask"].copy()}
+    holes["attention_mask"][1, 1::2] = 0
+    fused, n = fuse_attention(onnx.load(str(tiny_export.path)), [batch])
+    wrapped, k = skip_unpadded_attention_mask(fused, [batch, alone])
+    ops = [x.op_type for x in wrapped.graph.node]
+    assert n == k == 2 and ops.count("Attention") == 2 and "If" not in ops  # plain dataflow, no control flow
+    sliced = {x.input[3] for x in wrapped.graph.node if x.op_type == "Attention"}
+    assert len(sliced) == 1  # both layers share one sliced mask, computed once
+
+    def run(proto, f):
+        sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        return sess.run(None, {x: f[x] for x in m.input_names})[0]
+    def mask_width(f):  # what the attention nodes are handed: one column exactly when nothing is padded
+        probe = onnx.shape_inference.infer_shapes(wrapped)
+        probe.graph.output.extend([v for v in probe.graph.value_info if v.name in sliced])
+        sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        return sess.run([next(iter(sliced))], {x: f[x] for x in m.input_names})[0].shape[1]
+    ones = {**batch, "attention_mask": np.ones_like(batch["attention_mask"])}
+    for f, width in ((batch, batch["attention_mask"].shape[1]), (alone, 1), (holes, batch["attention_mask"].shape[1]),
+                     (ones, 1)):
+        np.testing.assert_array_equal(run(wrapped, f), run(fused, f))
+        assert mask_width(f) == width
+    restored, r = restore_attention_mask(wrapped)
+    assert r == 2 and restored.graph == fused.graph
+    assert restore_attention_mask(fused) == (fused, 0)
+    assert skip_unpadded_attention_mask(onnx.load(str(tiny_export.path)), [batch])[1] == 0  # nothing fused
+    with pytest.raises(ValueError, match="feed"):
+        skip_unpadded_attention_mask(fused, [])
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_mean_pooling_in_the_graph_matches_the_runtime_pool(tiny_export, normalize):
+    """The graph's pooled output is the runtime's numpy pool (padded batches and one text alone), and the
+    runtime reads it; without the output the runtime pools in numpy as before."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgemp.export.text_pooling import POOLED_OUTPUT, add_pooled_output, remove_pooled_output
+    from edgemp.runtime.text import load_text_model, pool
+
+    m = load_text_model(tiny_export.output_dir)
+    assert tiny_export.spec.extra["pooled_output"] == POOLED_OUTPUT == m._pooled
+    model = remove_pooled_output(onnx.load(str(tiny_export.path)))
+    assert POOLED_OUTPUT not in {o.name for o in model.graph.output}
+    assert not any(n.name.startswith("edgemp_pool/") for n in model.graph.node)
+    pooled, name = add_pooled_output(model, "last_hidden_state", "attention_mask", normalize)
+    assert name == POOLED_OUTPUT and add_pooled_output(pooled, "last_hidden_state", "attention_mask", normalize)[1] is None
+    assert add_pooled_output(model, "no_such_output", "attention_mask", normalize) == (model, None)
+    sess = ort.InferenceSession(pooled.SerializeToString(), providers=["CPUExecutionProvider"])
+    for texts in (MIXED, MIXED[:1]):
+        feeds = m.padded(m.validate(texts))
+        raw, emb = sess.run(["last_hidden_state", POOLED_OUTPUT], {k: feeds[k] for k in m.input_names})
+        np.testing.assert_allclose(emb, pool(raw, feeds["attention_mask"], "mean", normalize), rtol=1e-6, atol=1e-6)
+    got = m.embed(MIXED)  # the runtime reads the graph's pooling...
+    m._pooled = None  # ...and pools the same in numpy without it
+    np.testing.assert_allclose(got, m.embed(MIXED), rtol=1e-6, atol=1e-6)
+
+
+def test_ascii_texts_skip_the_rust_normalizer_with_the_same_tokens(tiny_export):
+    from edgemp.runtime.text import TextRuntimeConfig, load_text_model
+
+    m = load_text_model(tiny_export.output_dir)
+    assert m._ascii is not None  # BERT's normalizer: ASCII texts are cleaned and lowercased in Python
+    texts = SENTENCES + ["The Quick\tBROWN fox\r\n", "\x00ctrl\x0bchars\x7f", "the quick brown fox " * 40,
+                         "a [MASK] token", "[CLS] [cls] [Sep]"]  # added tokens: matched before normalization
+    fast = m.validate(texts)
+    plain = load_text_model(tiny_export.output_dir, config=TextRuntimeConfig(ascii_fast_path=False))
+    assert plain._ascii is None
+    slow = plain.validate(texts)
+    assert [t.ids.tolist() for t in fast] == [t.ids.tolist() for t in slow]
+    assert [t.type_ids.tolist() for t in fast] == [t.type_ids.tolist() for t in slow]
+    assert max(t.num_tokens for t in fast) == m.spec.max_length  # truncation kept
+
+
 def test_export_with_fused_attention_verifies_and_quantizes_with_the_ort_preset_only(tiny_dir, tmp_path):
     import onnx
 
@@ -673,10 +765,13 @@ def test_export_with_fused_attention_verifies_and_quantizes_with_the_ort_preset_
 
     r = export_text_model(tiny_dir, tmp_path / "fp32", TextExportConfig(fuse_attention=True))
     assert r.report.passed and r.spec.extra["fused_attention"] == 2 and "verification" in r.spec.extra
-    assert sum(n.op_type == "Attention" for n in onnx.load(str(r.path)).graph.node) == 2
+    assert r.spec.extra["attention_mask_skip"] == 2  # each fused node skips the mask when nothing is padded
+    ops = [n.op_type for n in onnx.load(str(r.path)).graph.node]
+    assert ops.count("Attention") == 2 and "If" not in ops
     fast = TextQuantizeConfig(smooth_alphas=(), outlier_ratio=None)
     q = quantize_text_model(r.output_dir, tmp_path / "int8", fast, eval_texts=MIXED)
-    assert q.spec.extra["quantization"]["fused_attention"] == 2 and q.report.mean_cosine > 0.9
+    quant = q.spec.extra["quantization"]
+    assert quant["fused_attention"] == 2 and quant["attention_mask_skip"] == 2 and q.report.mean_cosine > 0.9
     with pytest.raises(ExportError, match="preset='ort'"):
         quantize_text_model(r.output_dir, tmp_path / "avx2", replace(fast, preset="avx2"), eval_texts=MIXED)
 
@@ -756,7 +851,7 @@ def test_text_model_runs_on_the_shared_ort_runner(tiny_export, monkeypatch, capl
     m = load_text_model(tiny_export.output_dir, providers="cpu")
     assert type(m.runner) is ort_runner.OrtRunner
     assert m.runner.session.get_session_options().intra_op_num_threads == TEXT_DEFAULT_THREADS
-    assert m.runner.output_names == (m.spec.output_name,)
+    assert m.runner.output_names == (m.spec.output_name, "sentence_embedding")  # raw states + pooled in the graph
     one = load_text_model(tiny_export.output_dir, providers="cpu", threads=1)
     assert one.runner.session.get_session_options().intra_op_num_threads == 1
     np.testing.assert_allclose(one.embed(["the cat sat"]), m.embed(["the cat sat"]), atol=1e-5)
