@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 _CONNECTION_HEADERS = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"})
 _PSEUDO = frozenset({b":method", b":path", b":scheme", b":authority"})
+_WRITE_SLICE = 64 << 10  # response DATA bytes queued between checks of the transport's back-pressure
+_MAX_RESET_IDS = 1024  # recent streams whose late frames are ignored (RFC 9113 §5.1, "closed")
 
 
 class ConnectionLimits:
@@ -129,7 +131,10 @@ class H2Connection(asyncio.Protocol):
         self.decoder = HeaderDecoder(limits.max_header_list)
         self.streams: dict[int, Stream] = {}
         self.highest = 0  # highest client stream id seen
+        self.reset_ids: dict[int, None] = {}  # recent streams we closed before the client finished (ordered)
         self.goaway_sent = False
+        self.goaway_last = 0  # the last stream id our GOAWAY promised to serve
+        self.write_paused = False  # the transport's buffer is above its high-water mark
         self.closed = False
         self.last_active = time.monotonic()
         self.opened = self.last_active
@@ -210,13 +215,25 @@ class H2Connection(asyncio.Protocol):
         self.flush()
 
     # -- sending ---------------------------------------------------------------------------
+    def pause_writing(self) -> None:
+        """The transport holds more than its high-water mark: response DATA waits (back-pressure)."""
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._resume()
+        self.flush()
+
     def flush(self) -> None:
         if self.out and not self.closed:
             data = b"".join(self.out) if len(self.out) > 1 else self.out[0]
             self.out.clear()
             self.transport.write(data)  # type: ignore[union-attr]
+            # DATA stops at the high-water mark (pause_writing); what still grows is control frames
+            # and header-only answers to a peer that sends but never reads
             if self.transport.get_write_buffer_size() > self.limits.max_write_buffer:  # type: ignore[union-attr]
-                self.abort(f.ENHANCE_YOUR_CALM, "peer does not read its answers")
+                self.out.clear()
+                self._close()
 
     def _header_frames(self, sid: int, block: bytes, end_stream: bool) -> None:
         limit = self.peer_max_frame
@@ -248,11 +265,14 @@ class H2Connection(asyncio.Protocol):
         self.flush()
 
     def _pump(self, stream: Stream) -> None:
-        """Send what flow control allows of ``stream``'s answer; the trailers once all DATA is out."""
+        """Send what flow control and the transport allow of ``stream``'s answer; the trailers
+        once all DATA is out. DATA is handed to the transport a slice at a time, so a paused
+        transport stops it within one slice of its high-water mark."""
         out = stream.out
+        queued = 0
         while out is not None and len(out):
             n = min(len(out), self.peer_max_frame, stream.send_window, self.send_window)
-            if n <= 0:
+            if n <= 0 or self.write_paused:
                 stream.out = out
                 self.blocked[stream.id] = stream
                 return
@@ -260,6 +280,12 @@ class H2Connection(asyncio.Protocol):
             out = out[n:]
             stream.send_window -= n
             self.send_window -= n
+            queued += n
+            if queued >= _WRITE_SLICE and len(out):
+                queued = 0
+                self.flush()  # may pause writing (or close, for a peer far behind)
+                if self.closed:
+                    return
         stream.out = None
         self.blocked.pop(stream.id, None)
         self._header_frames(stream.id, stream.trailers, True)
@@ -268,8 +294,16 @@ class H2Connection(asyncio.Protocol):
     def _finish(self, stream: Stream) -> None:
         """Our side of ``stream`` is done: tell a client still sending to stop, and forget it."""
         if not stream.remote_closed:
-            self.out.append(f.rst_stream(stream.id, f.NO_ERROR))
+            self._send_reset(stream.id, f.NO_ERROR)
         self._forget(stream)
+
+    def _send_reset(self, sid: int, code: int) -> None:
+        """RST_STREAM ``sid``; frames the client already sent on it will be ignored, not errors."""
+        self.out.append(f.rst_stream(sid, code))
+        ids = self.reset_ids
+        ids[sid] = None
+        if len(ids) > _MAX_RESET_IDS:
+            del ids[next(iter(ids))]
 
     def _forget(self, stream: Stream, cancel: bool = False) -> None:
         if self.streams.pop(stream.id, None) is None:
@@ -286,7 +320,7 @@ class H2Connection(asyncio.Protocol):
 
     def reset(self, stream: Stream, code: int) -> None:
         """End ``stream`` with RST_STREAM ``code`` (its work is cancelled, its answer dropped)."""
-        self.out.append(f.rst_stream(stream.id, code))
+        self._send_reset(stream.id, code)
         self._forget(stream, cancel=True)
         self.flush()
 
@@ -295,6 +329,7 @@ class H2Connection(asyncio.Protocol):
         if self.closed or self.goaway_sent:
             return
         self.goaway_sent = True
+        self.goaway_last = self.highest
         self.out.append(f.goaway(self.highest, code, message.encode()))
         self.flush()
         if not self.streams:
@@ -307,6 +342,7 @@ class H2Connection(asyncio.Protocol):
         logger.debug("HTTP/2 connection error %d: %s", code, message)
         self.out.append(f.goaway(self.highest, code, message.encode()))
         self.goaway_sent = True
+        self.goaway_last = self.highest
         self.flush()
         self._close()
 
@@ -367,8 +403,16 @@ class H2Connection(asyncio.Protocol):
     def _check_known(self, sid: int, what: str) -> None:
         if sid == 0:
             raise H2Error(f.PROTOCOL_ERROR, f"{what} on stream 0")
-        if sid > self.highest:
+        if sid > self.highest or not sid & 1:  # even ids are the server's, and it opens none
             raise H2Error(f.PROTOCOL_ERROR, f"{what} on idle stream {sid}")
+
+    def _closed_stream(self, sid: int, what: str) -> None:
+        """``what`` arrived on a closed stream: ignored if we reset it (the client may not know
+        yet), else a connection error (RFC 9113 §5.1: the client itself ended it, or never opened
+        it and has since opened a higher id)."""
+        if sid in self.reset_ids or (self.goaway_sent and sid > self.goaway_last):
+            return
+        raise H2Error(f.STREAM_CLOSED, f"{what} on closed stream {sid}")
 
     def _strip_padding(self, flags: int, payload: bytes, what: str) -> bytes:
         if flags & f.PADDED:
@@ -391,8 +435,11 @@ class H2Connection(asyncio.Protocol):
             self.recv_window = self.limits.connection_window
         data = self._strip_padding(flags, payload, "DATA")
         stream = self.streams.get(sid)
-        if stream is None or stream.answered:
-            return  # closed, reset or already answered: discarded (the connection window is replenished above)
+        if stream is None:
+            self._closed_stream(sid, "DATA")
+            return  # discarded (the connection window is replenished above)
+        if stream.answered:
+            return  # the answer is out (RST_STREAM follows it), what else the client sends is moot
         if stream.remote_closed:
             self.reset(stream, f.STREAM_CLOSED)
             return
@@ -456,7 +503,11 @@ class H2Connection(asyncio.Protocol):
         stream = self.streams.get(sid)
         if sid <= self.highest:
             if stream is None:
-                return  # trailers for a stream we already closed or reset
+                if not end_stream:  # not trailers: a new stream whose id does not increase
+                    raise H2Error(f.PROTOCOL_ERROR, f"stream id {sid} is not above {self.highest}, "
+                                                    "the highest opened so far")
+                self._closed_stream(sid, "HEADERS")  # trailers for a stream we reset are ignored
+                return
             if not end_stream:
                 raise H2Error(f.PROTOCOL_ERROR, f"second header block on stream {sid} without END_STREAM")
             if stream.remote_closed:
@@ -470,11 +521,11 @@ class H2Connection(asyncio.Protocol):
         if self.goaway_sent:
             return  # past our GOAWAY's last stream id: the client retries it elsewhere
         if len(self.streams) >= self.limits.max_streams:
-            self.out.append(f.rst_stream(sid, f.REFUSED_STREAM))
+            self._send_reset(sid, f.REFUSED_STREAM)
             return
         stream = Stream(sid, self.peer_initial_window, self.limits.stream_window)
         if not self._fill(stream, fields):
-            self.out.append(f.rst_stream(sid, f.PROTOCOL_ERROR))
+            self._send_reset(sid, f.PROTOCOL_ERROR)
             return
         self.streams[sid] = stream
         self.handler.on_headers(self, stream)
@@ -563,6 +614,6 @@ class H2Connection(asyncio.Protocol):
 
     def _resume(self) -> None:
         for stream in list(self.blocked.values()):
-            if self.send_window <= 0:
+            if self.send_window <= 0 or self.write_paused or self.closed:
                 return
             self._pump(stream)

@@ -27,8 +27,14 @@ class HeaderDecoder:
         self.cache: dict[bytes, list[tuple[bytes, bytes]]] = {}
 
     def _state(self) -> tuple:
+        # the newest entry by identity, not value: inserting a field equal to the newest entry
+        # keeps count and newest value alike yet shifts (and may evict) every older index
         entries = self.table.dynamic_entries
         return (entries[0] if entries else None), len(entries), self.table.maxsize
+
+    @staticmethod
+    def _same(a: tuple, b: tuple) -> bool:
+        return a[0] is b[0] and a[1] == b[1] and a[2] == b[2]
 
     def decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
         """The (name, value) pairs of ``block``; raises what ``hpack`` raises for a bad one."""
@@ -37,7 +43,7 @@ class HeaderDecoder:
             return fields
         before = self._state()
         fields = self.decoder.decode(block, raw=True)
-        if self._state() != before:
+        if not self._same(self._state(), before):
             self.cache.clear()  # entries cached against the old table may now decode differently
         elif len(block) <= MAX_CACHED_BLOCK:
             if len(self.cache) >= MAX_CACHED:
