@@ -25,6 +25,7 @@ from runtime_fixtures import build_sparse_model, random_graph, random_graphs  # 
 from server_utils import assert_outputs_match, free_port, http, start_server  # noqa: E402
 from test_server_h2 import (  # noqa: E402
     DATA,
+    ENHANCE_YOUR_CALM,
     HEADERS,
     INFER,
     PROTOCOL_ERROR,
@@ -123,6 +124,21 @@ def test_frames_on_server_stream_ids_are_protocol_errors(conn):
     assert conn.response(3)["status"] == 0
     conn.send(frame(WINDOW, 0, 2, struct.pack(">I", 100)))
     _expect_goaway(conn, PROTOCOL_ERROR)
+
+
+def test_resets_the_client_provokes_count_as_rapid_resets(server):
+    """"MadeYouReset" (CVE-2025-8671): streams the *server* must reset for a client's protocol
+    error (here WINDOW_UPDATE of 0 on an open stream) free their slot as a client's RST_STREAM
+    does, so they spend the same per-second budget: past it, GOAWAY ENHANCE_YOUR_CALM."""
+    c = Client(server.grpc_port)
+    try:
+        c.sock.settimeout(5)
+        c.send(b"".join(frame(HEADERS, 0x4, 2 * k + 1, c.headers(INFER)) + frame(WINDOW, 0, 2 * k + 1, b"\0\0\0\0")
+                        for k in range(1000)))
+        _expect_goaway(c, ENHANCE_YOUR_CALM)
+        assert len(c.resets) < 1000
+    finally:
+        c.close()
 
 
 # -- HPACK (RFC 7541) ------------------------------------------------------------------------

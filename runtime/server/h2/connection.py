@@ -319,9 +319,15 @@ class H2Connection(asyncio.Protocol):
             self._close()
 
     def reset(self, stream: Stream, code: int) -> None:
-        """End ``stream`` with RST_STREAM ``code`` (its work is cancelled, its answer dropped)."""
+        """End ``stream`` with RST_STREAM ``code`` (its work is cancelled, its answer dropped).
+
+        Such resets are the client's doing (a stream error it caused) and free a stream slot
+        as its own RST_STREAM would, so they spend the same budget ("MadeYouReset")."""
         self._send_reset(stream.id, code)
         self._forget(stream, cancel=True)
+        if not self.resets.spend():
+            self.abort(f.ENHANCE_YOUR_CALM, "too many streams reset for protocol errors")
+            return
         self.flush()
 
     def goaway(self, code: int = f.NO_ERROR, message: str = "") -> None:
