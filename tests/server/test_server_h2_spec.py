@@ -141,6 +141,27 @@ def test_resets_the_client_provokes_count_as_rapid_resets(server):
         c.close()
 
 
+@pytest.mark.parametrize("field", [(b"x-bad", b"a\nb"), (b"x-bad", b"a\x00b"), (b"bad name", b"v"), (b"x:colon", b"v"),
+                                   (b"x-pad", b" leading"), (b"x-pad", b"trailing\t"), (b"x-high", b"v"), (b":bad", b"v"),
+                                   (b"X-Upper", b"v")])
+def test_invalid_field_names_and_values_are_malformed(conn, field):
+    """RFC 9113 §8.2.1: a name with controls, space, colon or non-ASCII, a value with NUL, CR or LF
+    or with white space at either end: the request is malformed (RST_STREAM PROTOCOL_ERROR), the
+    connection serves on."""
+    name, value = field
+    if name == b"x-high":
+        name = b"x-\xe9"
+    base = conn.headers(READY)
+    extra = _hpack_literal(name, value, False)
+    block = (extra + base) if name.startswith(b":") else (base + extra)
+    conn.send(frame(HEADERS, 0x4, 1, block) + frame(DATA, 0x1, 1, message(READY_BODY)))
+    while 1 not in conn.resets:
+        assert conn.read() is not None
+    assert conn.resets[1] == PROTOCOL_ERROR and 1 not in conn.streams
+    conn.send(conn.call(3, READY, READY_BODY))
+    assert conn.response(3)["status"] == 0
+
+
 # -- HPACK (RFC 7541) ------------------------------------------------------------------------
 def _hpack_literal(name: bytes, value: bytes, indexing: bool) -> bytes:
     """A literal with a new name: incremental indexing (0x40) or without indexing (0x00); short strings."""

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import hpack
 
 from edgemp.runtime.server.h2 import frames as f
-from edgemp.runtime.server.h2.headers import HeaderDecoder
+from edgemp.runtime.server.h2.headers import HeaderDecoder, MalformedFieldError
 
 logger = logging.getLogger(__name__)
 
@@ -500,7 +500,10 @@ class H2Connection(asyncio.Protocol):
         if len(block) > self.limits.max_header_block:
             raise H2Error(f.ENHANCE_YOUR_CALM, "header block too large")
         try:  # always decoded, even for a stream we refuse: HPACK state is per connection
-            fields = self.decoder.decode(block)
+            fields: list[tuple[bytes, bytes]] | None = self.decoder.decode(block)
+        except MalformedFieldError as e:
+            logger.debug("malformed request on stream %d: %s", self.header_stream, e)
+            fields = None
         except hpack.OversizedHeaderListError as e:
             raise H2Error(f.ENHANCE_YOUR_CALM, "header list exceeds MAX_HEADER_LIST_SIZE") from e
         except (hpack.HPACKError, IndexError, ValueError, UnicodeError) as e:
@@ -516,7 +519,9 @@ class H2Connection(asyncio.Protocol):
                 return
             if not end_stream:
                 raise H2Error(f.PROTOCOL_ERROR, f"second header block on stream {sid} without END_STREAM")
-            if stream.remote_closed:
+            if fields is None or any(name[:1] == b":" for name, _ in fields):
+                self.reset(stream, f.PROTOCOL_ERROR)  # malformed trailers (RFC 9113 §8.1)
+            elif stream.remote_closed:
                 self.reset(stream, f.STREAM_CLOSED)
             elif not stream.answered:
                 self._complete(stream)  # request trailers: their contents mean nothing to a unary RPC
@@ -530,7 +535,7 @@ class H2Connection(asyncio.Protocol):
             self._send_reset(sid, f.REFUSED_STREAM)
             return
         stream = Stream(sid, self.peer_initial_window, self.limits.stream_window)
-        if not self._fill(stream, fields):
+        if fields is None or not self._fill(stream, fields):
             self._send_reset(sid, f.PROTOCOL_ERROR)
             return
         self.streams[sid] = stream
@@ -540,7 +545,8 @@ class H2Connection(asyncio.Protocol):
 
     @staticmethod
     def _fill(stream: Stream, fields: list[tuple[bytes, bytes]]) -> bool:
-        """Copy a request's header list into ``stream``; False if it is malformed (RFC 9113 §8.3)."""
+        """Copy a request's header list into ``stream``; False if it is malformed (RFC 9113 §8.3; the
+        fields' own syntax, §8.2.1, the decoder checked)."""
         regular = False
         headers = stream.headers
         seen: set[bytes] = set()
@@ -557,7 +563,7 @@ class H2Connection(asyncio.Protocol):
                     stream.scheme = value
                 continue
             regular = True
-            if name != name.lower() or name in _CONNECTION_HEADERS or (name == b"te" and value != b"trailers"):
+            if name in _CONNECTION_HEADERS or (name == b"te" and value != b"trailers"):
                 return False
             headers[name] = value
         return bool(stream.method and stream.path and stream.scheme)
