@@ -162,6 +162,18 @@ def test_invalid_field_names_and_values_are_malformed(conn, field):
     assert conn.response(3)["status"] == 0
 
 
+@pytest.mark.parametrize("declared", ["3", "x", "6"])
+def test_content_length_must_match_the_data(conn, declared):
+    """RFC 9113 §8.1.1: a content-length other than the DATA received makes the request malformed."""
+    body = message(READY_BODY)  # 5 bytes: "6" declares one more than arrives
+    conn.send(frame(HEADERS, 0x4, 1, conn.headers(READY, [("content-length", declared)])) + frame(DATA, 0x1, 1, body))
+    while 1 not in conn.resets:
+        assert conn.read() is not None
+    assert conn.resets[1] == PROTOCOL_ERROR and 1 not in conn.streams
+    conn.send(conn.call(3, READY, READY_BODY, [("content-length", str(len(body)))]))
+    assert conn.response(3)["status"] == 0
+
+
 # -- HPACK (RFC 7541) ------------------------------------------------------------------------
 def _hpack_literal(name: bytes, value: bytes, indexing: bool) -> bytes:
     """A literal with a new name: incremental indexing (0x40) or without indexing (0x00); short strings."""

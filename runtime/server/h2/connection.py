@@ -464,8 +464,13 @@ class H2Connection(asyncio.Protocol):
 
     def _complete(self, stream: Stream) -> None:
         stream.remote_closed = True
-        if not stream.answered:
-            self.handler.on_complete(self, stream)
+        if stream.answered:
+            return
+        declared = stream.headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) != stream.received):
+            self.reset(stream, f.PROTOCOL_ERROR)  # malformed: content-length is not what arrived (§8.1.1)
+            return
+        self.handler.on_complete(self, stream)
 
     def _headers(self, flags: int, sid: int, payload: bytes) -> None:
         if sid == 0:
