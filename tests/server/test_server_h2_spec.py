@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import struct
 import time
 
@@ -30,7 +29,6 @@ from test_server_h2 import (  # noqa: E402
     INFER,
     PROTOCOL_ERROR,
     READY,
-    SETTINGS,
     WINDOW,
     Client,
     _expect_goaway,
