@@ -102,6 +102,23 @@ def test_closed_or_lower_stream_ids_end_the_connection(conn, case):
         _expect_goaway(conn, STREAM_CLOSED)
 
 
+def test_data_after_end_stream_on_a_stream_still_answering(server):
+    """Half-closed (remote): the answer waits for window the client has not given, and the client
+    sends DATA again — a stream error STREAM_CLOSED (RFC 9113 §5.1), not a silent drop."""
+    c = Client(server.grpc_port, settings={0x4: 0})
+    try:
+        c.sock.settimeout(5)
+        c.send(c.call(1, READY, READY_BODY))
+        while 1 not in c.streams:  # the response headers: answered, its DATA blocked
+            assert c.read() is not None
+        c.send(frame(DATA, 0x1, 1, message(READY_BODY)))
+        while 1 not in c.resets:
+            assert c.read() is not None
+        assert c.resets[1] == STREAM_CLOSED and c.goaway is None
+    finally:
+        c.close()
+
+
 def test_frames_after_our_reset_are_ignored(conn):
     """After the server answers early (RST_STREAM NO_ERROR: stop sending), the client's DATA and
     trailers already in flight are ignored (RFC 9113 §5.1 "closed"), and the connection serves on."""

@@ -128,10 +128,11 @@ class FrameReceiver:
         if stream is None:
             self._closed_stream(sid, "DATA")
             return  # discarded (the connection window is replenished above)
-        if stream.answered:
-            return  # the answer is out (RST_STREAM follows it), what else the client sends is moot
-        if stream.remote_closed:
+        if stream.remote_closed:  # DATA after END_STREAM (RFC 9113 §5.1, half-closed (remote))
             self.reset(stream, f.STREAM_CLOSED)
+            return
+        if stream.answered:  # its answer waits for window: what the client still sends is moot
+            stream.remote_closed = bool(flags & f.END_STREAM)  # (then no RST_STREAM after the answer)
             return
         stream.recv_window -= n
         if stream.recv_window < 0:
