@@ -222,3 +222,32 @@ def test_aio_client_mixed_concurrent_calls_on_one_channel(server, model):
         assert_outputs_match({k: result.as_numpy(k) for k in want}, want, f"request {i}")
     metadata = [r for r in first if getattr(r, "platform", None) is not None]
     assert metadata and all(m.name == "gnn" for m in metadata)
+
+
+def test_benchmark_raw_client_splits_messages_at_max_frame_size(server, model):
+    """benchmarks/h2_client.py (the gRPC rows' raw client): a message over 16 KiB goes out in
+    DATA frames the server accepts, and its answers equal in-process predict."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    try:
+        from h2_client import MAX_MESSAGE, RawGrpcClient
+    finally:
+        sys.path.pop(0)
+    client = RawGrpcClient("127.0.0.1", server.grpc_port)
+    try:
+        rng = np.random.default_rng(23)
+        for count in (1, 50):
+            graphs = random_graphs(rng, count)
+            wire = pb.infer_request_bytes("gnn", batch_tensors(graphs), f"raw{count}")
+            assert count == 1 or 16_384 < len(wire) <= MAX_MESSAGE
+            status, answer = client.call(SERVICE + "ModelInfer", wire)
+            assert status == 0
+            rid, got = _outputs(answer)
+            assert rid == f"raw{count}"
+            assert_outputs_match(got, expected_layout(model, graphs), f"{count} graphs")
+        with pytest.raises(ValueError, match="exceeds"):
+            client.call(SERVICE + "ModelInfer", b"\0" * (MAX_MESSAGE + 1))
+    finally:
+        client.close()
