@@ -10,6 +10,7 @@ that never reads is bounded by ``max_write_buffer``, past which the connection i
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 from edgemp.runtime.server.h2 import frames as f
@@ -36,6 +37,7 @@ class FlowControlledWriter:
     peer_max_frame: int
     send_window: int
     write_paused: bool
+    last_active: float
 
     if TYPE_CHECKING:  # the other parts' (resolved on the connection class, not here)
         def _forget(self, stream: Stream, cancel: bool = False) -> None: ...
@@ -47,6 +49,7 @@ class FlowControlledWriter:
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.last_active = time.monotonic()  # the peer is reading: not idle, even if it sends nothing
         self._resume()
         self.flush()
 
