@@ -1,7 +1,9 @@
 """A minimal blocking gRPC-over-HTTP/2 client for benchmarks: what a call costs without a client library.
 
 One connection (prior knowledge h2c), literal HPACK headers, the request as one HEADERS and
-one DATA frame, read to the trailers. It answers PING and SETTINGS, replenishes the
+its message in DATA frames of at most 16 KiB (the MAX_FRAME_SIZE every server accepts), read
+to the trailers. A message must fit in the 64 KiB window every server grants before its
+SETTINGS (the client does not wait for WINDOW_UPDATE). It answers PING and SETTINGS, replenishes the
 server's send windows as answers arrive and handles CONTINUATION, so it works against any
 gRPC server, grpcio's included; it is a measuring tool, not a general client.
 """
@@ -12,6 +14,8 @@ import struct
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 WINDOW = 1 << 30
+MAX_FRAME = 16_384  # the smallest MAX_FRAME_SIZE a server may advertise (RFC 9113 §6.5.2)
+MAX_MESSAGE = 65_535 - 5  # the initial stream window, less the gRPC message prefix
 _HEAD = struct.Struct(">HBBBI")  # 24-bit length as 16 + 8 bits, type, flags, stream id
 _LENGTH = struct.Struct(">I")
 
@@ -50,11 +54,19 @@ class RawGrpcClient:
 
     def call(self, path: str, message: bytes) -> tuple[int, bytes]:
         """(grpc-status, response message) of one unary call; the status is -1 without one (HTTP error)."""
+        if len(message) > MAX_MESSAGE:
+            raise ValueError(f"a {len(message)}-byte message exceeds the {MAX_MESSAGE} bytes this client can send "
+                             "without flow control")
         sid, self.sid = self.sid, self.sid + 2
         block = self._block(path)
         n = len(message) + 5
-        self.sock.sendall(b"".join((_HEAD.pack(len(block) >> 8, len(block) & 0xFF, 1, 4, sid), block,
-                                    _HEAD.pack(n >> 8, n & 0xFF, 0, 1, sid), b"\x00", _LENGTH.pack(n - 5), message)))
+        if n <= MAX_FRAME:  # the common case: one DATA frame, no copy of the message
+            data = [_HEAD.pack(n >> 8, n & 0xFF, 0, 1, sid), b"\x00", _LENGTH.pack(n - 5), message]
+        else:
+            whole = b"\x00" + _LENGTH.pack(n - 5) + message
+            data = [_frame(0, 1 if end >= n else 0, sid, whole[end - MAX_FRAME:end])
+                    for end in range(MAX_FRAME, n + MAX_FRAME, MAX_FRAME)]
+        self.sock.sendall(b"".join((_HEAD.pack(len(block) >> 8, len(block) & 0xFF, 1, 4, sid), block, *data)))
         body: list[bytes] = []
         status = -1
         buf = self.buf

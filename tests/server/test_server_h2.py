@@ -43,8 +43,13 @@ def message(body: bytes) -> bytes:
 class Client:
     """One raw HTTP/2 connection: frames out, frames in, responses assembled per stream."""
 
-    def __init__(self, port: int, settings: dict[int, int] | None = None, handshake: bool = True) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    def __init__(self, port: int, settings: dict[int, int] | None = None, handshake: bool = True,
+                 recv_buffer: int | None = None) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if recv_buffer is not None:  # before connect, so the kernel's receive window stays this small
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, recv_buffer)
+        self.sock.settimeout(10)
+        self.sock.connect(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
         self.encoder = hpack.Encoder()

@@ -47,6 +47,16 @@ DEFAULT_MAX_FRAME = 16_384
 MAX_WINDOW = 2**31 - 1
 MAX_FRAME_LIMIT = 2**24 - 1
 
+
+
+class H2Error(Exception):
+    """A connection error: answered with GOAWAY ``code`` and the connection closes."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 _HEAD = struct.Struct(">HBBBI")  # a 24-bit length split as 16 + 8 bits, type, flags, stream id
 
 

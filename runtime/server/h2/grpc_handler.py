@@ -21,7 +21,8 @@ from typing import Any
 
 from edgemp.runtime.server import grpc_service as svc
 from edgemp.runtime.server.h2 import frames as f
-from edgemp.runtime.server.h2.connection import H2Connection, Stream
+from edgemp.runtime.server.h2.connection import H2Connection
+from edgemp.runtime.server.h2.stream import Stream
 
 logger = logging.getLogger(__name__)
 

@@ -10,10 +10,32 @@ bytes, and the cache is emptied whenever a block does change the table.
 """
 from __future__ import annotations
 
+import re
+
 import hpack
 
 MAX_CACHED_BLOCK = 1024  # bytes; larger blocks are decoded every time
 MAX_CACHED = 32  # blocks per connection
+
+# RFC 9113 §8.2.1: names are visible lowercase ASCII without ':' (after a pseudo-header's
+# leading one); values hold no NUL, CR or LF and do not start or end with SP or HTAB
+_BAD_NAME = re.compile(rb"[^\x21-\x39\x3b-\x40\x5b-\x7e]")
+_BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
+
+
+class MalformedFieldError(ValueError):
+    """A decoded field whose name or value HTTP/2 forbids: the request is malformed (a stream
+    error), while the block was decoded and the HPACK state stays in step."""
+
+
+def check_fields(fields: list[tuple[bytes, bytes]]) -> None:
+    """Raise :class:`MalformedFieldError` for the first field that breaks RFC 9113 §8.2.1."""
+    for name, value in fields:
+        bare = name[1:] if name[:1] == b":" else name
+        if not bare or _BAD_NAME.search(bare):
+            raise MalformedFieldError(f"invalid header field name {name[:64]!r}")
+        if _BAD_VALUE.search(value):
+            raise MalformedFieldError(f"invalid value for header field {name[:64]!r}")
 
 
 class HeaderDecoder:
@@ -27,17 +49,25 @@ class HeaderDecoder:
         self.cache: dict[bytes, list[tuple[bytes, bytes]]] = {}
 
     def _state(self) -> tuple:
+        # the newest entry by identity, not value: inserting a field equal to the newest entry
+        # keeps count and newest value alike yet shifts (and may evict) every older index
         entries = self.table.dynamic_entries
         return (entries[0] if entries else None), len(entries), self.table.maxsize
 
+    @staticmethod
+    def _same(a: tuple, b: tuple) -> bool:
+        return a[0] is b[0] and a[1] == b[1] and a[2] == b[2]
+
     def decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
-        """The (name, value) pairs of ``block``; raises what ``hpack`` raises for a bad one."""
+        """The (name, value) pairs of ``block``; raises what ``hpack`` raises for a bad one, and
+        :class:`MalformedFieldError` for a field HTTP/2 forbids (checked once per distinct block)."""
         fields = self.cache.get(block)
         if fields is not None:
             return fields
         before = self._state()
         fields = self.decoder.decode(block, raw=True)
-        if self._state() != before:
+        check_fields(fields)
+        if not self._same(self._state(), before):
             self.cache.clear()  # entries cached against the old table may now decode differently
         elif len(block) <= MAX_CACHED_BLOCK:
             if len(self.cache) >= MAX_CACHED:

@@ -17,7 +17,9 @@ import time
 from edgemp.runtime.server.config import ServerConfig
 from edgemp.runtime.server.connections import RateLimitedLog, connection_limit
 from edgemp.runtime.server.h2 import frames as f
-from edgemp.runtime.server.h2.connection import ConnectionLimits, H2Connection, StreamHandler
+from edgemp.runtime.server.h2.connection import H2Connection
+from edgemp.runtime.server.h2.limits import ConnectionLimits
+from edgemp.runtime.server.h2.stream import StreamHandler
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,308 @@
+"""The gRPC listener against the letter of RFC 9113 / RFC 7541, and clients that read slowly.
+
+Same raw-frame client as ``test_server_h2`` (its helpers are imported), against a server of
+this module's own: stream-id rules (a reused or lower id must not leave a call unanswered),
+HPACK's dynamic table as an encoder may legally drive it, back-pressure from a peer that
+stops reading while its windows are wide open, and calls reset while their batch is queued.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import struct
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("hpack")
+pytest.importorskip("google.protobuf")
+
+from edgemp.runtime.model import load  # noqa: E402
+from edgemp.runtime.server import grpc_proto as pb  # noqa: E402
+from runtime_fixtures import build_sparse_model, random_graph, random_graphs  # noqa: E402
+from server_utils import assert_outputs_match, free_port, http, start_server  # noqa: E402
+from test_server_h2 import (  # noqa: E402
+    DATA,
+    ENHANCE_YOUR_CALM,
+    HEADERS,
+    INFER,
+    PROTOCOL_ERROR,
+    READY,
+    WINDOW,
+    Client,
+    _expect_goaway,
+    _infer,
+    _outputs,
+    frame,
+    message,
+)
+
+STREAM_CLOSED = 0x5
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("h2spec_model") / "gnn.onnx"
+    build_sparse_model(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(model_path):
+    m = load(model_path)
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="module")
+def server(model_path, tmp_path_factory):
+    gport = free_port()
+    srv = start_server(model_path, tmp_path_factory.mktemp("h2speclog"), "--name", "gnn", "--grpc-port", str(gport),
+                       "--max-body-bytes", str(16 << 20), "--max-request-nodes", "1000000")
+    srv.grpc_port = gport  # type: ignore[attr-defined]
+    yield srv
+    assert srv.stop() == 0, srv.log()[-3000:]
+    log = srv.log()
+    assert "Traceback" not in log and "internal error" not in log, log[-5000:]
+
+
+@pytest.fixture()
+def conn(server):
+    c = Client(server.grpc_port)
+    c.sock.settimeout(5)  # a hang fails in seconds, not at the suite's timeout
+    yield c
+    c.close()
+
+
+READY_BODY = pb.ServerReadyRequest().SerializeToString()
+
+
+# -- stream identifiers (RFC 9113 §5.1, §5.1.1) ----------------------------------------------
+@pytest.mark.parametrize("case", ["reused_id", "lower_id", "reused_id_end_stream", "data_after_end_stream"])
+def test_closed_or_lower_stream_ids_end_the_connection(conn, case):
+    """A new request on an id already used, or below the highest one opened, is a connection
+    error — it must not vanish silently and leave the client waiting forever."""
+    if case == "lower_id":
+        conn.send(conn.call(5, READY, READY_BODY))
+        assert conn.response(5)["status"] == 0
+        conn.send(conn.call(3, READY, READY_BODY))  # 3 was implicitly closed when 5 opened
+        _expect_goaway(conn, PROTOCOL_ERROR)
+        return
+    conn.send(conn.call(1, READY, READY_BODY))
+    assert conn.response(1)["status"] == 0  # stream 1 is now closed: both sides sent END_STREAM
+    if case == "reused_id":
+        conn.send(conn.call(1, READY, READY_BODY))
+        _expect_goaway(conn, PROTOCOL_ERROR)
+    elif case == "reused_id_end_stream":
+        conn.send(frame(HEADERS, 0x5, 1, conn.headers(READY)))
+        _expect_goaway(conn, STREAM_CLOSED)
+    else:
+        conn.send(frame(DATA, 0x1, 1, message(READY_BODY)))
+        _expect_goaway(conn, STREAM_CLOSED)
+
+
+def test_data_after_end_stream_on_a_stream_still_answering(server):
+    """Half-closed (remote): the answer waits for window the client has not given, and the client
+    sends DATA again — a stream error STREAM_CLOSED (RFC 9113 §5.1), not a silent drop."""
+    c = Client(server.grpc_port, settings={0x4: 0})
+    try:
+        c.sock.settimeout(5)
+        c.send(c.call(1, READY, READY_BODY))
+        while 1 not in c.streams:  # the response headers: answered, its DATA blocked
+            assert c.read() is not None
+        c.send(frame(DATA, 0x1, 1, message(READY_BODY)))
+        while 1 not in c.resets:
+            assert c.read() is not None
+        assert c.resets[1] == STREAM_CLOSED and c.goaway is None
+    finally:
+        c.close()
+
+
+def test_frames_after_our_reset_are_ignored(conn):
+    """After the server answers early (RST_STREAM NO_ERROR: stop sending), the client's DATA and
+    trailers already in flight are ignored (RFC 9113 §5.1 "closed"), and the connection serves on."""
+    prefix = b"\x00" + struct.pack(">I", 50 << 20)  # too large: answered from the prefix alone
+    conn.send(frame(HEADERS, 0x4, 1, conn.headers(INFER)) + frame(DATA, 0, 1, prefix))
+    assert conn.response(1)["status"] == 8
+    while 1 not in conn.resets:
+        assert conn.read() is not None
+    trailers = conn.encoder.encode([("x-trailer", "1")])
+    conn.send(frame(DATA, 0, 1, b"\0" * 1000) + frame(HEADERS, 0x5, 1, trailers))
+    conn.send(conn.call(3, READY, READY_BODY))
+    assert conn.response(3)["status"] == 0 and conn.goaway is None
+
+
+def test_frames_on_server_stream_ids_are_protocol_errors(conn):
+    """Even ids are the server's, and it never opens one: they are all idle (RFC 9113 §5.1)."""
+    conn.send(conn.call(3, READY, READY_BODY))
+    assert conn.response(3)["status"] == 0
+    conn.send(frame(WINDOW, 0, 2, struct.pack(">I", 100)))
+    _expect_goaway(conn, PROTOCOL_ERROR)
+
+
+def test_resets_the_client_provokes_count_as_rapid_resets(server):
+    """"MadeYouReset" (CVE-2025-8671): streams the *server* must reset for a client's protocol
+    error (here WINDOW_UPDATE of 0 on an open stream) free their slot as a client's RST_STREAM
+    does, so they spend the same per-second budget: past it, GOAWAY ENHANCE_YOUR_CALM."""
+    c = Client(server.grpc_port)
+    try:
+        c.sock.settimeout(5)
+        c.send(b"".join(frame(HEADERS, 0x4, 2 * k + 1, c.headers(INFER)) + frame(WINDOW, 0, 2 * k + 1, b"\0\0\0\0")
+                        for k in range(1000)))
+        _expect_goaway(c, ENHANCE_YOUR_CALM)
+        assert len(c.resets) < 1000
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("field", [(b"x-bad", b"a\nb"), (b"x-bad", b"a\x00b"), (b"bad name", b"v"), (b"x:colon", b"v"),
+                                   (b"x-pad", b" leading"), (b"x-pad", b"trailing\t"), (b"x-high", b"v"), (b":bad", b"v"),
+                                   (b"X-Upper", b"v")])
+def test_invalid_field_names_and_values_are_malformed(conn, field):
+    """RFC 9113 §8.2.1: a name with controls, space, colon or non-ASCII, a value with NUL, CR or LF
+    or with white space at either end: the request is malformed (RST_STREAM PROTOCOL_ERROR), the
+    connection serves on."""
+    name, value = field
+    if name == b"x-high":
+        name = b"x-\xe9"
+    base = conn.headers(READY)
+    extra = _hpack_literal(name, value, False)
+    block = (extra + base) if name.startswith(b":") else (base + extra)
+    conn.send(frame(HEADERS, 0x4, 1, block) + frame(DATA, 0x1, 1, message(READY_BODY)))
+    while 1 not in conn.resets:
+        assert conn.read() is not None
+    assert conn.resets[1] == PROTOCOL_ERROR and 1 not in conn.streams
+    conn.send(conn.call(3, READY, READY_BODY))
+    assert conn.response(3)["status"] == 0
+
+
+@pytest.mark.parametrize("declared", ["3", "x", "6"])
+def test_content_length_must_match_the_data(conn, declared):
+    """RFC 9113 §8.1.1: a content-length other than the DATA received makes the request malformed."""
+    body = message(READY_BODY)  # 5 bytes: "6" declares one more than arrives
+    conn.send(frame(HEADERS, 0x4, 1, conn.headers(READY, [("content-length", declared)])) + frame(DATA, 0x1, 1, body))
+    while 1 not in conn.resets:
+        assert conn.read() is not None
+    assert conn.resets[1] == PROTOCOL_ERROR and 1 not in conn.streams
+    conn.send(conn.call(3, READY, READY_BODY, [("content-length", str(len(body)))]))
+    assert conn.response(3)["status"] == 0
+
+
+# -- HPACK (RFC 7541) ------------------------------------------------------------------------
+def _hpack_literal(name: bytes, value: bytes, indexing: bool) -> bytes:
+    """A literal with a new name: incremental indexing (0x40) or without indexing (0x00); short strings."""
+    return bytes([0x40 if indexing else 0x00, len(name)]) + name + bytes([len(value)]) + value
+
+
+def test_header_cache_follows_a_dynamic_table_that_shifts(conn):
+    """An encoder may insert a field equal to the newest entry: the table then holds the same
+    newest entry and count, but every older index now means something else. A block cached
+    before must decode against the table as it is now (here: a different :path)."""
+    nope = b"/inference.GRPCInferenceService/NopeNopeNop"  # as long as READY: equal-sized entries
+    ready = READY.encode()
+    assert len(nope) == len(ready)
+    entry = 32 + len(b":path") + len(ready)
+
+    def block(path_field: bytes) -> bytes:
+        rest = b"".join(_hpack_literal(n, v, False) for n, v in (
+            (b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"x"),
+            (b"content-type", b"application/grpc"), (b"te", b"trailers")))
+        return path_field + rest
+
+    def ask(sid: int, hb: bytes) -> int:
+        conn.send(frame(HEADERS, 0x4, sid, hb) + frame(DATA, 0x1, sid, message(READY_BODY)))
+        return conn.response(sid)["status"]
+
+    size_update = _hpack_size_update(2 * entry)  # room for exactly two :path entries
+    assert ask(1, size_update + block(_hpack_literal(b":path", nope, True))) == 12  # table: [nope]
+    assert ask(3, block(_hpack_literal(b":path", ready, True))) == 0  # [ready, nope]
+    by_index = block(bytes([0x80 | 63]))  # the second dynamic entry: nope, for now
+    assert ask(5, by_index) == 12
+    assert ask(7, block(_hpack_literal(b":path", ready, True))) == 0  # [ready, ready]: nope evicted
+    assert ask(9, by_index) == 0  # the same bytes, now naming ServerReady
+
+
+def _hpack_size_update(size: int) -> bytes:
+    """A dynamic table size update (RFC 7541 §6.3): 5-bit prefix integer after 001."""
+    if size < 31:
+        return bytes([0x20 | size])
+    out, size = bytearray([0x3F]), size - 31
+    while size >= 128:
+        out.append((size & 0x7F) | 0x80)
+        size >>= 7
+    out.append(size)
+    return bytes(out)
+
+
+# -- back-pressure -----------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_peer_that_reads_late_gets_every_answer(server, model):
+    """Wide-open windows and a peer that stops reading: answers wait in the socket (writes pause
+    with the transport) instead of piling up until the connection is cut; once it reads, every
+    answer arrives whole and equal to in-process predict."""
+    c = Client(server.grpc_port, settings={0x4: 2**31 - 1}, recv_buffer=16 << 10)
+    try:
+        c.sock.settimeout(20)
+        c.auto_window = False
+        c.send(frame(WINDOW, 0, 0, struct.pack(">I", 2**31 - 1 - 65_535)))
+        rng = np.random.default_rng(7)
+        wants = {}
+        for k in range(4):  # 4 answers of ~3.2 MB each: more than the transport's and the kernel's buffers
+            sid = 2 * k + 1
+            graphs = [random_graph(rng, 400_000, 0)]
+            wire, wants[sid] = _infer(model, graphs, f"late{sid}")
+            c.send(c.call(sid, INFER, wire))
+        time.sleep(1.0)  # answers are ready by now; nothing has been read
+        for sid, want in wants.items():
+            r = c.response(sid)
+            assert r["status"] == 0, r
+            rid, got = _outputs(r["message"])
+            assert rid == f"late{sid}"
+            assert_outputs_match(got, want, f"stream {sid}")
+        assert c.goaway is None
+    finally:
+        c.close()
+
+
+# -- cancellation ------------------------------------------------------------------------------
+def test_calls_reset_while_queued_leave_nothing_behind(model_path, model, tmp_path):
+    """RST_STREAM on calls waiting in the batcher: the others are answered right, statistics count
+    only answered calls, nothing stays in flight (SIGTERM drains at once and exits 0)."""
+    gport = free_port()
+    srv = start_server(model_path, tmp_path, "--name", "gnn", "--grpc-port", str(gport),
+                       "--max-queue-delay-us", "300000", "--max-batch-graphs", "1000")
+    try:
+        c = Client(gport)
+        c.sock.settimeout(10)
+        rng = np.random.default_rng(8)
+        wants, out = {}, b""
+        for k in range(20):
+            sid = 2 * k + 1
+            wire, wants[sid] = _infer(model, random_graphs(rng, 3), f"q{sid}")
+            out += c.call(sid, INFER, wire)
+        c.send(out)
+        time.sleep(0.05)  # decoded and queued: the batch waits for max-queue-delay
+        reset = [sid for sid in wants if sid % 4 == 1]
+        c.send(b"".join(frame(0x3, 0, sid, struct.pack(">I", 0x8)) for sid in reset))
+        for sid, want in wants.items():
+            if sid in reset:
+                continue
+            r = c.response(sid)
+            assert r["status"] == 0, r
+            assert_outputs_match(_outputs(r["message"])[1], want, f"stream {sid}")
+        assert not any(sid in c.streams for sid in reset)
+        status, _, body = http(srv, "GET", "/v2/models/gnn/stats")
+        assert status == 200
+        stats = json.loads(body)["model_stats"][0]["inference_stats"]
+        assert stats["success"]["count"] == len(wants) - len(reset), stats
+        assert stats["fail"]["count"] == 0, stats
+        c.close()
+        t0 = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(20) == 0
+        assert time.monotonic() - t0 < 5  # no call left "in flight" for the drain to wait on
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log(), srv.log()[-3000:]
+
