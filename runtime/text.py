@@ -34,6 +34,7 @@ from edgemp.errors import MissingExtraError, ModelFormatError
 from edgemp.runtime.runners import InputLayout, Runner, RunnerOptions, one_line, open_runner
 from edgemp.runtime.runners.onnxruntime import CPU, ORT_ERRORS, OrtRunner, resolve_providers
 from edgemp.spec import metadata_entry
+from edgemp.runtime.text_ascii import AsciiTokenizer, ascii_tokenizer  # noqa: F401 - part of this module's API
 from edgemp.text_spec import MODEL_FILE, TOKENIZER_FILE, TextInputError, TextModelSpec, is_text_metadata
 
 logger = logging.getLogger(__name__)
@@ -54,8 +55,6 @@ TEXT_DEFAULT_THREADS = 0
 TEXT_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 MAX_TEXT_CHARS = 1_000_000  # far beyond any max_length; stops a runaway request early
-# What BERT's normalizer (clean_text) does to ASCII: drop control characters and NUL, \t \n \r become spaces
-ASCII_CLEAN = {**{c: None for c in range(32)}, 127: None, **{ord(c): " " for c in "\t\n\r"}}
 
 
 @dataclass(frozen=True)
@@ -66,8 +65,9 @@ class TextRuntimeConfig:
         max_batch_texts: most rows in one run (default: 32).
         bucket_boundaries: ascending padded-length bounds (default: :data:`DEFAULT_BUCKETS`);
             ``()`` puts every text of a call into one bucket (padded to the longest).
-        ascii_fast_path: ASCII texts skip the Rust BERT normalizer (:func:`ascii_tokenizer`; same
-            token ids; default: on). Off runs every text through the tokenizer as written.
+        ascii_fast_path: ASCII texts skip the Rust BERT normalizer and, for BERT's usual layout, look
+            each word's WordPiece up in a cache (:mod:`edgemp.runtime.text_ascii`; same token ids;
+            default: on). Off runs every text through the tokenizer as written.
     """
 
     max_batch_texts: int = 32
@@ -130,62 +130,6 @@ def _load_tokenizer(path: Path, spec: TextModelSpec):
     tok.no_padding()  # we pad per bucket ourselves
     tok.enable_truncation(max_length=spec.max_length)
     return tok
-
-
-@dataclass(frozen=True)
-class AsciiTokenizer:
-    """BERT's tokenizer without its normalizer, for ASCII texts normalized in Python (:func:`ascii_tokenizer`)."""
-
-    tokenizer: Any
-    clean: bool  # BertNormalizer clean_text: :data:`ASCII_CLEAN`
-    lower: bool  # BertNormalizer lowercase
-    added: tuple[str, ...]  # added tokens ([CLS], [MASK], ...), lowercased: texts holding one take the full path
-
-    def normalize(self, texts: Sequence[str]) -> list[str] | None:
-        """``texts`` as BERT's normalizer leaves them, or None when one is not ASCII or may hold an added token
-        (matched on the raw text, case-sensitively, before normalization: only the full tokenizer gets that right)."""
-        out = []
-        for t in texts:
-            if not t.isascii():
-                return None
-            low = t.lower()
-            norm = low if self.lower else t
-            if self.clean:
-                cleaned = norm.translate(ASCII_CLEAN)
-                if cleaned != norm and any(a in cleaned.lower() for a in self.added):
-                    return None  # an added token that cleaning would join up
-                norm = cleaned
-            if any(a in low for a in self.added):
-                return None
-            out.append(norm)
-        return out
-
-
-def ascii_tokenizer(tokenizer: Any) -> AsciiTokenizer | None:
-    """The ASCII fast path of ``tokenizer`` when its normalizer is BERT's, else None.
-
-    On ASCII text BERT's normalizer only cleans (:data:`ASCII_CLEAN`) and lowercases (accents and CJK
-    characters are not ASCII), which ``str.translate`` / ``str.lower`` do in microseconds; the Rust
-    normalizer costs ~100 µs per 128-token text (MiniLM-L6: 249 -> 146 µs warm, 407 -> 304 µs right
-    after an ONNX Runtime run), on fp32 and int8 models alike. Same token ids (checked on 20,000 random
-    ASCII strings with every control character and special tokens, and 863 held-back texts); a text
-    that holds an added token (``[CLS]``, ``[MASK]``, ...) in any case takes the full tokenizer.
-    """
-    try:
-        from tokenizers import Tokenizer, normalizers
-
-        config = json.loads(tokenizer.to_str())
-        norm = config.get("normalizer") or {}
-        if norm.get("type") != "BertNormalizer":
-            return None
-        plain = Tokenizer.from_str(tokenizer.to_str())  # same truncation / padding settings
-        plain.normalizer = normalizers.Sequence([])
-        added = tuple(str(a["content"]).lower() for a in config.get("added_tokens") or [])
-    except Exception as e:  # not a `tokenizers` tokenizer, or one it cannot round-trip: keep the normalizer
-        logger.debug("no ASCII fast path for this tokenizer: %s", one_line(e))
-        return None
-    return AsciiTokenizer(plain, bool(norm.get("clean_text", True)), bool(norm.get("lowercase", True)),
-                          tuple(a for a in added if a))
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -271,13 +215,12 @@ class TextModel(InputLayout):
             decoded.append(t)
         if not decoded:
             return []
+        normalized = self._ascii.normalize(decoded) if self._ascii is not None else None
+        if normalized is not None:  # ASCII: BERT's steps done where Python is cheaper (runtime/text_ascii.py)
+            return [TokenizedText(ids, types) for ids, types in self._ascii.encode(normalized)]
         # encode_batch_fast (tokenizers >= 0.21) skips the character offsets nothing here reads:
         # 0.29 -> 0.23 ms for a 128-token text, a fixed cost that weighs most on int8 models
-        tokenizer = self.tokenizer
-        normalized = self._ascii.normalize(decoded) if self._ascii is not None else None
-        if normalized is not None:  # ASCII: BERT's normalizer done in Python, see ascii_tokenizer
-            tokenizer, decoded = self._ascii.tokenizer, normalized
-        encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+        encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
         encodings = encode(decoded)
         return [TokenizedText(np.asarray(e.ids, np.int64), np.asarray(e.type_ids, np.int64)) for e in encodings]
 
