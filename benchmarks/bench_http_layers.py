@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
             p.wait(10)
     print(f"command: python {' '.join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])}")
     what = "empty unary gRPC calls" if grpc else "keep-alive GETs"
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores (shared with other jobs), Python "
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}, load average {os.getloadavg()[0]:.1f}; {args.requests} {what} per server, "
           "interleaved\n")
     print(f"| {'gRPC server' if grpc else 'HTTP layer, event loop'} | RTT p50 µs | RTT p99 µs | server CPU µs/request |")

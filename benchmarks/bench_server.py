@@ -485,7 +485,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     sections = args.sections.split(",")
     out = [f"command: python {' '.join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])}",
-           f"machine: {platform.machine()}, {os.cpu_count()} cores (shared with other jobs), Python "
+           f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
            f"{platform.python_version()}; load average (1 min) {os.getloadavg()[0]:.1f} at the start", ""]
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
