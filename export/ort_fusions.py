@@ -111,6 +111,19 @@ def _outputs(model: Any, feeds: Sequence[dict[str, np.ndarray]],
     return [sess.run(None, {k: v for k, v in feed.items() if k in names}) for feed in feeds]
 
 
+def _worst_change(new: Any, old: Any, feeds: Sequence[dict[str, np.ndarray]], disabled_optimizers: Sequence[str],
+                  what: str) -> float | None:
+    """Largest absolute output change from ``old`` to ``new`` over ``feeds``; None (logged: ``what``) when
+    ``new`` will not load or run."""
+    try:
+        return max(float(np.abs(x - y).max()) for fa, fb in zip(_outputs(new, feeds, disabled_optimizers),
+                                                                _outputs(old, feeds, disabled_optimizers))
+                   for x, y in zip(fa, fb))
+    except Exception as e:  # a kernel that will not take the rewritten form
+        log.warning("%s (%s: %s)", what, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+        return None
+
+
 def fuse_attention(model: Any, feeds: Sequence[dict[str, np.ndarray]], atol: float = 1e-4) -> tuple[Any, int]:
     """``(model with fused self-attention, number of Attention nodes)``; ``(model, 0)`` when the
     fusion matches nothing or any output on ``feeds`` moves more than ``atol``."""
@@ -195,12 +208,9 @@ def sum_add_chains(model: Any, feeds: Sequence[dict[str, np.ndarray]], atol: flo
         nodes.append(n)
     del out.graph.node[:]
     out.graph.node.extend(nodes)
-    try:
-        worst = max(float(np.abs(x - y).max()) for fa, fb in zip(_outputs(out, feeds, disabled_optimizers),
-                                                                 _outputs(model, feeds, disabled_optimizers))
-                    for x, y in zip(fa, fb))
-    except Exception as e:  # e.g. an Add chain over integer tensors, which Sum does not take
-        log.warning("Add chains stay Adds (%s: %s)", type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+    # an Add chain over integer tensors, say, which Sum does not take
+    worst = _worst_change(out, model, feeds, disabled_optimizers, "Add chains stay Adds")
+    if worst is None:
         return model, 0
     if not worst <= atol:
         log.warning("Sum of Add chains moves outputs by %.3g (> %.3g); the graph keeps its Adds", worst, atol)
@@ -294,13 +304,8 @@ def skip_unpadded_attention_mask(model: Any, feeds: Sequence[dict[str, np.ndarra
         nodes.append(n)
     del out.graph.node[:]
     out.graph.node.extend(nodes)
-    try:
-        worst = max(float(np.abs(x - y).max()) for fa, fb in zip(_outputs(out, feeds, disabled_optimizers),
-                                                                 _outputs(model, feeds, disabled_optimizers))
-                    for x, y in zip(fa, fb))
-    except Exception as e:  # a kernel that will not take the one-column mask, ...
-        log.warning("attention keeps its mask on unpadded inputs (%s: %s)", type(e).__name__,
-                    str(e).splitlines()[0][:200] if str(e) else "")
+    worst = _worst_change(out, model, feeds, disabled_optimizers, "attention keeps its mask on unpadded inputs")
+    if worst is None:
         return model, 0
     if not worst <= atol:
         log.warning("skipping the mask on unpadded inputs moves outputs by %.3g (> %.3g); attention keeps its mask",

@@ -6,6 +6,7 @@ CLI entry point), so the tests cover argument parsing, startup, signals and exit
 from __future__ import annotations
 
 import json
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -208,3 +209,16 @@ def triton_inputs(graph: Graph, client_module) -> list:
         inp.set_data_from_numpy(np.ascontiguousarray(arr))
         inputs.append(inp)
     return inputs
+
+
+@contextlib.contextmanager
+def serving_grpc(model: Path | str, tmp: Path, *args: str) -> Iterator[ServerProcess]:
+    """``start_server`` as ``gnn`` with a gRPC listener too (its port as ``.grpc_port``); on leaving, a clean
+    stop (exit 0) and a log without a traceback or an internal error."""
+    gport = free_port()
+    srv = start_server(model, tmp, "--name", "gnn", "--grpc-port", str(gport), *args)
+    srv.grpc_port = gport  # type: ignore[attr-defined]
+    yield srv
+    assert srv.stop() == 0, srv.log()[-3000:]
+    log = srv.log()
+    assert "Traceback" not in log and "internal error" not in log, log[-5000:]

@@ -11,3 +11,22 @@ def gnn(repo):
 
     with load(repo / "gnn" / "model.onnx") as m:
         yield m
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    """A small sparse GNN export (the HTTP/2 gRPC modules serve it), built once per module."""
+    from runtime_fixtures import build_sparse_model
+
+    path = tmp_path_factory.mktemp("gnn_model") / "gnn.onnx"
+    build_sparse_model(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(model_path):
+    """The in-process model a served answer must equal."""
+    from edgemp.runtime.model import load
+
+    with load(model_path) as m:
+        yield m

@@ -12,7 +12,6 @@ import signal
 import socket
 import struct
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,10 +19,9 @@ import pytest
 hpack = pytest.importorskip("hpack")
 pytest.importorskip("google.protobuf")
 
-from edgemp.runtime.model import load  # noqa: E402
 from edgemp.runtime.server import grpc_proto as pb  # noqa: E402
-from runtime_fixtures import build_sparse_model, random_graphs  # noqa: E402
-from server_utils import assert_outputs_match, batch_tensors, expected_layout, free_port, start_server  # noqa: E402
+from runtime_fixtures import random_graphs  # noqa: E402
+from server_utils import assert_outputs_match, batch_tensors, expected_layout, free_port, start_server, serving_grpc  # noqa: E402
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST, SETTINGS, PUSH, PING, GOAWAY, WINDOW, CONT = range(10)
@@ -155,30 +153,11 @@ class Client:
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("h2_model") / "gnn.onnx"
-    build_sparse_model(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def model(model_path):
-    m = load(model_path)
-    yield m
-    m.close()
-
-
-@pytest.fixture(scope="module")
 def server(model_path, tmp_path_factory):
-    gport = free_port()
-    srv = start_server(model_path, tmp_path_factory.mktemp("h2log"), "--name", "gnn", "--grpc-port", str(gport),
-                       "--max-body-bytes", str(4 << 20), "--max-request-nodes", "100000",
-                       "--max-request-edges", "400000")
-    srv.grpc_port = gport  # type: ignore[attr-defined]
-    yield srv
-    assert srv.stop() == 0, srv.log()[-3000:]
-    log = srv.log()
-    assert "Traceback" not in log and "internal error" not in log, log[-5000:]
+    with serving_grpc(model_path, tmp_path_factory.mktemp("h2log"),
+                      "--max-body-bytes", str(4 << 20), "--max-request-nodes", "100000",
+                      "--max-request-edges", "400000") as srv:
+        yield srv
 
 
 @pytest.fixture()

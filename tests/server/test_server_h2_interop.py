@@ -20,39 +20,19 @@ h2_connection = pytest.importorskip("h2.connection")
 h2_events = pytest.importorskip("h2.events")
 pytest.importorskip("google.protobuf")
 
-from edgemp.runtime.model import load  # noqa: E402
 from edgemp.runtime.server import grpc_proto as pb  # noqa: E402
-from runtime_fixtures import build_sparse_model, random_graphs  # noqa: E402
-from server_utils import assert_outputs_match, batch_tensors, expected_layout, free_port, start_server  # noqa: E402
+from runtime_fixtures import random_graphs  # noqa: E402
+from server_utils import assert_outputs_match, batch_tensors, expected_layout, serving_grpc  # noqa: E402
 
 SERVICE = "/inference.GRPCInferenceService/"
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("h2interop_model") / "gnn.onnx"
-    build_sparse_model(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def model(model_path):
-    m = load(model_path)
-    yield m
-    m.close()
-
-
-@pytest.fixture(scope="module")
 def server(model_path, tmp_path_factory):
-    gport = free_port()
-    srv = start_server(model_path, tmp_path_factory.mktemp("h2interop_log"), "--name", "gnn", "--grpc-port",
-                       str(gport), "--max-body-bytes", str(8 << 20), "--max-request-nodes", "200000",
-                       "--max-request-edges", "800000")
-    srv.grpc_port = gport  # type: ignore[attr-defined]
-    yield srv
-    assert srv.stop() == 0, srv.log()[-3000:]
-    log = srv.log()
-    assert "Traceback" not in log and "internal error" not in log, log[-5000:]
+    with serving_grpc(model_path, tmp_path_factory.mktemp("h2interop_log"),
+                      "--max-body-bytes", str(8 << 20), "--max-request-nodes", "200000",
+                      "--max-request-edges", "800000") as srv:
+        yield srv
 
 
 class H2Client:

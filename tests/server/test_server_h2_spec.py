@@ -18,10 +18,9 @@ import pytest
 pytest.importorskip("hpack")
 pytest.importorskip("google.protobuf")
 
-from edgemp.runtime.model import load  # noqa: E402
 from edgemp.runtime.server import grpc_proto as pb  # noqa: E402
-from runtime_fixtures import build_sparse_model, random_graph, random_graphs  # noqa: E402
-from server_utils import assert_outputs_match, free_port, http, start_server  # noqa: E402
+from runtime_fixtures import random_graph, random_graphs  # noqa: E402
+from server_utils import assert_outputs_match, free_port, http, start_server, serving_grpc  # noqa: E402
 from test_server_h2 import (  # noqa: E402
     DATA,
     ENHANCE_YOUR_CALM,
@@ -42,29 +41,10 @@ STREAM_CLOSED = 0x5
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("h2spec_model") / "gnn.onnx"
-    build_sparse_model(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def model(model_path):
-    m = load(model_path)
-    yield m
-    m.close()
-
-
-@pytest.fixture(scope="module")
 def server(model_path, tmp_path_factory):
-    gport = free_port()
-    srv = start_server(model_path, tmp_path_factory.mktemp("h2speclog"), "--name", "gnn", "--grpc-port", str(gport),
-                       "--max-body-bytes", str(16 << 20), "--max-request-nodes", "1000000")
-    srv.grpc_port = gport  # type: ignore[attr-defined]
-    yield srv
-    assert srv.stop() == 0, srv.log()[-3000:]
-    log = srv.log()
-    assert "Traceback" not in log and "internal error" not in log, log[-5000:]
+    with serving_grpc(model_path, tmp_path_factory.mktemp("h2speclog"),
+                      "--max-body-bytes", str(16 << 20), "--max-request-nodes", "1000000") as srv:
+        yield srv
 
 
 @pytest.fixture()
