@@ -222,3 +222,15 @@ def serving_grpc(model: Path | str, tmp: Path, *args: str) -> Iterator[ServerPro
     assert srv.stop() == 0, srv.log()[-3000:]
     log = srv.log()
     assert "Traceback" not in log and "internal error" not in log, log[-5000:]
+
+
+def triton_grpc_inputs(tensors: dict) -> list:
+    """``tritonclient.grpc`` InferInputs for a request's tensors (FP32 or INT64, as V2 maps the dtypes)."""
+    import tritonclient.grpc as tg
+
+    out = []
+    for name, value in tensors.items():
+        i = tg.InferInput(name, list(value.shape), "FP32" if value.dtype == np.float32 else "INT64")
+        i.set_data_from_numpy(value)
+        out.append(i)
+    return out

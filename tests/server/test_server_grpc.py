@@ -20,7 +20,14 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 from edgemp.runtime.model import load  # noqa: E402
 from edgemp.runtime.server import grpc_proto as pb  # noqa: E402
 from runtime_fixtures import build_sparse_model, random_graphs  # noqa: E402
-from server_utils import assert_outputs_match, batch_tensors, expected_layout, free_port, start_server  # noqa: E402
+from server_utils import (  # noqa: E402
+    assert_outputs_match,
+    batch_tensors,
+    expected_layout,
+    free_port,
+    start_server,
+    triton_grpc_inputs,
+)
 
 EF = 3
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -62,13 +69,6 @@ def client(server):
     c.close()
 
 
-def _inputs(tensors: dict) -> list:
-    out = []
-    for name, value in tensors.items():
-        i = tg.InferInput(name, list(value.shape), "FP32" if value.dtype == np.float32 else "INT64")
-        i.set_data_from_numpy(value)
-        out.append(i)
-    return out
 
 
 def test_schema_matches_tritonclients_proto():
@@ -104,7 +104,7 @@ def test_health_metadata_config_and_stats(client):
     cfg = client.get_model_config("gnn", as_json=True)["config"]
     assert cfg["platform"] == "onnxruntime_onnx" and "dynamic_batching" in cfg
     assert [i["data_type"] for i in cfg["input"]][:2] == ["TYPE_FP32", "TYPE_INT64"]
-    client.infer("gnn", _inputs(batch_tensors(random_graphs(np.random.default_rng(1), 2))))
+    client.infer("gnn", triton_grpc_inputs(batch_tensors(random_graphs(np.random.default_rng(1), 2))))
     stats = client.get_inference_statistics("gnn", as_json=True)["model_stats"][0]
     assert int(stats["inference_count"]) >= 2 and int(stats["inference_stats"]["success"]["count"]) >= 1
     everything = client.get_inference_statistics(as_json=True)["model_stats"]
@@ -121,14 +121,14 @@ def test_infer_matches_in_process(client, models, name):
     for count in (1, 3, 7):
         graphs = random_graphs(rng, count, edge_features=ef)
         want = expected_layout(models[name], graphs)
-        result = client.infer(name, _inputs(batch_tensors(graphs, ef)), request_id=f"r{count}")
+        result = client.infer(name, triton_grpc_inputs(batch_tensors(graphs, ef)), request_id=f"r{count}")
         assert result.get_response().id == f"r{count}"
         assert_outputs_match({k: result.as_numpy(k) for k in want}, want, f"{name} x{count}")
     # a subset of outputs, in the client's order (raw_output_contents follow the request)
     graphs = random_graphs(rng, 2, edge_features=ef)
     want = expected_layout(models[name], graphs)
     outs = [tg.InferRequestedOutput("node_out"), tg.InferRequestedOutput("prediction")]
-    result = client.infer(name, _inputs(batch_tensors(graphs, ef)), outputs=outs)
+    result = client.infer(name, triton_grpc_inputs(batch_tensors(graphs, ef)), outputs=outs)
     assert [o.name for o in result.get_response().outputs] == ["node_out", "prediction"]
     assert_outputs_match({k: result.as_numpy(k) for k in want}, want, "reordered outputs")
 
@@ -144,7 +144,7 @@ def test_aio_client_concurrent(server, models):
     async def main() -> list:
         c = tga.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
         try:
-            return await asyncio.gather(*(c.infer("gnn", _inputs(batch_tensors(g)), request_id=str(i))
+            return await asyncio.gather(*(c.infer("gnn", triton_grpc_inputs(batch_tensors(g)), request_id=str(i))
                                           for i, g in enumerate(requests)))
         finally:
             await c.close()
@@ -164,15 +164,15 @@ def _status(fn) -> str:
 def test_errors_have_grpc_statuses(client, server):
     graphs = random_graphs(np.random.default_rng(4), 2)
     t = batch_tensors(graphs)
-    assert _status(lambda: client.infer("gnn", _inputs({k: t[k] for k in ("x", "edge_index")}))) == \
+    assert _status(lambda: client.infer("gnn", triton_grpc_inputs({k: t[k] for k in ("x", "edge_index")}))) == \
         "StatusCode.INVALID_ARGUMENT"
     bad = dict(t, graph_node_counts=np.array([2**63 - 1, 2**63 - 1, 3], np.int64))
-    assert _status(lambda: client.infer("gnn", _inputs(bad))) == "StatusCode.INVALID_ARGUMENT"
-    assert _status(lambda: client.infer("nope", _inputs(t))) == "StatusCode.NOT_FOUND"
-    assert _status(lambda: client.infer("gnn", _inputs(t), outputs=[tg.InferRequestedOutput("nope")])) == \
+    assert _status(lambda: client.infer("gnn", triton_grpc_inputs(bad))) == "StatusCode.INVALID_ARGUMENT"
+    assert _status(lambda: client.infer("nope", triton_grpc_inputs(t))) == "StatusCode.NOT_FOUND"
+    assert _status(lambda: client.infer("gnn", triton_grpc_inputs(t), outputs=[tg.InferRequestedOutput("nope")])) == \
         "StatusCode.INVALID_ARGUMENT"
     huge = dict(t, x=np.zeros((60_000, 5), np.float32))  # 1.2 MB > the 1 MiB limit
-    assert _status(lambda: client.infer("gnn", _inputs(huge))) == "StatusCode.RESOURCE_EXHAUSTED"
+    assert _status(lambda: client.infer("gnn", triton_grpc_inputs(huge))) == "StatusCode.RESOURCE_EXHAUSTED"
     channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
     with pytest.raises(grpc.RpcError) as e:
         channel.unary_unary(INFER)(b"\xff\xff\xff not a protobuf")
@@ -194,7 +194,7 @@ def test_auth_queue_full_and_drain(repo, tmp_path, models):
             "StatusCode.UNAUTHENTICATED"
         auth = {"authorization": "Bearer s3cret"}
         graphs = random_graphs(np.random.default_rng(5), 1)
-        inputs = _inputs(batch_tensors(graphs))
+        inputs = triton_grpc_inputs(batch_tensors(graphs))
         first: list = []
         t = threading.Thread(target=lambda: first.append(c.infer("g", inputs, headers=auth)))
         t.start()
@@ -294,7 +294,7 @@ def test_malformed_requests_are_invalid_argument(server, models):
     assert sum(v for k, v in seen.items() if k != "ok") >= 1000, seen
     c = tg.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
     graphs = random_graphs(np.random.default_rng(7), 3)
-    result = c.infer("gnn", _inputs(batch_tensors(graphs)))
+    result = c.infer("gnn", triton_grpc_inputs(batch_tensors(graphs)))
     want = expected_layout(models["gnn"], graphs)
     assert_outputs_match({k: result.as_numpy(k) for k in want}, want, "after fuzzing")
 

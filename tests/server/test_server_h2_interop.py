@@ -22,7 +22,13 @@ pytest.importorskip("google.protobuf")
 
 from edgemp.runtime.server import grpc_proto as pb  # noqa: E402
 from runtime_fixtures import random_graphs  # noqa: E402
-from server_utils import assert_outputs_match, batch_tensors, expected_layout, serving_grpc  # noqa: E402
+from server_utils import (  # noqa: E402
+    assert_outputs_match,
+    batch_tensors,
+    expected_layout,
+    serving_grpc,
+    triton_grpc_inputs,
+)
 
 SERVICE = "/inference.GRPCInferenceService/"
 
@@ -152,14 +158,6 @@ def test_aio_client_mixed_concurrent_calls_on_one_channel(server, model):
     tga = pytest.importorskip("tritonclient.grpc.aio")
     tg = pytest.importorskip("tritonclient.grpc")
 
-    def inputs(tensors: dict) -> list:
-        out = []
-        for name, value in tensors.items():
-            i = tg.InferInput(name, list(value.shape), "FP32" if value.dtype == np.float32 else "INT64")
-            i.set_data_from_numpy(value)
-            out.append(i)
-        return out
-
     rng = np.random.default_rng(22)
     requests = [random_graphs(rng, 400 if i % 8 == 3 else int(rng.integers(1, 6))) for i in range(48)]
     outputs_in_order = [tg.InferRequestedOutput("node_out"), tg.InferRequestedOutput("prediction")]
@@ -168,7 +166,7 @@ def test_aio_client_mixed_concurrent_calls_on_one_channel(server, model):
         c = tga.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
         try:
             async def infer(i: int):
-                return await c.infer("gnn", inputs(batch_tensors(requests[i])), request_id=str(i),
+                return await c.infer("gnn", triton_grpc_inputs(batch_tensors(requests[i])), request_id=str(i),
                                      outputs=outputs_in_order if i % 2 else None)
 
             async def cancelled(i: int) -> None:
