@@ -111,17 +111,22 @@ def _outputs(model: Any, feeds: Sequence[dict[str, np.ndarray]],
     return [sess.run(None, {k: v for k, v in feed.items() if k in names}) for feed in feeds]
 
 
-def _worst_change(new: Any, old: Any, feeds: Sequence[dict[str, np.ndarray]], disabled_optimizers: Sequence[str],
-                  what: str) -> float | None:
-    """Largest absolute output change from ``old`` to ``new`` over ``feeds``; None (logged: ``what``) when
-    ``new`` will not load or run."""
+def _checked_change(new: Any, old: Any, feeds: Sequence[dict[str, np.ndarray]], atol: float, refused: str,
+                    disabled_optimizers: Sequence[str] = ()) -> float | None:
+    """Largest absolute output change from ``old`` to ``new`` over ``feeds`` when it is within ``atol``;
+    None, with a warning ending in ``refused``, when ``new`` will not load or run or moves an output more."""
     try:
-        return max(float(np.abs(x - y).max()) for fa, fb in zip(_outputs(new, feeds, disabled_optimizers),
-                                                                _outputs(old, feeds, disabled_optimizers))
-                   for x, y in zip(fa, fb))
+        worst = max(float(np.abs(x - y).max()) for fa, fb in zip(_outputs(new, feeds, disabled_optimizers),
+                                                                 _outputs(old, feeds, disabled_optimizers))
+                    for x, y in zip(fa, fb))
     except Exception as e:  # a kernel that will not take the rewritten form
-        log.warning("%s (%s: %s)", what, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+        log.warning("rewritten graph fails (%s: %s); %s", type(e).__name__,
+                    str(e).splitlines()[0][:200] if str(e) else "", refused)
         return None
+    if not worst <= atol:
+        log.warning("rewritten graph moves outputs by %.3g (> %.3g); %s", worst, atol, refused)
+        return None
+    return worst
 
 
 def fuse_attention(model: Any, feeds: Sequence[dict[str, np.ndarray]], atol: float = 1e-4) -> tuple[Any, int]:
@@ -139,11 +144,8 @@ def fuse_attention(model: Any, feeds: Sequence[dict[str, np.ndarray]], atol: flo
     if n <= 0:
         log.info("no self-attention matched ONNX Runtime's fusion; the graph stays as exported")
         return model, 0
-    worst = max(float(np.abs(a - b).max()) for fa, fb in zip(_outputs(fused, feeds), _outputs(model, feeds))
-                for a, b in zip(fa, fb))
-    if not worst <= atol:
-        log.warning("fused attention moves outputs by %.3g (> %.3g); the int8 model keeps the exported attention",
-                    worst, atol)
+    worst = _checked_change(fused, model, feeds, atol, "the int8 model keeps the exported attention")
+    if worst is None:
         return model, 0
     log.info("fused %d self-attention blocks into com.microsoft.Attention (max output change %.2e)", n, worst)
     return fused, n
@@ -208,12 +210,9 @@ def sum_add_chains(model: Any, feeds: Sequence[dict[str, np.ndarray]], atol: flo
         nodes.append(n)
     del out.graph.node[:]
     out.graph.node.extend(nodes)
-    # an Add chain over integer tensors, say, which Sum does not take
-    worst = _worst_change(out, model, feeds, disabled_optimizers, "Add chains stay Adds")
+    # fails on an Add chain over integer tensors, say, which Sum does not take
+    worst = _checked_change(out, model, feeds, atol, "the graph keeps its Add chains", disabled_optimizers)
     if worst is None:
-        return model, 0
-    if not worst <= atol:
-        log.warning("Sum of Add chains moves outputs by %.3g (> %.3g); the graph keeps its Adds", worst, atol)
         return model, 0
     log.info("merged %d Add chains into Sum (max output change %.2e)", len(inner_of), worst)
     return out, len(inner_of)
@@ -304,12 +303,9 @@ def skip_unpadded_attention_mask(model: Any, feeds: Sequence[dict[str, np.ndarra
         nodes.append(n)
     del out.graph.node[:]
     out.graph.node.extend(nodes)
-    worst = _worst_change(out, model, feeds, disabled_optimizers, "attention keeps its mask on unpadded inputs")
+    worst = _checked_change(out, model, feeds, atol, "attention keeps its mask on unpadded inputs",
+                            disabled_optimizers)
     if worst is None:
-        return model, 0
-    if not worst <= atol:
-        log.warning("skipping the mask on unpadded inputs moves outputs by %.3g (> %.3g); attention keeps its mask",
-                    worst, atol)
         return model, 0
     log.info("%d attention nodes skip the mask when no token is padding (max output change %.2e)", len(targets), worst)
     return out, len(targets)

@@ -33,8 +33,8 @@ import numpy as np
 from edgemp.errors import MissingExtraError, ModelFormatError
 from edgemp.runtime.runners import InputLayout, Runner, RunnerOptions, one_line, open_runner
 from edgemp.runtime.runners.onnxruntime import CPU, ORT_ERRORS, OrtRunner, resolve_providers
-from edgemp.spec import metadata_entry
 from edgemp.runtime.text_ascii import AsciiTokenizer, ascii_tokenizer  # noqa: F401 - part of this module's API
+from edgemp.spec import metadata_entry
 from edgemp.text_spec import MODEL_FILE, TOKENIZER_FILE, TextInputError, TextModelSpec, is_text_metadata
 
 logger = logging.getLogger(__name__)

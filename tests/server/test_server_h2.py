@@ -179,6 +179,14 @@ def _outputs(answer: bytes) -> tuple[str, dict[str, np.ndarray]]:
     return resp.id, out
 
 
+def _expect_answer(r: dict, rid: str, want: dict, where: str) -> None:
+    """A stream's answer is a success carrying request id ``rid`` and the in-process outputs ``want``."""
+    assert r["status"] == 0, r
+    got_rid, got = _outputs(r["message"])
+    assert got_rid == rid
+    assert_outputs_match(got, want, where)
+
+
 def test_large_request_beyond_the_servers_windows(conn, model):
     """A 1.5 MB request in 16 KiB DATA frames, more than the stream window the server advertised
     (and than the default 64 KiB): sent only as the server's WINDOW_UPDATEs allow."""
@@ -199,11 +207,7 @@ def test_large_request_beyond_the_servers_windows(conn, model):
                   + frame(DATA, 0x1 if end else 0, 1, body[pos:pos + room]))
         pos += room
     assert conn.updates.get(1, 0) > 0  # the stream window was replenished, not just the connection's
-    r = conn.response(1)
-    assert r["status"] == 0, r
-    rid, got = _outputs(r["message"])
-    assert rid == "big"
-    assert_outputs_match(got, want, "large request")
+    _expect_answer(conn.response(1), "big", want, "large request")
 
 
 def test_response_beyond_the_clients_window_waits_for_window_update(server, model):
@@ -245,11 +249,7 @@ def test_many_concurrent_streams_each_get_their_own_answer(conn, model):
         out += conn.call(sid, INFER, wire)
     conn.send(out)
     for sid, want in wants.items():
-        r = conn.response(sid)
-        assert r["status"] == 0, r
-        rid, got = _outputs(r["message"])
-        assert rid == f"r{sid}"
-        assert_outputs_match(got, want, f"stream {sid}")
+        _expect_answer(conn.response(sid), f"r{sid}", want, f"stream {sid}")
 
 
 def test_continuation_padding_priority(conn):

@@ -30,6 +30,8 @@ from server_utils import (  # noqa: E402
     triton_grpc_inputs,
 )
 
+from test_server_h2 import _expect_answer, _outputs  # noqa: E402
+
 SERVICE = "/inference.GRPCInferenceService/"
 
 
@@ -107,12 +109,6 @@ class H2Client:
         self.sock.close()
 
 
-def _outputs(message: bytes) -> tuple[str, dict[str, np.ndarray]]:
-    resp = pb.ModelInferResponse.FromString(message)
-    return resp.id, {t.name: np.frombuffer(raw, np.float32).reshape(list(t.shape))
-                     for t, raw in zip(resp.outputs, resp.raw_output_contents)}
-
-
 def test_h2_client_unary_calls_match_in_process(server, model):
     """Sequential then concurrent calls on one ``h2`` connection: from the second call on, its
     HPACK encoder sends indexed references into the dynamic table it built with the first (and
@@ -127,11 +123,7 @@ def test_h2_client_unary_calls_match_in_process(server, model):
             graphs = random_graphs(rng, int(rng.integers(1, 6)))
             sid = c.start("ModelInfer", pb.infer_request_bytes("gnn", batch_tensors(graphs), f"seq{k}"),
                           [("x-request-tag", f"tag-{k}-" + "z" * k)])
-            r = c.wait(sid)
-            assert r["status"] == 0, r
-            rid, got = _outputs(r["message"])
-            assert rid == f"seq{k}"
-            assert_outputs_match(got, expected_layout(model, graphs), f"sequential call {k}")
+            _expect_answer(c.wait(sid), f"seq{k}", expected_layout(model, graphs), f"sequential call {k}")
         calls = {}
         for k in range(12):  # concurrent, one of them larger than the 1 MiB stream window
             graphs = random_graphs(rng, 1600 if k == 5 else int(rng.integers(1, 8)))
@@ -139,11 +131,7 @@ def test_h2_client_unary_calls_match_in_process(server, model):
             calls[sid] = (f"par{k}", graphs)
         assert len(c.conn.encoder.header_table.dynamic_entries) >= 8  # it did index (and so re-reference) fields
         for sid, (rid_want, graphs) in calls.items():
-            r = c.wait(sid)
-            assert r["status"] == 0, r
-            rid, got = _outputs(r["message"])
-            assert rid == rid_want
-            assert_outputs_match(got, expected_layout(model, graphs), rid_want)
+            _expect_answer(c.wait(sid), rid_want, expected_layout(model, graphs), rid_want)
         bad = c.wait(c.start("ModelInfer", b"\xff\xff not protobuf"))
         assert bad["status"] == 3 and bad["headers"][-1][b"grpc-message"]  # INVALID_ARGUMENT, connection lives on
         assert c.wait(c.start("ServerLive", b""))["status"] == 0
