@@ -31,7 +31,6 @@ import httptools
 from edgemp.runtime.server import core, jsoncodec
 from edgemp.runtime.server.body import BadBodyError
 from edgemp.runtime.server.middleware import BODY_READER, error_answer
-from edgemp.runtime.server.protocol import decode_infer_request
 from edgemp.runtime.server.state import STATE
 from edgemp.runtime.server.v1 import v1_call
 from edgemp.runtime.server.v2 import HttpCall
@@ -197,7 +196,7 @@ class FastPath:
     async def _infer(self, owner: object, served: Any, body: bytes, header_length: str | None, url: bytes) -> bytes:
         """The whole response to one V2 infer request (as :func:`edgemp.runtime.server.v2.infer` answers)."""
         def decode(data: bytes) -> HttpCall:
-            return HttpCall(served, decode_infer_request(data, header_length, served.input_types))
+            return HttpCall(served, served.header_plans.decode(data, header_length, served.input_types))
 
         answer, error = await self._answer(owner, served, body, decode, url)
         if error is not None:

@@ -24,6 +24,7 @@ from edgemp.graph import Graph
 from edgemp.runtime.batch_outputs import BatchSlice
 from edgemp.runtime.batcher import Batcher, RequestTiming
 from edgemp.runtime.model import Model, load
+from edgemp.runtime.server.header_plans import HeaderPlans
 from edgemp.runtime.server.layout import graphs_to_tensors, input_specs, output_specs, tensors_to_graphs
 from edgemp.runtime.server.limits import RequestLimits
 from edgemp.runtime.server.molecules import SMILES_INPUT, takes_smiles
@@ -99,6 +100,7 @@ class ServedModel:
         self.outputs = outputs
         self.input_types = {t.name: t.datatype for t in self.inputs}
         self._input_specs = {t.name: t for t in self.inputs}
+        self.header_plans = HeaderPlans()  # V2 binary headers seen before, decoded once
         self.output_names = [t.name for t in self.outputs]
         self.closed = False
         self._wake_pending = False

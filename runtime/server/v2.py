@@ -12,7 +12,7 @@ from aiohttp import web
 from edgemp.runtime.server import core
 from edgemp.runtime.server.metadata import model_config, model_metadata, server_metadata
 from edgemp.runtime.server.middleware import read_body
-from edgemp.runtime.server.protocol import HEADER_LENGTH, V2Call, decode_infer_request, encode_infer_response
+from edgemp.runtime.server.protocol import HEADER_LENGTH, V2Call, encode_infer_response
 from edgemp.runtime.server.served import ServedModel
 from edgemp.runtime.server.state import STATE, ServerState
 
@@ -86,7 +86,7 @@ async def infer(request: web.Request) -> web.Response:
     header_length = request.headers.get(HEADER_LENGTH)
 
     def decode(body: bytes) -> HttpCall:
-        return HttpCall(served, decode_infer_request(body, header_length, served.input_types))
+        return HttpCall(served, served.header_plans.decode(body, header_length, served.input_types))
 
     payload, json_length = await core.infer(state, served, lambda: read_body(request), decode)
     if json_length is None:
