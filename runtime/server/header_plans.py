@@ -74,7 +74,9 @@ class HeaderPlans:
 
 def _header_bytes(header_length: str | None, body_length: int) -> int:
     """The header's length when this body's header may have a plan, else 0."""
-    if header_length is None or not (0 < len(header_length) <= 4) or not header_length.isdigit():
+    # ASCII digits only: str.isdigit() is also true of "²", which int() refuses.
+    if header_length is None or not (0 < len(header_length) <= 4) or not header_length.isascii() \
+            or not header_length.isdigit():
         return 0
     n = int(header_length)
     return n if 0 < n <= min(MAX_HEADER_BYTES, body_length) else 0
@@ -82,8 +84,8 @@ def _header_bytes(header_length: str | None, body_length: int) -> int:
 
 def _plan_of(header: bytes, binary_bytes: int, request: InferRequest) -> _Plan | None:
     """The plan of a header that just decoded without error; None when it cannot be replayed."""
-    if request.id is not None:
-        return None
+    if request.id is not None or any(a.dtype == object for a in request.inputs.values()):
+        return None  # an id, or BYTES (texts): every header differs, so none is parsed twice
     obj = jsoncodec.loads(header)  # valid: it just decoded
     tensors, offset = [], 0
     for spec in obj["inputs"]:

@@ -21,7 +21,7 @@ from edgemp.runtime.server import loop as event_loop
 from edgemp.runtime.server.app import app_state
 from edgemp.runtime.server.config import ServerConfig
 from edgemp.runtime.server.connections import GuardedAppRunner, quiet_accept_errors
-from edgemp.runtime.server.heap import freeze_startup_heap
+from edgemp.runtime.server.heap import frozen_startup_heap
 from edgemp.runtime.server.middleware import BODY_READER
 
 logger = logging.getLogger(__name__)
@@ -109,9 +109,9 @@ def _on_signal(sig: signal.Signals, stop: asyncio.Event) -> None:
 def run_server(app: web.Application, config: ServerConfig, *, started_at: float | None = None) -> None:
     """Blocking: serve until a signal, drain, return (the CLI then exits 0).
 
-    This process is the server's own, so its start-up heap is frozen (see
-    :mod:`edgemp.runtime.server.heap`); an embedding application that calls
-    :func:`serve_app` keeps its own collector policy.
+    While it serves, every object made before it started is frozen out of the collector's
+    full passes (:mod:`edgemp.runtime.server.heap`), and unfrozen when it returns; an
+    application that runs :func:`serve_app` on its own loop keeps its own collector policy.
     """
-    freeze_startup_heap()
-    event_loop.run(serve_app(app, config, started_at=started_at))
+    with frozen_startup_heap():
+        event_loop.run(serve_app(app, config, started_at=started_at))

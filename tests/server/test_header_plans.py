@@ -2,6 +2,7 @@
 decode, the same error for a bad body, and nothing kept that it should not keep."""
 from __future__ import annotations
 
+import re
 import sys
 
 import numpy as np
@@ -70,3 +71,28 @@ def test_plans_are_bounded_and_keep_no_body_alive():
         del request
         assert sys.getrefcount(body) == before  # no array view of this body stays in a plan
     assert len(plans) <= 4
+
+
+@pytest.mark.parametrize("header_length", ["²", "٣", "+46", " 46", "00046", "x"])
+def test_odd_header_lengths_get_the_full_decode_answer(header_length):
+    plans = HeaderPlans()
+    body, n = _body(4)
+    plans.decode(body, n, TYPES)  # a plan exists for this header
+    try:
+        expected = decode_infer_request(body, header_length, TYPES)
+    except ProtocolError as e:
+        with pytest.raises(ProtocolError, match=re.escape(str(e))):
+            plans.decode(body, header_length, TYPES)
+    else:
+        _same(plans.decode(body, header_length, TYPES), expected)
+
+
+def test_the_server_heap_is_frozen_only_while_it_serves():
+    import gc
+
+    from edgemp.runtime.server.heap import frozen_startup_heap
+
+    before = gc.get_freeze_count()
+    with frozen_startup_heap():
+        assert gc.get_freeze_count() > before
+    assert gc.get_freeze_count() == before
