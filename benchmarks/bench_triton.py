@@ -109,6 +109,13 @@ def _median(runs: list[list[dict]], c: int, key) -> float:
     return statistics.median(key(next(row for row in rnd if row["concurrency"] == c)) for rnd in runs)
 
 
+def _ms(row: dict, percentile: str) -> float:
+    """A level's latency percentile in ms; NaN when no request of it finished inside its window
+    (Triton's python backend can hold every request in flight past a short window)."""
+    value = row["latency"]["percentiles_us"][percentile]
+    return float("nan") if value is None else value / 1e3
+
+
 def _write(args, runs, codes, load_before) -> None:
     import numpy
     import onnxruntime
@@ -121,14 +128,13 @@ def _write(args, runs, codes, load_before) -> None:
     for c in CONCURRENCY:
         for name, rr in (("edgemp serve", e), ("Triton (python backend)", t)):
             gps = _median(rr, c, lambda row: row["graphs_per_s"])
-            p50 = _median(rr, c, lambda row: row["latency"]["percentiles_us"]["p50"] / 1e3)
-            p99 = _median(rr, c, lambda row: row["latency"]["percentiles_us"]["p99"] / 1e3)
+            p50 = _median(rr, c, lambda row: _ms(row, "p50"))
+            p99 = _median(rr, c, lambda row: _ms(row, "p99"))
             mb = _median(rr, c, lambda row: (row.get("server") or {}).get("mean_batch_graphs") or float("nan"))
             errs = sum(next(row for row in rnd if row["concurrency"] == c)["errors"] for rnd in rr)
             lines.append(f"| {c} | {name} | {gps:,.0f} | {p50:.2f} | {p99:.2f} | {mb:.1f} | {errs} |")
         ratios.append((c, _median(t, c, lambda row: row["graphs_per_s"]) / _median(e, c, lambda row: row["graphs_per_s"]),
-                       _median(t, c, lambda row: row["latency"]["percentiles_us"]["p50"])
-                       / _median(e, c, lambda row: row["latency"]["percentiles_us"]["p50"])))
+                       _median(t, c, lambda row: _ms(row, "p50")) / _median(e, c, lambda row: _ms(row, "p50"))))
     lines += ["", "| concurrency | Triton / edgemp graphs/s | Triton / edgemp p50 |", "|---:|---:|---:|"]
     lines += [f"| {c} | {g:.2f}x | {p:.2f}x |" for c, g, p in ratios]
     lines += ["", f"Medians over {args.rounds} interleaved rounds of {args.duration:g} s per level and server "
