@@ -49,6 +49,7 @@ from edgemp.graph import Graph
 from edgemp.graphio import graph_to_json
 from edgemp.bench.local_server import free_port
 from h2_client import RawGrpcClient  # benchmarks/h2_client.py: this script's folder is on sys.path
+import wrk_load  # benchmarks/wrk_load.py
 
 logger = logging.getLogger("bench_server")
 ROOT = Path(__file__).resolve().parents[1]
@@ -385,6 +386,7 @@ def batching(seconds: float, clients: int, tmp: Path, rounds: int = 5) -> list[s
                 elapsed[mode] += run.duration_s
                 lat[mode] += run.latencies_ns.tolist()
         after = {mode: _stats(srv.port) for mode, srv in servers.items()}
+        native = _native_rows(servers, bodies, headers, clients, seconds, tmp) if wrk_load.available() else {}
     finally:
         for srv in servers.values():
             srv.stop()
@@ -418,7 +420,40 @@ def batching(seconds: float, clients: int, tmp: Path, rounds: int = 5) -> list[s
         loop_us, model_us, client_us = loop_ns[mode] / n / 1e3, model_ns[mode] / n / 1e3, client_ns[mode] / n / 1e3
         lines.append(f"| {mode} | {loop_us:.0f} ({1e6 / max(loop_us, 1e-3):.0f}) | {model_us:.0f} | {client_us:.0f} | "
                      f"{clients / rates[mode] * 1e6:.0f} |")
+    if not native:
+        return lines + ["", "(no wrk on PATH: the native load generator rows are skipped; apt-get install wrk)"]
+    lines += ["", f"Same servers, native load generator (benchmarks/wrk_load.py: wrk, 1 thread, {clients} connections, "
+              f"the same bodies, {max(seconds, 1):.0f} s per mode; its ceiling is wrk against /v2/health/ready):", "",
+              "| batching | graphs/s | client ceiling req/s | client-bound | p50 µs | p99 µs | mean batch | "
+              "mean batch compute µs | max-queue-delay + 3 × mean batch compute µs |",
+              "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+    for mode, (res, ceiling, b, a) in native.items():
+        execs = a["execution_count"] - b["execution_count"]
+        mean_batch = (a["inference_count"] - b["inference_count"]) / max(execs, 1)
+        compute_us = _batch_compute_ns(a, b) / max(execs, 1) / 1e3
+        lines.append(f"| {mode} | {res.rate:.0f} | {ceiling:.0f} | {'yes' if res.rate >= 0.8 * ceiling else 'no'} | "
+                     f"{res.p50_us or float('nan'):.0f} | {res.p99_us or float('nan'):.0f} | {mean_batch:.1f} | "
+                     f"{compute_us:.0f} | {3 * compute_us:.0f} |")
+    on, off = native["on (delay 0)"][0].rate, native["off"][0].rate
+    lines += ["", f"batching on / off (wrk): {on / off:.2f}x graphs/s"]
     return lines
+
+
+def _native_rows(servers: dict, bodies: list[bytes], headers: list[dict], clients: int, seconds: float,
+                 tmp: Path) -> dict:
+    """Per mode: (wrk's infer result, its health ceiling, server stats before, after)."""
+    script = wrk_load.write_script(tmp / "wrk", "/v2/models/m/infer", bodies,
+                                   [h["Inference-Header-Content-Length"] for h in headers])
+    rows = {}
+    for mode, srv in servers.items():
+        base = f"http://127.0.0.1:{srv.port}"
+        ceiling = wrk_load.run(f"{base}/v2/health/ready", clients, 2)
+        before = _stats(srv.port)
+        result = wrk_load.run(base, clients, seconds, script)
+        if result.failures:
+            raise SystemExit(f"{base}: wrk saw {result.failures} failed requests")
+        rows[mode] = (result, ceiling.rate, before, _stats(srv.port))
+    return rows
 
 
 def _stats(port: int) -> dict:
