@@ -60,10 +60,16 @@ def run(url: str, connections: int, seconds: float, script: Path | None = None) 
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(seconds, 1):.0f}s", "--latency", url]
     if script is not None:
         cmd[1:1] = ["-s", str(script)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=seconds + 60).stdout
+    return parse(subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=seconds + 60).stdout)
+
+
+def parse(out: str) -> WrkResult:
+    """wrk's ``--latency`` report as a result."""
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     pct = {m.group(1): float(m.group(2)) * _UNITS[m.group(3)]
            for m in re.finditer(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
     failures = sum(int(x) for x in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
-    failures += sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    socket_errors = re.search(r"Socket errors:(.*)$", out, re.M)
+    if socket_errors:
+        failures += sum(int(x) for x in re.findall(r"\d+", socket_errors.group(1)))
     return WrkResult(rate, pct.get("50"), pct.get("99"), failures)
