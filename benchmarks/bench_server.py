@@ -393,21 +393,12 @@ def batching(seconds: float, clients: int, tmp: Path, rounds: int = 5) -> list[s
     lines = [f"model: GIN (hidden 64, 3 rounds, random weights), molecule-sized graphs (10-35 nodes); {clients} "
              f"closed-loop clients, raw keep-alive HTTP, V2 binary, one graph per request; both servers up, measured "
              f"in {rounds} alternating windows of {seconds / rounds:g} s each", "",
-             "| batching | graphs/s | client ceiling req/s | client-bound | p50 µs | p99 µs | mean batch | "
-             "mean batch compute µs | max-queue-delay + 3 × mean batch compute µs |",
-             "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+             *BATCHING_TABLE]
     rates = {}
     for mode in modes:
-        b, a = before[mode], after[mode]
-        execs = a["execution_count"] - b["execution_count"]
-        mean_batch = (a["inference_count"] - b["inference_count"]) / max(execs, 1)
-        compute_us = _batch_compute_ns(a, b) / max(execs, 1) / 1e3
-        rate = done[mode] / elapsed[mode]
-        ceiling = float(np.median(ceilings[mode]))
-        rates[mode] = rate
-        lines.append(f"| {mode} | {rate:.0f} | {ceiling:.0f} | {'yes' if rate >= 0.8 * ceiling else 'no'} | "
-                     f"{pct(lat[mode], 50):.0f} | {pct(lat[mode], 99):.0f} | {mean_batch:.1f} | {compute_us:.0f} | "
-                     f"{3 * compute_us:.0f} |")
+        rates[mode] = done[mode] / elapsed[mode]
+        lines.append(_batching_row(mode, rates[mode], float(np.median(ceilings[mode])), pct(lat[mode], 50),
+                                   pct(lat[mode], 99), before[mode], after[mode]))
     lines.append("")
     lines.append(f"batching on / off: {rates['on (delay 0)'] / rates['off']:.2f}x graphs/s")
     lines += ["", "Where the CPU went during the infer windows (per-thread schedstat; one graph per request), and what "
@@ -424,19 +415,28 @@ def batching(seconds: float, clients: int, tmp: Path, rounds: int = 5) -> list[s
         return lines + ["", "(no wrk on PATH: the native load generator rows are skipped; apt-get install wrk)"]
     lines += ["", f"Same servers, native load generator (benchmarks/wrk_load.py: wrk, 1 thread, {clients} connections, "
               f"the same bodies, {max(seconds, 1):.0f} s per mode; its ceiling is wrk against /v2/health/ready):", "",
-              "| batching | graphs/s | client ceiling req/s | client-bound | p50 µs | p99 µs | mean batch | "
-              "mean batch compute µs | max-queue-delay + 3 × mean batch compute µs |",
-              "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+              *BATCHING_TABLE]
     for mode, (res, ceiling, b, a) in native.items():
-        execs = a["execution_count"] - b["execution_count"]
-        mean_batch = (a["inference_count"] - b["inference_count"]) / max(execs, 1)
-        compute_us = _batch_compute_ns(a, b) / max(execs, 1) / 1e3
-        lines.append(f"| {mode} | {res.rate:.0f} | {ceiling:.0f} | {'yes' if res.rate >= 0.8 * ceiling else 'no'} | "
-                     f"{res.p50_us or float('nan'):.0f} | {res.p99_us or float('nan'):.0f} | {mean_batch:.1f} | "
-                     f"{compute_us:.0f} | {3 * compute_us:.0f} |")
+        nan = float("nan")
+        lines.append(_batching_row(mode, res.rate, ceiling, res.p50_us or nan, res.p99_us or nan, b, a))
     on, off = native["on (delay 0)"][0].rate, native["off"][0].rate
     lines += ["", f"batching on / off (wrk): {on / off:.2f}x graphs/s"]
     return lines
+
+
+BATCHING_TABLE = ["| batching | graphs/s | client ceiling req/s | client-bound | p50 µs | p99 µs | mean batch | "
+                  "mean batch compute µs | max-queue-delay + 3 × mean batch compute µs |",
+                  "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+
+
+def _batching_row(mode: str, rate: float, ceiling: float, p50_us: float, p99_us: float, before: dict,
+                  after: dict) -> str:
+    """One batching cell: the load's figures beside the server's batches between ``before`` and ``after``."""
+    execs = after["execution_count"] - before["execution_count"]
+    mean_batch = (after["inference_count"] - before["inference_count"]) / max(execs, 1)
+    compute_us = _batch_compute_ns(after, before) / max(execs, 1) / 1e3
+    return (f"| {mode} | {rate:.0f} | {ceiling:.0f} | {'yes' if rate >= 0.8 * ceiling else 'no'} | {p50_us:.0f} | "
+            f"{p99_us:.0f} | {mean_batch:.1f} | {compute_us:.0f} | {3 * compute_us:.0f} |")
 
 
 def _native_rows(servers: dict, bodies: list[bytes], headers: list[dict], clients: int, seconds: float,
