@@ -17,8 +17,8 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -75,6 +75,9 @@ class BatchFuture(Future):
 
 # on_complete(outcome, timing): outcome is "success", "failed", "timed_out" or "rejected".
 CompletionHook = Callable[[str, "RequestTiming | None"], None]
+# done(results, error, timing): how a request submitted with submit_callback is answered,
+# on the thread that finished it: (results, None, timing) or (None, error, None).
+Done = Callable[[Optional[list], Optional[BaseException], Optional[RequestTiming]], None]
 # on_batch(items, nodes, compute_ns): once per executed batch, on the thread that ran it.
 BatchHook = Callable[[int, int, int], None]
 
@@ -107,18 +110,27 @@ class BatcherStats:
     recent_batch_nodes: tuple[int, ...] = ()
 
 
-@dataclass(eq=False)
 class _Request:
-    graphs: list[Graph]
-    future: BatchFuture
-    enqueued_ns: int
-    deadline_ns: int | None
-    nodes: int = field(init=False)
-    edges: int = field(init=False)
+    """One queued request: its graphs, and a future or a callback to answer it with."""
 
-    def __post_init__(self) -> None:
-        self.nodes = sum(g.num_nodes for g in self.graphs)
-        self.edges = sum(g.num_edges for g in self.graphs)
+    __slots__ = ("graphs", "future", "done", "enqueued_ns", "deadline_ns", "nodes", "edges")
+
+    def __init__(self, graphs: list[Graph], future: BatchFuture | None, done: Done | None, enqueued_ns: int,
+                 deadline_ns: int | None) -> None:
+        self.graphs = graphs
+        self.future = future
+        self.done = done
+        self.enqueued_ns = enqueued_ns
+        self.deadline_ns = deadline_ns
+        if len(graphs) == 1:  # the common server request: no generator per count
+            self.nodes, self.edges = graphs[0].num_nodes, graphs[0].num_edges
+        else:
+            self.nodes = sum(g.num_nodes for g in graphs)
+            self.edges = sum(g.num_edges for g in graphs)
+
+    def takes_part(self) -> bool:
+        """Mark a future-backed request running; False if its caller cancelled it while queued."""
+        return self.future is None or self.future.set_running_or_notify_cancel()
 
 
 class _Counters:
@@ -172,11 +184,32 @@ class Batcher:
         if not checked:
             future.set_result([])
             return future
+        self._enqueue(checked, future, None, timeout_us, wake)
+        return future
+
+    def submit_callback(self, graphs: Sequence[Graph], done: Done, timeout_us: int | None = None, *,
+                        wake: bool = True) -> None:
+        """As :meth:`submit`, but answered by calling ``done(results, error, timing)`` on the
+        worker's thread instead of through a future: ``(results, None, timing)`` once it ran,
+        ``(None, error, None)`` if it failed or timed out in the queue. Raises as
+        :meth:`submit` does, and then ``done`` is never called.
+
+        For a caller that hands results on by itself (the server, to its event loop): no
+        future, condition or lock per request. ``done`` must be quick and must not raise.
+        """
+        checked = self._admit(graphs)
+        if not checked:
+            done([], None, RequestTiming(0, 0, 0, 0))
+            return
+        self._enqueue(checked, None, done, timeout_us, wake)
+
+    def _enqueue(self, checked: list, future: BatchFuture | None, done: Done | None, timeout_us: int | None,
+                 wake: bool) -> None:
         timeout_us = self.config.default_timeout_us if timeout_us is None else timeout_us
         if timeout_us < 0:
             raise EdgempError(f"timeout_us must be >= 0 (0 = no timeout), got {timeout_us}")
         now = time.perf_counter_ns()
-        req = _Request(checked, future, now, now + timeout_us * 1000 if timeout_us > 0 else None)
+        req = _Request(checked, future, done, now, now + timeout_us * 1000 if timeout_us > 0 else None)
         with self._cond:
             if self._closed:
                 full = "closed"
@@ -196,7 +229,6 @@ class Batcher:
             raise QueueFullError(
                 f"batcher queue is full ({self.config.max_queue_size} requests waiting); retry later"
             )
-        return future
 
     def _admit(self, graphs: Sequence[Graph]) -> list:
         if self._closed:
@@ -373,7 +405,7 @@ class Batcher:
         return self.model.split(self.model.run_batch(batch), batch), batch.num_graphs, batch.num_nodes
 
     def _execute(self, requests: list[_Request]) -> None:
-        requests = [r for r in requests if r.future.set_running_or_notify_cancel()]
+        requests = [r for r in requests if r.takes_part()]
         if not requests:
             return
         start = time.perf_counter_ns()
@@ -390,10 +422,12 @@ class Batcher:
                 self._execute_alone(req)
             return
         compute_ns = time.perf_counter_ns() - start
+        timings = [RequestTiming(start - req.enqueued_ns, compute_ns, size, nodes) for req in requests]
+        self._count_successes(timings)  # one lock for the batch, not one per request
         pos = 0
-        for req in requests:
+        for req, timing in zip(requests, timings):
             k = len(req.graphs)
-            self._finish_ok(req, results[pos : pos + k], RequestTiming(start - req.enqueued_ns, compute_ns, size, nodes))
+            self._answer(req, results[pos : pos + k], timing)
             pos += k
         self._record_batch(size, nodes, compute_ns)
 
@@ -411,28 +445,50 @@ class Batcher:
 
     # -- bookkeeping --------------------------------------------------------------------
     def _count_success(self, timing: RequestTiming) -> None:
+        self._count_successes([timing])
+
+    def _count_successes(self, timings: list[RequestTiming]) -> None:
         with self._cond:
             c = self._counters
-            c.outcomes["success"] += 1
-            c.queue_ns += timing.queue_ns
-            c.queue_count += 1
-            c.compute_ns += timing.compute_ns
-            c.compute_count += 1
-            c.recent["queue"].append(timing.queue_ns)
-            c.recent["compute"].append(timing.compute_ns)
+            c.outcomes["success"] += len(timings)
+            c.queue_count += len(timings)
+            c.compute_count += len(timings)
+            queue, compute = c.recent["queue"], c.recent["compute"]
+            for timing in timings:
+                c.queue_ns += timing.queue_ns
+                c.compute_ns += timing.compute_ns
+                queue.append(timing.queue_ns)
+                compute.append(timing.compute_ns)
 
     def _finish_ok(self, req: _Request, result: list[dict[str, np.ndarray]], timing: RequestTiming) -> None:
         self._count_success(timing)
-        req.future.timing = timing
-        req.future.set_result(result)
+        self._answer(req, result, timing)
+
+    def _answer(self, req: _Request, result: list[dict[str, np.ndarray]], timing: RequestTiming) -> None:
+        """Hand a counted success to its caller."""
+        if req.done is not None:
+            self._call_done(req.done, result, None, timing)
+        else:
+            req.future.timing = timing
+            req.future.set_result(result)
         self._notify("success", timing)
 
     def _finish_error(self, req: _Request, error: BaseException, outcome: str) -> None:
         self._count(outcome)
-        if req.future.done() or (outcome != "failed" and not req.future.set_running_or_notify_cancel()):
-            return  # cancelled by its caller while queued
-        req.future.set_exception(error)
+        if req.done is not None:
+            self._call_done(req.done, None, error, None)
+        else:
+            if req.future.done() or (outcome != "failed" and not req.future.set_running_or_notify_cancel()):
+                return  # cancelled by its caller while queued
+            req.future.set_exception(error)
         self._notify(outcome, None)
+
+    @staticmethod
+    def _call_done(done: Done, result: list | None, error: BaseException | None, timing: RequestTiming | None) -> None:
+        try:
+            done(result, error, timing)
+        except Exception:  # noqa: BLE001 - a caller's callback must never stop the worker
+            logger.exception("batcher completion callback failed")
 
     def _record_batch(self, graphs: int, nodes: int, compute_ns: int) -> None:
         with self._cond:

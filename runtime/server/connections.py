@@ -33,8 +33,6 @@ from aiohttp.web_server import Server
 from edgemp.runtime.server.config import ServerConfig
 
 if TYPE_CHECKING:
-    from typing import Coroutine
-
     from edgemp.runtime.server.fastpath import FastPath
 
 logger = logging.getLogger(__name__)
@@ -214,32 +212,33 @@ class GuardedRequestHandler(RequestHandler):
             handle.cancel()
         self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
 
-    def fast_run(self, answer: "Coroutine[Any, Any, bytes]") -> None:
-        """Serve a fast request that has to wait (an infer): its answer goes out before later bytes are read."""
+    def fast_begin(self) -> None:
+        """A fast request that has to wait (an infer) starts: later bytes wait for its answer."""
         self._fast_busy = True
         # aiohttp sees an idle connection meanwhile: its keep-alive timer must not close it.
         self._next_keepalive_close_time = self._loop.time() + FAST_RUN_KEEPALIVE_S
-        self._loop.create_task(self._serve_fast(answer))
 
-    async def _serve_fast(self, answer: "Coroutine[Any, Any, bytes]") -> None:
-        try:
-            response = await answer
-        except BaseException:
-            if self.transport is not None:  # cannot answer: close rather than leave the client waiting
-                self.transport.close()
-            raise
-        else:
-            # Written in the step the request core finished in: before a drain that waited for
-            # this request can go on to close the connection.
-            self.fast_write(response)
-        finally:
-            self._fast_busy = False
-            pending, self._fast_pending = self._fast_pending, []
-            if self._fast_paused and self.transport is not None:
-                self._fast_paused = False
-                self.transport.resume_reading()
-            if pending and self.transport is not None:
-                self.data_received(b"".join(pending))
+    def fast_finish(self, response: bytes) -> None:
+        """Its answer: written in the callback the request core finished in (before a drain
+        that waited for this request can go on to close the connection), then the bytes
+        that arrived meanwhile are read."""
+        self.fast_write(response)
+        self._fast_done()
+
+    def fast_abort(self) -> None:
+        """It cannot be answered: close rather than leave the client waiting."""
+        if self.transport is not None:
+            self.transport.close()
+        self._fast_done()
+
+    def _fast_done(self) -> None:
+        self._fast_busy = False
+        pending, self._fast_pending = self._fast_pending, []
+        if self._fast_paused and self.transport is not None:
+            self._fast_paused = False
+            self.transport.resume_reading()
+        if pending and self.transport is not None:
+            self.data_received(b"".join(pending))
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_header_timer()

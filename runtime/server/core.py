@@ -8,15 +8,22 @@ decode → run → encode, the queue timeout and the statistics are written once
 
 Decoding and encoding run inline on the event loop for small bodies (microseconds) and in
 a worker thread for large ones, so one big request does not stall everyone else.
+
+The steps come in two shapes, side by side here: :func:`infer`, a coroutine that reads
+the body itself (aiohttp's routes, gRPC), and :func:`start`, plain callbacks for a small
+body already read (the HTTP fast path), which spares each request a task, three
+coroutines and two futures: at 32 clients the event loop's time per request is what
+bounds the tail (benchmarks/results/server.md §0e).
 """
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Awaitable, Callable, Protocol, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Optional, Protocol, Sequence, TypeVar
 
+from edgemp.runtime.batcher import RequestTiming
 from edgemp.runtime.server.served import ServedModel
-from edgemp.runtime.server.state import ServerState
+from edgemp.runtime.server.state import RequestScope, ServerState
 
 T = TypeVar("T")
 P = TypeVar("P", covariant=True)
@@ -61,9 +68,7 @@ async def infer(
         data = body if isinstance(body, (bytes, bytearray, memoryview)) else await body()
         size = len(data)
         call = await offload(state, size, decode, data)
-        timeout = effective_timeout_us(call.timeout_us, served.source.batcher.default_timeout_us,
-                                       state.config.request_timeout_cap_us)
-        scope.input_ns = time.perf_counter_ns() - scope.start_ns
+        timeout = _decoded(state, served, scope, call)
         alone = state.alone if size < state.config.offload_bytes else None
         results, timing = await served.run(call.items, timeout, alone)
         out_start = time.perf_counter_ns()
@@ -71,3 +76,91 @@ async def infer(
         scope.success(len(call.items), timing, time.perf_counter_ns() - out_start)
     return payload
 
+
+def _decoded(state: ServerState, served: ServedModel, scope: RequestScope, call: Call) -> int:
+    """A request is decoded: its input time is taken; its effective queue timeout."""
+    scope.input_ns = time.perf_counter_ns() - scope.start_ns
+    return effective_timeout_us(call.timeout_us, served.source.batcher.default_timeout_us,
+                                state.config.request_timeout_cap_us)
+
+
+# answer(payload, None) once the request ran, or answer(None, error) when it failed.
+Answer = Callable[[Any, Optional[BaseException]], None]
+
+
+def start(state: ServerState, served: ServedModel, data: bytes, decode: Callable[[bytes], Call[T]],
+          answer: Answer) -> None:
+    """:func:`infer` without a coroutine, for a small body already read: ``answer`` is called
+    exactly once on the event loop, with the encoded payload or with the request's error.
+
+    The same steps as :func:`infer` (admission, decode, limits, the lone-request inline
+    run, the batcher, encode, statistics), with no task, coroutine or future per request:
+    the HTTP fast path (:mod:`edgemp.runtime.server.fastpath`) serves each request from
+    two plain callbacks, this one and the batcher's answer. Decoding and encoding run
+    inline, so ``data`` must be under ``offload_bytes`` (larger bodies take :func:`infer`).
+    Must be called on the serving event loop.
+    """
+    try:
+        scope = state.admit(served)
+    except Exception as error:  # noqa: BLE001 - draining: answered, never raised
+        answer(None, error)
+        return
+    _Flight(state, served, scope, answer).begin(data, decode)
+
+
+class _Flight:
+    """One request on :func:`start`'s path, from admission to its one answer."""
+
+    __slots__ = ("state", "served", "scope", "answer", "call", "timeout")
+
+    def __init__(self, state: ServerState, served: ServedModel, scope: RequestScope, answer: Answer) -> None:
+        self.state = state
+        self.served = served
+        self.scope = scope
+        self.answer = answer
+        self.call: Call | None = None
+        self.timeout = 0
+
+    def begin(self, data: bytes, decode: Callable[[bytes], Call]) -> None:
+        try:
+            call = self.call = decode(data)
+            self.timeout = _decoded(self.state, self.served, self.scope, call)
+            self.served.check_limits(call.items)
+            if self.state.alone():
+                # As ServedModel.run: after one loop turn, so requests that arrived together
+                # admit themselves first and batch instead of queueing behind an inline run.
+                asyncio.get_running_loop().call_soon(self.run_alone)
+            else:
+                self.served.queue(call.items, self.timeout, self.finish)
+        except Exception as error:  # noqa: BLE001 - every failure is the request's answer
+            self.fail(error)
+
+    def run_alone(self) -> None:
+        try:
+            if self.state.alone():
+                done = self.served.batcher.run_now(self.call.items)
+                if done is not None:
+                    self.finish(done[0], None, done[1])
+                    return
+            self.served.queue(self.call.items, self.timeout, self.finish)
+        except Exception as error:  # noqa: BLE001
+            self.fail(error)
+
+    def finish(self, results: list | None, error: BaseException | None, timing: RequestTiming | None) -> None:
+        """The batcher's answer (on the loop): encode, account, answer."""
+        if error is not None:
+            self.fail(error)
+            return
+        try:
+            out_start = time.perf_counter_ns()
+            payload = self.call.encode(results)
+            self.scope.success(len(self.call.items), timing, time.perf_counter_ns() - out_start)
+        except Exception as failure:  # noqa: BLE001
+            self.fail(failure)
+            return
+        self.scope.__exit__(None, None, None)
+        self.answer(payload, None)
+
+    def fail(self, error: BaseException) -> None:
+        self.scope.__exit__(type(error), error, None)  # the failure outcome, and out of flight
+        self.answer(None, error)

@@ -24,7 +24,7 @@ import logging
 import time
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import httptools
 
@@ -83,6 +83,38 @@ class _Parsed:
 
     def on_message_complete(self) -> None:
         self.complete = True
+
+
+class _Answer:
+    """The request core's answer to one fast request, written as the HTTP response."""
+
+    __slots__ = ("reader", "owner", "conn", "v2", "url")
+
+    def __init__(self, reader: Any, owner: object, conn: "GuardedRequestHandler", v2: bool, url: bytes) -> None:
+        self.reader = reader
+        self.owner = owner
+        self.conn = conn
+        self.v2 = v2
+        self.url = url
+
+    def __call__(self, payload: Any, error: BaseException | None) -> None:
+        self.reader.release(self.owner)
+        try:
+            if error is not None:  # answered exactly as the middleware answers it
+                status, message = error_answer(error, "POST", self.url.decode("latin-1"))
+                response = _response(status, b"application/json; charset=utf-8", jsoncodec.dumps({"error": message}))
+            elif not self.v2:
+                response = _response(200, b"application/json", payload)
+            elif payload[1] is None:  # a V2 JSON answer
+                response = _response(200, b"application/json", payload[0])
+            else:
+                response = _response(200, b"application/octet-stream", payload[0],
+                                     b"Inference-Header-Content-Length: %d\r\n" % payload[1])
+        except Exception:  # noqa: BLE001 - cannot answer: close rather than leave the client waiting
+            logger.exception("could not write the answer to %s", self.url.decode("latin-1"))
+            self.conn.fast_abort()
+            return
+        self.conn.fast_finish(response)
 
 
 class _Clock:
@@ -164,10 +196,15 @@ class FastPath:
             return False
         if v2:
             header_length = headers.get(b"inference-header-content-length")
-            conn.fast_run(self._infer(owner, served, body,
-                                      None if header_length is None else header_length.decode("latin-1"), parsed.url))
+            hl = None if header_length is None else header_length.decode("latin-1")
+
+            def decode(data: bytes) -> HttpCall:
+                return HttpCall(served, served.header_plans.decode(data, hl, served.input_types))
         else:
-            conn.fast_run(self._predict(owner, served, body, parsed.url))
+            def decode(data: bytes) -> Any:
+                return v1_call(served, data)
+        conn.fast_begin()
+        core.start(self.state, served, body, decode, _Answer(self.reader, owner, conn, v2, parsed.url))
         return True
 
     def _model(self, url: bytes) -> tuple[Any, bool]:
@@ -192,36 +229,6 @@ class FastPath:
 
     def _authorized(self, headers: dict[bytes, bytes]) -> bool:
         return self.expected is None or hmac.compare_digest(headers.get(b"authorization", b""), self.expected)
-
-    async def _infer(self, owner: object, served: Any, body: bytes, header_length: str | None, url: bytes) -> bytes:
-        """The whole response to one V2 infer request (as :func:`edgemp.runtime.server.v2.infer` answers)."""
-        def decode(data: bytes) -> HttpCall:
-            return HttpCall(served, served.header_plans.decode(data, header_length, served.input_types))
-
-        answer, error = await self._answer(owner, served, body, decode, url)
-        if error is not None:
-            return error
-        payload, json_length = answer
-        if json_length is None:
-            return _response(200, b"application/json", payload)
-        return _response(200, b"application/octet-stream", payload,
-                         b"Inference-Header-Content-Length: %d\r\n" % json_length)
-
-    async def _predict(self, owner: object, served: Any, body: bytes, url: bytes) -> bytes:
-        """The whole response to one ``/v1`` predict request (as :func:`edgemp.runtime.server.v1.predict` answers)."""
-        payload, error = await self._answer(owner, served, body, lambda data: v1_call(served, data), url)
-        return error if error is not None else _response(200, b"application/json", payload)
-
-    async def _answer(self, owner: object, served: Any, body: bytes, decode: Callable[[bytes], Any],
-                      url: bytes) -> tuple[Any, bytes | None]:
-        """(the request core's answer, None), or (None, the error response the middleware would give)."""
-        try:
-            return await core.infer(self.state, served, body, decode), None
-        except Exception as e:  # noqa: BLE001 - every failure is answered, as the middleware answers it
-            status, message = error_answer(e, "POST", url.decode("latin-1"))
-            return None, _response(status, b"application/json; charset=utf-8", jsoncodec.dumps({"error": message}))
-        finally:
-            self.reader.release(owner)  # type: ignore[arg-type]
 
 
 # aiohttp internals the fast path steers (its keep-alive timer and request bookkeeping, see

@@ -1,7 +1,8 @@
 """A loaded model behind its own dynamic batcher, as the protocol handlers see it.
 
 :meth:`ServedModel.run` hands a request to the batcher, whose worker thread runs the
-model, and awaits a future of its own that the batcher's result is copied onto, so a
+model, and the batcher's answer comes back on the event loop (a callback for the
+request core's callback path, a future of its own for :meth:`ServedModel.run`), so a
 client that disconnects mid-request cancels only its own wait, never the shared batch.
 Requests queued in one event-loop turn wake the worker once, so they batch together. A
 small request that is alone in the server runs at once on the calling thread instead
@@ -15,14 +16,13 @@ import collections
 import functools
 import logging
 import time
-from concurrent.futures import Future
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from edgemp.graph import Graph
 from edgemp.runtime.batch_outputs import BatchSlice
-from edgemp.runtime.batcher import Batcher, RequestTiming
+from edgemp.runtime.batcher import Batcher, Done, RequestTiming
 from edgemp.runtime.model import Model, load
 from edgemp.runtime.server.header_plans import HeaderPlans
 from edgemp.runtime.server.layout import graphs_to_tensors, input_specs, output_specs, tensors_to_graphs
@@ -36,25 +36,11 @@ from edgemp.runtime.text import text_model_files
 logger = logging.getLogger(__name__)
 
 
-def _transfer(source: Future, target: "asyncio.Future[Any]") -> None:
-    """Copy a batcher result onto the event loop's future (unless its caller gave up waiting)."""
-    if target.done():
-        return
-    if source.cancelled():
-        target.cancel()
-        return
-    error = source.exception()
-    if error is not None:
-        target.set_exception(error)
-    else:
-        target.set_result(source.result())
-
-
 class _Completions:
     """Batcher results handed to the event loop a batch at a time, not one call each.
 
-    The batcher's worker finishes a batch's requests one after another; each finished
-    future is queued here, and only the first of a run schedules a drain on the loop
+    The batcher's worker finishes a batch's requests one after another; each answer is
+    queued here, and only the first of a run schedules a drain on the loop
     (``call_soon_threadsafe``), so a batch of 30 requests costs one loop wake-up and one
     callback, not 30 of each.
     """
@@ -63,12 +49,12 @@ class _Completions:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self._done: collections.deque[tuple[Future, asyncio.Future]] = collections.deque()
+        self._done: collections.deque[tuple[Done, list | None, BaseException | None, Any]] = collections.deque()
         self._scheduled = False
 
-    def add(self, source: Future, target: "asyncio.Future[Any]") -> None:
-        """On the batcher's thread: queue ``source``'s result for ``target``."""
-        self._done.append((source, target))
+    def add(self, answer: Done, results: list | None, error: BaseException | None, timing: Any) -> None:
+        """On the batcher's thread: queue ``answer(results, error, timing)`` for the loop."""
+        self._done.append((answer, results, error, timing))
         if not self._scheduled:  # a drain already scheduled will see this entry
             self._scheduled = True
             self.loop.call_soon_threadsafe(self._drain)
@@ -77,7 +63,11 @@ class _Completions:
         self._scheduled = False  # first: an entry added from now on schedules another drain
         done = self._done
         while done:
-            _transfer(*done.popleft())
+            answer, results, error, timing = done.popleft()
+            try:
+                answer(results, error, timing)
+            except Exception:  # noqa: BLE001 - one caller's failure must not strand the rest of the batch
+                logger.exception("answering a finished request failed")
 
 
 class ServedModel:
@@ -166,26 +156,46 @@ class ServedModel:
         themselves first, so they batch instead of queueing behind an inline run), the
         request runs now on this thread.
         """
-        if self.limits is not None:
-            self.limits.check(items)
+        self.check_limits(items)
         if alone is not None and alone():
             await asyncio.sleep(0)
             if alone():
                 done = self.batcher.run_now(items)
                 if done is not None:
                     return done
-        future = self.batcher.submit(items, timeout_us, wake=False)
+        waiter = asyncio.get_running_loop().create_future()
+
+        def answer(results: list | None, error: BaseException | None, timing: RequestTiming | None) -> None:
+            if waiter.done():  # its caller gave up waiting (a cancelled wait never cancels the batch)
+                return
+            if error is not None:
+                waiter.set_exception(error)
+            else:
+                waiter.set_result((results, timing))
+
+        self.queue(items, timeout_us, answer)
+        return await waiter
+
+    def check_limits(self, items: Sequence) -> None:
+        """RequestTooLargeError (413) past the per-request work limits."""
+        if self.limits is not None:
+            self.limits.check(items)
+
+    def queue(self, items: Sequence, timeout_us: int | None, answer: Done) -> None:
+        """Hand ``items`` to the batcher; ``answer(results, error, timing)`` is called on this
+        event loop once they ran (or failed). Raises at once what :meth:`Batcher.submit` raises.
+
+        Must be called on the serving event loop. The worker is woken once per loop turn,
+        so requests decoded together batch together.
+        """
         loop = asyncio.get_running_loop()
-        if not self._wake_pending:  # one wake-up per event-loop turn: requests decoded together batch together
-            self._wake_pending = True
-            loop.call_soon(self._wake)
         completions = self._completions
         if completions is None or completions.loop is not loop:
             completions = self._completions = _Completions(loop)
-        done = loop.create_future()  # its own future: a cancelled caller cancels this wait, never the batch
-        future.add_done_callback(functools.partial(completions.add, target=done))
-        results = await done
-        return results, future.timing
+        self.batcher.submit_callback(items, functools.partial(completions.add, answer), timeout_us, wake=False)
+        if not self._wake_pending:  # one wake-up per event-loop turn: requests decoded together batch together
+            self._wake_pending = True
+            loop.call_soon(self._wake)
 
     def _wake(self) -> None:
         self._wake_pending = False
