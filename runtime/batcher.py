@@ -23,7 +23,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from edgemp.errors import EdgempError, QueueFullError, RequestTimeoutError, ShuttingDownError
-from edgemp.graph import Graph, collate
+from edgemp.graph import Graph, GraphBatch, collate
 from edgemp.runtime.model import Model
 
 logger = logging.getLogger(__name__)
@@ -113,13 +113,14 @@ class BatcherStats:
 class _Request:
     """One queued request: its graphs, and a future or a callback to answer it with."""
 
-    __slots__ = ("graphs", "future", "done", "enqueued_ns", "deadline_ns", "nodes", "edges")
+    __slots__ = ("graphs", "future", "done", "unchecked", "enqueued_ns", "deadline_ns", "nodes", "edges")
 
     def __init__(self, graphs: list[Graph], future: BatchFuture | None, done: Done | None, enqueued_ns: int,
-                 deadline_ns: int | None) -> None:
+                 deadline_ns: int | None, unchecked: bool = False) -> None:
         self.graphs = graphs
         self.future = future
         self.done = done
+        self.unchecked = unchecked  # validated by the worker, with its batch
         self.enqueued_ns = enqueued_ns
         self.deadline_ns = deadline_ns
         if len(graphs) == 1:  # the common server request: no generator per count
@@ -151,6 +152,8 @@ class Batcher:
     ``on_batch`` once per executed batch. Both must be quick; their exceptions are logged,
     never propagated.
     """
+
+    checks_in_batch = True  # submit_callback(check_in_batch=True) validates graphs in the worker
 
     def __init__(self, model: Model, config: BatcherConfig | None = None, on_complete: CompletionHook | None = None,
                  on_batch: BatchHook | None = None):
@@ -188,15 +191,29 @@ class Batcher:
         return future
 
     def submit_callback(self, graphs: Sequence[Graph], done: Done, timeout_us: int | None = None, *,
-                        wake: bool = True) -> None:
+                        wake: bool = True, check_in_batch: bool = False) -> None:
         """As :meth:`submit`, but answered by calling ``done(results, error, timing)`` on the
         worker's thread instead of through a future: ``(results, None, timing)`` once it ran,
-        ``(None, error, None)`` if it failed or timed out in the queue. Raises as
-        :meth:`submit` does, and then ``done`` is never called.
+        ``(None, error, None)`` if it failed, timed out in the queue or (``check_in_batch``)
+        was malformed. Raises as :meth:`submit` does, and then ``done`` is never called.
 
         For a caller that hands results on by itself (the server, to its event loop): no
         future, condition or lock per request. ``done`` must be quick and must not raise.
+
+        ``check_in_batch`` leaves the graphs' validation to the worker, once over the whole
+        batch (:func:`edgemp.graph.collate_valid`): graph by graph, the checks cost the
+        submitting thread more than the model's own run of a small molecule. A malformed
+        request is then answered with the same :class:`GraphValidationError` through
+        ``done``, and never runs with the others.
         """
+        if check_in_batch and self.checks_in_batch and graphs:
+            if self._closed:
+                self._admit(graphs)  # raises ShuttingDownError
+            try:
+                self._enqueue(list(graphs), None, done, timeout_us, wake, unchecked=True)
+                return
+            except (AttributeError, TypeError, IndexError):  # not even shaped like graphs: the checks name why
+                pass
         checked = self._admit(graphs)
         if not checked:
             done([], None, RequestTiming(0, 0, 0, 0))
@@ -204,12 +221,12 @@ class Batcher:
         self._enqueue(checked, None, done, timeout_us, wake)
 
     def _enqueue(self, checked: list, future: BatchFuture | None, done: Done | None, timeout_us: int | None,
-                 wake: bool) -> None:
+                 wake: bool, unchecked: bool = False) -> None:
         timeout_us = self.config.default_timeout_us if timeout_us is None else timeout_us
         if timeout_us < 0:
             raise EdgempError(f"timeout_us must be >= 0 (0 = no timeout), got {timeout_us}")
         now = time.perf_counter_ns()
-        req = _Request(checked, future, done, now, now + timeout_us * 1000 if timeout_us > 0 else None)
+        req = _Request(checked, future, done, now, now + timeout_us * 1000 if timeout_us > 0 else None, unchecked)
         with self._cond:
             if self._closed:
                 full = "closed"
@@ -396,25 +413,63 @@ class Batcher:
         full = graphs >= cfg.max_batch_graphs or nodes >= cfg.max_batch_nodes or edges >= cfg.max_batch_edges
         return take, full
 
-    def _run_items(self, items: list) -> tuple[list[dict[str, np.ndarray]], int, int]:
-        """Run one batch: per-item outputs, plus its size (items, nodes) for statistics.
+    def _run_items(self, items: list, batch: "GraphBatch | None" = None) -> tuple[list[dict[str, np.ndarray]], int, int]:
+        """Run one batch (``batch``: ``items`` already collated): per-item outputs, plus its
+        size (items, nodes) for statistics.
 
         The one place that knows what an item is; :class:`TextBatcher` runs texts here.
         """
-        batch = collate(items)
+        if batch is None:
+            batch = collate(items)
         return self.model.split(self.model.run_batch(batch), batch), batch.num_graphs, batch.num_nodes
+
+    def _checked(self, requests: list[_Request]) -> tuple[list[_Request], "GraphBatch | None"]:
+        """The batch's requests with their graphs validated (and collated, when all are valid).
+
+        One batch-wide check (:meth:`Model.validated_batch`); if it fails, or the model has
+        none, each unchecked request is checked alone, and a malformed one is answered with
+        its error and left out.
+        """
+        items = [g for r in requests for g in r.graphs]
+        validated_batch = getattr(self.model, "validated_batch", None)
+        try:
+            if validated_batch is None:
+                raise EdgempError("no batch-wide check: check request by request")
+            conformed, batch = validated_batch(items)
+        except EdgempError:
+            kept = []
+            for req in requests:
+                if req.unchecked:
+                    try:
+                        req.graphs = self.model.validate(req.graphs)
+                    except EdgempError as e:
+                        self._finish_error(req, e, "invalid")
+                        continue
+                    req.unchecked = False
+                kept.append(req)
+            return kept, None
+        pos = 0
+        for req in requests:
+            k = len(req.graphs)
+            req.graphs, req.unchecked, pos = conformed[pos : pos + k], False, pos + k
+        return requests, batch
 
     def _execute(self, requests: list[_Request]) -> None:
         requests = [r for r in requests if r.takes_part()]
         if not requests:
             return
         start = time.perf_counter_ns()
-        items = [g for r in requests for g in r.graphs]
+        batch = None
         try:
-            results, size, nodes = self._run_items(items)
+            if any(r.unchecked for r in requests):  # in the batch's compute: it is the batch's collation too
+                requests, batch = self._checked(requests)
+                if not requests:
+                    return
+            items = [g for r in requests for g in r.graphs]
+            results, size, nodes = self._run_items(items, batch)
         except Exception as e:  # noqa: BLE001 - the worker must survive any model failure
             if len(requests) == 1:
-                logger.warning("request of %d item(s) failed: %s", len(items), e)
+                logger.warning("request of %d item(s) failed: %s", len(requests[0].graphs), e)
                 self._finish_error(requests[0], e, "failed")
                 return
             logger.warning("batch of %d requests failed (%s); re-running them one by one", len(requests), e)
@@ -433,6 +488,12 @@ class Batcher:
 
     def _execute_alone(self, req: _Request) -> None:
         start = time.perf_counter_ns()
+        if req.unchecked:  # never run a graph nobody validated
+            try:
+                req.graphs, req.unchecked = self.model.validate(req.graphs), False
+            except EdgempError as e:
+                self._finish_error(req, e, "invalid")
+                return
         try:
             results, size, nodes = self._run_items(req.graphs)
         except Exception as e:  # noqa: BLE001 - isolate the failing request, keep the worker alive

@@ -123,6 +123,14 @@ class Model(InputLayout):
         """
         return self._validated(graphs, want_batch=False)[0]
 
+    def validated_batch(self, graphs: Sequence[Graph]) -> tuple[list[Graph], GraphBatch | None]:
+        """The graphs as they will be fed, and their batch (None for none): :meth:`validate`
+        and :func:`~edgemp.graph.collate` in one pass, the values checked once over the batch.
+
+        Raises :class:`GraphValidationError` naming the first bad graph's index and field.
+        """
+        return self._validated(graphs, want_batch=True)
+
     def _validated(self, graphs: Sequence[Graph], want_batch: bool = True) -> tuple[list[Graph], GraphBatch | None]:
         """The conformed graphs and their batch (None for no graphs, or one graph when not wanted).
 

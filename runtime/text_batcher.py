@@ -36,6 +36,8 @@ class TextBatcher(Batcher):
                  on_complete: CompletionHook | None = None, on_batch: BatchHook | None = None) -> None:
         super().__init__(model, config or TEXT_BATCHER_DEFAULTS, on_complete, on_batch)  # type: ignore[arg-type]
 
-    def _run_items(self, items: list) -> tuple[list, int, int]:
+    checks_in_batch = False  # texts are checked as they are tokenized, at submit
+
+    def _run_items(self, items: list, batch: None = None) -> tuple[list, int, int]:
         """Texts of all merged requests in one length-bucketed run; size = texts, nodes = tokens."""
         return self.model.run_tokenized(items), len(items), sum(t.num_tokens for t in items)  # type: ignore[attr-defined]

@@ -192,7 +192,8 @@ class ServedModel:
         completions = self._completions
         if completions is None or completions.loop is not loop:
             completions = self._completions = _Completions(loop)
-        self.batcher.submit_callback(items, functools.partial(completions.add, answer), timeout_us, wake=False)
+        self.batcher.submit_callback(items, functools.partial(completions.add, answer), timeout_us, wake=False,
+                                     check_in_batch=True)
         if not self._wake_pending:  # one wake-up per event-loop turn: requests decoded together batch together
             self._wake_pending = True
             loop.call_soon(self._wake)

@@ -261,3 +261,110 @@ def test_batch_slices_are_row_views_and_per_graph_dicts(model):
     bad = dict(out, prediction=out["prediction"][:2])
     with pytest.raises(GraphValidationError, match="rows for 5 graphs"):
         model.split(bad, batch)
+
+
+class Answers:
+    """done(results, error, timing) callbacks for submit_callback, collected by request index."""
+
+    def __init__(self, n: int) -> None:
+        self.got: dict[int, tuple] = {}
+        self.calls = 0
+        self.all_in = threading.Event()
+        self.n = n
+        self.lock = threading.Lock()
+
+    def for_request(self, i: int):
+        def done(results, error, timing):
+            with self.lock:
+                self.calls += 1
+                assert i not in self.got, f"request {i} answered twice"
+                self.got[i] = (results, error, timing)
+                if len(self.got) == self.n:
+                    self.all_in.set()
+        return done
+
+
+def test_submit_callback_answers_each_request_once_with_its_own_rows(model):
+    rng = np.random.default_rng(7)
+    requests = [random_graphs(rng, int(rng.integers(1, 4))) for _ in range(300)]
+    answers = Answers(len(requests))
+    with Batcher(model, BatcherConfig(max_batch_graphs=32, max_queue_size=4096)) as b:
+        for i, r in enumerate(requests):
+            b.submit_callback(r, answers.for_request(i), wake=i % 7 == 6)
+        b.wake()
+        assert answers.all_in.wait(30)
+        stats = b.stats()
+    assert answers.calls == len(requests)
+    for i, r in enumerate(requests):
+        results, error, timing = answers.got[i]
+        assert error is None and same(results, model.predict(r)), f"request {i} got someone else's answer"
+        assert timing.compute_ns > 0 and timing.batch_graphs >= len(r)
+    assert stats.succeeded == len(requests) and stats.batches < len(requests)
+
+
+class SlowBatchCheckingModel(SlowModel):
+    """SlowModel with the runtime Model's batch-wide check (the wrapper above has none)."""
+
+    def validated_batch(self, graphs):
+        return self.model.validated_batch(graphs)
+
+
+@pytest.mark.parametrize("wrapper", [SlowBatchCheckingModel, SlowModel], ids=["batch-wide check", "per request"])
+def test_check_in_batch_answers_a_malformed_request_alone_and_runs_the_rest(model, wrapper):
+    """Graphs validated by the worker with their batch: the bad request gets the same error
+    submit() raises, the good ones in its batch still get their own answers."""
+    rng = np.random.default_rng(8)
+    good = [random_graphs(rng, 2) for _ in range(6)]
+    bad_nodes = [random_graph(rng, 3, 2), Graph(x=np.zeros((2, F), np.float32),
+                                                edge_index=np.array([[0, 5], [1, 0]], np.int64))]
+    bad_nan = [Graph(x=np.full((2, F), np.nan, np.float32), edge_index=np.zeros((2, 0), np.int64))]
+    requests = good[:3] + [bad_nodes] + good[3:5] + [bad_nan] + good[5:]
+    slow = wrapper(model)
+    slow.gate.clear()  # hold the worker so every request lands in one batch
+    answers = Answers(len(requests))
+    with Batcher(slow, BatcherConfig(max_batch_graphs=64)) as b:
+        b.submit_callback([random_graph(rng, 3, 2)], lambda *a: None)  # the worker blocks in this batch
+        deadline = time.time() + 5
+        while b.stats().queue_depth and time.time() < deadline:
+            time.sleep(0.001)
+        for i, r in enumerate(requests):
+            b.submit_callback(r, answers.for_request(i), check_in_batch=True)
+        slow.gate.set()
+        assert answers.all_in.wait(30)
+        stats = b.stats()
+    for i, r in enumerate(requests):
+        results, error, _ = answers.got[i]
+        if r is bad_nodes:
+            assert results is None and isinstance(error, GraphValidationError)
+            assert "graph 1: edge_index holds node 5 but the graph has 2 nodes" in str(error)
+        elif r is bad_nan:
+            assert results is None and isinstance(error, GraphValidationError) and "NaN" in str(error)
+        else:
+            assert error is None and same(results, model.predict(r)), f"request {i} got someone else's answer"
+    assert stats.invalid == 2 and stats.succeeded == len(good) + 1
+    assert slow.batch_sizes[1] == sum(len(r) for r in good), "the good requests did not run as one batch"
+
+
+def test_check_in_batch_request_is_validated_even_when_its_batch_fails(model):
+    """A batch that fails re-runs its requests one by one; an unchecked one is validated first."""
+    rng = np.random.default_rng(9)
+    poison = random_graph(rng, 7, 2)
+    bad = [Graph(x=np.zeros((3, F), np.float32), edge_index=np.array([[0], [9]], np.int64))]
+    ok = [random_graph(rng, 3, 2)]
+    slow = SlowBatchCheckingModel(model, poison_nodes=7)
+    answers = Answers(3)
+    with Batcher(slow, BatcherConfig(max_batch_graphs=64)) as b:
+        for i, r in enumerate([[poison], bad, ok]):
+            b.submit_callback(r, answers.for_request(i), wake=False, check_in_batch=True)
+        b.wake()
+        assert answers.all_in.wait(30)
+    assert isinstance(answers.got[0][1], RuntimeError)
+    assert isinstance(answers.got[1][1], GraphValidationError)
+    assert answers.got[2][1] is None and same(answers.got[2][0], model.predict(ok))
+
+
+def test_check_in_batch_not_a_graph_raises_at_submit(model):
+    with Batcher(model) as b:
+        with pytest.raises(GraphValidationError, match="expected an edgemp Graph"):
+            b.submit_callback(["not a graph"], lambda *a: None, check_in_batch=True)
+        assert b.stats().invalid == 1
