@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 HEALTH = {b"/v2/health/live": False, b"/v2/health/ready": True}  # path -> answers readiness
 _PREFIXES = (b"GET /v2/health/", b"POST /v2/models/", b"POST /v1/models/")
 _REFUSING = frozenset({b"content-encoding", b"transfer-encoding", b"expect", b"upgrade"})
+MAX_ROUTE_HEAD = 2048  # bytes of request line + headers; longer heads are parsed every time
+MAX_ROUTES = 1024  # heads kept per server: clients x distinct body lengths
 
 
 class _Parsed:
@@ -85,17 +87,47 @@ class _Parsed:
         self.complete = True
 
 
+class _Route:
+    """What a fast POST's head decided (model, protocol, body length), kept by its exact bytes.
+
+    A keep-alive client sends the same head for every request of the same size: the same
+    request line, headers, token and ``Content-Length``. Everything the checks of
+    :meth:`FastPath.take` read from a head is a function of its bytes (the models and the
+    token are fixed for the server's life), so a head that passed them once passes them
+    again: a later request with the same head and a body of that length skips the HTTP
+    parse and the checks (~5 µs of the event loop's ~45 per request at 32 clients). Only
+    draining, the buffer's room and the body itself are looked at again.
+    """
+
+    __slots__ = ("served", "v2", "header_length", "length", "url", "decode")
+
+    def __init__(self, served: Any, v2: bool, header_length: str | None, length: int, url: bytes) -> None:
+        self.served = served
+        self.v2 = v2
+        self.header_length = header_length
+        self.length = length
+        self.url = url
+        self.decode = self._decode_v2 if v2 else self._decode_v1
+
+    def _decode_v2(self, data: bytes) -> HttpCall:
+        served = self.served
+        return HttpCall(served, served.header_plans.decode(data, self.header_length, served.input_types))
+
+    def _decode_v1(self, data: bytes) -> Any:
+        return v1_call(self.served, data)
+
+
 class _Answer:
     """The request core's answer to one fast request, written as the HTTP response."""
 
     __slots__ = ("reader", "owner", "conn", "v2", "url")
 
-    def __init__(self, reader: Any, owner: object, conn: "GuardedRequestHandler", v2: bool, url: bytes) -> None:
+    def __init__(self, reader: Any, owner: object, conn: "GuardedRequestHandler", route: _Route) -> None:
         self.reader = reader
         self.owner = owner
         self.conn = conn
-        self.v2 = v2
-        self.url = url
+        self.v2 = route.v2
+        self.url = route.url
 
     def __call__(self, payload: Any, error: BaseException | None) -> None:
         self.reader.release(self.owner)
@@ -153,11 +185,21 @@ class FastPath:
         token = self.state.config.auth_token
         self.expected = None if token is None else f"Bearer {token}".encode()
         self.max_length = min(self.reader.max_body_bytes, self.state.config.offload_bytes - 1)
+        self._routes: dict[bytes, _Route] = {}  # a fast POST's head bytes -> what it decided
 
     def take(self, conn: "GuardedRequestHandler", data: bytes) -> bool:
         """Serve ``data`` here if it is one whole fast request; False leaves it to aiohttp."""
         if not data.startswith(_PREFIXES):  # other routes are aiohttp's: do not parse them twice
             return False
+        end = data.find(b"\r\n\r\n", 0, MAX_ROUTE_HEAD)
+        if end > 0:
+            route = self._routes.get(data[:end + 4])
+            if route is not None and len(data) - end - 4 == route.length and not self.state.draining:
+                return self._serve(conn, route, data[end + 4:])
+        return self._take_parsed(conn, data)
+
+    def _take_parsed(self, conn: "GuardedRequestHandler", data: bytes) -> bool:
+        """:meth:`take` for a request whose head is not a known route: parsed and checked in full."""
         parsed = _Parsed()
         parser = parsed.parser
         try:
@@ -189,22 +231,25 @@ class FastPath:
         body = b"".join(parsed.body)
         if length is None or not length.isdigit() or int(length) != len(body) or len(body) > self.max_length:
             return False
+        header_length = headers.get(b"inference-header-content-length") if v2 else None
+        route = _Route(served, v2, None if header_length is None else header_length.decode("latin-1"),
+                       len(body), parsed.url)
+        head = data[:len(data) - len(body)]
+        if len(head) <= MAX_ROUTE_HEAD:
+            if len(self._routes) >= MAX_ROUTES:
+                del self._routes[next(iter(self._routes))]  # the oldest goes
+            self._routes[head] = route
+        return self._serve(conn, route, body)
+
+    def _serve(self, conn: "GuardedRequestHandler", route: "_Route", body: bytes) -> bool:
+        """Start a POST the checks let through; False (aiohttp answers) if the buffer is full."""
         owner = object()  # the body's bytes count against max_buffered_bytes until it is answered
         try:
             self.reader.hold(owner, len(body))
         except BadBodyError:  # the buffer is full: aiohttp's path gives the 503
             return False
-        if v2:
-            header_length = headers.get(b"inference-header-content-length")
-            hl = None if header_length is None else header_length.decode("latin-1")
-
-            def decode(data: bytes) -> HttpCall:
-                return HttpCall(served, served.header_plans.decode(data, hl, served.input_types))
-        else:
-            def decode(data: bytes) -> Any:
-                return v1_call(served, data)
         conn.fast_begin()
-        core.start(self.state, served, body, decode, _Answer(self.reader, owner, conn, v2, parsed.url))
+        core.start(self.state, route.served, body, route.decode, _Answer(self.reader, owner, conn, route))
         return True
 
     def _model(self, url: bytes) -> tuple[Any, bool]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -230,3 +231,66 @@ def test_a_fast_request_leaves_no_garbage_cycles(server, gnn):
     finally:
         sock.close()
     assert unreachable < 40, f"{unreachable} objects in reference cycles after 200 requests"
+
+
+def same_size_graphs(seed: int, count: int):
+    """``count`` one-graph requests of the same node and edge counts but different values:
+    equal V2 headers, equal HTTP heads, different answers."""
+    from edgemp.graph import Graph
+
+    rng = np.random.default_rng(seed)
+    base = random_graphs(rng, 1, max_nodes=9)[0]
+    return [[Graph(x=rng.standard_normal(base.x.shape).astype(np.float32), edge_index=base.edge_index,
+                   edge_attr=None if base.edge_attr is None
+                   else rng.standard_normal(base.edge_attr.shape).astype(np.float32))] for _ in range(count)]
+
+
+def test_a_known_head_still_answers_each_body_with_its_own_answer(server, gnn):
+    """Requests with the same head (same size: same headers and Content-Length) skip the HTTP
+    parse after the first; each is still answered from its own body, singly or pipelined."""
+    requests = same_size_graphs(21, 6)
+    wires = []
+    for graphs in requests:
+        body, header_length = v2_binary_body(batch_tensors(graphs))
+        wires.append(wire("POST", "/v2/models/gnn/infer", body, {"Inference-Header-Content-Length": str(header_length)}))
+    assert len({w[: w.index(b"\r\n\r\n")] for w in wires}) == 1, "the heads should be byte-identical"
+    answers = exchange(server.port, wires[0]) + exchange(server.port, wires[1]) + exchange(server.port, *wires[2:])
+    for i, (graphs, (status, headers, body)) in enumerate(zip(requests, answers)):
+        # one request per read: the fast path; pipelined in one write: not one request, so aiohttp
+        assert status == 200 and (headers["server"] == "edgemp") == (i < 2)
+        _, outputs = decode_v2_response(body, headers.get("inference-header-content-length"))
+        assert_outputs_match(outputs, expected_layout(gnn, graphs), "known head")
+    # The same head with a body one byte short is not that request: aiohttp waits for the rest
+    # and answers the completed request, the fast path having taken nothing.
+    head, body = wires[0].split(b"\r\n\r\n", 1)
+    sock = raw_socket(server.port)
+    try:
+        buf = bytearray()
+        sock.sendall(head + b"\r\n\r\n" + body[:-1])
+        sock.sendall(body[-1:])
+        status, headers, answer = read_response(sock, buf)
+    finally:
+        sock.close()
+    assert status == 200
+    _, outputs = decode_v2_response(answer, headers.get("inference-header-content-length"))
+    assert_outputs_match(outputs, expected_layout(gnn, requests[0]), "split body")
+
+
+def test_a_known_head_is_refused_while_draining(repo):
+    """Draining is checked on every request, not only when a head is first seen."""
+    srv = start_thread_server(repo, ServerConfig(port=0, access_log=False))
+    try:
+        (graphs,) = same_size_graphs(22, 1)
+        body, header_length = v2_binary_body(batch_tensors(graphs))
+        request = wire("POST", "/v2/models/gnn/infer", body, {"Inference-Header-Content-Length": str(header_length)})
+        assert exchange(srv.port, request)[0][0] == 200
+        from edgemp.runtime.server.state import STATE
+
+        srv.loop.call_soon_threadsafe(srv.app[STATE].begin_drain)
+        deadline = time.time() + 5
+        while not srv.app[STATE].draining and time.time() < deadline:
+            time.sleep(0.01)
+        (status, _, answer), = exchange(srv.port, request)
+        assert status == 503 and "shutting down" in json.loads(answer)["error"]
+    finally:
+        srv.close()
