@@ -13,7 +13,7 @@ bad body — takes the full decode, whose errors stay the one answer for bad req
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,18 +27,20 @@ MAX_PLANS = 512  # per model: distinct (nodes, edges) sizes of the graphs a clie
 
 @dataclass(frozen=True)
 class _Plan:
-    tensors: tuple[tuple[str, np.dtype, int, int, tuple[int, ...]], ...]  # name, dtype, count, offset, shape
+    tensors: tuple[tuple[str, np.dtype, int, tuple[int, ...]], ...]  # name, dtype, offset, shape
     binary_bytes: int
     # The header's request-level fields (shared, read-only); never its arrays, which would
     # keep the first body alive.
     parameters: dict[str, Any]
     outputs: list[RequestedOutput] | None
     binary_default: bool
+    # What the served model decided once for this header's requests (InferRequest.memo).
+    memo: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def decode(self, body: bytes, header_bytes: int) -> InferRequest:
-        inputs = {name: np.frombuffer(body, dtype, count, header_bytes + offset).reshape(shape)
-                  for name, dtype, count, offset, shape in self.tensors}
-        return InferRequest(inputs, None, self.parameters, self.outputs, self.binary_default)
+        inputs = {name: np.ndarray(shape, dtype, body, header_bytes + offset)  # a read-only view
+                  for name, dtype, offset, shape in self.tensors}
+        return InferRequest(inputs, None, self.parameters, self.outputs, self.binary_default, self.memo)
 
 
 class HeaderPlans:
@@ -95,7 +97,7 @@ def _plan_of(header: bytes, binary_bytes: int, request: InferRequest) -> _Plan |
             return None
         dtype = DTYPES[spec["datatype"]]
         shape = tuple(spec["shape"])
-        tensors.append((spec["name"], dtype, size // dtype.itemsize, offset, shape))
+        tensors.append((spec["name"], dtype, offset, shape))
         offset += size
     if offset != binary_bytes:
         return None

@@ -60,6 +60,9 @@ class InferRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
     outputs: list[RequestedOutput] | None = None
     binary_default: bool = False  # request-level binary_data_output
+    # Decoded through a header plan (runtime/server/header_plans.py): what was decided once
+    # for every request with this header (its shapes, wanted outputs); None otherwise.
+    memo: dict[str, Any] | None = None
 
     @property
     def timeout_us(self) -> int | None:
@@ -428,8 +431,16 @@ class V2Call:
     def __init__(self, served: "ServedModel", request: InferRequest) -> None:
         self.served = served
         self.request = request
-        self.items = served.to_items(request.inputs)
-        self.wanted = wanted_outputs(request, served.output_names)
+        memo = request.memo
+        if memo is None:
+            self.items = served.to_items(request.inputs)
+            self.wanted = wanted_outputs(request, served.output_names)
+        else:  # same header, same shapes and wanted outputs: checked once, kept in the plan's memo
+            self.items = served.to_items(request.inputs, memo)
+            wanted = memo.get("wanted")
+            if wanted is None:
+                wanted = memo["wanted"] = wanted_outputs(request, served.output_names)
+            self.wanted = wanted
         self.timeout_us = request.timeout_us
 
     def outputs(self, results: list) -> list[tuple[str, np.ndarray, bool]]:

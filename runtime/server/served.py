@@ -25,7 +25,14 @@ from edgemp.runtime.batch_outputs import BatchSlice
 from edgemp.runtime.batcher import Batcher, Done, RequestTiming
 from edgemp.runtime.model import Model, load
 from edgemp.runtime.server.header_plans import HeaderPlans
-from edgemp.runtime.server.layout import graphs_to_tensors, input_specs, output_specs, tensors_to_graphs
+from edgemp.runtime.server.layout import (
+    graphs_to_tensors,
+    input_specs,
+    one_graph,
+    output_specs,
+    takes_one_graph_path,
+    tensors_to_graphs,
+)
 from edgemp.runtime.server.limits import RequestLimits
 from edgemp.runtime.server.molecules import SMILES_INPUT, takes_smiles
 from edgemp.runtime.server.molecules import tensor_to_graphs as smiles_tensor_to_graphs
@@ -134,11 +141,21 @@ class ServedModel:
             facts["edgemp_featurizer"] = self.spec.model.featurizer
         return facts
 
-    def to_items(self, tensors: dict[str, np.ndarray]) -> list:
-        """A V2 request's input tensors as what the batcher takes (graphs; texts for a text model)."""
+    def to_items(self, tensors: dict[str, np.ndarray], memo: dict[str, Any] | None = None) -> list:
+        """A V2 request's input tensors as what the batcher takes (graphs; texts for a text model).
+
+        ``memo`` is the request's header plan's (:class:`InferRequest.memo`): every request with
+        that header has the same tensor shapes, so once one has passed the shape checks as a
+        one-graph request, later ones only have their values checked.
+        """
         if SMILES_INPUT in tensors:
             return smiles_tensor_to_graphs(tensors, self.spec)
-        return tensors_to_graphs(tensors, self.spec, self._input_specs)
+        if memo is not None and memo.get("one_graph"):
+            return [one_graph(tensors)]
+        graphs = tensors_to_graphs(tensors, self.spec, self._input_specs)
+        if memo is not None and takes_one_graph_path(tensors, self.spec):
+            memo["one_graph"] = True
+        return graphs
 
     def to_tensors(self, results: list, names: Sequence[str]) -> dict[str, np.ndarray]:
         """Per-item results back as the V2 output tensors ``names``."""

@@ -71,7 +71,7 @@ class TextServedModel(ServedModel):
                 "edgemp_max_length": str(s.max_length), "edgemp_pooling": s.pooling,  # type: ignore[attr-defined]
                 "edgemp_labels": ",".join(s.labels)}  # type: ignore[attr-defined]
 
-    def to_items(self, tensors: dict[str, np.ndarray]) -> list:
+    def to_items(self, tensors: dict[str, np.ndarray], memo: dict | None = None) -> list:
         """The V2 ``text`` tensor (``[n]`` or ``[n, 1]``) as a list of texts."""
         arr = tensors.get(TEXT_INPUT)
         if arr is None:

@@ -96,3 +96,59 @@ def test_the_server_heap_is_frozen_only_while_it_serves():
     with frozen_startup_heap():
         assert gc.get_freeze_count() > before
     assert gc.get_freeze_count() == before
+
+
+@pytest.fixture(scope="module")
+def served(model_path):
+    from edgemp.runtime.batcher import BatcherConfig
+    from edgemp.runtime.server import discover
+    from edgemp.runtime.server.served import ServedModel
+
+    s = ServedModel.load(discover(model_path, BatcherConfig(), name="gnn")[0])
+    yield s
+    s.close()
+
+
+def _tampered(tensors: dict, field: str) -> dict:
+    out = {k: v.copy() for k, v in tensors.items()}
+    if field == "node_graph":
+        out["node_graph"][-1] = 1  # one graph: every entry must be 0
+    elif field == "graph_node_counts":
+        out["graph_node_counts"][0] += 1  # no longer the node count
+    else:
+        out["edge_index"][0, 0] = 10_000  # out of range: found by the batch-wide check, not here
+    return out
+
+
+@pytest.mark.parametrize("field", ["node_graph", "graph_node_counts", "edge_index"])
+def test_a_plans_later_request_has_its_values_checked_like_the_first(served, field):
+    """The shape checks of a one-graph request are done once per header; its values are
+    checked on every request, with the full path's error."""
+    from edgemp.runtime.server.v2 import HttpCall
+
+    served.header_plans = HeaderPlans()  # this case's plans only
+    rng = np.random.default_rng(31)
+    graphs = random_graphs(rng, 1, max_nodes=9)
+    while graphs[0].edge_index.shape[1] == 0:
+        graphs = random_graphs(rng, 1, max_nodes=9)
+    tensors = batch_tensors(graphs)
+    good, n = v2_binary_body(tensors)
+    assert HttpCall(served, served.header_plans.decode(good, str(n), served.input_types)).request.memo is None
+    first = HttpCall(served, served.header_plans.decode(good, str(n), served.input_types))  # through the plan
+    assert first.request.memo is not None and first.request.memo.get("one_graph")
+    bad, n_bad = v2_binary_body(_tampered(tensors, field))
+    assert bad[:n_bad] == good[:n]  # the same header: decoded through the plan
+    planned = served.header_plans.decode(bad, str(n_bad), served.input_types)
+    assert planned.memo is first.request.memo
+    full = decode_infer_request(bad, str(n_bad), served.input_types)
+    assert full.memo is None
+    if field == "edge_index":  # values the batcher's batch-wide validation judges, for both paths alike
+        assert HttpCall(served, planned).items[0].edge_index[0, 0] == 10_000
+        return
+    with pytest.raises(ProtocolError) as through_plan:
+        HttpCall(served, planned)
+    with pytest.raises(ProtocolError) as through_full:
+        HttpCall(served, full)
+    assert str(through_plan.value) == str(through_full.value)
+    again = HttpCall(served, served.header_plans.decode(good, str(n), served.input_types))
+    assert np.array_equal(again.items[0].x, graphs[0].x)
