@@ -134,9 +134,18 @@ class BodyReader:
             self.held.pop(id(request), None)
 
     def hold(self, owner: object, nbytes: int) -> None:
-        """Count a body already read (by the fast path) against ``max_buffered_bytes`` until
-        :meth:`release` (BufferFullError past it)."""
+        """Count a body already read (by the gRPC listener) against ``max_buffered_bytes``
+        until :meth:`release` of ``owner`` (BufferFullError past it)."""
         self._hold(owner, nbytes)  # type: ignore[arg-type]
+
+    def hold_bytes(self, nbytes: int) -> None:
+        """Count a body already read (by the fast path) against ``max_buffered_bytes`` until
+        :meth:`release_bytes` gives the same count back (BufferFullError past it)."""
+        self._check_room(nbytes)
+        self.buffered += nbytes
+
+    def release_bytes(self, nbytes: int) -> None:
+        self.buffered -= nbytes
 
     def release(self, request: web.Request) -> None:
         """Forget the bytes ``request`` held (its handler has finished)."""

@@ -120,17 +120,17 @@ class _Route:
 class _Answer:
     """The request core's answer to one fast request, written as the HTTP response."""
 
-    __slots__ = ("reader", "owner", "conn", "v2", "url")
+    __slots__ = ("reader", "held", "conn", "v2", "url")
 
-    def __init__(self, reader: Any, owner: object, conn: "GuardedRequestHandler", route: _Route) -> None:
+    def __init__(self, reader: Any, held: int, conn: "GuardedRequestHandler", route: _Route) -> None:
         self.reader = reader
-        self.owner = owner
+        self.held = held
         self.conn = conn
         self.v2 = route.v2
         self.url = route.url
 
     def __call__(self, payload: Any, error: BaseException | None) -> None:
-        self.reader.release(self.owner)
+        self.reader.release_bytes(self.held)
         try:
             if error is not None:  # answered exactly as the middleware answers it
                 status, message = error_answer(error, "POST", self.url.decode("latin-1"))
@@ -140,8 +140,7 @@ class _Answer:
             elif payload[1] is None:  # a V2 JSON answer
                 response = _response(200, b"application/json", payload[0])
             else:
-                response = _response(200, b"application/octet-stream", payload[0],
-                                     b"Inference-Header-Content-Length: %d\r\n" % payload[1])
+                response = _response(200, b"application/octet-stream", payload[0], payload[1])
         except Exception:  # noqa: BLE001 - cannot answer: close rather than leave the client waiting
             logger.exception("could not write the answer to %s", self.url.decode("latin-1"))
             self.conn.fast_abort()
@@ -168,12 +167,25 @@ class _Clock:
 _CLOCK = _Clock()
 
 
-def _response(status: int, content_type: bytes | None, body: bytes, extra: bytes = b"") -> bytes:
-    head = b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode())
-    if content_type is not None:
-        head += b"Content-Type: " + content_type + b"\r\n"
-    return (head + extra + b"Content-Length: %d\r\nDate: %s\r\nServer: edgemp\r\n\r\n"
-            % (len(body), _CLOCK.date()) + body)
+_HEADS: dict[tuple, bytes] = {}  # (status, content type, header length, body length) -> head up to the Date
+MAX_HEADS = 4096  # answers of a few sizes per model: a few dozen in practice
+
+
+def _response(status: int, content_type: bytes | None, body: bytes, json_length: int | None = None) -> bytes:
+    """The whole HTTP/1.1 response; ``json_length`` is a V2 binary answer's JSON header length."""
+    key = (status, content_type, json_length, len(body))
+    head = _HEADS.get(key)
+    if head is None:
+        head = b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode())
+        if content_type is not None:
+            head += b"Content-Type: " + content_type + b"\r\n"
+        if json_length is not None:
+            head += b"Inference-Header-Content-Length: %d\r\n" % json_length
+        head += b"Content-Length: %d\r\nDate: " % len(body)
+        if len(_HEADS) >= MAX_HEADS:
+            _HEADS.clear()
+        _HEADS[key] = head
+    return b"".join((head, _CLOCK.date(), b"\r\nServer: edgemp\r\n\r\n", body))
 
 
 class FastPath:
@@ -243,13 +255,12 @@ class FastPath:
 
     def _serve(self, conn: "GuardedRequestHandler", route: "_Route", body: bytes) -> bool:
         """Start a POST the checks let through; False (aiohttp answers) if the buffer is full."""
-        owner = object()  # the body's bytes count against max_buffered_bytes until it is answered
-        try:
-            self.reader.hold(owner, len(body))
+        try:  # the body's bytes count against max_buffered_bytes until it is answered
+            self.reader.hold_bytes(len(body))
         except BadBodyError:  # the buffer is full: aiohttp's path gives the 503
             return False
         conn.fast_begin()
-        core.start(self.state, route.served, body, route.decode, _Answer(self.reader, owner, conn, route))
+        core.start(self.state, route.served, body, route.decode, _Answer(self.reader, len(body), conn, route))
         return True
 
     def _model(self, url: bytes) -> tuple[Any, bool]:

@@ -382,6 +382,40 @@ def encode_infer_response(
     return b"".join([header, *blobs]), len(header)
 
 
+MAX_MEMO_HEADERS = 16  # response headers kept per header plan (one per output shape set)
+
+
+def encode_planned_response(
+    memo: dict[str, Any],
+    model_name: str,
+    model_version: str,
+    request: InferRequest,
+    outputs: list[tuple[str, np.ndarray, bool]],
+) -> tuple[bytes, int | None]:
+    """:func:`encode_infer_response` for a request decoded through a header plan, whose
+    response JSON header is kept in the plan's ``memo`` once made.
+
+    Such a request has no ``id`` and the same wanted outputs as its plan's others, so its
+    JSON header is a function of the output arrays' shapes and dtypes alone, and is reused
+    whenever they match. Outputs in JSON (not binary) carry their values in the header:
+    those are encoded in full.
+    """
+    if request.id is not None or not all(binary for _, _, binary in outputs):
+        return encode_infer_response(model_name, model_version, request, outputs)
+    arrays = [np.ascontiguousarray(v, dtype=np.float32 if v.dtype.kind == "f" else np.int64) for _, v, _ in outputs]
+    key = tuple((a.shape, a.dtype.char) for a in arrays)
+    headers = memo.get("response_headers")
+    if headers is None:
+        headers = memo["response_headers"] = {}
+    header = headers.get(key)
+    if header is None:
+        payload, length = encode_infer_response(model_name, model_version, request, outputs)
+        if len(headers) < MAX_MEMO_HEADERS:
+            headers[key] = payload[:length]
+        return payload, length
+    return b"".join([header, *arrays]), len(header)
+
+
 def parse_v1_body(body: bytes, key: str, example: str) -> tuple[list, int | None, str | None]:
     """The /v1 predict envelope ``{key: [...], "timeout_us"?: int, "id"?: str}``.
 

@@ -12,7 +12,7 @@ from aiohttp import web
 from edgemp.runtime.server import core
 from edgemp.runtime.server.metadata import model_config, model_metadata, server_metadata
 from edgemp.runtime.server.middleware import read_body
-from edgemp.runtime.server.protocol import HEADER_LENGTH, V2Call, encode_infer_response
+from edgemp.runtime.server.protocol import HEADER_LENGTH, V2Call, encode_infer_response, encode_planned_response
 from edgemp.runtime.server.served import ServedModel
 from edgemp.runtime.server.state import STATE, ServerState
 
@@ -77,7 +77,10 @@ class HttpCall(V2Call):
     __slots__ = ()
 
     def encode(self, results: list) -> tuple[bytes, int | None]:
-        return encode_infer_response(self.served.name, self.served.version, self.request, self.outputs(results))
+        served, request = self.served, self.request
+        if request.memo is not None:  # decoded through a header plan: its response header is kept too
+            return encode_planned_response(request.memo, served.name, served.version, request, self.outputs(results))
+        return encode_infer_response(served.name, served.version, request, self.outputs(results))
 
 
 async def infer(request: web.Request) -> web.Response:

@@ -152,3 +152,28 @@ def test_a_plans_later_request_has_its_values_checked_like_the_first(served, fie
     assert str(through_plan.value) == str(through_full.value)
     again = HttpCall(served, served.header_plans.decode(good, str(n), served.input_types))
     assert np.array_equal(again.items[0].x, graphs[0].x)
+
+
+def test_a_plans_kept_response_header_gives_the_full_encode_bytes(served):
+    """The response JSON header kept per plan is reused only for outputs of the same shapes:
+    each answer is byte for byte what the full encode gives, for every body of the plan."""
+    from edgemp.runtime.server.protocol import encode_infer_response
+    from edgemp.runtime.server.v2 import HttpCall
+
+    served.header_plans = HeaderPlans()
+    rng = np.random.default_rng(41)
+    base = random_graphs(rng, 1, max_nodes=8)[0]
+    answers = []
+    for i in range(4):
+        g = type(base)(x=rng.standard_normal(base.x.shape).astype(np.float32), edge_index=base.edge_index,
+                       edge_attr=base.edge_attr)
+        body, n = v2_binary_body(batch_tensors([g]))
+        call = HttpCall(served, served.header_plans.decode(body, str(n), served.input_types))
+        assert (call.request.memo is not None) == (i > 0)  # the first decode makes the plan
+        results = served.model.predict(call.items)
+        got = call.encode(results)
+        want = encode_infer_response(served.name, served.version, call.request, call.outputs(results))
+        assert got == want
+        answers.append(got[0])
+    assert len(set(answers)) == 4  # different values, different answers
+    assert len(call.request.memo["response_headers"]) == 1
