@@ -73,7 +73,8 @@ class BatchFuture(Future):
     timing: RequestTiming | None = None
 
 
-# on_complete(outcome, timing): outcome is "success", "failed", "timed_out" or "rejected".
+# on_complete(outcome, timing): outcome is "success", "failed", "timed_out", "rejected", or "invalid"
+# for a request whose graphs the worker found malformed (submit_callback(check_in_batch=True)).
 CompletionHook = Callable[[str, "RequestTiming | None"], None]
 # done(results, error, timing): how a request submitted with submit_callback is answered,
 # on the thread that finished it: (results, None, timing) or (None, error, None).
@@ -206,9 +207,10 @@ class Batcher:
         request is then answered with the same :class:`GraphValidationError` through
         ``done``, and never runs with the others.
         """
-        if check_in_batch and self.checks_in_batch and graphs:
-            if self._closed:
-                self._admit(graphs)  # raises ShuttingDownError
+        # Only with room in the queue: a request that cannot be queued is validated first, so a
+        # malformed one gets its 400, not a retryable 503 it would only be refused again after.
+        if check_in_batch and self.checks_in_batch and graphs and not self._closed \
+                and len(self._queue) < self.config.max_queue_size:
             try:
                 self._enqueue(list(graphs), None, done, timeout_us, wake, unchecked=True)
                 return
@@ -342,7 +344,8 @@ class Batcher:
                 self._queue_graphs = 0
             self._cond.notify_all()
         for req in dropped:
-            self._finish_error(req, ShuttingDownError("the batcher shut down before this request ran"), "rejected")
+            if not self._answered_invalid(req):
+                self._finish_error(req, ShuttingDownError("the batcher shut down before this request ran"), "rejected")
         self._worker.join(timeout)
 
     def __enter__(self) -> "Batcher":
@@ -356,6 +359,8 @@ class Batcher:
         while True:
             batch, expired = self._next_batch()
             for req in expired:
+                if self._answered_invalid(req):  # malformed is its answer, not the timeout
+                    continue
                 self._finish_error(req, RequestTimeoutError(
                     f"request waited {(time.perf_counter_ns() - req.enqueued_ns) // 1000} us in the queue, "
                     "past its timeout; it was not run"), "timed_out")
@@ -428,7 +433,7 @@ class Batcher:
 
         One batch-wide check (:meth:`Model.validated_batch`); if it fails, or the model has
         none, each unchecked request is checked alone, and a malformed one is answered with
-        its error and left out.
+        its error and left out. Never raises: every request is either kept or answered.
         """
         items = [g for r in requests for g in r.graphs]
         validated_batch = getattr(self.model, "validated_batch", None)
@@ -436,23 +441,29 @@ class Batcher:
             if validated_batch is None:
                 raise EdgempError("no batch-wide check: check request by request")
             conformed, batch = validated_batch(items)
-        except EdgempError:
-            kept = []
-            for req in requests:
-                if req.unchecked:
-                    try:
-                        req.graphs = self.model.validate(req.graphs)
-                    except EdgempError as e:
-                        self._finish_error(req, e, "invalid")
-                        continue
-                    req.unchecked = False
-                kept.append(req)
-            return kept, None
+        except Exception:  # noqa: BLE001 - a bad graph, or the check itself failed: request by request
+            return [r for r in requests if not self._answered_invalid(r)], None
         pos = 0
         for req in requests:
             k = len(req.graphs)
             req.graphs, req.unchecked, pos = conformed[pos : pos + k], False, pos + k
         return requests, batch
+
+    def _answered_invalid(self, req: _Request) -> bool:
+        """Validate an unchecked request alone; True if that answered it (malformed, or the
+        check itself failed), False if it is valid now (or was checked at submit)."""
+        if not req.unchecked:
+            return False
+        try:
+            req.graphs, req.unchecked = self.model.validate(req.graphs), False
+        except EdgempError as e:
+            self._finish_error(req, e, "invalid")
+            return True
+        except Exception as e:  # noqa: BLE001 - the worker must survive anything a check raises
+            logger.warning("validating a request of %d item(s) failed: %s", len(req.graphs), e)
+            self._finish_error(req, e, "failed")
+            return True
+        return False
 
     def _execute(self, requests: list[_Request]) -> None:
         requests = [r for r in requests if r.takes_part()]
@@ -460,11 +471,11 @@ class Batcher:
             return
         start = time.perf_counter_ns()
         batch = None
+        if any(r.unchecked for r in requests):  # in the batch's compute: it is the batch's collation too
+            requests, batch = self._checked(requests)
+            if not requests:
+                return
         try:
-            if any(r.unchecked for r in requests):  # in the batch's compute: it is the batch's collation too
-                requests, batch = self._checked(requests)
-                if not requests:
-                    return
             items = [g for r in requests for g in r.graphs]
             results, size, nodes = self._run_items(items, batch)
         except Exception as e:  # noqa: BLE001 - the worker must survive any model failure
@@ -488,12 +499,8 @@ class Batcher:
 
     def _execute_alone(self, req: _Request) -> None:
         start = time.perf_counter_ns()
-        if req.unchecked:  # never run a graph nobody validated
-            try:
-                req.graphs, req.unchecked = self.model.validate(req.graphs), False
-            except EdgempError as e:
-                self._finish_error(req, e, "invalid")
-                return
+        if self._answered_invalid(req):  # never run a graph nobody validated
+            return
         try:
             results, size, nodes = self._run_items(req.graphs)
         except Exception as e:  # noqa: BLE001 - isolate the failing request, keep the worker alive

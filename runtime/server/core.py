@@ -137,14 +137,14 @@ class _Flight:
 
     def run_alone(self) -> None:
         try:
-            if self.state.alone():
-                done = self.served.batcher.run_now(self.call.items)
-                if done is not None:
-                    self.finish(done[0], None, done[1])
-                    return
-            self.served.queue(self.call.items, self.timeout, self.finish)
+            done = self.served.batcher.run_now(self.call.items) if self.state.alone() else None
+            if done is None:
+                self.served.queue(self.call.items, self.timeout, self.finish)
+                return
         except Exception as error:  # noqa: BLE001
             self.fail(error)
+            return
+        self.finish(done[0], None, done[1])  # outside the try: a failure past the answer is not a second answer
 
     def finish(self, results: list | None, error: BaseException | None, timing: RequestTiming | None) -> None:
         """The batcher's answer (on the loop): encode, account, answer."""

@@ -91,7 +91,9 @@ def error_answer(e: Exception, method: str, path: str) -> tuple[int, str]:
     if isinstance(e, MemoryError):
         logger.warning("%s %s: out of memory serving the request", method, path)
         return 507, "the server ran out of memory for this request; send fewer or smaller graphs"
-    logger.exception("internal error serving %s %s", method, path)
+    # exc_info=e, not logger.exception: the fast path answers from a callback, where the
+    # error is no longer the one being handled.
+    logger.error("internal error serving %s %s", method, path, exc_info=e)
     return 500, "internal server error; see the server log"
 
 

@@ -400,8 +400,8 @@ def encode_planned_response(
     whenever they match. Outputs in JSON (not binary) carry their values in the header:
     those are encoded in full.
     """
-    if request.id is not None or not all(binary for _, _, binary in outputs):
-        return encode_infer_response(model_name, model_version, request, outputs)
+    if request.id is not None or not outputs or not all(binary for _, _, binary in outputs):
+        return encode_infer_response(model_name, model_version, request, outputs)  # no binary part: all JSON
     arrays = [np.ascontiguousarray(v, dtype=np.float32 if v.dtype.kind == "f" else np.int64) for _, v, _ in outputs]
     key = tuple((a.shape, a.dtype.char) for a in arrays)
     headers = memo.get("response_headers")
@@ -410,7 +410,7 @@ def encode_planned_response(
     header = headers.get(key)
     if header is None:
         payload, length = encode_infer_response(model_name, model_version, request, outputs)
-        if len(headers) < MAX_MEMO_HEADERS:
+        if length is not None and len(headers) < MAX_MEMO_HEADERS:
             headers[key] = payload[:length]
         return payload, length
     return b"".join([header, *arrays]), len(header)

@@ -64,7 +64,12 @@ class _Completions:
         self._done.append((answer, results, error, timing))
         if not self._scheduled:  # a drain already scheduled will see this entry
             self._scheduled = True
-            self.loop.call_soon_threadsafe(self._drain)
+            try:
+                self.loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop has closed: nobody is left to answer
+                self._scheduled = False
+                self._done.clear()
+                logger.warning("a request finished after its event loop closed; its answer is dropped")
 
     def _drain(self) -> None:
         self._scheduled = False  # first: an entry added from now on schedules another drain

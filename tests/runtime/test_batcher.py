@@ -368,3 +368,62 @@ def test_check_in_batch_not_a_graph_raises_at_submit(model):
         with pytest.raises(GraphValidationError, match="expected an edgemp Graph"):
             b.submit_callback(["not a graph"], lambda *a: None, check_in_batch=True)
         assert b.stats().invalid == 1
+
+
+def test_check_in_batch_malformed_request_gets_its_error_not_a_retryable_refusal(model):
+    """A malformed request is never answered 'queue full' or 'timed out' (503s a client would
+    retry) when its graphs are what is wrong: it is validated before it could be refused."""
+    rng = np.random.default_rng(10)
+    bad = [Graph(x=np.zeros((2, F), np.float32), edge_index=np.array([[0], [7]], np.int64))]
+    slow = SlowBatchCheckingModel(model)
+    slow.gate.clear()  # the worker holds the first batch
+    answers = Answers(2)
+    with Batcher(slow, BatcherConfig(max_batch_graphs=1, max_queue_size=2)) as b:
+        try:
+            b.submit_callback([random_graph(rng, 3, 2)], lambda *a: None)
+            deadline = time.time() + 5
+            while b.stats().queue_depth and time.time() < deadline:
+                time.sleep(0.001)
+            b.submit_callback(bad, answers.for_request(0), timeout_us=1_000, check_in_batch=True)  # expires queued
+            b.submit_callback([random_graph(rng, 3, 2)], answers.for_request(1), check_in_batch=True)
+            with pytest.raises(GraphValidationError, match="edge_index holds node 7"):  # the queue is full now
+                b.submit_callback(bad, lambda *a: None, check_in_batch=True)
+            time.sleep(0.01)
+        finally:
+            slow.gate.set()  # a failed check above must not leave the worker blocked (close() joins it)
+        assert answers.all_in.wait(30)
+    assert isinstance(answers.got[0][1], GraphValidationError), answers.got[0][1]
+    assert answers.got[1][1] is None
+
+
+class BrokenCheckModel(SlowBatchCheckingModel):
+    """A model whose checks themselves fail (not a bad graph: e.g. out of memory) on a marked graph."""
+
+    def validated_batch(self, graphs):
+        self._raise_if_marked(graphs)
+        return super().validated_batch(graphs)
+
+    def validate(self, graphs):
+        self._raise_if_marked(graphs)
+        return super().validate(graphs)
+
+    def _raise_if_marked(self, graphs):
+        if any(g.num_nodes == 9 for g in graphs):
+            raise MemoryError("no memory to check this graph")
+
+
+def test_a_check_that_fails_answers_its_request_and_the_worker_lives_on(model):
+    rng = np.random.default_rng(11)
+    marked, ok = [random_graph(rng, 9, 2)], [random_graph(rng, 3, 2)]
+    requests = [ok, marked, [random_graph(rng, 4, 2)]]
+    answers = Answers(len(requests))
+    with Batcher(BrokenCheckModel(model), BatcherConfig(max_batch_graphs=64)) as b:
+        for i, r in enumerate(requests):
+            b.submit_callback(r, answers.for_request(i), wake=False, check_in_batch=True)
+        b.wake()
+        assert answers.all_in.wait(30)
+        later = b.submit(ok).result(10)  # the worker still serves
+    assert isinstance(answers.got[1][1], MemoryError)
+    assert answers.got[0][1] is None and same(answers.got[0][0], model.predict(ok))
+    assert answers.got[2][1] is None and same(answers.got[2][0], model.predict(requests[2]))
+    assert answers.calls == len(requests) and same(later, model.predict(ok))

@@ -177,3 +177,21 @@ def test_a_plans_kept_response_header_gives_the_full_encode_bytes(served):
         answers.append(got[0])
     assert len(set(answers)) == 4  # different values, different answers
     assert len(call.request.memo["response_headers"]) == 1
+
+
+def test_no_outputs_asked_is_answered_in_json_every_time(served):
+    """A request asking for no outputs has no binary part: never a kept binary header."""
+    import json
+
+    from edgemp.runtime.server.v2 import HttpCall
+
+    served.header_plans = HeaderPlans()
+    tensors = batch_tensors(random_graphs(np.random.default_rng(51), 1, max_nodes=8))
+    header = json.dumps({"inputs": [{"name": k, "datatype": TYPES[k], "shape": list(v.shape),
+                                     "parameters": {"binary_data_size": v.nbytes}} for k, v in tensors.items()],
+                         "outputs": [], "parameters": {"binary_data_output": True}}).encode()
+    body = header + b"".join(v.tobytes() for v in tensors.values())
+    for _ in range(3):  # full decode, then through the plan twice
+        call = HttpCall(served, served.header_plans.decode(body, str(len(header)), served.input_types))
+        payload, json_length = call.encode(served.model.predict(call.items))
+        assert json_length is None and json.loads(payload)["outputs"] == []

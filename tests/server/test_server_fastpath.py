@@ -294,3 +294,44 @@ def test_a_known_head_is_refused_while_draining(repo):
         assert status == 503 and "shutting down" in json.loads(answer)["error"]
     finally:
         srv.close()
+
+
+def test_a_fast_500_logs_its_traceback(repo, caplog):
+    """An unexpected failure answered from the batcher's callback still logs what failed."""
+    import logging
+
+    from edgemp.runtime.server.state import STATE
+
+    srv = start_thread_server(repo, ServerConfig(port=0, access_log=False))
+    try:
+        model = srv.app[STATE].models["gnn"].model
+
+        def broken(batch):
+            raise RuntimeError("the backend blew up")
+
+        model.run_batch = broken  # this instance only
+        (graphs,) = same_size_graphs(23, 1)
+        body, header_length = v2_binary_body(batch_tensors(graphs))
+        request = wire("POST", "/v2/models/gnn/infer", body, {"Inference-Header-Content-Length": str(header_length)})
+        with caplog.at_level(logging.ERROR, logger="edgemp.runtime.server.middleware"):
+            (status, headers, answer), = exchange(srv.port, request)
+        assert status == 500 and headers["server"] == "edgemp" and "server log" in json.loads(answer)["error"]
+        logged = [r for r in caplog.records if "internal error serving POST /v2/models/gnn/infer" in r.getMessage()]
+        assert logged and logged[0].exc_info and "the backend blew up" in str(logged[0].exc_info[1])
+    finally:
+        srv.close()
+
+
+def test_error_answer_logs_the_error_it_is_given_outside_an_except_block(caplog):
+    """The fast path's batched answers come from a callback, with no exception being handled:
+    the log must carry the error passed in, not sys.exc_info()."""
+    import logging
+
+    from edgemp.runtime.server.middleware import error_answer
+
+    error = RuntimeError("failed in the batcher's thread")
+    with caplog.at_level(logging.ERROR, logger="edgemp.runtime.server.middleware"):
+        status, message = error_answer(error, "POST", "/v2/models/gnn/infer")
+    assert status == 500 and "server log" in message
+    (record,) = [r for r in caplog.records if "internal error" in r.getMessage()]
+    assert record.exc_info is not None and record.exc_info[1] is error
