@@ -1,0 +1,18 @@
+"""benchmarks/bench_request_path.py runs the fast path in process and reports the loop's work per request."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from server_utils import ROOT
+
+
+def test_the_script_serves_every_request_and_reports_the_loop_time():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_request_path.py"), "--rounds", "20"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = dict(re.findall(r"^\| (take|answer|loop thread CPU)[^|]*\| ([\d.]+) \|$", out.stdout, re.M))
+    assert set(rows) == {"take", "answer", "loop thread CPU"}, out.stdout
+    take, answer, loop = (float(rows[k]) for k in ("take", "answer", "loop thread CPU"))
+    assert take > 0 and answer > 0 and abs(take + answer - loop) < 0.2
