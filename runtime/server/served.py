@@ -205,7 +205,9 @@ class ServedModel:
 
     def queue(self, items: Sequence, timeout_us: int | None, answer: Done) -> None:
         """Hand ``items`` to the batcher; ``answer(results, error, timing)`` is called on this
-        event loop once they ran (or failed). Raises at once what :meth:`Batcher.submit` raises.
+        event loop once they ran (or failed, malformed graphs included: they are checked by the
+        batcher with their batch). Raises at once what cannot be queued, as
+        :meth:`Batcher.submit_callback` does.
 
         Must be called on the serving event loop. The worker is woken once per loop turn,
         so requests decoded together batch together.
