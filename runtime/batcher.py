@@ -5,6 +5,9 @@ server receives them from independent callers. :class:`Batcher` queues requests,
 single worker thread forms batches in arrival order up to a graph / node / edge budget or
 until the oldest request has waited ``max_queue_delay_us`` (Triton's dynamic batcher
 semantics), runs them once, and resolves each caller's future with exactly its own rows.
+A caller that knows how many requests can be outstanding at most (the server: one per open
+HTTP/1.1 connection) lets a batch close before the delay once every one of them is queued,
+since waiting longer cannot fill it (:attr:`Batcher.most_outstanding`).
 
 Requests are validated in :meth:`Batcher.submit`, so a malformed graph is rejected to its
 caller and never reaches a batch. If a batch still fails, its requests are re-run one by
@@ -43,7 +46,9 @@ class BatcherConfig:
     max_batch_edges: int = 8192
     # 0 = greedy, Triton's default: take whatever queued while the last batch ran.
     # Measured here (benchmarks/bench_batcher.py): 0 beat 500 µs at concurrency 1/8/32,
-    # because closed-loop clients cannot fill a batch while they wait for their answer.
+    # because closed-loop clients cannot fill a batch while they wait for their answer. The
+    # server closes a batch early once every open connection's request is queued
+    # (Batcher.most_outstanding), so a delay costs its closed-loop clients nothing.
     max_queue_delay_us: int = 0
     max_queue_size: int = 1024  # requests waiting, not graphs
     default_timeout_us: int = 0
@@ -167,6 +172,10 @@ class Batcher:
         self._cond = threading.Condition()
         self._closed = False
         self._busy = False  # a batch is running (on the worker, or inline in run_now)
+        # The most requests that can be outstanding at once, or None when unknown; set by
+        # the server (its open HTTP/1.1 connections carry one request each). Read on the
+        # worker thread: it must be quick and must not raise.
+        self.most_outstanding: Callable[[], int | None] | None = None
         self._counters = _Counters()
         self._worker = threading.Thread(target=self._run, name="edgemp-batcher", daemon=True)
         self._worker.start()
@@ -266,11 +275,13 @@ class Batcher:
         worker and back) that dominate a small request's latency at low load, yet counts
         as one batch, so statistics are the queue's own. Under load the queue is rarely
         empty and requests batch as usual. With ``max_queue_delay_us`` set, a request waits
-        for a fuller batch by design, so this always declines. Raises as :meth:`submit`
-        does. On None nothing was validated or counted: :meth:`submit` the graphs instead.
+        for a fuller batch by design, so this declines, unless :attr:`most_outstanding`
+        says no other request can come. Raises as :meth:`submit` does. On None nothing was
+        validated or counted: :meth:`submit` the graphs instead.
         """
         with self._cond:
-            if self._queue or self._busy or self._closed or self.config.max_queue_delay_us:
+            waits = self.config.max_queue_delay_us and not self._none_can_join(1)
+            if self._queue or self._busy or self._closed or waits:
                 return None
             self._busy = True
         try:
@@ -394,13 +405,27 @@ class Batcher:
                     return [], expired
                 take, full = self._fit()
                 flush_at = self._queue[0].enqueued_ns + delay_ns
-                if full or self._closed or now >= flush_at:
+                if full or self._closed or now >= flush_at or self._none_can_join(len(self._queue)):
                     batch = [self._queue.popleft() for _ in range(take)]
                     self._queue_graphs -= sum(len(r.graphs) for r in batch)
                     self._busy = True
                     return batch, []
                 wake = min([flush_at] + [r.deadline_ns for r in self._queue if r.deadline_ns is not None])
                 self._cond.wait(max(wake - now, 0) / 1e9)
+
+    def _none_can_join(self, outstanding: int) -> bool:
+        """Whether no further request can arrive while ``outstanding`` ones wait: every
+        sender :attr:`most_outstanding` knows of has one here (a delay cannot fill the batch)."""
+        most_outstanding = self.most_outstanding
+        if most_outstanding is None:
+            return False
+        try:
+            most = most_outstanding()
+        except Exception:  # noqa: BLE001 - a broken hint only costs the delay
+            logger.exception("most_outstanding failed; batches wait for their delay")
+            self.most_outstanding = None
+            return False
+        return most is not None and outstanding >= most
 
     def _fit(self) -> tuple[int, bool]:
         """How many head-of-queue requests fit the budget, and whether the batch is full.

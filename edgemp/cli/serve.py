@@ -92,7 +92,9 @@ def _token(token_file: Path | None) -> str | None:
 @click.option("--max-batch-edges", default=8192, show_default=True, type=int, help="Edges per batch.")
 @click.option("--max-queue-delay-us", default=0, show_default=True, type=int,
               help="Longest a request waits for a fuller batch. 0 (Triton's default) batches whatever "
-                   "queued while the model was busy: no added latency at low load, full batches under load.")
+                   "queued while the model was busy: no added latency at low load, full batches under load. "
+                   "A batch closes before its delay once every open HTTP/1.1 connection has a request "
+                   "queued (no gRPC connection open): nothing more could join it.")
 @click.option("--max-queue-size", default=1024, show_default=True, type=int,
               help="Requests waiting before new ones get 503.")
 @click.option("--request-timeout-us", default=0, show_default=True, type=int,

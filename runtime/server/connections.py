@@ -89,8 +89,9 @@ def connection_limit(requested: int) -> int:
 class ConnectionGuard:
     """What every connection of one server shares: its settings, the cap, the logs and the fast path."""
 
-    def __init__(self, config: ServerConfig, fast: "FastPath | None" = None) -> None:
+    def __init__(self, config: ServerConfig, fast: "FastPath | None" = None, connections: Any = None) -> None:
         self.fast = fast
+        self.connections = connections  # the app's OpenConnections (state.py): counted here
         self.header_timeout_s = config.header_timeout_s
         self.max_connections = connection_limit(config.max_connections)
         self.evicted_log = RateLimitedLog(logger)
@@ -155,6 +156,8 @@ class GuardedRequestHandler(RequestHandler):
                 return
         super().connection_made(transport)
         self._arm_header_timer()
+        if self.guard.connections is not None:
+            self.guard.connections.opened()
 
     def _evict_one_waiting(self, manager: Server) -> bool:
         """Close the longest-waiting connection that has not sent a request (at the cap)."""
@@ -245,6 +248,8 @@ class GuardedRequestHandler(RequestHandler):
         if self._refused:
             return
         super().connection_lost(exc)
+        if self.guard.connections is not None:
+            self.guard.connections.closed()
 
     def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
@@ -321,8 +326,14 @@ class GuardedAppRunner(web.AppRunner):
         # The fast path answers without aiohttp's access log: with that log on, aiohttp serves all.
         from edgemp.runtime.server import fastpath  # it builds on the middleware, which imports this module
 
+        from edgemp.runtime.server.state import STATE
+
         fast = fastpath.attach(app) if "access_log" in kwargs and kwargs["access_log"] is None else None
-        self._guard = ConnectionGuard(config, fast)
+        state = app.get(STATE)
+        connections = None if state is None else state.connections
+        if connections is not None:
+            connections.counting = True  # batches may close once every connection has sent
+        self._guard = ConnectionGuard(config, fast, connections)
 
     async def _make_server(self) -> Server:
         server = await super()._make_server()

@@ -265,7 +265,8 @@ async def start_grpc(state: ServerState, host: str, port: int, body_reader: Any 
         service = InferenceService(state)
     except ImportError as e:
         raise MissingExtraError(e.name or "hpack", "grpc", "serving gRPC (--grpc-port)") from e
-    listener = H2Listener(GrpcHandler(service, state.config.max_body_bytes, body_reader), state.config)
+    listener = H2Listener(GrpcHandler(service, state.config.max_body_bytes, body_reader), state.config,
+                          counted=state.connections)
     try:
         bound = await listener.start(host, port)
     except OSError as e:

@@ -78,6 +78,49 @@ class RequestScope:
         self.state.leave()
 
 
+class OpenConnections:
+    """The server's open connections, as a bound on how many requests can be outstanding.
+
+    An HTTP/1.1 connection has at most one request in the server at a time (the fast path
+    and aiohttp both read a pipelined request only after answering the one before), so
+    with ``n`` such connections open and nothing else, at most ``n`` requests can wait:
+    once a model's queue holds that many, its batch closes without waiting out
+    ``max_queue_delay_us`` (:attr:`edgemp.runtime.batcher.Batcher.most_outstanding`). An
+    HTTP/2 (gRPC) connection can carry any number, so while one is open there is no bound.
+    Counted by the listeners edgemp starts (:func:`edgemp.runtime.server.run.serve_app`);
+    an app served by some other runner has no count and batches wait their delay as before.
+    Changed on the event loop; read by the batcher threads (plain ints).
+    """
+
+    __slots__ = ("counting", "http", "multiplexed", "_models")
+
+    def __init__(self, models: dict[str, ServedModel]) -> None:
+        self.counting = False  # True once a listener that counts is attached
+        self.http = 0
+        self.multiplexed = 0
+        self._models = models
+
+    def most_outstanding(self) -> int | None:
+        """The most requests the open connections can have in the server; None if unbounded."""
+        if not self.counting or self.multiplexed:
+            return None
+        return self.http
+
+    def opened(self, multiplexed: bool = False) -> None:
+        if multiplexed:
+            self.multiplexed += 1
+        else:
+            self.http += 1
+
+    def closed(self, multiplexed: bool = False) -> None:
+        if multiplexed:
+            self.multiplexed -= 1
+        else:
+            self.http -= 1
+        for served in self._models.values():  # a batch waiting for this connection can go now
+            served.batcher.wake()
+
+
 @dataclass
 class ServerState:
     models: dict[str, ServedModel]
@@ -85,7 +128,13 @@ class ServerState:
     metrics: ServerMetrics | None = None  # set by create_app; it reads this state at scrape time
     draining: bool = False
     inflight: int = 0
+    connections: OpenConnections = field(init=False, repr=False)
     _idle: asyncio.Event | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.connections = OpenConnections(self.models)
+        for served in self.models.values():
+            served.batcher.most_outstanding = self.connections.most_outstanding
 
     def model(self, name: str, version: str | None = None) -> ServedModel:
         served = self.models.get(name)

@@ -225,6 +225,64 @@ def test_run_now_runs_a_lone_request_inline_and_declines_when_busy(model):
         assert b.run_now(graphs) is None  # a configured delay means: wait for a fuller batch
 
 
+def test_batch_closes_before_its_delay_once_every_sender_has_a_request_queued(model):
+    """most_outstanding: with 3 senders, 2 queued requests wait for the (long) delay; the
+    third closes the batch at once, and a lower bound (a sender left) wakes it too."""
+    rng = np.random.default_rng(22)
+    requests = [random_graphs(rng, 1) for _ in range(5)]
+    slow = SlowModel(model)
+    senders = [3]
+    with Batcher(slow, BatcherConfig(max_queue_delay_us=60_000_000)) as b:
+        b.most_outstanding = lambda: senders[0]
+        first = [b.submit(r) for r in requests[:2]]
+        time.sleep(0.2)
+        assert not any(f.done() for f in first) and slow.batch_sizes == []  # a third sender could still send
+        third = b.submit(requests[2])
+        got = [f.result(10) for f in first + [third]]  # far sooner than the 60 s delay
+        assert slow.batch_sizes == [3]
+        for r, g in zip(requests, got):
+            assert same(list(g), model.predict(r))
+        late = b.submit(requests[3])
+        time.sleep(0.2)
+        assert not late.done()  # 1 of 3 senders
+        senders[0] = 1  # two of them went away: nobody else can join
+        b.wake()
+        assert same(list(late.result(10)), model.predict(requests[3]))
+        assert slow.batch_sizes == [3, 1]
+        b.most_outstanding = None  # unknown: the delay rules again
+        waiting = b.submit(requests[4])
+        time.sleep(0.2)
+        assert not waiting.done()
+    assert same(list(waiting.result(10)), model.predict(requests[4]))  # close() drains it
+
+
+def test_most_outstanding_lets_run_now_take_a_lone_request_despite_a_delay(model):
+    rng = np.random.default_rng(23)
+    graphs = random_graphs(rng, 2)
+    with Batcher(model, BatcherConfig(max_queue_delay_us=60_000_000)) as b:
+        assert b.run_now(graphs) is None  # unknown senders: wait for a fuller batch
+        b.most_outstanding = lambda: 2
+        assert b.run_now(graphs) is None  # another sender could join
+        b.most_outstanding = lambda: None
+        assert b.run_now(graphs) is None
+        b.most_outstanding = lambda: 1  # the caller is the only sender
+        got, _ = b.run_now(graphs)
+        assert same(list(got), model.predict(graphs))
+
+
+def test_a_failing_most_outstanding_only_costs_the_delay(model, caplog):
+    rng = np.random.default_rng(24)
+    graphs = random_graphs(rng, 1)
+
+    def broken() -> int:
+        raise RuntimeError("no count")
+
+    with Batcher(model, BatcherConfig(max_queue_delay_us=50_000)) as b:
+        b.most_outstanding = broken
+        assert same(list(b.submit(graphs).result(10)), model.predict(graphs))
+        assert b.most_outstanding is None and "most_outstanding failed" in caplog.text
+
+
 def test_deferred_wake_batches_what_was_queued_together(model):
     rng = np.random.default_rng(21)
     requests = [random_graphs(rng, 1) for _ in range(12)]

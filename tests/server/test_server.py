@@ -32,9 +32,11 @@ from server_utils import (
     decode_v2_response,
     expected_layout,
     http,
+    read_response,
     start_server,
     v2_binary_body,
     v2_json_body,
+    wire,
 )
 
 MAX_BODY = 2 * 1024 * 1024
@@ -341,7 +343,12 @@ def test_client_disconnects_do_not_break_others(server, models):
 def test_queue_full_and_timeouts_503(repo, tmp_path, models):
     srv = start_server(repo / "gnn" / "model.onnx", tmp_path, "--max-queue-delay-us", "400000",
                        "--max-queue-size", "1", "--request-timeout-us", "250000", "--max-batch-graphs", "8")
+    idle = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
     try:
+        # An open connection that could still send: without it, a lone request closes its batch
+        # at once (nothing could join it) and never waits for the delay.
+        idle.sendall(wire("GET", "/v2/health/ready"))
+        assert read_response(idle, bytearray())[0] == 200
         one = v2_json_body(batch_tensors(random_graphs(np.random.default_rng(12), 1)))
         first: list = []
         t = threading.Thread(target=lambda: first.append(http(srv, "POST", "/v2/models/model/infer", one)))
@@ -364,6 +371,7 @@ def test_queue_full_and_timeouts_503(repo, tmp_path, models):
         assert 'edgemp_requests_total{model="model",outcome="timeout"} 2.0' in metrics.decode()
         assert 'edgemp_requests_total{model="model",outcome="rejected"} 1.0' in metrics.decode()
     finally:
+        idle.close()
         assert srv.stop() == 0
 
 

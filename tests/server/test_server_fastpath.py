@@ -24,8 +24,10 @@ from server_utils import (
     batch_tensors,
     decode_v2_response,
     expected_layout,
+    read_response,
     v2_binary_body,
     v2_json_body,
+    wire,
 )
 
 FAST, SLOW = {}, {"Content-Encoding": "identity"}
@@ -41,32 +43,6 @@ def server(repo):
     srv = start_thread_server(repo, ServerConfig(port=0, access_log=False, keepalive_timeout_s=5.0))
     yield srv
     srv.close()
-
-
-def wire(method: str, path: str, body: bytes = b"", headers: dict | None = None) -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", "Host: t"] + [f"{k}: {v}" for k, v in (headers or {}).items()]
-    if method == "POST":
-        lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-def read_response(sock: socket.socket, buf: bytearray) -> tuple[int, dict[str, str], bytes]:
-    """One response from ``sock`` (``buf`` keeps bytes read past it, for the next one)."""
-    while b"\r\n\r\n" not in buf:
-        chunk = sock.recv(65536)
-        assert chunk, "server closed the connection"
-        buf += chunk
-    end = buf.index(b"\r\n\r\n")
-    lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    length = int(headers["content-length"])
-    while len(buf) < end + 4 + length:
-        chunk = sock.recv(65536)
-        assert chunk, "server closed the connection mid-body"
-        buf += chunk
-    body = bytes(buf[end + 4 : end + 4 + length])
-    del buf[: end + 4 + length]
-    return int(lines[0].split()[1]), headers, body
 
 
 def exchange(port: int, *requests: bytes) -> list[tuple[int, dict[str, str], bytes]]:

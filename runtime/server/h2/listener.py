@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from edgemp.runtime.server.config import ServerConfig
 from edgemp.runtime.server.connections import RateLimitedLog, connection_limit
@@ -29,8 +30,10 @@ SWEEP_S = 1.0
 class H2Listener:
     """Serves HTTP/2 connections with one :class:`StreamHandler` (see the module docstring)."""
 
-    def __init__(self, handler: StreamHandler, config: ServerConfig, limits: ConnectionLimits | None = None) -> None:
+    def __init__(self, handler: StreamHandler, config: ServerConfig, limits: ConnectionLimits | None = None,
+                 counted: Any = None) -> None:
         self.handler = handler
+        self.counted = counted  # the app's OpenConnections (state.py): a gRPC connection has no request bound
         self.limits = limits or ConnectionLimits()
         self.header_timeout_s = config.header_timeout_s
         self.keepalive_timeout_s = config.keepalive_timeout_s
@@ -57,10 +60,15 @@ class H2Listener:
                                       len(self.connections))
             return False
         self.connections.add(conn)
+        if self.counted is not None:
+            self.counted.opened(multiplexed=True)
         return True
 
     def forget(self, conn: H2Connection) -> None:
-        self.connections.discard(conn)
+        if conn in self.connections:
+            self.connections.discard(conn)
+            if self.counted is not None:
+                self.counted.closed(multiplexed=True)
 
     # -- housekeeping ----------------------------------------------------------------------
     def _sweep(self) -> None:
