@@ -12,12 +12,16 @@ Three measurements, each in one run with the same model and molecules:
    client threads slow everything else in the process, the in-process baseline included (by
    up to ~40% on 2 cores).
 2. ``batching``: 32 closed-loop clients on GIN (hidden 64, 3 rounds, molecule-sized graphs),
-   dynamic batching on vs off, next to the load generator's own ceiling (the rate it drives
-   against the health endpoint), so a client-bound result is visible.
+   dynamic batching off, on with no queue delay (greedy), and on with a 500 µs delay (whose
+   batches close once every connection has sent), next to the load generator's own ceiling
+   (the rate it drives against the health endpoint), so a client-bound result is visible.
+   ``--pin`` puts the servers on CPU 0 and the load generators on the other CPUs: the nearest
+   this machine has to a client on another host.
 3. ``start``: process exec to the first 200 on ``/v2/health/ready``, and RSS idle / after load.
 
 The server is the real CLI in a subprocess; the clients run in this process, so on a small
-machine they compete with the server for cores (the output prints the core count).
+machine they compete with the server for cores (the output prints the core count) unless
+``--pin`` keeps them apart.
 
 Usage: python benchmarks/bench_server.py [--sections latency,batching,start] [--requests 1000]
 """
@@ -95,14 +99,17 @@ def wait_ready(proc: subprocess.Popen, port: int, t0: float) -> float:
             time.sleep(0.002)
 
 
-def start_server(model: Path, *args: str, grpc: bool = False, cmd: list[str] | None = None) -> Server:
+def start_server(model: Path, *args: str, grpc: bool = False, cmd: list[str] | None = None,
+                 cpus: set[int] | None = None) -> Server:
+    """The CLI server in a subprocess, ready; ``cpus``: the only CPUs it (every thread) may run on."""
     port = free_port()
     grpc_port = free_port() if grpc else None
     base = cmd or [sys.executable, "-m", "edgemp.cli.serve"]
     full = [*base, str(model), "--name", "m", "--port", str(port), "--no-access-log", "--log-level", "WARNING",
             *(["--grpc-port", str(grpc_port)] if grpc else []), *args]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(full, cwd=ROOT)
+    pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))  # before exec: all threads inherit
+    proc = subprocess.Popen(full, cwd=ROOT, preexec_fn=pin)
     return Server(proc, port, grpc_port, wait_ready(proc, port, t0))
 
 
@@ -343,17 +350,28 @@ def _closed_loop(url: str, bodies: list[bytes], headers: list[dict], clients: in
     return result
 
 
-def batching(seconds: float, clients: int, tmp: Path, rounds: int = 5) -> list[str]:
-    """Batching off vs on, both servers up at once and measured in alternating windows.
+DELAYED = "on (delay 500 µs)"
+QUEUE_DELAY_US = {"off": 0, "on (delay 0)": 0, DELAYED: 500}
+
+
+def batching(seconds: float, clients: int, tmp: Path, rounds: int = 5, pin: bool = False) -> list[str]:
+    """Batching off vs on, all servers up at once and measured in alternating windows.
 
     On a shared machine the load from other jobs drifts; alternating short windows gives
-    both modes the same conditions, so their ratio holds even when absolute rates do not.
+    every mode the same conditions, so their ratio holds even when absolute rates do not.
     """
     nf = 16
     path = export_random("gin", nf, 0, tmp / "gin.onnx")
     graphs = molecule_like_graphs(256, nf, seed=0)
-    modes = {"off": ("--max-batch-graphs", "1"), "on (delay 0)": ("--max-batch-graphs", "64")}
-    servers = {mode: start_server(path, *args, "--max-queue-size", "4096") for mode, args in modes.items()}
+    modes = {"off": ("--max-batch-graphs", "1"), "on (delay 0)": ("--max-batch-graphs", "64"),
+             DELAYED: ("--max-batch-graphs", "64", "--max-queue-delay-us", str(QUEUE_DELAY_US[DELAYED]))}
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpus = {cpus[0]} if pin and len(cpus) > 1 else None
+    client_cpus = set(cpus[1:]) if server_cpus else None
+    servers = {mode: start_server(path, *args, "--max-queue-size", "4096", cpus=server_cpus)
+               for mode, args in modes.items()}
+    if client_cpus:
+        os.sched_setaffinity(0, client_cpus)  # this process's load generator, and the wrk it starts
     done = {m: 0.0 for m in modes}
     elapsed = {m: 0.0 for m in modes}
     lat: dict[str, list[int]] = {m: [] for m in modes}
@@ -388,11 +406,15 @@ def batching(seconds: float, clients: int, tmp: Path, rounds: int = 5) -> list[s
         after = {mode: _stats(srv.port) for mode, srv in servers.items()}
         native = _native_rows(servers, bodies, headers, clients, seconds, tmp) if wrk_load.available() else {}
     finally:
+        if client_cpus:
+            os.sched_setaffinity(0, set(cpus))
         for srv in servers.values():
             srv.stop()
+    placement = (f"servers on CPU {min(server_cpus)}, load generators on CPU {','.join(map(str, sorted(client_cpus)))}"
+                 if server_cpus else f"servers and load generators share the {len(cpus)} CPUs")
     lines = [f"model: GIN (hidden 64, 3 rounds, random weights), molecule-sized graphs (10-35 nodes); {clients} "
-             f"closed-loop clients, raw keep-alive HTTP, V2 binary, one graph per request; both servers up, measured "
-             f"in {rounds} alternating windows of {seconds / rounds:g} s each", "",
+             f"closed-loop clients, raw keep-alive HTTP, V2 binary, one graph per request; all servers up, measured "
+             f"in {rounds} alternating windows of {seconds / rounds:g} s each; {placement}", "",
              *BATCHING_TABLE]
     rates = {}
     for mode in modes:
@@ -400,17 +422,25 @@ def batching(seconds: float, clients: int, tmp: Path, rounds: int = 5) -> list[s
         lines.append(_batching_row(mode, rates[mode], float(np.median(ceilings[mode])), pct(lat[mode], 50),
                                    pct(lat[mode], 99), before[mode], after[mode]))
     lines.append("")
-    lines.append(f"batching on / off: {rates['on (delay 0)'] / rates['off']:.2f}x graphs/s")
+    lines.append(f"batching on / off: {rates['on (delay 0)'] / rates['off']:.2f}x graphs/s (delay 0), "
+                 f"{rates[DELAYED] / rates['off']:.2f}x ({DELAYED[4:-1]})")
     lines += ["", "Where the CPU went during the infer windows (per-thread schedstat; one graph per request), and what "
               "it implies: a mode cannot beat 1 / (its busiest thread's CPU per request), and a closed loop of "
-              f"{clients} clients waits {clients} / rate on average (Little's law), whatever the tail does.", "",
+              f"{clients} clients waits {clients} / rate on average (Little's law), whatever the tail does. The CPU "
+              "floor is that mean at the rate the CPUs allow if every one of them were busy all the time: "
+              f"{clients} × the CPU a request takes (server and client) / the CPUs they share; pinned, the busier "
+              "side's.", "",
               "| batching | loop thread µs/request (its ceiling req/s) | model threads µs/graph | client µs/request | "
-              f"mean latency floor {clients} / rate µs |", "|---|---:|---:|---:|---:|"]
+              f"mean latency {clients} / rate µs | its CPU floor µs |", "|---|---:|---:|---:|---:|---:|"]
     for mode in modes:
         n = max(served[mode], 1)
         loop_us, model_us, client_us = loop_ns[mode] / n / 1e3, model_ns[mode] / n / 1e3, client_ns[mode] / n / 1e3
+        if server_cpus:
+            floor_us = clients * max(loop_us + model_us, client_us / len(client_cpus))
+        else:
+            floor_us = clients * (loop_us + model_us + client_us) / len(cpus)
         lines.append(f"| {mode} | {loop_us:.0f} ({1e6 / max(loop_us, 1e-3):.0f}) | {model_us:.0f} | {client_us:.0f} | "
-                     f"{clients / rates[mode] * 1e6:.0f} |")
+                     f"{clients / rates[mode] * 1e6:.0f} | {floor_us:.0f} |")
     if not native:
         return lines + ["", "(no wrk on PATH: the native load generator rows are skipped; apt-get install wrk)"]
     lines += ["", f"Same servers, native load generator (benchmarks/wrk_load.py: wrk, 1 thread, {clients} connections, "
@@ -419,14 +449,14 @@ def batching(seconds: float, clients: int, tmp: Path, rounds: int = 5) -> list[s
     for mode, (res, ceiling, b, a) in native.items():
         nan = float("nan")
         lines.append(_batching_row(mode, res.rate, ceiling, res.p50_us or nan, res.p99_us or nan, b, a))
-    on, off = native["on (delay 0)"][0].rate, native["off"][0].rate
-    lines += ["", f"batching on / off (wrk): {on / off:.2f}x graphs/s"]
+    on, delayed, off = (native[m][0].rate for m in ("on (delay 0)", DELAYED, "off"))
+    lines += ["", f"batching on / off (wrk): {on / off:.2f}x graphs/s (delay 0), {delayed / off:.2f}x ({DELAYED[4:-1]})"]
     return lines
 
 
 BATCHING_TABLE = ["| batching | graphs/s | client ceiling req/s | client-bound | p50 µs | p99 µs | mean batch | "
-                  "mean batch compute µs | max-queue-delay + 3 × mean batch compute µs |",
-                  "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+                  "mean batch compute µs | max-queue-delay + 3 × mean batch compute µs | p99 within |",
+                  "|---|---:|---:|---|---:|---:|---:|---:|---:|---|"]
 
 
 def _batching_row(mode: str, rate: float, ceiling: float, p50_us: float, p99_us: float, before: dict,
@@ -435,8 +465,10 @@ def _batching_row(mode: str, rate: float, ceiling: float, p50_us: float, p99_us:
     execs = after["execution_count"] - before["execution_count"]
     mean_batch = (after["inference_count"] - before["inference_count"]) / max(execs, 1)
     compute_us = _batch_compute_ns(after, before) / max(execs, 1) / 1e3
+    bound_us = QUEUE_DELAY_US[mode] + 3 * compute_us
     return (f"| {mode} | {rate:.0f} | {ceiling:.0f} | {'yes' if rate >= 0.8 * ceiling else 'no'} | {p50_us:.0f} | "
-            f"{p99_us:.0f} | {mean_batch:.1f} | {compute_us:.0f} | {3 * compute_us:.0f} |")
+            f"{p99_us:.0f} | {mean_batch:.1f} | {compute_us:.0f} | {bound_us:.0f} | "
+            f"{'yes' if p99_us <= bound_us else 'no'} |")
 
 
 def _native_rows(servers: dict, bodies: list[bytes], headers: list[dict], clients: int, seconds: float,
@@ -512,6 +544,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--requests", type=int, default=1000, help="calls per path in the latency section")
     ap.add_argument("--seconds", type=float, default=5.0, help="measurement time per batching cell")
     ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--pin", action="store_true",
+                    help="batching: servers on the first CPU, load generators on the rest (a client on another host)")
     ap.add_argument("--start-runs", type=int, default=5)
     ap.add_argument("--no-grpc", action="store_true", help="skip the gRPC rows")
     ap.add_argument("--binary", type=Path, action="append", default=[],
@@ -527,7 +561,7 @@ def main(argv: list[str] | None = None) -> None:
         if "latency" in sections:
             out += latency(args.requests, tmp, not args.no_grpc) + [""]
         if "batching" in sections:
-            out += batching(args.seconds, args.clients, tmp) + [""]
+            out += batching(args.seconds, args.clients, tmp, pin=args.pin) + [""]
         if "start" in sections:
             out += start(tmp, args.start_runs, args.binary) + [""]
     out.append(f"load average (1 min) {os.getloadavg()[0]:.1f} at the end")
