@@ -56,14 +56,22 @@ class ThreadServer:
         return time.monotonic() - start
 
 
-def start_thread_server(repo: Path, config: ServerConfig, batcher: BatcherConfig | None = None) -> ThreadServer:
+def start_thread_server(repo: Path, config: ServerConfig, batcher: BatcherConfig | None = None,
+                        uvloop: bool = False) -> ThreadServer:
+    """``uvloop``: on the loop ``edgemp serve`` runs on (uvloop reads sockets at other points of
+    a loop turn than asyncio's own loop, which orders callbacks differently)."""
     from edgemp.runtime.server import discover
 
     ready = threading.Event()
     box: dict = {}
 
     def run() -> None:
-        loop = asyncio.new_event_loop()
+        if uvloop:
+            import uvloop as uv
+
+            loop = uv.new_event_loop()
+        else:
+            loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         stop = asyncio.Event()
         box["loop"], box["stop"] = loop, stop

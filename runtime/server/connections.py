@@ -117,12 +117,22 @@ class GuardedRequestHandler(RequestHandler):
         self._fast_busy = False  # a fast request is being served: later bytes wait for its answer
         self._fast_pending: list[bytes] = []
         self._fast_paused = False
+        self._handled = 0  # requests aiohttp parsed (its _request_count) whose handler has finished
+        self._counted = False  # in the app's OpenConnections
 
     # -- waiting for headers --------------------------------------------------------------
     @property
     def awaiting_headers(self) -> bool:
-        """True while no request is queued or being handled (idle or mid-headers)."""
-        return not self._request_in_progress and not self._messages and not self._fast_busy
+        """True while no request is queued or being handled (idle or mid-headers).
+
+        Every request aiohttp parsed must have finished its handler, not merely have left
+        its queue: aiohttp takes a request off ``_messages`` and only then starts the task
+        that handles it, and before Python 3.12 that task first runs a loop turn later. uvloop
+        reads sockets in between, so a pipelined request read in that gap would otherwise be
+        served here and answered before the one aiohttp was about to answer.
+        """
+        return (self._handled == self._request_count and not self._request_in_progress and not self._messages
+                and not self._fast_busy)
 
     def _arm_header_timer(self) -> None:
         if self._header_timer is None and self.guard.header_timeout_s > 0:
@@ -158,6 +168,7 @@ class GuardedRequestHandler(RequestHandler):
         self._arm_header_timer()
         if self.guard.connections is not None:
             self.guard.connections.opened()
+            self._counted = True
 
     def _evict_one_waiting(self, manager: Server) -> bool:
         """Close the longest-waiting connection that has not sent a request (at the cap)."""
@@ -248,7 +259,8 @@ class GuardedRequestHandler(RequestHandler):
         if self._refused:
             return
         super().connection_lost(exc)
-        if self.guard.connections is not None:
+        if self._counted:
+            self._counted = False
             self.guard.connections.closed()
 
     def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
@@ -269,7 +281,10 @@ class GuardedRequestHandler(RequestHandler):
         return response
 
     async def _handle_request(self, *args: Any, **kwargs: Any) -> Any:
-        result = await super()._handle_request(*args, **kwargs)
+        try:
+            result = await super()._handle_request(*args, **kwargs)
+        finally:
+            self._handled += 1  # (see awaiting_headers)
         self._opened = time.monotonic()  # idle since now: eviction order is by time waiting
         return result
 

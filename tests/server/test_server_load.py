@@ -178,17 +178,24 @@ def test_64_grpc_clients_10k_requests_all_correct(model_path, tmp_path):
 def test_sigterm_under_load_drops_nothing(model_path, tmp_path):
     """SIGTERM mid-load: every admitted request is answered, new ones get 503, exit code 0."""
     requests = make_requests(model_path, 6000, seed=2)
-    # Batches always wait the full 200 ms (the budget never fills), so requests sit in the
-    # server far longer than the client spends checking answers: SIGTERM finds some in flight.
+    # Batches always wait the full 200 ms (the budget never fills, and an idle connection that
+    # could still send keeps them from closing early), so requests sit in the server far longer
+    # than the client spends checking answers: SIGTERM finds some in flight.
     srv = start_server(model_path, tmp_path, "--name", "gnn", "--max-queue-delay-us", "200000",
                        "--max-batch-graphs", "100000", "--max-batch-nodes", "10000000", "--max-batch-edges", "10000000")
 
     async def main() -> dict:
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)  # the idle connection
+        writer.write(b"GET /v2/health/ready HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
         flowing = asyncio.Event()
         load_task = asyncio.create_task(_drive(srv.port, requests, 32, stop_on_refused=True, flowing=flowing))
         await asyncio.wait_for(flowing.wait(), 60)
         srv.proc.send_signal(signal.SIGTERM)
-        return await load_task
+        try:
+            return await load_task
+        finally:
+            writer.close()
 
     try:
         results = asyncio.run(main())
