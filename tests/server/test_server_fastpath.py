@@ -38,9 +38,14 @@ def repo(tmp_path_factory) -> Path:
     return build_repo(tmp_path_factory.mktemp("fast_repo"))
 
 
-@pytest.fixture(scope="module")
-def server(repo):
-    srv = start_thread_server(repo, ServerConfig(port=0, access_log=False, keepalive_timeout_s=5.0))
+@pytest.fixture(scope="module", params=["asyncio", "uvloop"])
+def server(repo, request):
+    """On both loops: uvloop (what ``edgemp serve`` runs on) reads sockets at other points of a
+    loop turn, so ordering bugs can show on one and not the other."""
+    if request.param == "uvloop":
+        pytest.importorskip("uvloop")
+    srv = start_thread_server(repo, ServerConfig(port=0, access_log=False, keepalive_timeout_s=5.0),
+                              uvloop=request.param == "uvloop")
     yield srv
     srv.close()
 

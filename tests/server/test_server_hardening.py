@@ -54,14 +54,17 @@ def repo(tmp_path_factory) -> Path:
     return build_repo(tmp_path_factory.mktemp("hard_repo"))
 
 
-@pytest.fixture(scope="module")
-def server(repo):
+@pytest.fixture(scope="module", params=["asyncio", "uvloop"])
+def server(repo, request):
+    """On both loops (``edgemp serve`` runs on uvloop, which orders socket reads differently)."""
+    if request.param == "uvloop":
+        pytest.importorskip("uvloop")
     config = ServerConfig(
         port=0, access_log=False, max_body_bytes=MAX_BODY, max_buffered_bytes=2 * MAX_BODY,
         header_timeout_s=HEADER_TIMEOUT, keepalive_timeout_s=KEEPALIVE, body_min_rate_bytes_per_s=64 * 1024,
         max_request_nodes=5000, max_request_edges=20000,
     )
-    srv = start_thread_server(repo, config)
+    srv = start_thread_server(repo, config, uvloop=request.param == "uvloop")
     yield srv
     srv.close()
 
