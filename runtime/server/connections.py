@@ -183,8 +183,8 @@ class GuardedRequestHandler(RequestHandler):
         return True
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
-            return
+        if self._refused or self._close or self._force_close:
+            return  # closing: aiohttp discards what comes now (no fast answer, no header deadline either)
         if self._fast_busy:  # in order: these bytes are read once the fast answer is written
             self._fast_pending.append(data)
             if not self._fast_paused and sum(map(len, self._fast_pending)) > PENDING_LIMIT and self.transport:
@@ -196,11 +196,20 @@ class GuardedRequestHandler(RequestHandler):
                 and self.transport is not None and self._manager is not None and self.guard.fast.take(self, data):
             self._cancel_header_timer()
             return
-        if stream is not None and not stream.feed(data):
-            self._stream = None
+        pieces: Any = (data,)
+        if stream is not None:
+            between, completed = stream.between_requests, stream.completed
+            if not stream.feed(data):
+                self._stream = None
+                if between and 0 < stream.completed - completed <= MAX_SPLIT_REQUESTS:
+                    # Whole requests, then bytes no parser accepts: aiohttp answers a read that
+                    # fails to parse with one 400 in place of every request in it. Fed one by
+                    # one, each request is answered, and then the 400.
+                    pieces = _split_after_requests(data, stream.completed - completed)
         waiting = data and self.awaiting_headers  # first bytes of a request after an idle keep-alive
         before = self._request_count
-        super().data_received(data)
+        for piece in pieces:
+            super().data_received(piece)
         if self._request_count != before:
             self._cancel_header_timer()
         elif waiting:  # headers still incomplete: they have until the deadline. A request whose
@@ -225,6 +234,24 @@ class GuardedRequestHandler(RequestHandler):
                 return  # it fires first and re-arms itself for close_time
             handle.cancel()
         self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
+
+    def _process_keepalive(self) -> None:
+        if self._fast_busy:
+            # aiohttp re-arms this timer when its handler loop resumes after a request, which can
+            # be after a fast request that followed at once has begun: that one is not idle time.
+            self._keepalive_handle = None
+            self._keep_alive_until(self._loop.time() + max(self._keepalive_timeout, 1.0))
+            return
+        super()._process_keepalive()
+
+    async def shutdown(self, timeout: float | None = 15.0) -> None:
+        if self._handled == self._request_count and not self._messages and not self._request_in_progress \
+                and self._task_handler is not None and not self._task_handler.done():
+            # Every request answered: aiohttp's handler loop waits for the next one, or reads the
+            # rest of a body it refused unread (its lingering read, up to 10 s) — bytes a closing
+            # connection now discards, so that read would only hold the drain.
+            self._task_handler.cancel()
+        await super().shutdown(timeout)
 
     def fast_begin(self) -> None:
         """A fast request that has to wait (an infer) starts: later bytes wait for its answer."""
@@ -317,9 +344,50 @@ class _StreamTracker:
     def feed(self, data: bytes) -> bool:
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError:  # including an upgrade: not HTTP/1.1 requests any more
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # an upgrade: not HTTP/1.1 requests
             return False
         return True
+
+    @property
+    def completed(self) -> int:
+        return self._done
+
+
+MAX_SPLIT_REQUESTS = 64  # more whole requests than this in one read before bad bytes: one 400 for all
+
+
+def _split_after_requests(data: bytes, count: int) -> list[bytes]:
+    """``data`` cut after each of its first ``count`` whole requests, then the rest.
+
+    Each request's end is the shortest prefix a fresh parser completes a request in, found
+    by doubling then halving (O(n log n) over the read): httptools reports that a request
+    ended, not where.
+    """
+    pieces, pos = [], 0
+    for _ in range(count):
+        size = 64
+        while pos + size < len(data) and not _completes_a_request(data[pos:pos + size]):
+            size *= 2
+        lo, hi = pos + size // 2 + 1 if size > 64 else pos + 1, min(pos + size, len(data))
+        if not _completes_a_request(data[pos:hi]):
+            break
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if _completes_a_request(data[pos:mid]):
+                hi = mid
+            else:
+                lo = mid + 1
+        pieces.append(data[pos:hi])
+        pos = hi
+    if pos < len(data):
+        pieces.append(data[pos:])
+    return pieces
+
+
+def _completes_a_request(data: bytes) -> bool:
+    tracker = _StreamTracker()
+    tracker.feed(data)  # a request that completed before bad bytes still counts
+    return tracker.completed >= 1
 
 
 class _GuardedServer(Server):

@@ -216,7 +216,7 @@ class FastPath:
         parser = parsed.parser
         try:
             parser.feed_data(data)
-        except httptools.HttpParserError:  # aiohttp's parser gives the malformed-request answer
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # aiohttp answers these
             return False
         finally:
             # The parser holds parsed's bound callbacks and parsed holds the parser: a cycle
@@ -227,6 +227,8 @@ class FastPath:
         if parsed.messages != 1 or not parsed.complete or parsed.odd or not parsed.keep_alive:
             return False
         method, headers = parser.get_method(), parsed.headers
+        if b"host" not in headers or not data.startswith(b"%s %s HTTP/1.1\r\n" % (method, parsed.url)):
+            return False  # HTTP/1.1 without Host, or a request line httptools forgives: aiohttp's 400
         if method == b"GET":
             readiness = HEALTH.get(parsed.url)
             if readiness is None or parsed.body or b"content-length" in headers:

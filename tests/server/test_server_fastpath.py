@@ -180,6 +180,14 @@ def test_what_the_fast_path_leaves_to_aiohttp(server):
     assert got == 200 and "aiohttp" in headers["server"]
     (got, headers, _), = exchange(server.port, wire("GET", "/v2/health/live"))
     assert got == 200 and headers["server"] == "edgemp"
+    # HTTP/1.1 without Host gets aiohttp's 400 on either path (httptools forgives it), and a
+    # request line that is not exactly "METHOD URL HTTP/1.1" is aiohttp's to judge.
+    no_host = wire("POST", "/v2/models/gnn/infer", body).replace(b"Host: t\r\n", b"")
+    for request in (no_host, wire("GET", "/v2/health/ready").replace(b"Host: t\r\n", b"")):
+        (got, headers, _), = exchange(server.port, request)
+        assert got == 400 and "aiohttp" in headers["server"], request[:60]
+    (got, headers, _), = exchange(server.port, wire("GET", "/v2/health/live").replace(b" HTTP/1.1", b"  HTTP/1.1"))
+    assert "aiohttp" in headers["server"]
 
 
 def ready_probe_answered_by(repo: Path, config: ServerConfig) -> str:
