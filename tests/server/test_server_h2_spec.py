@@ -44,7 +44,7 @@ STREAM_CLOSED = 0x5
 @pytest.fixture(scope="module")
 def server(model_path, tmp_path_factory):
     with serving_grpc(model_path, tmp_path_factory.mktemp("h2speclog"),
-                      "--max-body-bytes", str(16 << 20), "--max-request-nodes", "1000000") as srv:
+                      "--max-body-bytes", str(40 << 20), "--max-request-nodes", "1500000") as srv:
         yield srv
 
 
@@ -204,6 +204,33 @@ def test_header_cache_follows_a_dynamic_table_that_shifts(conn):
     assert ask(9, by_index) == 0  # the same bytes, now naming ServerReady
 
 
+def test_a_refused_block_that_changed_the_table_still_empties_the_cache(conn):
+    """A block may insert into the dynamic table and then be refused as malformed (a stream
+    error: the connection and its table live on). The cache must be emptied all the same, or a
+    cached block that names a table index keeps decoding to what the index meant before — with
+    an ``authorization`` entry that would let a wrong token through on a right one's bytes."""
+    nope = b"/inference.GRPCInferenceService/NopeNopeNop"
+    ready = READY.encode()
+    rest = b"".join(_hpack_literal(n, v, False) for n, v in (
+        (b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"x"),
+        (b"content-type", b"application/grpc"), (b"te", b"trailers")))
+
+    def ask(sid: int, hb: bytes) -> int:
+        conn.send(frame(HEADERS, 0x4, sid, hb) + frame(DATA, 0x1, sid, message(READY_BODY)))
+        return conn.response(sid)["status"]
+
+    assert ask(1, _hpack_literal(b":path", ready, True) + rest) == 0  # table: [ready]
+    by_index = bytes([0x80 | 62]) + rest  # the newest dynamic entry: ready, for now
+    assert ask(3, by_index) == 0  # decoded once: now cached
+    # inserts nope (index 62 now names it), then breaks RFC 9113 §8.2.1 with an upper-case name
+    conn.send(frame(HEADERS, 0x4, 5, _hpack_literal(b":path", nope, True) + rest
+                    + _hpack_literal(b"X-Upper", b"v", False)) + frame(DATA, 0x1, 5, message(READY_BODY)))
+    while 5 not in conn.resets:
+        assert conn.read() is not None
+    assert conn.resets[5] == PROTOCOL_ERROR
+    assert ask(7, by_index) == 12  # the same bytes, decoded against the table as it is: UNIMPLEMENTED
+
+
 def _hpack_size_update(size: int) -> bytes:
     """A dynamic table size update (RFC 7541 §6.3): 5-bit prefix integer after 001."""
     if size < 31:
@@ -238,6 +265,27 @@ def test_a_peer_that_reads_late_gets_every_answer(server, model):
         for sid, want in wants.items():
             _expect_answer(c.response(sid), f"late{sid}", want, f"stream {sid}")
         assert c.goaway is None
+    finally:
+        c.close()
+
+
+def test_a_peer_allowing_huge_frames_keeps_its_connection_after_a_large_answer(server, model):
+    """SETTINGS_MAX_FRAME_SIZE may be up to 16 MiB - 1. A multi-megabyte answer must still go out
+    in slices the transport's back-pressure can follow: written as one frame it would pass the
+    write-buffer bound at once and the connection would be closed (after the transport flushed
+    the answer) without a GOAWAY, failing whatever the client sends next."""
+    c = Client(server.grpc_port, settings={0x5: (1 << 24) - 1, 0x4: 2**31 - 1}, recv_buffer=16 << 10)
+    try:
+        c.sock.settimeout(20)
+        c.send(frame(WINDOW, 0, 0, struct.pack(">I", 2**31 - 1 - 65_535)))
+        rng = np.random.default_rng(11)
+        wire, want = _infer(model, [random_graph(rng, 1_400_000, 0)], "huge")  # ~39 MB in, ~11 MB out
+        c.send(c.call(1, INFER, wire))
+        time.sleep(1.0)  # the answer is written while nothing is read: the socket takes little of it
+        _expect_answer(c.response(1), "huge", want, "stream 1")
+        assert len(c.streams[1]["data"]) > 8 << 20  # past the write-buffer bound (4 MiB) and the socket buffers
+        c.send(c.call(3, READY, READY_BODY))  # the connection serves on
+        assert c.response(3)["status"] == 0 and c.goaway is None
     finally:
         c.close()
 

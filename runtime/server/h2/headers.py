@@ -65,11 +65,17 @@ class HeaderDecoder:
         if fields is not None:
             return fields
         before = self._state()
-        fields = self.decoder.decode(block, raw=True)
+        try:
+            fields = self.decoder.decode(block, raw=True)
+        finally:
+            # Before anything can raise: a block that changed the table and is then refused (a
+            # forbidden field is only a stream error) must still empty the cache, or a cached block
+            # that refers to the table would keep decoding to what the table held before.
+            changed = not self._same(self._state(), before)
+            if changed:
+                self.cache.clear()  # entries cached against the old table may now decode differently
         check_fields(fields)
-        if not self._same(self._state(), before):
-            self.cache.clear()  # entries cached against the old table may now decode differently
-        elif len(block) <= MAX_CACHED_BLOCK:
+        if not changed and len(block) <= MAX_CACHED_BLOCK:
             if len(self.cache) >= MAX_CACHED:
                 self.cache.clear()
             self.cache[block] = fields

@@ -100,7 +100,9 @@ class FlowControlledWriter:
         out = stream.out
         queued = 0
         while out is not None and len(out):
-            n = min(len(out), self.peer_max_frame, stream.send_window, self.send_window)
+            # a peer may allow frames of up to 16 MiB: slices of _WRITE_SLICE keep each write under
+            # the transport's back-pressure check (one huge frame would trip max_write_buffer)
+            n = min(len(out), self.peer_max_frame, _WRITE_SLICE, stream.send_window, self.send_window)
             if n <= 0 or self.write_paused:
                 stream.out = out
                 self.blocked[stream.id] = stream
