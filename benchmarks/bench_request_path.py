@@ -1,4 +1,4 @@
-"""The event loop's own work per request on the HTTP fast path, in process and without sockets.
+"""The event loop's own work per request (HTTP fast path or gRPC), in process and without sockets.
 
 At 32 closed-loop clients the served p99 is bounded by the event loop's serial work per
 request (benchmarks/results/server.md §0d-§0e): the loop reads, decodes and queues every
@@ -16,13 +16,19 @@ answers come back and are turned into HTTP responses. Reported per request:
   accounted and written out, and the loop's own callbacks); the round's loop-thread CPU
   (``time.thread_time``) minus the take time. The batcher's thread is not counted.
 
-    python benchmarks/bench_request_path.py [--rounds 400]
+With ``--protocol grpc`` the same round goes through the gRPC listener's connection
+instead: 32 HTTP/2 connections (a stand-in transport each) are handed one ModelInfer call
+each per round, HEADERS and DATA in one read, as a raw client sends them; "take" is then
+the frames parsed, the header block, the message decoded, admitted and queued.
+
+    python benchmarks/bench_request_path.py [--rounds 400] [--protocol http|grpc|both]
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import platform
+import struct
 import sys
 import tempfile
 import time
@@ -71,10 +77,13 @@ class Answered:
         self.want = 0
         self.done = asyncio.Event()
         self.bad = 0
+        self.example = b""
 
     def add(self, response: bytes) -> None:
         self.count += 1
-        self.bad += not response.startswith(b"HTTP/1.1 200 ")
+        if not response.startswith(b"HTTP/1.1 200 "):
+            self.bad += 1
+            self.example = response[:300]
         if self.count == self.want:
             self.done.set()
 
@@ -85,20 +94,90 @@ def wire(body: bytes, headers: dict[str, str]) -> bytes:
     return head.encode() + body
 
 
-async def run(model: Path, rounds: int) -> dict[str, float]:
+class HeldTransport:
+    """What an HTTP/2 connection needs of its transport; counts the gRPC answers written."""
+
+    def __init__(self, answered: Answered) -> None:
+        self.answered = answered
+
+    def write(self, data: bytes) -> None:
+        ok = data.count(_GRPC_OK)  # one grpc-status per answered call, in its trailers
+        for k in range(data.count(_GRPC_STATUS)):
+            self.answered.add(b"HTTP/1.1 200 " if k < ok else data[:200])
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        raise SystemExit("the gRPC connection was closed")
+
+
+_GRPC_STATUS = b"\x00\x0bgrpc-status"  # as the server writes it: an HPACK literal
+_GRPC_OK = _GRPC_STATUS + b"\x010"
+
+
+class GrpcConnections:
+    """``CLIENTS`` HTTP/2 connections of the server's gRPC listener, each with a stand-in transport."""
+
+    def __init__(self, app, answered: Answered) -> None:
+        from edgemp.runtime.server.app import app_state
+        from edgemp.runtime.server.grpc_service import InferenceService
+        from edgemp.runtime.server.h2 import frames as f
+        from edgemp.runtime.server.h2.connection import H2Connection
+        from edgemp.runtime.server.h2.grpc_handler import GrpcHandler
+        from edgemp.runtime.server.h2.limits import ConnectionLimits
+        from edgemp.runtime.server.middleware import BODY_READER
+
+        state = app_state(app)
+        handler = GrpcHandler(InferenceService(state), state.config.max_body_bytes, app.get(BODY_READER))
+        limits = ConnectionLimits()
+        self.f = f
+        self.conns = []
+        for _ in range(CLIENTS):
+            conn = H2Connection(handler, limits)
+            conn.connection_made(HeldTransport(answered))
+            # as the raw benchmark client: windows wide open, so no answer waits for WINDOW_UPDATE
+            conn.data_received(f.PREFACE + f.frame(f.SETTINGS, 0, 0, struct.pack(">HI", 4, 2**31 - 1))
+                               + f.frame(f.WINDOW_UPDATE, 0, 0, struct.pack(">I", 2**31 - 1 - 65_535)))
+            self.conns.append(conn)
+        self.block = b"\x83\x86" + b"".join(f.literal(n, v) for n, v in (
+            (b":path", b"/inference.GRPCInferenceService/ModelInfer"), (b":authority", b"127.0.0.1"),
+            (b"content-type", b"application/grpc"), (b"te", b"trailers")))
+
+    def call_bytes(self, sid: int, message: bytes) -> bytes:
+        f = self.f
+        return (f.frame(f.HEADERS, f.END_HEADERS, sid, self.block)
+                + f.frame(f.DATA, f.END_STREAM, sid, b"\x00" + len(message).to_bytes(4, "big") + message))
+
+
+async def run(model: Path, rounds: int, protocol: str = "http") -> dict[str, float]:
     app = create_app({"m": model}, ServerConfig(port=0, access_log=False),
                      BatcherConfig(max_batch_graphs=64, max_queue_size=4096))
     for hook in app.on_startup:
         await hook(app)
-    fast = attach(app)
-    assert fast is not None, "this aiohttp has no fast path"
-    requests = []
-    for g in molecule_like_graphs(256, 16, seed=0):
-        tensors = collate([g]).tensors()
-        body, headers = encode({n: tensors[n] for n in INPUTS}, "binary")
-        requests.append(wire(body, headers))
     answered = Answered()
-    conns = [HeldConnection(answered) for _ in range(CLIENTS)]
+    requests = []
+    graphs = molecule_like_graphs(256, 16, seed=0)
+    if protocol == "grpc":
+        from edgemp.runtime.server import grpc_proto as pb
+
+        grpc = GrpcConnections(app, answered)
+        messages = [pb.infer_request_bytes("m", {n: collate([g]).tensors()[n] for n in INPUTS}) for g in graphs]
+
+        def take(k: int, r: int) -> bool:
+            grpc.conns[k].data_received(grpc.call_bytes(2 * r + 1, messages[(r * CLIENTS + k) % len(messages)]))
+            return True
+    else:
+        fast = attach(app)
+        assert fast is not None, "this aiohttp has no fast path"
+        for g in graphs:
+            tensors = collate([g]).tensors()
+            body, headers = encode({n: tensors[n] for n in INPUTS}, "binary")
+            requests.append(wire(body, headers))
+        conns = [HeldConnection(answered) for _ in range(CLIENTS)]
+
+        def take(k: int, r: int) -> bool:
+            return fast.take(conns[k], requests[(r * CLIENTS + k) % len(requests)])
     take_s = loop_cpu_s = 0.0
     measured = 0
     try:
@@ -107,8 +186,8 @@ async def run(model: Path, rounds: int) -> dict[str, float]:
             answered.done.clear()
             cpu0 = time.thread_time()
             t0 = time.perf_counter()
-            for k, conn in enumerate(conns):
-                if not fast.take(conn, requests[(r * CLIENTS + k) % len(requests)]):
+            for k in range(CLIENTS):
+                if not take(k, r):
                     raise SystemExit("the fast path declined a request")
             t1 = time.perf_counter()
             await answered.done.wait()
@@ -118,7 +197,7 @@ async def run(model: Path, rounds: int) -> dict[str, float]:
                 loop_cpu_s += cpu1 - cpu0
                 measured += CLIENTS
         if answered.bad:
-            raise SystemExit(f"{answered.bad} answers were not 200")
+            raise SystemExit(f"{answered.bad} answers were not 200 (or gRPC OK); one: {answered.example!r}")
     finally:
         for hook in app.on_cleanup:
             await hook(app)
@@ -129,21 +208,28 @@ async def run(model: Path, rounds: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=400)
+    parser.add_argument("--protocol", choices=("http", "grpc", "both"), default="http",
+                        help="the HTTP fast path (V2 binary), gRPC ModelInfer, or both side by side")
     args = parser.parse_args(argv)
+    protocols = ("http", "grpc") if args.protocol == "both" else (args.protocol,)
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
         model = export_random("gin", 16, 0, Path(tmp) / "gin.onnx")
-        with frozen_startup_heap():  # as the server runs: its loop, its collector policy
-            result = event_loop.run(run(model, args.rounds))
-    print(f"command: python benchmarks/bench_request_path.py --rounds {args.rounds}")
+        for protocol in protocols:
+            with frozen_startup_heap():  # as the server runs: its loop, its collector policy
+                results[protocol] = event_loop.run(run(model, args.rounds, protocol))
+    print(f"command: python benchmarks/bench_request_path.py --rounds {args.rounds} --protocol {args.protocol}")
     print(f"machine: {platform.machine()}, Python {platform.python_version()}")
     print("model: GIN (hidden 64, 3 rounds, random weights), 256 molecule-sized graphs (10-35 nodes), "
-          f"one per request, {CLIENTS} requests per loop turn, V2 binary, no sockets")
+          f"one per request, {CLIENTS} requests per loop turn, no sockets (HTTP: V2 binary; gRPC: ModelInfer, "
+          "raw_input_contents)")
     print()
-    print("| event loop, per request | µs |")
-    print("|---|---:|")
-    print(f"| take: parse or known head, decode, admit, queue | {result['take']:.1f} |")
-    print(f"| answer: encode, account, respond (and the loop's callbacks) | {result['answer']:.1f} |")
-    print(f"| loop thread CPU, all | {result['loop']:.1f} |")
+    print("| event loop, per request | " + " | ".join(f"{p} µs" for p in protocols) + " |")
+    print("|---|" + "---:|" * len(protocols))
+    for key, label in (("take", "take: parse, decode, admit, queue"),
+                       ("answer", "answer: encode, account, respond (and the loop's callbacks)"),
+                       ("loop", "loop thread CPU, all")):
+        print(f"| {label} | " + " | ".join(f"{results[p][key]:.1f}" for p in protocols) + " |")
     sys.stdout.flush()
 
 

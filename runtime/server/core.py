@@ -89,9 +89,11 @@ Answer = Callable[[Any, Optional[BaseException]], None]
 
 
 def start(state: ServerState, served: ServedModel, data: bytes, decode: Callable[[bytes], Call[T]],
-          answer: Answer) -> None:
+          answer: Answer) -> "_Flight | None":
     """:func:`infer` without a coroutine, for a small body already read: ``answer`` is called
-    exactly once on the event loop, with the encoded payload or with the request's error.
+    exactly once on the event loop, with the encoded payload or with the request's error —
+    unless the request is cancelled first (its client went away): the returned flight's
+    ``cancel()`` is then the request's end, and ``answer`` is never called.
 
     The same steps as :func:`infer` (admission, decode, limits, the lone-request inline
     run, the batcher, encode, statistics), with no task, coroutine or future per request:
@@ -104,14 +106,21 @@ def start(state: ServerState, served: ServedModel, data: bytes, decode: Callable
         scope = state.admit(served)
     except Exception as error:  # noqa: BLE001 - draining: answered, never raised
         answer(None, error)
-        return
-    _Flight(state, served, scope, answer).begin(data, decode)
+        return None
+    flight = _Flight(state, served, scope, answer)
+    flight.begin(data, decode)
+    return flight
 
 
 class _Flight:
-    """One request on :func:`start`'s path, from admission to its one answer."""
+    """One request on :func:`start`'s path, from admission to its one answer (or its cancel).
 
-    __slots__ = ("state", "served", "scope", "answer", "call", "timeout")
+    ``done()`` and ``cancel()`` as a task has them, so a protocol can hold either: a
+    cancelled request leaves the in-flight count at once, is not counted as a success or a
+    failure (as a cancelled :func:`infer`), and its results, if it still runs, are dropped.
+    """
+
+    __slots__ = ("state", "served", "scope", "answer", "call", "timeout", "ended")
 
     def __init__(self, state: ServerState, served: ServedModel, scope: RequestScope, answer: Answer) -> None:
         self.state = state
@@ -120,6 +129,16 @@ class _Flight:
         self.answer = answer
         self.call: Call | None = None
         self.timeout = 0
+        self.ended = False  # answered or cancelled: nothing more happens
+
+    def done(self) -> bool:
+        return self.ended
+
+    def cancel(self) -> None:
+        if not self.ended:
+            self.ended = True
+            error = asyncio.CancelledError()
+            self.scope.__exit__(type(error), error, None)  # the client went away: out of flight, no outcome
 
     def begin(self, data: bytes, decode: Callable[[bytes], Call]) -> None:
         try:
@@ -136,6 +155,8 @@ class _Flight:
             self.fail(error)
 
     def run_alone(self) -> None:
+        if self.ended:
+            return
         try:
             done = self.served.batcher.run_now(self.call.items) if self.state.alone() else None
             if done is None:
@@ -148,6 +169,8 @@ class _Flight:
 
     def finish(self, results: list | None, error: BaseException | None, timing: RequestTiming | None) -> None:
         """The batcher's answer (on the loop): encode, account, answer."""
+        if self.ended:
+            return
         if error is not None:
             self.fail(error)
             return
@@ -158,9 +181,13 @@ class _Flight:
         except Exception as failure:  # noqa: BLE001
             self.fail(failure)
             return
+        self.ended = True
         self.scope.__exit__(None, None, None)
         self.answer(payload, None)
 
     def fail(self, error: BaseException) -> None:
+        if self.ended:
+            return
+        self.ended = True
         self.scope.__exit__(type(error), error, None)  # the failure outcome, and out of flight
         self.answer(None, error)

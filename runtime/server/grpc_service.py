@@ -9,7 +9,7 @@ bytes out, or an exception; :func:`grpc_status` turns that into a gRPC status. T
 an asyncio protocol on the server's own event loop, because grpcio's server alone cost
 ~300-450 µs per call here (benchmarks/results/server.md), more than the model.
 
-Inference takes the request core of the HTTP routes (:func:`edgemp.runtime.server.core.infer`):
+Inference takes the request core of the HTTP routes (:mod:`edgemp.runtime.server.core`):
 same batcher, statistics, admission and draining. Errors keep their meaning across
 protocols: what is HTTP 400 is ``INVALID_ARGUMENT``, 404 ``NOT_FOUND``, 503 ``UNAVAILABLE``
 (queue full, draining, queue timeout), 413 ``RESOURCE_EXHAUSTED``, a wrong bearer token
@@ -20,16 +20,19 @@ port is given.
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import math
-from typing import Any, Awaitable, Callable, NamedTuple
+from typing import Any, Awaitable, Callable, NamedTuple, Protocol
 
 import numpy as np
 
 from edgemp import __version__
 from edgemp.errors import EdgempError, MissingExtraError
 from edgemp.runtime.server import core
+from edgemp.runtime.server.grpc_plans import GrpcPlans
+from edgemp.runtime.server.grpc_wire import encode_response
 from edgemp.runtime.server.metadata import EXTENSIONS, SERVER_NAME, model_config, model_metadata
 from edgemp.runtime.server.middleware import one_line, status_for
 from edgemp.runtime.server.protocol import (
@@ -135,21 +138,16 @@ class _GrpcCall(V2Call):
     __slots__ = ()
 
     def encode(self, results: list) -> bytes:
-        from edgemp.runtime.server import grpc_proto as pb
-
-        resp = pb.ModelInferResponse(model_name=self.served.name, model_version=self.served.version,
-                                     id=self.request.id or "")
+        outputs = []
         for name, value, _ in self.outputs(results):
             datatype = "FP32" if value.dtype.kind == "f" else "INT64"
-            value = np.ascontiguousarray(value, dtype=DTYPES[datatype])
-            tensor = resp.outputs.add(name=name, datatype=datatype)
-            tensor.shape.extend(value.shape)
-            resp.raw_output_contents.append(value.tobytes())
-        return resp.SerializeToString()
+            outputs.append((name, datatype, np.ascontiguousarray(value, dtype=DTYPES[datatype])))
+        return encode_response(self.served.name, self.served.version, self.request.id or "", outputs)
 
 
 class Rpc(NamedTuple):
-    """One RPC: its handler (bytes -> bytes, or an awaitable of bytes when ``deferred``) and
+    """One RPC: its handler (bytes -> bytes; when ``deferred``, (bytes, answer) -> a
+    :class:`Cancellable` whose answer comes later, as :meth:`InferenceService.ModelInfer`) and
     whether it needs the bearer token."""
 
     name: str
@@ -166,6 +164,7 @@ class InferenceService:
 
         self.state = state
         self.pb = pb
+        self.plans = GrpcPlans()
         token = state.config.auth_token
         self._expected = f"Bearer {token}".encode() if token is not None else None
         self.rpcs: dict[bytes, Rpc] = {}
@@ -173,6 +172,10 @@ class InferenceService:
             deferred = name == "ModelInfer"
             handler = self.ModelInfer if deferred else self._unary(name)
             self.rpcs[f"/{pb.SERVICE}/{name}".encode()] = Rpc(name, handler, deferred, name not in OPEN_RPCS)
+
+    def _current(self, served: Any) -> bool:
+        """Whether ``served`` is still the model served under its name (a plan names it)."""
+        return self.state.models.get(served.name) is served
 
     def authorized(self, header: bytes | None) -> bool:
         """Whether an ``authorization`` metadata value carries the server's bearer token."""
@@ -237,8 +240,23 @@ class InferenceService:
                                   ignore_unknown_fields=True)
         return resp
 
-    def ModelInfer(self, request: bytes) -> Awaitable[bytes]:  # noqa: N802 - raw bytes in and out
+    def ModelInfer(self, request: bytes, answer: core.Answer) -> Cancellable:  # noqa: N802 - raw bytes in and out
+        """Start the call; ``answer(serialized response, None)`` or ``answer(None, error)`` follows
+        on the loop unless the returned handle is cancelled first. Raises what is wrong with
+        the message itself (not a ModelInferRequest, an unknown model).
+
+        A small message takes the request core's callback path (:func:`core.start`: no task,
+        coroutine or future per call, as the HTTP fast path); a large one a task on
+        :func:`core.infer`, whose decode and encode may move off the loop.
+        """
         state = self.state
+        small = len(request) < state.config.offload_bytes
+        parts = None
+        if small:  # a message whose description was seen before skips protobuf (grpc_plans.py)
+            parts, planned = self.plans.lookup(request, self._current)
+            if planned is not None:
+                served, decoded = planned
+                return core.start(state, served, request, lambda _: _GrpcCall(served, decoded), answer)
         header = self.pb.ModelInferRequest()
         try:
             header.ParseFromString(request)  # once, here: the model name picks the model before admission
@@ -247,9 +265,32 @@ class InferenceService:
         served = state.model(header.model_name, header.model_version)
 
         def decode(_: bytes) -> _GrpcCall:
-            return _GrpcCall(served, decode_request(header, served.input_types))
+            call = _GrpcCall(served, decode_request(header, served.input_types))
+            if parts is not None:  # decoded and checked without error: later ones may take the plan
+                self.plans.keep(parts, served, header, call.request)
+            return call
 
-        return core.infer(state, served, request, decode)
+        if small:
+            return core.start(state, served, request, decode, answer)
+        return asyncio.get_running_loop().create_task(_answer_from(core.infer(state, served, request, decode), answer))
+
+
+class Cancellable(Protocol):
+    """A started call (a task, or the request core's flight): its end, or its cancel."""
+
+    def done(self) -> bool: ...
+    def cancel(self) -> Any: ...
+
+
+async def _answer_from(work: Awaitable[bytes], answer: core.Answer) -> None:
+    try:
+        data = await work
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:  # noqa: BLE001 - every failure is the call's answer
+        answer(None, e)
+        return
+    answer(data, None)
 
 
 async def start_grpc(state: ServerState, host: str, port: int, body_reader: Any = None) -> tuple[Any, int]:

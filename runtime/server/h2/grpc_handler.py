@@ -9,13 +9,14 @@ declared length in the 5-byte prefix, before the rest is buffered (RESOURCE_EXHA
 and ``grpc-timeout`` honoured (DEADLINE_EXCEEDED). Errors are trailers-only responses with
 ``grpc-status`` and a percent-encoded ``grpc-message``.
 
-Cheap RPCs (health, metadata) are answered inline from ``data_received``; ModelInfer runs
-as a task through the request core, so its answer is written from that task, on the same
-loop, with no thread hop.
+Cheap RPCs (health, metadata) are answered inline from ``data_received``; ModelInfer is
+started through the request core and answered by a callback on the same loop (no thread
+hop; for a small message no task either); a reset stream or a passed deadline cancels it.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
@@ -140,14 +141,14 @@ class GrpcHandler:
         stream.chunks = []
         rpc = call.rpc
         try:
-            answer = rpc.handler(payload)
+            if rpc.deferred:
+                started = rpc.handler(payload, functools.partial(self._finish, conn, stream))
+                if not stream.answered:  # answered already (a bad request): nothing to cancel
+                    stream.task = started
+            else:
+                self._answer(conn, stream, rpc.handler(payload))
         except Exception as e:  # noqa: BLE001 - every failure is answered with its status
             self._fail(conn, stream, *svc.grpc_status(e, rpc.name))
-            return
-        if rpc.deferred:
-            stream.task = asyncio.get_running_loop().create_task(self._finish(conn, stream, answer))
-        else:
-            self._answer(conn, stream, answer)
 
     def on_close(self, conn: H2Connection, stream: Stream) -> None:
         call = stream.app
@@ -159,15 +160,12 @@ class GrpcHandler:
         self._fail(conn, stream, svc.UNAVAILABLE, "request message arrives too slowly (body_min_rate_bytes_per_s)")
 
     # -- answers ---------------------------------------------------------------------------
-    async def _finish(self, conn: H2Connection, stream: Stream, answer: Any) -> None:
-        try:
-            data = await answer
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # noqa: BLE001 - every failure is answered with its status
-            self._fail(conn, stream, *svc.grpc_status(e, stream.app.rpc.name))
-            return
-        self._answer(conn, stream, data)
+    def _finish(self, conn: H2Connection, stream: Stream, data: bytes | None, error: BaseException | None) -> None:
+        """A deferred RPC's answer, on the loop (dropped by ``respond`` if the stream is gone)."""
+        if error is not None:
+            self._fail(conn, stream, *svc.grpc_status(error, stream.app.rpc.name))
+        else:
+            self._answer(conn, stream, data)
 
     @staticmethod
     def _answer(conn: H2Connection, stream: Stream, data: bytes) -> None:
