@@ -19,7 +19,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from edgemp.runtime.model import load  # noqa: E402
 from edgemp.runtime.server import grpc_proto as pb  # noqa: E402
-from runtime_fixtures import build_sparse_model, random_graphs  # noqa: E402
+from runtime_fixtures import build_sparse_model, random_graph, random_graphs  # noqa: E402
 from server_utils import (  # noqa: E402
     assert_outputs_match,
     batch_tensors,
@@ -215,6 +215,46 @@ def test_auth_queue_full_and_drain(repo, tmp_path, models):
     finally:
         srv.stop()
     assert "'g': 2 request(s) succeeded" in srv.log(), srv.log()[-2000:]
+
+
+def test_a_known_description_still_checks_every_call(server, models):
+    """Calls that repeat a description (same inputs, shapes, outputs) take its plan: each still
+    gets its own id and answer, and bad sizes or values get the full decode's error."""
+    rng = np.random.default_rng(11)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    infer = channel.unary_unary(INFER)
+    try:
+        graphs = [random_graph(rng, 6, 8)]
+        n = 6
+        for k in range(6):  # the first decodes in full and keeps the plan; the rest take it
+            g = [random_graph_like(rng, graphs[0])]
+            answer = pb.ModelInferResponse.FromString(infer(pb.infer_request_bytes("gnn", batch_tensors(g), f"id{k}")))
+            assert answer.id == f"id{k}"
+            got = {o.name: np.frombuffer(raw, np.float32).reshape(tuple(o.shape))
+                   for o, raw in zip(answer.outputs, answer.raw_output_contents)}
+            assert_outputs_match(got, expected_layout(models["gnn"], g), f"call {k}")
+        t = batch_tensors(graphs)
+        short = pb.ModelInferRequest.FromString(pb.infer_request_bytes("gnn", t))
+        short.raw_input_contents[0] = short.raw_input_contents[0][:-4]
+        bad_values = [dict(t, node_graph=np.full(n, 3, np.int64)),
+                      dict(t, edge_index=np.full_like(t["edge_index"], n)),
+                      dict(t, graph_node_counts=np.array([n + 1], np.int64))]
+        for what, wire in [("short raw contents", short.SerializeToString())] + [
+                (f"bad values {i}", pb.infer_request_bytes("gnn", b)) for i, b in enumerate(bad_values)]:
+            with pytest.raises(grpc.RpcError) as e:
+                infer(wire)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (what, e.value.details())
+            assert e.value.details(), what
+    finally:
+        channel.close()
+
+
+def random_graph_like(rng: np.random.Generator, g):
+    """A graph with ``g``'s node and edge counts (so the same request description) and other values."""
+    from edgemp.graph import Graph
+
+    return Graph(x=rng.standard_normal(g.x.shape).astype(np.float32),
+                 edge_index=rng.integers(0, len(g.x), g.edge_index.shape).astype(np.int64))
 
 
 def _mutations(t: dict[str, np.ndarray]) -> list:

@@ -292,8 +292,9 @@ def test_a_peer_allowing_huge_frames_keeps_its_connection_after_a_large_answer(s
 
 # -- cancellation ------------------------------------------------------------------------------
 def test_calls_reset_while_queued_leave_nothing_behind(model_path, model, tmp_path):
-    """RST_STREAM on calls waiting in the batcher: the others are answered right, statistics count
-    only answered calls, nothing stays in flight (SIGTERM drains at once and exits 0)."""
+    """RST_STREAM, or a grpc-timeout that passes, on calls waiting in the batcher: the others are
+    answered right, statistics count only answered calls, nothing stays in flight (SIGTERM
+    drains at once and exits 0)."""
     gport = free_port()
     srv = start_server(model_path, tmp_path, "--name", "gnn", "--grpc-port", str(gport),
                        "--max-queue-delay-us", "300000", "--max-batch-graphs", "1000")
@@ -302,16 +303,19 @@ def test_calls_reset_while_queued_leave_nothing_behind(model_path, model, tmp_pa
         c.sock.settimeout(10)
         rng = np.random.default_rng(8)
         wants, out = {}, b""
+        late = {3, 15, 23}  # none of them reset below; these ask for an answer within 100 ms; the batch waits 300
         for k in range(20):
             sid = 2 * k + 1
             wire, wants[sid] = _infer(model, random_graphs(rng, 3), f"q{sid}")
-            out += c.call(sid, INFER, wire)
+            out += c.call(sid, INFER, wire, [("grpc-timeout", "100m")] if sid in late else [])
         c.send(out)
         time.sleep(0.05)  # decoded and queued: the batch waits for max-queue-delay
         reset = [sid for sid in wants if sid % 4 == 1]
         c.send(b"".join(frame(0x3, 0, sid, struct.pack(">I", 0x8)) for sid in reset))
+        for sid in late:
+            assert c.response(sid)["status"] == 4  # DEADLINE_EXCEEDED
         for sid, want in wants.items():
-            if sid in reset:
+            if sid in reset or sid in late:
                 continue
             r = c.response(sid)
             assert r["status"] == 0, r
@@ -320,7 +324,7 @@ def test_calls_reset_while_queued_leave_nothing_behind(model_path, model, tmp_pa
         status, _, body = http(srv, "GET", "/v2/models/gnn/stats")
         assert status == 200
         stats = json.loads(body)["model_stats"][0]["inference_stats"]
-        assert stats["success"]["count"] == len(wants) - len(reset), stats
+        assert stats["success"]["count"] == len(wants) - len(reset) - len(late), stats
         assert stats["fail"]["count"] == 0, stats
         c.close()
         t0 = time.monotonic()

@@ -1,0 +1,84 @@
+"""ModelInferRequests a model has seen before, each decoded once (gRPC's header plans).
+
+A ModelInferRequest carrying its tensors in ``raw_input_contents`` is, for molecule-sized
+graphs, the same few hundred bytes of description (model, input names, datatypes, shapes,
+requested outputs, parameters) around the raw bytes, for every request with the same node
+and edge counts. Reading that description out of protobuf objects and checking it costs
+~20 µs of the event loop per call, more than the rest of the message (benchmarks/results/
+server.md §0g). So the message is split at the protobuf wire level into its *head* (every
+top-level field but ``id`` and ``raw_input_contents``, in order), its id and its raw contents;
+a head that decoded once without error is kept as a plan, keyed by its exact bytes, and a
+later call with the same head gets arrays that are views of its own message at the raw
+contents' offsets, each checked against the planned byte size.
+
+Sound because protobuf parsing is field by field: the head's fields keep their order (so
+repeated fields and last-one-wins fields read the same), and the id and raw contents are
+read as the parser would (the last id; the raw entries in order). Anything irregular — a
+group, a truncated or overlong varint, an id that is not UTF-8, a raw entry of the wrong
+size, BYTES inputs, a head over ``grpc_wire.MAX_HEAD_BYTES`` — takes the full decode, whose errors
+stay the one answer for bad requests.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+from edgemp.runtime.server.grpc_wire import Split, split
+from edgemp.runtime.server.protocol import DTYPES, InferRequest, RequestedOutput
+
+MAX_PLANS = 512  # distinct (model, shapes, outputs, parameters) descriptions kept
+
+
+class _Plan(NamedTuple):
+    served: Any  # the ServedModel the head names
+    tensors: tuple[tuple[str, np.dtype, tuple[int, ...], int], ...]  # name, dtype, shape, bytes; input order
+    parameters: dict[str, Any]  # shared and read-only, as the HTTP header plans'
+    outputs: list[RequestedOutput] | None
+    memo: dict[str, Any]  # what the served model decided once for this head (InferRequest.memo)
+
+
+class GrpcPlans:
+    """Decode a serialized ModelInferRequest, through a plan when its head was seen before."""
+
+    def __init__(self, max_plans: int = MAX_PLANS) -> None:
+        self.max_plans = max_plans
+        self._plans: dict[bytes, _Plan] = {}
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+    def lookup(self, data: bytes, current: Callable[[Any], bool]) -> tuple[Split | None, tuple[Any, InferRequest] | None]:
+        """(the message's split, (served model, request) when a plan answers it). ``current``
+        says whether a plan's model is still the one served under its name."""
+        parts = split(data)
+        if parts is None:
+            return None, None
+        plan = self._plans.get(parts.head)
+        if plan is None or len(parts.raw) != len(plan.tensors) or not current(plan.served):
+            return parts, None
+        inputs = {}
+        for (name, dtype, shape, nbytes), (offset, length) in zip(plan.tensors, parts.raw):
+            if length != nbytes:
+                return parts, None
+            inputs[name] = np.ndarray(shape, dtype, data, offset)  # a read-only view of the message
+        try:
+            request_id = parts.request_id.decode("utf-8") if parts.request_id else None
+        except UnicodeDecodeError:
+            return parts, None  # the full decode refuses it
+        return parts, (plan.served, InferRequest(inputs, request_id, plan.parameters, plan.outputs, True, plan.memo))
+
+    def keep(self, parts: Split, served: Any, message: Any, request: InferRequest) -> None:
+        """Keep the plan of a head whose message (``message``, parsed) just decoded without error."""
+        if not message.raw_input_contents or len(message.raw_input_contents) != len(message.inputs):
+            return
+        tensors = []
+        for tensor, (_, length) in zip(message.inputs, parts.raw):
+            dtype = DTYPES.get(tensor.datatype)
+            if dtype is None:  # BYTES: elements of varying length, decoded every time
+                return
+            shape = tuple(tensor.shape)
+            tensors.append((tensor.name, dtype, shape, length))
+        if len(self._plans) >= self.max_plans:
+            del self._plans[next(iter(self._plans))]  # the oldest goes (only the event loop writes here)
+        self._plans[parts.head] = _Plan(served, tuple(tensors), request.parameters, request.outputs, {})
