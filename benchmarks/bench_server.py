@@ -4,13 +4,13 @@ Three measurements, each in one run with the same model and molecules:
 
 1. ``latency``: batch 1, one client, keep-alive, every path interleaved call by call
    with an in-process ``Model.predict`` on the quickstart's solubility-style MPNN (hidden 64,
-   3 rounds, real solubility molecules), in two passes: HTTP (the floor ``GET
-   /v2/health/ready``, V2 binary and JSON over a raw client, ``/v1`` JSON, stock
-   ``tritonclient.http``), then gRPC (a raw HTTP/2 client, a grpcio channel, stock
-   ``tritonclient.grpc``, and a bare grpcio server's empty call). The figure of merit is
-   served p50 minus the in-process p50 of the same pass. The passes are apart because grpc's
-   client threads slow everything else in the process, the in-process baseline included (by
-   up to ~40% on 2 cores).
+   3 rounds, real solubility molecules), in two passes: raw clients (the floor ``GET
+   /v2/health/ready``, V2 binary and JSON, ``/v1`` JSON, stock ``tritonclient.http``, and
+   gRPC ServerReady and ModelInfer over a raw HTTP/2 client), then grpcio's (a grpcio
+   channel, stock ``tritonclient.grpc``, and a bare grpcio server's empty call). The figure
+   of merit is served p50 minus the in-process p50 of the same pass. The passes are apart
+   because grpc's client threads slow everything else in the process, the in-process
+   baseline included (by up to ~40% on 2 cores).
 2. ``batching``: 32 closed-loop clients on GIN (hidden 64, 3 rounds, molecule-sized graphs),
    dynamic batching off, on with no queue delay (greedy), and on with a 500 µs delay (whose
    batches close once every connection has sent), next to the load generator's own ceiling
@@ -154,9 +154,9 @@ INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
 
 
 def _latency_paths(srv: Server, model, graphs: list[Graph]) -> Iterator[dict[str, Callable[[int], object]]]:
-    """The passes (HTTP, then gRPC if served): one callable per path, each sending request ``i``
-    (round-robin over the molecules); each pass starts with its own in-process baseline. The
-    gRPC clients are made only once the HTTP pass is done."""
+    """The passes (raw clients, then grpcio's if gRPC is served): one callable per path, each
+    sending request ``i`` (round-robin over the molecules); each pass starts with its own
+    in-process baseline. grpcio's channels are made only once the raw pass is done."""
     host = f"127.0.0.1:{srv.port}"
     remote = remote_model(srv)
     conn = RawConnection("127.0.0.1", srv.port)
@@ -177,7 +177,7 @@ def _latency_paths(srv: Server, model, graphs: list[Graph]) -> Iterator[dict[str
 
     in_process = lambda i: model.predict([graphs[i % n]])  # noqa: E731
     paths: dict[str, Callable[[int], object]] = {
-        f"{IN_PROCESS} (HTTP pass)": in_process,
+        f"{IN_PROCESS} (raw-client pass)": in_process,
         "HTTP GET /v2/health/ready (floor)": lambda i: conn.request(ready),
         "HTTP V2 binary, raw client": raw(binary),
         "HTTP V2 JSON, raw client": raw(jsons),
@@ -197,20 +197,11 @@ def _latency_paths(srv: Server, model, graphs: list[Graph]) -> Iterator[dict[str
 
     tc_in = [tc_inputs(th, x) for x in t]
     paths["tritonclient.http binary"] = lambda i: tc.infer("m", tc_in[i % n])
-    yield paths
-    if srv.grpc_port:
-        import grpc
-        import tritonclient.grpc as tg
-
+    if srv.grpc_port:  # the raw gRPC client beside the raw HTTP one: same pass, same baseline
         from edgemp.runtime.server import grpc_proto as pb
 
-        channel = grpc.insecure_channel(f"127.0.0.1:{srv.grpc_port}")
-        ready_rpc = channel.unary_unary(READY_PATH)
-        infer_rpc = channel.unary_unary(INFER_PATH)
         empty = pb.ServerReadyRequest().SerializeToString()
         infer_wire = [pb.infer_request_bytes("m", x) for x in t]
-        tcg = tg.InferenceServerClient(f"127.0.0.1:{srv.grpc_port}")
-        tcg_in = [tc_inputs(tg, x) for x in t]
         h2 = RawGrpcClient("127.0.0.1", srv.grpc_port)
 
         def h2_call(path: str, message: bytes) -> object:
@@ -219,10 +210,21 @@ def _latency_paths(srv: Server, model, graphs: list[Graph]) -> Iterator[dict[str
                 raise SystemExit(f"gRPC {path} failed with status {status}")
             return answer
 
+        paths["gRPC ServerReady, raw HTTP/2 client (floor)"] = lambda i: h2_call(READY_PATH, empty)
+        paths["gRPC ModelInfer, raw HTTP/2 client"] = lambda i: h2_call(INFER_PATH, infer_wire[i % n])
+    yield paths
+    if srv.grpc_port:
+        import grpc
+        import tritonclient.grpc as tg
+
+        channel = grpc.insecure_channel(f"127.0.0.1:{srv.grpc_port}")
+        ready_rpc = channel.unary_unary(READY_PATH)
+        infer_rpc = channel.unary_unary(INFER_PATH)
+        tcg = tg.InferenceServerClient(f"127.0.0.1:{srv.grpc_port}")
+        tcg_in = [tc_inputs(tg, x) for x in t]
+
         yield {
-            f"{IN_PROCESS} (gRPC pass)": in_process,
-            "gRPC ServerReady, raw HTTP/2 client (floor)": lambda i: h2_call(READY_PATH, empty),
-            "gRPC ModelInfer, raw HTTP/2 client": lambda i: h2_call(INFER_PATH, infer_wire[i % n]),
+            f"{IN_PROCESS} (grpcio pass)": in_process,
             "gRPC ServerReady, grpcio channel (floor)": lambda i: ready_rpc(empty),
             "gRPC ModelInfer, grpcio channel": lambda i: infer_rpc(infer_wire[i % n]),
             "tritonclient.grpc": lambda i: tcg.infer("m", tcg_in[i % n]),
@@ -299,11 +301,11 @@ def latency(requests: int, tmp: Path, grpc: bool) -> list[str]:
     samples: dict[str, list[int]] = {}
     cpu: dict[str, float] = {}  # CPU per call: contention inflates wall time, much less the CPU a request burns
     try:
-        # HTTP first, before any gRPC channel exists: grpc's client threads slowed everything
-        # else in the process (the in-process baseline by up to ~40%), flattering "served − in-process".
+        # raw clients first, before any grpcio channel exists: grpc's client threads slow everything
+        # else in the process (the in-process baseline by up to ~40%, a raw client's calls too).
         for paths in _latency_paths(srv, model, graphs):
             cpu_of = {name: srv.cpu_s for name in paths}
-            if any(name.startswith("gRPC") for name in paths):
+            if any("grpcio" in name for name in paths):
                 bare, call_bare = _bare_grpc()
                 name = "gRPC empty call, bare grpc.aio server (grpcio's floor)"
                 paths[name] = call_bare
@@ -328,7 +330,8 @@ def latency(requests: int, tmp: Path, grpc: bool) -> list[str]:
     lines.append("")
     lines.append("server CPU µs/call: the server process's user+system CPU over the same number of calls "
                  "per path, run after the interleaved timing (in-process rows: this process's CPU per predict); "
-                 "each pass (HTTP, then gRPC) is interleaved within itself and measured against its own "
+                 "each pass (raw HTTP and HTTP/2 clients with tritonclient.http, then grpcio's) is interleaved within "
+                 "itself and measured against its own "
                  "in-process row")
     return lines
 
