@@ -10,8 +10,8 @@ Decoding and encoding run inline on the event loop for small bodies (microsecond
 a worker thread for large ones, so one big request does not stall everyone else.
 
 The steps come in two shapes, side by side here: :func:`infer`, a coroutine that reads
-the body itself (aiohttp's routes, gRPC), and :func:`start`, plain callbacks for a small
-body already read (the HTTP fast path), which spares each request a task, three
+the body itself (aiohttp's routes, large gRPC messages), and :func:`start`, plain callbacks
+for a small body already read (the HTTP fast path, gRPC ModelInfer), which spares each request a task, three
 coroutines and two futures: at 32 clients the event loop's time per request is what
 bounds the tail (benchmarks/results/server.md §0e).
 """
