@@ -13,8 +13,8 @@ contents' offsets, each checked against the planned byte size.
 
 Sound because protobuf parsing is field by field: the head's fields keep their order (so
 repeated fields and last-one-wins fields read the same), and the id and raw contents are
-read as the parser would (the last id; the raw entries in order). Anything irregular — a
-group, a truncated or overlong varint, an id that is not UTF-8, a raw entry of the wrong
+read as the parser would (one id; the raw entries in order). Anything irregular — a
+group, a truncated or overlong varint, an id given twice or not in UTF-8, a raw entry of the wrong
 size, BYTES inputs, a head over ``grpc_wire.MAX_HEAD_BYTES`` — takes the full decode, whose errors
 stay the one answer for bad requests.
 """

@@ -47,7 +47,7 @@ def split(data: bytes) -> Split | None:
     """The message's head, id and raw contents (see the module docstring); None when irregular."""
     head: list[bytes] = []
     raw: list[tuple[int, int]] = []
-    request_id = b""
+    request_id, seen_id = b"", False
     pos, end, mark = 0, len(data), 0  # head bytes run from ``mark`` to the field being read
     try:
         while pos < end:
@@ -71,8 +71,10 @@ def split(data: bytes) -> Split | None:
                         head.append(data[mark:start])
                     if field == _RAW:
                         raw.append((pos, length))
+                    elif seen_id:
+                        return None  # protobuf checks every occurrence (UTF-8), not just the last
                     else:
-                        request_id = data[pos:pos + length]
+                        request_id, seen_id = data[pos:pos + length], True
                     mark = pos + length
                 pos += length
             elif field == _RAW or field == _ID:

@@ -116,6 +116,7 @@ def test_split_head_id_and_raw_contents():
     b"\x08" + b"\xff" * 11,  # a varint over ten bytes
     b"\x0a",  # a tag without its length
     b"\x0a" + b"x" * 3000,  # (not parsed: truncated)
+    b"\x1a\x01\x80\x1a\x00",  # id twice (protobuf checks both: this first one is not UTF-8)
 ])
 def test_split_refuses_what_it_cannot_read(data):
     assert split(data) is None
