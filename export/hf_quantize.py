@@ -211,7 +211,9 @@ def _quantize_ort(src: Path, dst: Path, per_channel: bool, exclude: Sequence[str
     level = root.level
     root.setLevel(logging.ERROR)  # ORT logs a pre-processing tip on the root logger at every call
     try:
-        quantize_dynamic(str(src), str(dst), per_channel=per_channel, weight_type=QuantType.QInt8,
+        # reduce_range: 7-bit weights, so ORT's int8 kernels on x86 without VNNI cannot saturate
+        # (see edgemp.export.quantize.QuantizeConfig.reduce_range)
+        quantize_dynamic(str(src), str(dst), per_channel=per_channel, reduce_range=True, weight_type=QuantType.QInt8,
                          op_types_to_quantize=["MatMul", "Gemm", "Attention"], nodes_to_exclude=list(exclude),
                          extra_options={"MatMulConstBOnly": True,
                                         # ONNX shape inference cannot type com.microsoft ops' outputs

@@ -38,6 +38,9 @@ def _write_json(path: Path, data: dict) -> None:
               help="Graphs per calibration batch.")
 @click.option("--per-channel", is_flag=True, help="Per-channel weight scales.")
 @click.option("--no-preprocess", is_flag=True, help="Skip onnxruntime's quant_pre_process.")
+@click.option("--full-range", is_flag=True,
+              help="int8-dynamic: 8-bit weights instead of 7 (only for CPUs with VNNI, or ARM: ORT's int8 "
+                   "kernels on AVX2 / AVX-512 without VNNI can saturate with full-range weights).")
 @click.option("--eval", "eval_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Graphs with targets: compare fp32 and quantized outputs and task metric.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -46,7 +49,7 @@ def _write_json(path: Path, data: dict) -> None:
               help="Fail (exit 1) if the metric gets worse by more than this fraction (0.02 = 2%).")
 @click.option("--no-progress", is_flag=True, help="No calibration progress bar.")
 def quantize_cmd(model, output, precision, calibration_file, calibration_method, calibration_batch, per_channel,
-                 no_preprocess, eval_file, report_path, max_metric_delta, no_progress):
+                 no_preprocess, full_range, eval_file, report_path, max_metric_delta, no_progress):
     """Write MODEL (an fp32 edgemp export) at a lower precision, then measure what it cost.
 
     The accuracy report compares real outputs of both files on --eval graphs (or, without
@@ -67,7 +70,8 @@ def quantize_cmd(model, output, precision, calibration_file, calibration_method,
     if (report_path or max_metric_delta is not None) and eval_file is None:
         raise EdgempError("--report and --max-metric-delta need --eval GRAPHS.jsonl (graphs with targets)")
     cfg = QuantizeConfig(precision, calibration_method=calibration_method, calibration_batch_graphs=calibration_batch,
-                         per_channel=per_channel, preprocess=not no_preprocess, progress=not no_progress)
+                         per_channel=per_channel, preprocess=not no_preprocess, progress=not no_progress,
+                         reduce_range=not full_range)
     calibration = read_graphs(calibration_file) if calibration_file else None
     if calibration_file and precision != "int8-static":
         click.echo(f"note: --calibration is only used by int8-static; {precision} ignores it", err=True)

@@ -59,6 +59,8 @@ def test_each_precision_loads_and_runs_on_ort_cpu(export_checkpoint, tmp_path, c
         assert m.spec.form == ref_spec.form and m.spec.max_nodes == ref_spec.max_nodes
     summary = result.spec.extra["quantization"]
     assert summary["precision"] == precision and summary["tool"].startswith("onnxruntime")
+    if precision == "int8-dynamic":  # 7-bit weights: no u8 x s8 saturation on CPUs without VNNI
+        assert summary["reduce_range"] is True
     if precision == "int8-static":
         assert summary["calibration"]["num_graphs"] == len(calib)
         assert summary["calibration"]["method"] == "minmax"
