@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from edgemp.runtime.batcher import BatcherConfig
-from edgemp.runtime.model import load
 from edgemp.runtime.server import ServerConfig
 from hardening_utils import raw_socket, start_thread_server
 from runtime_fixtures import build_sparse_model, random_graphs
@@ -25,6 +24,7 @@ from server_utils import (
     batch_tensors,
     decode_v2_response,
     expected_layout,
+    free_port,
     read_response,
     v2_binary_body,
     wire,
@@ -42,20 +42,8 @@ def repo(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def gnn(repo):
-    with load(repo / "gnn" / "model.onnx") as m:
-        yield m
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
 def server(repo):
-    config = ServerConfig(port=0, access_log=False, keepalive_timeout_s=600.0, grpc_port=_free_port())
+    config = ServerConfig(port=0, access_log=False, keepalive_timeout_s=600.0, grpc_port=free_port())
     srv = start_thread_server(repo, config, BatcherConfig(max_queue_delay_us=DELAY_US))
     srv.grpc_port = config.grpc_port  # type: ignore[attr-defined]
     yield srv

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from edgemp.runtime.batcher import BatcherConfig
-from edgemp.runtime.model import load
 from edgemp.runtime.server import ServerConfig
 from hardening_utils import raw_socket, start_thread_server
 from runtime_fixtures import build_sparse_model, random_graphs
@@ -42,12 +41,6 @@ def repo(tmp_path_factory) -> Path:
     (root / "gnn").mkdir()
     build_sparse_model(root / "gnn" / "model.onnx")
     return root
-
-
-@pytest.fixture(scope="module")
-def gnn(repo):
-    with load(repo / "gnn" / "model.onnx") as m:
-        yield m
 
 
 def _fast_infer(graphs) -> bytes:
