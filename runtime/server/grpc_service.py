@@ -240,10 +240,10 @@ class InferenceService:
                                   ignore_unknown_fields=True)
         return resp
 
-    def ModelInfer(self, request: bytes, answer: core.Answer) -> Cancellable:  # noqa: N802 - raw bytes in and out
+    def ModelInfer(self, request: bytes, answer: core.Answer) -> "Cancellable | None":  # noqa: N802 - raw bytes in and out
         """Start the call; ``answer(serialized response, None)`` or ``answer(None, error)`` follows
-        on the loop unless the returned handle is cancelled first. Raises what is wrong with
-        the message itself (not a ModelInferRequest, an unknown model).
+        on the loop unless the returned handle is cancelled first (None: answered already).
+        Raises what is wrong with the message itself (not a ModelInferRequest, an unknown model).
 
         A small message takes the request core's callback path (:func:`core.start`: no task,
         coroutine or future per call, as the HTTP fast path); a large one a task on
