@@ -272,7 +272,8 @@ class InferenceService:
 
         if small:
             return core.start(state, served, request, decode, answer)
-        return asyncio.get_running_loop().create_task(_answer_from(core.infer(state, served, request, decode), answer))
+        return asyncio.get_running_loop().create_task(
+            _answer_from(lambda: core.infer(state, served, request, decode), answer))
 
 
 class Cancellable(Protocol):
@@ -282,9 +283,11 @@ class Cancellable(Protocol):
     def cancel(self) -> Any: ...
 
 
-async def _answer_from(work: Awaitable[bytes], answer: core.Answer) -> None:
+async def _answer_from(work: Callable[[], Awaitable[bytes]], answer: core.Answer) -> None:
+    # ``work`` makes its coroutine here, inside the task: a task cancelled before its first
+    # step (a reset in the same loop turn) then leaves no coroutine that was never awaited
     try:
-        data = await work
+        data = await work()
     except asyncio.CancelledError:
         raise
     except Exception as e:  # noqa: BLE001 - every failure is the call's answer

@@ -16,6 +16,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 MAX_HEAD_BYTES = 2048  # longer descriptions (many inputs, long names) are decoded every time
+MAX_RAW_ENTRIES = 64  # a head within MAX_HEAD_BYTES describes fewer inputs than this
 _ID, _RAW = 3, 7  # ModelInferRequest field numbers
 _MAX_KEPT = 512  # output descriptions kept (per distinct model, names, datatypes, shapes)
 
@@ -48,15 +49,22 @@ def split(data: bytes) -> Split | None:
     head: list[bytes] = []
     raw: list[tuple[int, int]] = []
     request_id, seen_id = b"", False
+    kept = 0  # head bytes in ``head`` so far
     pos, end, mark = 0, len(data), 0  # head bytes run from ``mark`` to the field being read
     try:
         while pos < end:
             start = pos
+            # Bounded work for any message: the walk stops once the head is past its limit (or the
+            # raw entries past what a plan can hold), not after a message full of tiny fields.
+            if kept + start - mark > MAX_HEAD_BYTES:
+                return None
             tag = data[pos]  # one-byte tags and lengths inline: the varint call is the loop's cost
             if tag < 0x80:
                 pos += 1
             else:
                 tag, pos = _varint(data, pos)
+                if pos - start > 5 or tag > 0xFFFFFFFF:
+                    return None  # protobuf refuses tags over 5 bytes or 32 bits
             field, wire = tag >> 3, tag & 7
             if wire == 2:
                 length = data[pos]
@@ -69,7 +77,10 @@ def split(data: bytes) -> Split | None:
                 if field == _RAW or field == _ID:
                     if start > mark:
                         head.append(data[mark:start])
+                        kept += start - mark
                     if field == _RAW:
+                        if len(raw) == MAX_RAW_ENTRIES:
+                            return None
                         raw.append((pos, length))
                     elif seen_id:
                         return None  # protobuf checks every occurrence (UTF-8), not just the last

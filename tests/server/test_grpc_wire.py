@@ -117,9 +117,33 @@ def test_split_head_id_and_raw_contents():
     b"\x0a",  # a tag without its length
     b"\x0a" + b"x" * 3000,  # (not parsed: truncated)
     b"\x1a\x01\x80\x1a\x00",  # id twice (protobuf checks both: this first one is not UTF-8)
+    b"\xba\x80\x80\x80\x80\x00\x00",  # a raw entry's tag in 6 bytes (protobuf refuses tags over 5)
+    b"\x9a\x80\x80\x80\x80\x00\x00",  # the id's tag in 6 bytes
+    b"\x3a\x00" * 65,  # more raw entries than a plan can hold
+    b"\x08\x00" * 2000,  # a head of tiny fields past MAX_HEAD_BYTES: refused before the walk ends
 ])
 def test_split_refuses_what_it_cannot_read(data):
     assert split(data) is None
+
+
+def test_split_stops_early_on_a_message_of_tiny_fields():
+    """A 256 KiB message of 2-byte fields is refused once the head passes its limit: split
+    reads about MAX_HEAD_BYTES of it, not all 131,071 fields (bounded event-loop work)."""
+    from edgemp.runtime.server import grpc_wire
+
+    calls = []
+    original = grpc_wire._varint
+
+    def counting(data, pos):
+        calls.append(pos)
+        return original(data, pos)
+
+    grpc_wire._varint = counting
+    try:
+        assert split(b"\x08\x80\x01" * 87_000) is None  # varint values: each field calls _varint
+    finally:
+        grpc_wire._varint = original
+    assert 0 < len(calls) <= MAX_HEAD_BYTES
 
 
 def test_split_refuses_a_head_over_its_limit():
