@@ -88,6 +88,17 @@ def _decoded(state: ServerState, served: ServedModel, scope: RequestScope, call:
 Answer = Callable[[Any, Optional[BaseException]], None]
 
 
+def expire(work: "_Flight | asyncio.Task", error: Exception) -> None:
+    """End a request started by :func:`start` (its flight) or :func:`infer` (a task running it)
+    as a failure of ``error``, counted in the statistics, without answering it: the caller
+    answers (a gRPC call whose deadline passed gets DEADLINE_EXCEEDED). A plain cancel would
+    count it as nothing, as for a client that went away."""
+    if isinstance(work, _Flight):
+        work.expire(error)
+    else:
+        work.cancel(error)  # RequestScope records a cancellation that carries an error as that failure
+
+
 def start(state: ServerState, served: ServedModel, data: bytes, decode: Callable[[bytes], Call[T]],
           answer: Answer) -> "_Flight | None":
     """:func:`infer` without a coroutine, for a small body already read: ``answer`` is called
@@ -139,6 +150,13 @@ class _Flight:
             self.ended = True
             error = asyncio.CancelledError()
             self.scope.__exit__(type(error), error, None)  # the client went away: out of flight, no outcome
+
+    def expire(self, error: BaseException) -> None:
+        """End the request as a failure of ``error`` without answering it: its protocol answers
+        by itself (a gRPC deadline that passed). Its results, if it still runs, are dropped."""
+        if not self.ended:
+            self.ended = True
+            self.scope.__exit__(type(error), error, None)
 
     def begin(self, data: bytes, decode: Callable[[bytes], Call]) -> None:
         try:

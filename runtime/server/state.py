@@ -71,7 +71,9 @@ class RequestScope:
 
     def __exit__(self, kind: type | None, error: BaseException | None, tb: object) -> None:
         if error is not None:
-            if isinstance(error, (asyncio.CancelledError, ClientGoneError)):
+            if isinstance(error, asyncio.CancelledError) and error.args and isinstance(error.args[0], Exception):
+                self.failure(error.args[0])  # cancelled by the server with its reason (core.expire)
+            elif isinstance(error, (asyncio.CancelledError, ClientGoneError)):
                 self.done = True  # the client went away; not a server outcome
             elif isinstance(error, Exception):
                 self.failure(error)

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-pytest.importorskip("hpack")
+hpack = pytest.importorskip("hpack")
 pytest.importorskip("google.protobuf")
 
 from edgemp.runtime.server import grpc_proto as pb  # noqa: E402
@@ -24,10 +24,14 @@ from server_utils import assert_outputs_match, free_port, http, start_server, se
 from test_server_h2 import (  # noqa: E402
     DATA,
     ENHANCE_YOUR_CALM,
+    GOAWAY,
     HEADERS,
     INFER,
+    PREFACE,
+    PRIORITY,
     PROTOCOL_ERROR,
     READY,
+    SETTINGS,
     WINDOW,
     Client,
     _expect_answer,
@@ -39,6 +43,7 @@ from test_server_h2 import (  # noqa: E402
 )
 
 STREAM_CLOSED = 0x5
+FRAME_SIZE_ERROR, COMPRESSION_ERROR = 0x6, 0x9
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +248,166 @@ def _hpack_size_update(size: int) -> bytes:
     return bytes(out)
 
 
+# -- frames whose cost must not grow with what they touch -----------------------------------------
+def test_header_blocks_may_open_with_two_table_size_updates_not_more(server):
+    """RFC 7541 §4.2: at most two dynamic table size updates, at the start of a block. hpack
+    takes any number, one slow Python step each and counted against no limit, so a block of
+    them was a cheap way to hold the event loop: more than two is a COMPRESSION_ERROR."""
+    c = Client(server.grpc_port)
+    try:
+        c.send(frame(HEADERS, 0x4, 1, _hpack_size_update(0) + _hpack_size_update(4096) + c.headers(READY))
+               + frame(DATA, 0x1, 1, message(READY_BODY)))
+        assert c.response(1)["status"] == 0
+        c.send(frame(HEADERS, 0x5, 3, _hpack_size_update(4096) * 3 + c.headers(READY)))
+        _expect_goaway(c, COMPRESSION_ERROR)
+    finally:
+        c.close()
+
+
+def test_a_settings_frame_of_many_entries_is_a_flood(server):
+    """Seven settings exist; a frame of thousands of INITIAL_WINDOW_SIZE entries made the server
+    walk every open stream once per entry. 64 entries pass, more are ENHANCE_YOUR_CALM."""
+    c = Client(server.grpc_port)
+    try:
+        c.send(frame(SETTINGS, 0, 0, struct.pack(">HI", 0x4, 65_535) * 64) + c.call(1, READY, READY_BODY))
+        assert c.response(1)["status"] == 0
+        c.send(frame(SETTINGS, 0, 0, struct.pack(">HI", 0x4, 65_535) * 65))
+        _expect_goaway(c, ENHANCE_YOUR_CALM)
+    finally:
+        c.close()
+
+
+class _Kept:
+    """A stand-in transport: keeps what the connection writes."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _AnswerAll:
+    """A stream handler that answers every request with 100 bytes of DATA and trailers."""
+
+    def on_headers(self, conn, stream) -> None:
+        pass
+
+    def on_data(self, conn, stream) -> None:
+        pass
+
+    def on_complete(self, conn, stream) -> None:
+        conn.respond(stream, b"\x88", b"x" * 100, b"\x88")
+
+    def on_close(self, conn, stream) -> None:
+        pass
+
+    def on_stalled(self, conn, stream) -> None:
+        pass
+
+
+def _data_streams(out: bytes) -> list[int]:
+    """The stream ids of the DATA frames in ``out``."""
+    ids, pos = [], 0
+    while pos + 9 <= len(out):
+        n = int.from_bytes(out[pos:pos + 3], "big")
+        if out[pos + 3] == DATA:
+            ids.append(int.from_bytes(out[pos + 5:pos + 9], "big"))
+        pos += 9 + n
+    return ids
+
+
+def test_connection_window_updates_do_not_retry_answers_out_of_their_own_window():
+    """A peer with INITIAL_WINDOW_SIZE 0 holds 100 answers back; each 13-byte connection-level
+    WINDOW_UPDATE used to re-try all of them (45 µs of loop per frame, with no budget). Such
+    answers wait for their own stream's window: connection updates leave them alone, a stream
+    update sends that stream's answer, a larger INITIAL_WINDOW_SIZE sends the rest."""
+    from edgemp.runtime.server.h2.connection import ConnectionLimits, H2Connection
+
+    conn = H2Connection(_AnswerAll(), ConnectionLimits())
+    transport = _Kept()
+    conn.connection_made(transport)
+    encoder = hpack.Encoder()
+    block = encoder.encode([(":method", "POST"), (":scheme", "http"), (":path", "/x"), (":authority", "a")])
+    conn.data_received(PREFACE + frame(SETTINGS, 0, 0, struct.pack(">HI", 0x4, 0))
+                       + b"".join(frame(HEADERS, 0x5, 2 * k + 1, block) for k in range(100)))
+    assert len(conn.window_blocked) == 100 and not conn.blocked
+    pumps = []
+    pump = conn._pump
+    conn._pump = lambda stream: (pumps.append(stream.id), pump(stream))[1]
+    transport.data.clear()
+    conn.data_received(frame(WINDOW, 0, 0, struct.pack(">I", 1)) * 1000)
+    assert pumps == [] and _data_streams(bytes(transport.data)) == []
+    conn.data_received(frame(WINDOW, 0, 7, struct.pack(">I", 1000)))
+    assert pumps == [7] and _data_streams(bytes(transport.data)) == [7]
+    transport.data.clear()
+    conn.data_received(frame(SETTINGS, 0, 0, struct.pack(">HI", 0x4, 1000)))
+    assert sorted(_data_streams(bytes(transport.data))) == [2 * k + 1 for k in range(100) if k != 3]
+    assert not conn.window_blocked and not conn.blocked and not conn.streams
+
+
+def test_settings_that_would_overflow_a_window_on_the_way_are_refused():
+    """Entries apply in order: INITIAL_WINDOW_SIZE 2^31-1 then 0 overflows the window of a stream
+    10 bytes above the initial one at the first entry, even though the frame ends at 0."""
+    from edgemp.runtime.server.h2.connection import ConnectionLimits, H2Connection
+
+    conn = H2Connection(_AnswerAll(), ConnectionLimits())
+    transport = _Kept()
+    conn.connection_made(transport)
+    block = hpack.Encoder().encode([(":method", "POST"), (":scheme", "http"), (":path", "/x"), (":authority", "a")])
+    conn.data_received(PREFACE + frame(SETTINGS, 0, 0) + frame(HEADERS, 0x4, 1, block)  # open, not ended
+                       + frame(WINDOW, 0, 1, struct.pack(">I", 10)))  # its window: 10 above the initial one
+    assert 1 in conn.streams
+    transport.data.clear()
+    conn.data_received(frame(SETTINGS, 0, 0, struct.pack(">HI", 0x4, 2**31 - 1) + struct.pack(">HI", 0x4, 0)))
+    assert transport.closed
+    assert transport.data[3] == GOAWAY
+    assert struct.unpack(">I", bytes(transport.data[13:17]))[0] == 0x3  # FLOW_CONTROL_ERROR
+
+
+@pytest.mark.parametrize("where", ["priority_frame", "headers"])
+def test_a_stream_cannot_depend_on_itself(server, where):
+    """RFC 9113 §5.3.1: a stream error, PROTOCOL_ERROR; the connection serves on."""
+    c = Client(server.grpc_port)
+    try:
+        if where == "priority_frame":
+            c.send(frame(PRIORITY, 0, 1, struct.pack(">IB", 1, 16)))
+        else:
+            c.send(frame(HEADERS, 0x4 | 0x1 | 0x20, 1, struct.pack(">IB", 1, 16) + c.headers(READY)))
+        while 1 not in c.resets:
+            assert c.read() is not None
+        assert c.resets[1] == PROTOCOL_ERROR
+        c.send(c.call(3, READY, READY_BODY))
+        assert c.response(3)["status"] == 0 and c.goaway is None
+    finally:
+        c.close()
+
+
+def test_a_goaway_shorter_than_its_fields_is_a_frame_size_error(server):
+    c = Client(server.grpc_port)
+    try:
+        c.send(frame(GOAWAY, 0, 0, b"\0"))
+        _expect_goaway(c, FRAME_SIZE_ERROR)
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("flag", [2, 0x80])
+def test_a_compressed_flag_other_than_0_or_1_is_refused(conn, flag):
+    """The gRPC message prefix's flag is 0 or 1 (grpc-core answers INTERNAL for anything else)."""
+    data = bytes([flag]) + struct.pack(">I", len(READY_BODY)) + READY_BODY
+    conn.send(frame(HEADERS, 0x4, 1, conn.headers(READY)) + frame(DATA, 0x1, 1, data))
+    r = conn.response(1)
+    assert r["status"] == 13 and b"compressed-flag" in r["headers"][-1].get("grpc-message", "").encode()
+
+
 # -- back-pressure -----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_a_peer_that_reads_late_gets_every_answer(server, model):
@@ -293,11 +458,13 @@ def test_a_peer_allowing_huge_frames_keeps_its_connection_after_a_large_answer(s
 # -- cancellation ------------------------------------------------------------------------------
 def test_calls_reset_while_queued_leave_nothing_behind(model_path, model, tmp_path):
     """RST_STREAM, or a grpc-timeout that passes, on calls waiting in the batcher: the others are
-    answered right, statistics count only answered calls, nothing stays in flight (SIGTERM
-    drains at once and exits 0)."""
+    answered right; statistics count the answered calls, a passed deadline as a failure (the
+    server ended that call; a reset one is the client's doing and counts as nothing), on the
+    callback path and on a large message's task alike; nothing stays in flight (SIGTERM drains
+    at once and exits 0)."""
     gport = free_port()
     srv = start_server(model_path, tmp_path, "--name", "gnn", "--grpc-port", str(gport),
-                       "--max-queue-delay-us", "300000", "--max-batch-graphs", "1000")
+                       "--max-queue-delay-us", "300000", "--max-batch-graphs", "1000", "--max-batch-nodes", "100000")
     try:
         c = Client(gport)
         c.sock.settimeout(10)
@@ -308,12 +475,15 @@ def test_calls_reset_while_queued_leave_nothing_behind(model_path, model, tmp_pa
             sid = 2 * k + 1
             wire, wants[sid] = _infer(model, random_graphs(rng, 3), f"q{sid}")
             out += c.call(sid, INFER, wire, [("grpc-timeout", "100m")] if sid in late else [])
-        c.send(out)
+        wire, _ = _infer(model, [random_graph(rng, 16_000, 0)], "big")  # ~1 MB: past offload_bytes: a task runs it
+        big = c.call(41, INFER, wire, [("grpc-timeout", "100m")])
+        c.send(out + big)
         time.sleep(0.05)  # decoded and queued: the batch waits for max-queue-delay
         reset = [sid for sid in wants if sid % 4 == 1]
         c.send(b"".join(frame(0x3, 0, sid, struct.pack(">I", 0x8)) for sid in reset))
-        for sid in late:
-            assert c.response(sid)["status"] == 4  # DEADLINE_EXCEEDED
+        for sid in [*late, 41]:
+            r = c.response(sid)
+            assert r["status"] == 4, r["headers"]  # DEADLINE_EXCEEDED
         for sid, want in wants.items():
             if sid in reset or sid in late:
                 continue
@@ -325,7 +495,9 @@ def test_calls_reset_while_queued_leave_nothing_behind(model_path, model, tmp_pa
         assert status == 200
         stats = json.loads(body)["model_stats"][0]["inference_stats"]
         assert stats["success"]["count"] == len(wants) - len(reset) - len(late), stats
-        assert stats["fail"]["count"] == 0, stats
+        assert stats["fail"]["count"] == len(late) + 1, stats
+        status, _, body = http(srv, "GET", "/metrics")
+        assert f'edgemp_requests_total{{model="gnn",outcome="timeout"}} {len(late) + 1}.0' in body.decode(), body
         c.close()
         t0 = time.monotonic()
         srv.proc.send_signal(signal.SIGTERM)

@@ -65,12 +65,14 @@ class H2Connection(FrameReceiver, ControlFrames, FlowControlledWriter, asyncio.P
         self.peer_max_frame = f.DEFAULT_MAX_FRAME
         self.peer_initial_window = f.DEFAULT_WINDOW
         self.send_window = f.DEFAULT_WINDOW
-        self.blocked: dict[int, Stream] = {}  # streams whose answer waits for window
+        self.blocked: dict[int, Stream] = {}  # answers waiting for the connection window or the transport
+        self.window_blocked: dict[int, Stream] = {}  # answers waiting for their stream's own window
         # our receive side
         self.recv_window = limits.connection_window
         self.header_block: bytearray | None = None  # a header block still awaiting CONTINUATION
         self.header_stream = 0
         self.header_end_stream = False
+        self.header_self_dependent = False  # the block's HEADERS made its stream depend on itself
         self.continuations = 0
         self.resets = Budget(limits.resets_per_s)
         self.settings_budget = Budget(limits.settings_per_s)
@@ -140,6 +142,7 @@ class H2Connection(FrameReceiver, ControlFrames, FlowControlledWriter, asyncio.P
         if self.streams.pop(stream.id, None) is None:
             return
         self.blocked.pop(stream.id, None)
+        self.window_blocked.pop(stream.id, None)
         if stream.timer is not None:
             stream.timer.cancel()
         if cancel and stream.task is not None and not stream.task.done():

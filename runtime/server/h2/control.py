@@ -13,6 +13,9 @@ if TYPE_CHECKING:
     from edgemp.runtime.server.h2.stream import Stream
 
 
+MAX_SETTINGS = 64  # entries in one SETTINGS frame
+
+
 class ControlFrames:
     """Part of :class:`~edgemp.runtime.server.h2.connection.H2Connection`: control frames."""
 
@@ -20,6 +23,7 @@ class ControlFrames:
     out: list[bytes]
     streams: dict[int, Stream]
     blocked: dict[int, Stream]
+    window_blocked: dict[int, Stream]
     peer_max_frame: int
     peer_initial_window: int
     send_window: int
@@ -33,6 +37,7 @@ class ControlFrames:
         def _pump(self, stream: Stream) -> None: ...
         def _resume(self) -> None: ...
         def reset(self, stream: Stream, code: int) -> None: ...
+        def _send_reset(self, sid: int, code: int) -> None: ...
         def goaway(self, code: int = f.NO_ERROR, message: str = "") -> None: ...
 
     def _settings(self, flags: int, sid: int, payload: bytes) -> None:
@@ -46,24 +51,42 @@ class ControlFrames:
             raise H2Error(f.FRAME_SIZE_ERROR, "SETTINGS payload is not a multiple of 6 bytes")
         if not self.settings_budget.spend():
             raise H2Error(f.ENHANCE_YOUR_CALM, "too many SETTINGS frames")
-        for i in range(0, len(payload), 6):
-            key, value = struct.unpack_from(">HI", payload, i)
+        if len(payload) > MAX_SETTINGS * 6:  # seven settings are defined; a frame of thousands is a flood
+            raise H2Error(f.ENHANCE_YOUR_CALM, f"SETTINGS frame with over {MAX_SETTINGS} entries")
+        windows = []
+        for key, value in struct.iter_unpack(">HI", payload):
             if key == f.ENABLE_PUSH and value > 1:
                 raise H2Error(f.PROTOCOL_ERROR, "ENABLE_PUSH must be 0 or 1")
             if key == f.INITIAL_WINDOW_SIZE:
                 if value > f.MAX_WINDOW:
                     raise H2Error(f.FLOW_CONTROL_ERROR, "INITIAL_WINDOW_SIZE above 2^31-1")
-                delta, self.peer_initial_window = value - self.peer_initial_window, value
-                for stream in self.streams.values():
-                    stream.send_window += delta
-                    if stream.send_window > f.MAX_WINDOW:
-                        raise H2Error(f.FLOW_CONTROL_ERROR, "a stream window grew above 2^31-1")
+                windows.append(value)
             elif key == f.MAX_FRAME_SIZE:
                 if not f.DEFAULT_MAX_FRAME <= value <= f.MAX_FRAME_LIMIT:
                     raise H2Error(f.PROTOCOL_ERROR, f"MAX_FRAME_SIZE {value} out of range")
                 self.peer_max_frame = value
+        if windows:
+            self._new_initial_window(windows)
         self.out.append(f.SETTINGS_ACK)
         self._resume()
+
+    def _new_initial_window(self, values: list[int]) -> None:
+        """INITIAL_WINDOW_SIZE changed (``values``: the frame's, in order): every stream's window
+        moves by the difference, once per frame. A window that any of the values would push above
+        2^31-1 is an error, as if each had been applied in turn (the largest value does it if any)."""
+        old, new = self.peer_initial_window, values[-1]
+        self.peer_initial_window = new
+        if not self.streams:
+            return
+        if max(values) - old + max(s.send_window for s in self.streams.values()) > f.MAX_WINDOW:
+            raise H2Error(f.FLOW_CONTROL_ERROR, "a stream window grew above 2^31-1")
+        delta = new - old
+        for stream in self.streams.values():
+            stream.send_window += delta
+        if delta > 0:  # answers out of their own window may go on (on to the connection's)
+            for stream in list(self.window_blocked.values()):
+                if stream.send_window > 0:
+                    self._pump(stream)
 
     def _window_update(self, sid: int, payload: bytes) -> None:
         if len(payload) != 4:
@@ -88,7 +111,7 @@ class ControlFrames:
         if stream.send_window > f.MAX_WINDOW:
             self.reset(stream, f.FLOW_CONTROL_ERROR)
             return
-        if sid in self.blocked:
+        if sid in self.window_blocked or sid in self.blocked:
             self._pump(stream)
 
     def _ping(self, flags: int, sid: int, payload: bytes) -> None:
@@ -111,14 +134,21 @@ class ControlFrames:
         if stream is not None:
             self._forget(stream, cancel=True)
 
-    @staticmethod
-    def _priority(sid: int, payload: bytes) -> None:
+    def _priority(self, sid: int, payload: bytes) -> None:
         if not sid:
             raise H2Error(f.PROTOCOL_ERROR, "PRIORITY on stream 0")
         if len(payload) != 5:
             raise H2Error(f.FRAME_SIZE_ERROR, "PRIORITY payload must be 5 bytes")
+        if f.depends_on(payload) == sid:  # a stream cannot depend on itself: a stream error (§5.3.1)
+            stream = self.streams.get(sid)
+            if stream is not None:
+                self.reset(stream, f.PROTOCOL_ERROR)
+            else:
+                self._send_reset(sid, f.PROTOCOL_ERROR)
 
-    def _peer_goaway(self, sid: int) -> None:
+    def _peer_goaway(self, sid: int, payload: bytes) -> None:
         if sid:
             raise H2Error(f.PROTOCOL_ERROR, "GOAWAY on a stream")
+        if len(payload) < 8:
+            raise H2Error(f.FRAME_SIZE_ERROR, "GOAWAY payload shorter than 8 bytes")
         self.goaway()  # the client is leaving: answer what is open, then close

@@ -109,3 +109,8 @@ STATUS_200 = b"\x88"  # :status 200 from the static table (indexed: stateless)
 
 def status(code: int) -> bytes:
     return literal(b":status", str(code).encode())
+
+
+def depends_on(priority: bytes) -> int:
+    """The stream a priority block (PRIORITY's payload, or HEADERS' priority fields) depends on."""
+    return int.from_bytes(priority[:4], "big") & 0x7FFFFFFF

@@ -20,6 +20,8 @@ import functools
 import logging
 from typing import Any
 
+from edgemp.errors import RequestTimeoutError
+from edgemp.runtime.server import core
 from edgemp.runtime.server import grpc_service as svc
 from edgemp.runtime.server.h2 import frames as f
 from edgemp.runtime.server.h2.connection import H2Connection
@@ -107,10 +109,13 @@ class GrpcHandler:
                 return
             prefix = stream.chunks[0] if len(stream.chunks[0]) >= 5 else stream.body()
             length = int.from_bytes(prefix[1:5], "big")
-            if prefix[0] & 1 and stream.headers.get(b"grpc-encoding", b"") in _IDENTITY:
+            if prefix[0] > 1:  # the Compressed-Flag is 0 or 1; anything else is not gRPC (as grpc-core answers)
+                self._fail(conn, stream, svc.INTERNAL, f"invalid compressed-flag {prefix[0]} in the message prefix")
+                return
+            if prefix[0] and stream.headers.get(b"grpc-encoding", b"") in _IDENTITY:
                 self._fail(conn, stream, svc.INTERNAL, "compressed message without a grpc-encoding")
                 return
-            if prefix[0] & 1:
+            if prefix[0]:
                 self._fail(conn, stream, svc.UNIMPLEMENTED, "compressed messages are not supported; "
                            "send them uncompressed (grpc-accept-encoding: identity)")
                 return
@@ -178,5 +183,6 @@ class GrpcHandler:
     def _deadline(self, conn: H2Connection, stream: Stream) -> None:
         stream.timer = None
         if stream.task is not None and not stream.task.done():
-            stream.task.cancel()
+            # the server ends the call: a timeout in the statistics (a reset by the client is not counted)
+            core.expire(stream.task, RequestTimeoutError("deadline exceeded (grpc-timeout)"))
         self._fail(conn, stream, svc.DEADLINE_EXCEEDED, "deadline exceeded (grpc-timeout)")

@@ -23,6 +23,25 @@ _BAD_NAME = re.compile(rb"[^\x21-\x39\x3b-\x40\x5b-\x7e]")
 _BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
 
 
+def check_size_updates(block: bytes) -> None:
+    """Raise ``hpack.HPACKDecodingError`` for a block that opens with more than two dynamic
+    table size updates (RFC 7541 §4.2 allows two: a smaller size, then the final one).
+
+    ``hpack`` takes any number, one Python loop step each (~1 µs a byte), and they count
+    towards no header-list limit: a 64 KiB block of them held the event loop for ~100 ms.
+    """
+    pos, n, end = 0, 0, len(block)
+    while pos < end and block[pos] & 0xE0 == 0x20:  # 001xxxxx: a size update (its integer follows)
+        n += 1
+        if n > 2:
+            raise hpack.HPACKDecodingError("more than two dynamic table size updates at the start of a header block")
+        if block[pos] & 0x1F == 0x1F:  # the 5-bit prefix is full: continuation bytes follow
+            pos += 1
+            while pos < end and block[pos] & 0x80:
+                pos += 1
+        pos += 1
+
+
 class MalformedFieldError(ValueError):
     """A decoded field whose name or value HTTP/2 forbids: the request is malformed (a stream
     error), while the block was decoded and the HPACK state stays in step."""
@@ -64,6 +83,7 @@ class HeaderDecoder:
         fields = self.cache.get(block)
         if fields is not None:
             return fields
+        check_size_updates(block)
         before = self._state()
         try:
             fields = self.decoder.decode(block, raw=True)

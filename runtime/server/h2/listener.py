@@ -85,7 +85,7 @@ class H2Listener:
                     if now - conn.last_active > self.keepalive_timeout_s:
                         conn.goaway(f.NO_ERROR, "idle")
                     continue
-                if conn.blocked and now - conn.last_active > self.keepalive_timeout_s:
+                if (conn.blocked or conn.window_blocked) and now - conn.last_active > self.keepalive_timeout_s:
                     conn.abort(f.NO_ERROR, "answers wait for flow-control window the peer never gives")
                     continue
                 for stream in list(conn.streams.values()):

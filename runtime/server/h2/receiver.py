@@ -49,6 +49,7 @@ class FrameReceiver:
     header_block: bytearray | None
     header_stream: int
     header_end_stream: bool
+    header_self_dependent: bool
     continuations: int
 
     if TYPE_CHECKING:  # the other parts' (resolved on the connection class, not here)
@@ -57,7 +58,7 @@ class FrameReceiver:
         def _ping(self, flags: int, sid: int, payload: bytes) -> None: ...
         def _rst_stream(self, sid: int, payload: bytes) -> None: ...
         def _priority(self, sid: int, payload: bytes) -> None: ...
-        def _peer_goaway(self, sid: int) -> None: ...
+        def _peer_goaway(self, sid: int, payload: bytes) -> None: ...
         def _send_reset(self, sid: int, code: int) -> None: ...
         def reset(self, stream: Stream, code: int) -> None: ...
 
@@ -85,7 +86,7 @@ class FrameReceiver:
         elif kind == f.PRIORITY:
             self._priority(sid, payload)
         elif kind == f.GOAWAY:
-            self._peer_goaway(sid)
+            self._peer_goaway(sid, payload)
         elif kind == f.PUSH_PROMISE:
             raise H2Error(f.PROTOCOL_ERROR, "a client cannot send PUSH_PROMISE")
         # other frame types are ignored (RFC 9113 §4.1)
@@ -163,9 +164,11 @@ class FrameReceiver:
         if not sid & 1:
             raise H2Error(f.PROTOCOL_ERROR, f"client stream ids are odd, got {sid}")
         payload = self._strip_padding(flags, payload, "HEADERS")
+        self.header_self_dependent = False
         if flags & f.PRIORITY_FLAG:
             if len(payload) < 5:
                 raise H2Error(f.FRAME_SIZE_ERROR, "HEADERS too short for its priority fields")
+            self.header_self_dependent = f.depends_on(payload) == sid  # a stream error (§5.3.1), once decoded
             payload = payload[5:]
         self.header_stream, self.header_end_stream = sid, bool(flags & f.END_STREAM)
         if flags & f.END_HEADERS:
@@ -198,6 +201,8 @@ class FrameReceiver:
             raise H2Error(f.ENHANCE_YOUR_CALM, "header list exceeds MAX_HEADER_LIST_SIZE") from e
         except (hpack.HPACKError, IndexError, ValueError, UnicodeError) as e:
             raise H2Error(f.COMPRESSION_ERROR, f"cannot decode the header block: {e}") from e
+        if self.header_self_dependent:
+            fields = None  # the stream depends on itself: reset as a malformed request is
         sid, end_stream = self.header_stream, self.header_end_stream
         stream = self.streams.get(sid)
         if sid <= self.highest:

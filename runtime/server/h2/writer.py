@@ -32,7 +32,8 @@ class FlowControlledWriter:
     closed: bool
     out: list[bytes]
     streams: dict[int, Stream]
-    blocked: dict[int, Stream]  # streams whose answer waits for window or for the transport
+    blocked: dict[int, Stream]  # answers waiting for the connection window or the transport
+    window_blocked: dict[int, Stream]  # answers waiting for their own stream's window
     reset_ids: dict[int, None]
     peer_max_frame: int
     send_window: int
@@ -105,7 +106,7 @@ class FlowControlledWriter:
             n = min(len(out), self.peer_max_frame, _WRITE_SLICE, stream.send_window, self.send_window)
             if n <= 0 or self.write_paused:
                 stream.out = out
-                self.blocked[stream.id] = stream
+                self._block(stream)
                 return
             self.out.append(f.frame(f.DATA, 0, stream.id, bytes(out[:n])))
             out = out[n:]
@@ -119,10 +120,24 @@ class FlowControlledWriter:
                     return
         stream.out = None
         self.blocked.pop(stream.id, None)
+        self.window_blocked.pop(stream.id, None)
         self._header_frames(stream.id, stream.trailers, True)
         self._finish(stream)
 
+    def _block(self, stream: Stream) -> None:
+        """Park ``stream``'s answer where what frees it will look: a stream out of its own window
+        waits for that stream's WINDOW_UPDATE (or a larger INITIAL_WINDOW_SIZE), not for every
+        connection-level one: re-trying them all on each 13-byte WINDOW_UPDATE let a client
+        with many blocked answers make the loop work per frame in proportion to them."""
+        if stream.send_window <= 0:
+            self.blocked.pop(stream.id, None)
+            self.window_blocked[stream.id] = stream
+        else:
+            self.window_blocked.pop(stream.id, None)
+            self.blocked[stream.id] = stream
+
     def _resume(self) -> None:
+        """Answers waiting for the connection window or the transport: send what is allowed now."""
         for stream in list(self.blocked.values()):
             if self.send_window <= 0 or self.write_paused or self.closed:
                 return
