@@ -8,7 +8,8 @@
 # venv. PyInstaller's own --onefile (kept for comparison with --pyinstaller-onefile) unpacks
 # itself into a fresh temporary directory on every start instead.
 # The build venv gets the base install plus the grpc extra (protobuf, hpack; no torch, so nothing of it can end up in
-# the binary). The target needs only /bin/sh, tail, tar and gzip (busybox has them).
+# the binary). The target needs only /bin/sh, id, ls, mkdir, mktemp, dirname, tail, tar and gzip (busybox has
+# them). The stub the file starts with is scripts/onefile_stub.sh (packed by scripts/pack_onefile.sh).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 out="$(realpath -m "${1:-dist}")"
@@ -28,30 +29,4 @@ if [ "$mode" = "--pyinstaller-onefile" ]; then
   exit 0
 fi
 "$work/venv/bin/pyinstaller" --onedir --distpath "$work/dist" "${common[@]}" "$work/edgemp_serve.py"
-tar -C "$work/dist" -czf "$work/payload.tar.gz" edgemp-serve
-id="$(sha256sum "$work/payload.tar.gz" | cut -c1-16)"
-# The stub's length is fixed (a padded offset), so the payload starts at a known byte.
-stub() {
-  cat <<STUB
-#!/bin/sh
-# edgemp-serve (self-extracting): unpacks once per user into a cache, then runs from it.
-set -e
-payload_offset=$1
-id=$id
-cache="\${EDGEMP_SERVE_CACHE:-\${XDG_CACHE_HOME:-\${HOME:-/tmp}/.cache}/edgemp-serve}"
-dir="\$cache/\$id"
-if [ ! -x "\$dir/edgemp-serve/edgemp-serve" ]; then
-  mkdir -p -m 700 "\$cache"
-  tmp="\$(mktemp -d "\$cache/.unpack.XXXXXX")"
-  tail -c +"\$payload_offset" "\$0" | tar -xzf - -C "\$tmp"
-  mv "\$tmp" "\$dir" 2>/dev/null || rm -rf "\$tmp"  # a concurrent first run won: use its copy
-fi
-exec "\$dir/edgemp-serve/edgemp-serve" "\$@"
-exit 1
-STUB
-}
-size=$(stub 0000000000 | wc -c)
-offset=$(printf '%010d' $((size + 1)))
-{ stub "$offset"; cat "$work/payload.tar.gz"; } > "$out/edgemp-serve"
-chmod +x "$out/edgemp-serve"
-echo "built $out/edgemp-serve ($(du -h "$out/edgemp-serve" | cut -f1), self-extracting one-folder build, cache id $id)"
+bash "$here/scripts/pack_onefile.sh" "$work/dist" "$out/edgemp-serve"
