@@ -103,6 +103,30 @@ class Model(InputLayout):
                 )
         if "edge_attr" in self.input_names and spec.model.edge_features <= 0:
             raise ModelFormatError(f"{where}: model takes edge_attr but its metadata says edge_features=0")
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
+        """The graph's own static shapes against the metadata: a model whose metadata was edited
+        or belongs to another export fails here with one line, not later with an ONNX Runtime
+        traceback (inputs) or silently with rows of the wrong width (outputs)."""
+        spec, where, m = self.spec, self.path or "model", self.spec.model
+        inputs, outputs = self.runner.input_shapes, self.runner.output_shapes
+        for name, width in (("x", m.node_features), ("edge_attr", m.edge_features)):
+            dims = inputs.get(name)
+            if dims and dims[-1] is not None and dims[-1] != width:
+                raise ModelFormatError(f"{where}: input {name!r} takes {dims[-1]} features per row but the "
+                                       f"metadata says {width}; the metadata does not describe this graph")
+        for o in m.outputs:
+            dims = outputs.get(o.name)
+            if dims is None:
+                continue
+            rank = 3 if spec.form == "dense" and o.level == "node" else 2  # dense node rows: [G, M, W]
+            if len(dims) != rank:
+                raise ModelFormatError(f"{where}: output {o.name!r} has rank {len(dims)}; a {o.level}-level output "
+                                       f"of a {spec.form} model has rank {rank} (rows, then {o.width} per row)")
+            if dims[-1] is not None and dims[-1] != o.width:
+                raise ModelFormatError(f"{where}: output {o.name!r} is {dims[-1]} wide but the metadata says "
+                                       f"{o.width}; the metadata does not describe this graph")
 
     # -- graphs in, outputs out ---------------------------------------------------------
     def _conform(self, g: Graph) -> Graph:
@@ -190,6 +214,11 @@ class Model(InputLayout):
         outputs = self.runner.infer(self.feeds(batch))
         if self.spec.form == "dense":
             outputs = dense.from_dense(outputs, batch, self._levels)
+        for o in self.spec.model.outputs:  # widths a graph leaves symbolic are checked as they come
+            value = outputs[o.name]
+            if value.ndim != 2 or value.shape[1] != o.width:
+                raise ModelFormatError(f"{self.path or 'model'}: output {o.name!r} came back with shape "
+                                       f"{list(value.shape)}; its metadata says [rows, {o.width}]")
         return outputs
 
     def split(self, outputs: dict[str, np.ndarray], batch: GraphBatch) -> BatchSlice:

@@ -59,6 +59,10 @@ class Runner:
     declared_outputs: tuple[str, ...]  # every output the backend can produce
     output_names: tuple[str, ...] = ()  # the outputs :meth:`infer` returns (set by :meth:`fetch`)
     providers: tuple[str, ...] = ()  # what actually runs
+    # Each input's and output's dims as the backend declares them: an int where static, None
+    # where symbolic; a name missing (or the whole map empty) when the backend does not say.
+    input_shapes: Mapping[str, tuple[int | None, ...]] = {}
+    output_shapes: Mapping[str, tuple[int | None, ...]] = {}
     fallbacks: tuple[str, ...] = ()  # requested accelerators that did not activate
 
     @classmethod

@@ -119,6 +119,8 @@ class OrtRunner(Runner):
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         self.declared_outputs = tuple(o.name for o in self.session.get_outputs())
+        self.input_shapes = _static_dims(self.session.get_inputs())
+        self.output_shapes = _static_dims(self.session.get_outputs())
         self._output_list: list[str] = []
         self.providers = tuple(self.session.get_providers())
         self.fallbacks = tuple(p for p in requested if p in GPU_PROVIDERS and p not in self.providers)
@@ -153,6 +155,12 @@ class OrtRunner(Runner):
                     "the model ran out of memory on this batch; send fewer or smaller graphs") from e
             raise
         return dict(zip(self.output_names, values))
+
+
+def _static_dims(args: Sequence) -> dict[str, tuple[int | None, ...]]:
+    """Each graph input's or output's dims (None where symbolic); left out where ONNX has no shape."""
+    return {a.name: tuple(d if isinstance(d, int) else None for d in a.shape)
+            for a in args if isinstance(a.shape, (list, tuple))}
 
 
 def _is_allocation_failure(e: BaseException) -> bool:

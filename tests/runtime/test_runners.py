@@ -79,3 +79,56 @@ def test_old_import_paths_are_the_same_objects(sparse_path):
     assert providers.session_options is onnxruntime.session_options and providers.ORT_ERRORS is onnxruntime.ORT_ERRORS
     assert tensorrt_engine.TensorRTRunner is TensorRTRunner and tensorrt_engine.sidecar_path is tensorrt.sidecar_path
     assert isinstance(rt.load(sparse_path, providers="cpu").runner, providers.OrtRunner)
+
+
+def _edited(src: Path, dst: Path, spec_edit) -> Path:
+    """A copy of ``src`` with its edgemp metadata changed by ``spec_edit`` (a dict, in place)."""
+    import json
+
+    import onnx
+
+    proto = onnx.load(str(src))
+    for prop in proto.metadata_props:
+        if prop.key == METADATA_KEY:
+            spec = json.loads(prop.value)
+            spec_edit(spec)
+            prop.value = json.dumps(spec)
+    onnx.save(proto, str(dst))
+    return dst
+
+
+def test_metadata_that_does_not_describe_the_graph_is_refused_at_load(sparse_path, tmp_path):
+    """Edited or mismatched metadata: one line at load, not an ONNX Runtime traceback at the first
+    batch (inputs) or answers of the wrong width (outputs)."""
+    pytest.importorskip("onnx")
+
+    def features(spec):
+        spec["model"]["node_features"] += 4
+
+    def width(spec):
+        spec["model"]["outputs"][0]["width"] += 2
+
+    with pytest.raises(ModelFormatError, match=r"input 'x' takes \d+ features per row but the metadata says"):
+        rt.load(_edited(sparse_path, tmp_path / "features.onnx", features), providers="cpu")
+    with pytest.raises(ModelFormatError, match=r"output '\w+' is \d+ wide but the metadata says"):
+        rt.load(_edited(sparse_path, tmp_path / "width.onnx", width), providers="cpu")
+
+
+def test_an_output_width_the_backend_does_not_declare_is_checked_when_it_comes_back(sparse_path, tmp_path):
+    """A backend that declares no shapes (a TensorRT engine here says nothing): the width is
+    checked on every batch instead, so rows of the wrong width never reach a caller."""
+    pytest.importorskip("onnx")
+
+    def width(spec):
+        spec["model"]["outputs"][0]["width"] += 2
+
+    graphs = random_graphs(np.random.default_rng(0), 3)
+    for path, wrong in ((_edited(sparse_path, tmp_path / "w.onnx", width), True), (sparse_path, False)):
+        runner = open_runner(path, RunnerOptions(providers="cpu"))
+        runner.output_shapes = {}
+        model = Model(runner, path)
+        if wrong:
+            with pytest.raises(ModelFormatError, match=r"came back with shape \[3, \d+\]; its metadata says \[rows, \d+\]"):
+                model.predict(graphs)
+        else:
+            assert len(model.predict(graphs)) == 3
