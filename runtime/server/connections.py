@@ -111,13 +111,17 @@ class GuardedRequestHandler(RequestHandler):
         self._header_timer: asyncio.TimerHandle | None = None
         self._refused = False
         self._opened = time.monotonic()
-        # Fast path (runtime/server/fastpath.py): a parser that follows the stream only to know
-        # whether aiohttp's parser sits between requests (None once it cannot tell: no fast path).
-        self._stream = _StreamTracker() if guard.fast is not None else None
+        # A parser that follows aiohttp's bytes only to know where in a request they end: between
+        # requests (the fast path may take the next read), in a request's headers (the header
+        # deadline runs) or in its body (it does not). None once it cannot tell.
+        self._stream: _StreamTracker | None = _StreamTracker()
+        # the request the header deadline runs for (the tracker's count of begun requests), or None
+        self._timed_message: int | None = None
         self._fast_busy = False  # a fast request is being served: later bytes wait for its answer
         self._fast_pending: list[bytes] = []
         self._fast_paused = False
         self._handled = 0  # requests aiohttp parsed (its _request_count) whose handler has finished
+        self._opened_idle = True  # not a byte received since the connection opened
         self._counted = False  # in the app's OpenConnections
 
     # -- waiting for headers --------------------------------------------------------------
@@ -140,13 +144,36 @@ class GuardedRequestHandler(RequestHandler):
                 self.guard.header_timeout_s, self._on_header_timeout, self._request_count)
 
     def _cancel_header_timer(self) -> None:
+        self._timed_message = None
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
 
+    def _follow_headers(self) -> None:
+        """After a read: the deadline runs while a request's headers are incomplete, from the
+        read its first byte came in, and only then. A body still arriving is not late headers:
+        a request refused before its body was read (413, 401, 404) used to be answered a second
+        time, with a 408, while its body came in, and a later request on the connection could
+        read that stale 408 as its own answer."""
+        stream = self._stream
+        if stream is None:
+            return
+        if not stream.headers_pending:
+            self._cancel_header_timer()
+        elif self._timed_message != stream.begun:  # a new request's headers, begun in this read
+            self._cancel_header_timer()
+            self._timed_message = stream.begun
+            self._arm_header_timer()
+
     def _on_header_timeout(self, count_when_armed: int) -> None:
         self._header_timer = None
-        if self._request_count != count_when_armed or not self.awaiting_headers or self.transport is None:
+        stream = self._stream
+        if stream is not None:
+            # late only if the headers it was armed for are still incomplete, or nothing at all came
+            late = stream.headers_pending or (stream.begun == 0 and not self._handled and self._opened_idle)
+        else:
+            late = self._request_count == count_when_armed and self.awaiting_headers
+        if not late or self.transport is None:
             return  # a request arrived in time
         self.guard.timeout_log.warning("closed a connection that sent no complete request headers in %.0f s",
                                        self.guard.header_timeout_s)
@@ -166,6 +193,7 @@ class GuardedRequestHandler(RequestHandler):
                 return
         super().connection_made(transport)
         self._arm_header_timer()
+        self._timed_message = 1  # the first request's headers: due within the timeout of the connection opening
         if self.guard.connections is not None:
             self.guard.connections.opened()
             self._counted = True
@@ -191,9 +219,12 @@ class GuardedRequestHandler(RequestHandler):
                 self._fast_paused = True
                 self.transport.pause_reading()
             return
+        if data:
+            self._opened_idle = False
         stream = self._stream
         if stream is not None and data and stream.between_requests and self.awaiting_headers \
-                and self.transport is not None and self._manager is not None and self.guard.fast.take(self, data):
+                and self.guard.fast is not None and self.transport is not None and self._manager is not None \
+                and self.guard.fast.take(self, data):
             self._cancel_header_timer()
             return
         pieces: Any = (data,)
@@ -210,7 +241,9 @@ class GuardedRequestHandler(RequestHandler):
         before = self._request_count
         for piece in pieces:
             super().data_received(piece)
-        if self._request_count != before:
+        if self._stream is not None:
+            self._follow_headers()
+        elif self._request_count != before:  # the tracker gave up: by aiohttp's count of requests
             self._cancel_header_timer()
         elif waiting:  # headers still incomplete: they have until the deadline. A request whose
             self._arm_header_timer()  # headers came in one read (nearly all) never arms a timer.
@@ -325,18 +358,30 @@ class _StreamTracker:
     the connection: aiohttp alone parses it).
     """
 
-    __slots__ = ("_parser", "_begun", "_done")
+    __slots__ = ("_parser", "_begun", "_headed", "_done")
 
     def __init__(self) -> None:
         self._parser = httptools.HttpRequestParser(self)
-        self._begun = self._done = 0
+        self._begun = self._headed = self._done = 0
 
     @property
     def between_requests(self) -> bool:
         return self._begun == self._done
 
+    @property
+    def headers_pending(self) -> bool:
+        """A request has begun whose headers are not complete yet."""
+        return self._begun > self._headed
+
+    @property
+    def begun(self) -> int:
+        return self._begun
+
     def on_message_begin(self) -> None:
         self._begun += 1
+
+    def on_headers_complete(self) -> None:
+        self._headed += 1
 
     def on_message_complete(self) -> None:
         self._done += 1

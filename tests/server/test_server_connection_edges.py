@@ -174,3 +174,58 @@ def test_an_upload_refused_during_a_drain_neither_holds_it_nor_gets_a_late_408(r
         closer.join(60)
     # The refused body's lingering read once held the drain for its full 10 s.
     assert time.monotonic() - started < 5.0
+
+
+@pytest.fixture(scope="module")
+def short_deadline(repo):
+    """Header deadline 0.5 s, keep-alive 30 s, body limit 1 KiB, a bearer token."""
+    srv = start_thread_server(repo, ServerConfig(port=0, access_log=False, keepalive_timeout_s=30.0,
+                                                 header_timeout_s=0.5, max_body_bytes=1024, auth_token="good"),
+                              uvloop=True)
+    yield srv
+    srv.close()
+
+
+def _all_answers(sock: socket.socket, wait_s: float) -> list[int]:
+    """The statuses of every response the connection carries within ``wait_s`` (or until it closes)."""
+    sock.settimeout(wait_s)
+    data = bytearray()
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except (TimeoutError, socket.timeout):
+        pass
+    return [int(data[i + 9:i + 12]) for i in range(len(data)) if data.startswith(b"HTTP/1.1 ", i)]
+
+
+@pytest.mark.parametrize("refusal", ["too_large", "wrong_token", "unknown_model"])
+def test_a_request_refused_before_its_body_gets_one_answer_while_the_body_arrives(short_deadline, refusal):
+    """A POST refused on its headers (413, 401, 404) is answered while its body still comes in. Those
+    body bytes are not a next request's late headers: they once drew a second answer, a 408, which
+    a later request on the connection could read as its own."""
+    body = b"x" * 900 if refusal != "too_large" else b"x" * 4000
+    headers = {"Authorization": "Bearer good"}
+    path = INFER
+    if refusal == "wrong_token":
+        headers = {"Authorization": "Bearer bad"}
+    elif refusal == "unknown_model":
+        path = "/v2/models/nope/infer"
+    request = wire("POST", path, body, {"Content-Type": "application/json", **headers})
+    head = request.index(b"\r\n\r\n") + 4
+    with raw_socket(short_deadline.port) as sock:
+        sock.sendall(request[:head + 10])
+        time.sleep(0.3)
+        sock.sendall(request[head + 10:head + 500])
+        statuses = _all_answers(sock, 1.5)  # three header deadlines
+    assert statuses == [{"too_large": 413, "wrong_token": 401, "unknown_model": 404}[refusal]], statuses
+
+
+def test_a_next_request_whose_headers_begin_in_the_same_read_has_its_deadline(short_deadline):
+    """One read: a whole request, then the start of the next one's headers. That second request
+    must get its 408 at the header deadline, not be held until the keep-alive closes it."""
+    with raw_socket(short_deadline.port) as sock:
+        sock.sendall(wire("GET", "/v2/health/live") + b"GET /v2/health/live HTTP/1.1\r\nHo")
+        started = time.monotonic()
+        statuses = _all_answers(sock, 5.0)
+        assert statuses == [200, 408], statuses
+        assert time.monotonic() - started < 5.0  # closed by the deadline, not waited out
