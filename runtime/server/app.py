@@ -23,7 +23,7 @@ from edgemp.runtime.server.metrics import ServerMetrics
 from edgemp.runtime.server.middleware import BODY_READER, request_middleware
 from edgemp.runtime.server.repository import NAME_RE, ModelSource
 from edgemp.runtime.server.served import ServedModel
-from edgemp.runtime.server.state import STATE, ServerState
+from edgemp.runtime.server.state import STATE, ServerState, outcome_of
 from edgemp.runtime.server.text_served import TextServedModel
 
 logger = logging.getLogger(__name__)
@@ -86,8 +86,14 @@ def create_app(
     if config.auth_token is not None:
         logger.info("bearer-token auth is on for every route except /v2/health/live and /v2/health/ready")
     body_reader = BodyReader(config)
+    def refused(request: web.Request, error: Exception) -> None:
+        """A model's request refused by its announced size: its statistics count it."""
+        served_model = state.models.get(request.match_info.get("model", ""))
+        if served_model is not None:
+            served_model.stats.record_failure(outcome_of(error), 0)
+
     app = web.Application(client_max_size=config.max_body_bytes,
-                          middlewares=[request_middleware(body_reader, config.auth_token)])
+                          middlewares=[request_middleware(body_reader, config.auth_token, refused)])
     app[STATE] = state
     app[BODY_READER] = body_reader
     v2.add_routes(app)

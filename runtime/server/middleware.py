@@ -103,7 +103,8 @@ def error_response(status: int, message: str) -> web.Response:
                         charset="utf-8")
 
 
-def request_middleware(reader: BodyReader, token: str | None = None) -> Callable:
+def request_middleware(reader: BodyReader, token: str | None = None,
+                       refused: Callable[[web.Request, Exception], None] | None = None) -> Callable:
     """Every route's one middleware: errors as V2 bodies, the bearer token, the body limits.
 
     One layer instead of three: each aiohttp middleware costs a call layer and a partial
@@ -134,6 +135,8 @@ def request_middleware(reader: BodyReader, token: str | None = None) -> Callable
                 except BadBodyError as e:
                     # Nothing was read: answer without closing, and aiohttp discards the unread body
                     # (for at most its lingering time) so the client can finish sending and read this.
+                    if refused is not None:
+                        refused(request, e)  # counted as when the same body is refused while read
                     return error_response(e.status, str(e))
             try:
                 return await handler(request)

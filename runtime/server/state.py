@@ -27,8 +27,8 @@ logger = logging.getLogger(__name__)
 
 def outcome_of(error: BaseException) -> str:
     """The statistics outcome label for a failed request."""
-    if isinstance(error, (QueueFullError, ShuttingDownError, UnavailableError)):
-        return "rejected"
+    if isinstance(error, (QueueFullError, ShuttingDownError, UnavailableError)) or getattr(error, "status", 0) == 503:
+        return "rejected"  # the server's capacity (a full queue or body buffer), not the request's fault
     if isinstance(error, RequestTimeoutError):
         return "timeout"
     if isinstance(error, EdgempError):

@@ -286,9 +286,24 @@ def test_gzip_bomb_does_not_stall_health_checks(server, gnn):
     _valid(server, gnn)
 
 
+def _outcomes(server) -> dict[str, float]:
+    """gnn's ``edgemp_requests_total`` by outcome."""
+    conn = server.connection()
+    try:
+        status, _, body = request(conn, "GET", "/metrics")
+    finally:
+        conn.close()
+    assert status == 200
+    prefix = 'edgemp_requests_total{model="gnn",outcome="'
+    return {line[len(prefix):].split('"')[0]: float(line.split()[-1])
+            for line in body.decode().splitlines() if line.startswith(prefix)}
+
+
 def test_buffered_bytes_cap_refuses_early(server, gnn):
-    """Bodies in flight hold at most max_buffered_bytes: the third 1.5 MiB upload is refused at once."""
+    """Bodies in flight hold at most max_buffered_bytes: the third 1.5 MiB upload is refused at once,
+    and counted as a rejection (the server's capacity), not as the client's bad request."""
     socks = []
+    before = _outcomes(server)
     try:
         for _ in range(2):
             s = raw_socket(server.port)
@@ -301,11 +316,32 @@ def test_buffered_bytes_cap_refuses_early(server, gnn):
         third.close()
         head, _, body = data.partition(b"\r\n\r\n")
         assert head.split(b" ")[1] == b"503" and "buffering" in json_error(body), data[:300]
+        after = _outcomes(server)
+        assert after["rejected"] == before["rejected"] + 1 and after["bad_request"] == before["bad_request"]
     finally:
         for s in socks:
             s.close()
     time.sleep(0.2)
     _valid(server, gnn)
+
+
+def test_a_body_over_the_limit_counts_alike_whatever_its_framing(server):
+    """Refused by its Content-Length before a byte is read, or while read (chunked): one bad request each."""
+    body = b" " * (MAX_BODY + 1)
+    counts = [_outcomes(server)["bad_request"]]
+    for framing in ("length", "chunked"):
+        sock = raw_socket(server.port)
+        try:
+            if framing == "length":
+                sock.sendall(b"POST /v2/models/gnn/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
+            else:
+                sock.sendall(b"POST /v2/models/gnn/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
+            assert read_status(sock) == 413
+        finally:
+            sock.close()
+        counts.append(_outcomes(server)["bad_request"])
+    assert counts == [counts[0], counts[0] + 1, counts[0] + 2], counts
 
 
 @pytest.mark.skipif(not hasattr(__import__("resource"), "prlimit"), reason="needs Linux prlimit")
