@@ -47,18 +47,23 @@ _PREFIXES = (b"GET /v2/health/", b"POST /v2/models/", b"POST /v1/models/")
 _REFUSING = frozenset({b"content-encoding", b"transfer-encoding", b"expect", b"upgrade"})
 MAX_ROUTE_HEAD = 2048  # bytes of request line + headers; longer heads are parsed every time
 MAX_ROUTES = 1024  # heads kept per server: clients x distinct body lengths
+# aiohttp's own header limits (its RequestHandler defaults): a request past them is aiohttp's to
+# refuse (400), so both paths answer the same bytes the same way
+MAX_LINE = MAX_FIELD = 8190
+MAX_HEADERS = 128
 
 
 class _Parsed:
     """httptools callbacks: one request's URL, the headers this path looks at, and its body."""
 
-    __slots__ = ("parser", "url", "headers", "body", "messages", "complete", "odd", "keep_alive")
+    __slots__ = ("parser", "url", "headers", "count", "body", "messages", "complete", "odd", "keep_alive")
 
     def __init__(self) -> None:
         self.parser = httptools.HttpRequestParser(self)
         self.keep_alive = False  # read when the headers end: llhttp resets it once the message completes
         self.url = b""
         self.headers: dict[bytes, bytes] = {}
+        self.count = 0  # header fields
         self.body: list[bytes] = []
         self.messages = 0
         self.complete = False
@@ -69,10 +74,14 @@ class _Parsed:
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        if len(self.url) > MAX_LINE:
+            self.odd = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
-        if name in self.headers or name in _REFUSING:
+        self.count += 1
+        if name in self.headers or name in _REFUSING or self.count > MAX_HEADERS \
+                or len(name) > MAX_FIELD or len(value) > MAX_FIELD:
             self.odd = True
         self.headers[name] = value
 
@@ -246,7 +255,8 @@ class FastPath:
         if length is None or not length.isdigit() or int(length) != len(body) or len(body) > self.max_length:
             return False
         header_length = headers.get(b"inference-header-content-length") if v2 else None
-        route = _Route(served, v2, None if header_length is None else header_length.decode("latin-1"),
+        # decoded as aiohttp decodes header values, so both paths name a bad one alike
+        route = _Route(served, v2, None if header_length is None else header_length.decode("utf-8", "surrogateescape"),
                        len(body), parsed.url)
         head = data[:len(data) - len(body)]
         if len(head) <= MAX_ROUTE_HEAD:

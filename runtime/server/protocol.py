@@ -190,10 +190,10 @@ class _Where:
 def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     if header_length is None:
         return body, memoryview(b"")
-    try:
-        n = int(header_length) if len(header_length) <= 20 else -1
-    except ValueError as e:
-        raise ProtocolError(f"{HEADER_LENGTH} must be an integer, got {_name(header_length)!r}") from e
+    # ASCII digits only: int() also takes other scripts' digits, signs, spaces and underscores
+    if not (header_length.isascii() and header_length.isdigit()):
+        raise ProtocolError(f"{HEADER_LENGTH} must be an integer, got {_name(header_length)!r}")
+    n = int(header_length) if len(header_length) <= 20 else -1
     if n == 0:
         raise ProtocolError(
             f"{HEADER_LENGTH}: 0 (a raw binary request) only suits single-input models; "

@@ -74,12 +74,14 @@ def _bodies(graphs) -> dict[str, tuple[bytes, dict]]:
         "bad datatype": (bad, {}),
         "not json": (b"{oops", {}),
         "bad header length": (binary, {"Inference-Header-Content-Length": "99999999"}),
+        "non-ascii header length": (binary, {"Inference-Header-Content-Length": "\u0664\u0661\u0660"}),
         "v1": (v1.encode(), {}),
         "v1 bad": (b'{"graphs": [{"x": [[1.0]]}]}', {}),
     }
 
 
-@pytest.mark.parametrize("case", ["binary", "json", "bad datatype", "not json", "bad header length", "v1", "v1 bad"])
+@pytest.mark.parametrize("case", ["binary", "json", "bad datatype", "not json", "bad header length",
+                                  "non-ascii header length", "v1", "v1 bad"])
 def test_fast_and_aiohttp_paths_answer_alike(server, gnn, case):
     graphs = random_graphs(np.random.default_rng(5), 3, max_nodes=10)
     body, headers = _bodies(graphs)[case]
@@ -98,6 +100,23 @@ def test_fast_and_aiohttp_paths_answer_alike(server, gnn, case):
         assert_outputs_match(outputs, expected_layout(gnn, graphs), case)
     else:
         assert fs == 400 and json.loads(fb)["error"]
+
+
+@pytest.mark.parametrize("case", ["long header", "long url", "many headers"])
+def test_heads_past_aiohttps_limits_are_aiohttps_to_refuse(server, gnn, case):
+    """Header lines over 8190 bytes or over 128 fields: aiohttp refuses them (400); the fast path
+    used to serve them, so the same bytes got a different answer depending on how they arrived."""
+    graphs = random_graphs(np.random.default_rng(5), 1, max_nodes=10)
+    body, headers = _bodies(graphs)["binary"]
+    path = "/v2/models/gnn/infer"
+    if case == "long header":
+        headers = {**headers, "X-Pad": "a" * 9000}
+    elif case == "long url":
+        path += "?" + "a" * 9000
+    else:
+        headers = {**headers, **{f"X-Pad-{i}": "a" for i in range(200)}}
+    (status, answer_headers, answer), = exchange(server.port, wire("POST", path, body, headers))
+    assert status == 400 and "aiohttp" in answer_headers.get("server", ""), (status, answer[:200])
 
 
 def test_answers_stay_in_order_on_a_connection(server, gnn):
