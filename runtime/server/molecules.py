@@ -22,7 +22,7 @@ from edgemp.chem import MoleculeFeaturizer, featurize_smiles
 from edgemp.errors import EdgempError
 from edgemp.graph import Graph
 from edgemp.runtime.server import jsoncodec
-from edgemp.runtime.server.protocol import ProtocolError, load_json, parse_v1_body
+from edgemp.runtime.server.protocol import V1_BINARY_HINT, ProtocolError, json_values, load_json, parse_v1_body
 from edgemp.runtime.smiles import model_featurizer
 from edgemp.spec import ExportedModelSpec
 
@@ -83,7 +83,7 @@ def _parse(body: bytes, spec: ExportedModelSpec) -> tuple[list, int | None, str 
 def _render(items: list, results: list, model_name: str, request_id: str | None) -> bytes:
     answers = iter(results)
     outputs = [{"error": f"smiles[{i}]: {item}"} if isinstance(item, EdgempError)
-               else {name: value.tolist() for name, value in next(answers).items()} for i, item in enumerate(items)]
+               else {name: json_values(name, value, V1_BINARY_HINT) for name, value in next(answers).items()} for i, item in enumerate(items)]
     out: dict = {"model_name": model_name}
     if request_id is not None:
         out["id"] = request_id

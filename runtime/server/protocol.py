@@ -350,6 +350,22 @@ def _requested_outputs(obj: dict) -> list[RequestedOutput] | None:
     return result
 
 
+def json_values(name: str, value: np.ndarray, binary_hint: str) -> list:
+    """``value`` as JSON numbers; a :class:`ProtocolError` naming ``name`` if it holds inf or NaN.
+
+    JSON has no such numbers: orjson writes them as ``null``, which tritonclient reads back
+    as NaN (so +inf came back NaN), and the stdlib writes tokens that are not JSON at all.
+    ``binary_hint`` says how this protocol asks for the exact values instead.
+    """
+    if value.dtype.kind == "f" and not np.isfinite(value).all():
+        raise ProtocolError(f"output {_name(name)!r} holds values JSON cannot carry (inf or NaN); {binary_hint}")
+    return value.tolist()
+
+
+BINARY_HINT = 'ask for it in binary: "parameters": {"binary_data": true} on the output'
+V1_BINARY_HINT = "the V2 binary protocol carries them (POST /v2/models/NAME/infer with binary_data)"
+
+
 def encode_infer_response(
     model_name: str,
     model_version: str,
@@ -370,7 +386,7 @@ def encode_infer_response(
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
-            entry["data"] = value.reshape(-1).tolist()
+            entry["data"] = json_values(name, value.reshape(-1), BINARY_HINT)
         entries.append(entry)
     response: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
     if request.id is not None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from edgemp.runtime.server import jsoncodec
 from edgemp.runtime.server.layout import TensorSpec
-from edgemp.runtime.server.protocol import ProtocolError, parse_v1_body
+from edgemp.runtime.server.protocol import V1_BINARY_HINT, ProtocolError, json_values, parse_v1_body
 from edgemp.runtime.server.repository import ModelSource
 from edgemp.runtime.server.served import ServedModel
 from edgemp.runtime.text import TextModel, load_text_model
@@ -111,8 +111,8 @@ class V1TextCall:
         if self.request_id is not None:
             out["id"] = self.request_id
         if model.spec.task == "feature-extraction":
-            out["embeddings"] = [r["embedding"].tolist() for r in results]
+            out["embeddings"] = [json_values("embedding", r["embedding"], V1_BINARY_HINT) for r in results]
         else:
             out["labels"] = model.label_names(results)
-            out["probabilities"] = [r["probabilities"].tolist() for r in results]
+            out["probabilities"] = [json_values("probabilities", r["probabilities"], V1_BINARY_HINT) for r in results]
         return jsoncodec.dumps(out)

@@ -16,7 +16,7 @@ from edgemp.graphio import graph_from_json
 from edgemp.runtime.server import core, jsoncodec
 from edgemp.runtime.server.middleware import read_body
 from edgemp.runtime.server.molecules import V1SmilesCall, is_smiles_body, takes_smiles
-from edgemp.runtime.server.protocol import parse_v1_body
+from edgemp.runtime.server.protocol import V1_BINARY_HINT, json_values, parse_v1_body
 from edgemp.runtime.server.served import ServedModel
 from edgemp.runtime.server.state import STATE
 from edgemp.runtime.server.text_served import TextServedModel, V1TextCall
@@ -38,7 +38,8 @@ class V1GraphCall:
         out: dict = {"model_name": self.model_name}
         if self.request_id is not None:
             out["id"] = self.request_id
-        out["outputs"] = [{name: value.tolist() for name, value in r.items()} for r in results]
+        out["outputs"] = [{name: json_values(name, value, V1_BINARY_HINT) for name, value in r.items()}
+                          for r in results]
         return jsoncodec.dumps(out)
 
 

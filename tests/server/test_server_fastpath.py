@@ -119,6 +119,36 @@ def test_heads_past_aiohttps_limits_are_aiohttps_to_refuse(server, gnn, case):
     assert status == 400 and "aiohttp" in answer_headers.get("server", ""), (status, answer[:200])
 
 
+@pytest.mark.parametrize("protocol", ["v2 json", "v1"])
+def test_outputs_json_cannot_carry_are_an_error_naming_them(server, gnn, protocol):
+    """Huge but finite inputs overflow the model to NaN/inf, which JSON has no numbers for: orjson
+    wrote null, which tritonclient reads as NaN (an inf came back NaN). Binary carries them; JSON
+    answers 400 naming the output and saying how to ask for binary."""
+    import dataclasses
+
+    graph = random_graphs(np.random.default_rng(5), 1, max_nodes=5)[0]
+    graph = dataclasses.replace(graph, x=np.full_like(graph.x, 3e38))
+    want = gnn.predict([graph])[0]
+    assert not all(np.isfinite(v).all() for v in want.values())  # the premise: this input overflows
+    if protocol == "v1":
+        from edgemp.graphio import graph_to_json
+
+        body = json.dumps({"graphs": [{k: v for k, v in graph_to_json(graph).items() if k != "y"}]}).encode()
+        (status, _, answer), = exchange(server.port, wire("POST", "/v1/models/gnn/predict", body))
+        assert status == 400 and "JSON cannot carry" in json.loads(answer)["error"]
+        return
+    (status, _, answer), = exchange(server.port, wire("POST", "/v2/models/gnn/infer",
+                                                        v2_json_body(batch_tensors([graph]))))
+    assert status == 400 and "binary_data" in json.loads(answer)["error"], answer[:300]
+    body, header_length = v2_binary_body(batch_tensors([graph]))
+    (status, headers, answer), = exchange(server.port, wire("POST", "/v2/models/gnn/infer", body,
+                                                             {"Inference-Header-Content-Length": header_length}))
+    assert status == 200
+    _, outputs = decode_v2_response(answer, headers.get("inference-header-content-length"))
+    for name, value in expected_layout(gnn, [graph]).items():
+        np.testing.assert_array_equal(outputs[name], value)  # NaN and inf as they are
+
+
 def test_answers_stay_in_order_on_a_connection(server, gnn):
     """Pipelined requests — fast ones, aiohttp ones, and bytes arriving while a fast one runs —
     are answered one each, in the order sent."""
