@@ -150,8 +150,24 @@ def load_json(data: bytes | memoryview | str, what: str) -> Any:
         raise ProtocolError(f"{what} is not valid JSON: {_name(e)}") from e
 
 
-def _from_json_data(data: object, dtype: np.dtype, shape: tuple[int, ...], where: str) -> np.ndarray:
-    """JSON ``data`` (nested or flat, row-major) as an array of ``shape``; no silent casts."""
+def _holds_bool(data: object) -> bool:
+    """Whether JSON ``data`` (a number, or nested lists of them) holds a ``true`` or ``false``."""
+    if isinstance(data, list):
+        if data and isinstance(data[0], list):
+            return any(_holds_bool(row) for row in data)
+        return bool in map(type, data)
+    return type(data) is bool
+
+
+def _from_json_data(data: object, dtype: np.dtype, shape: tuple[int, ...], where: str,
+                    may_hold_bools: bool = True) -> np.ndarray:
+    """JSON ``data`` (nested or flat, row-major) as an array of ``shape``; no silent casts.
+
+    ``may_hold_bools=False``: the caller knows the JSON text has no ``true``/``false`` token,
+    so the scan for them (~50 ns a number) is skipped.
+    """
+    if may_hold_bools and _holds_bool(data):  # numpy would take true among numbers as 1
+        raise ProtocolError(f"{where}: 'data' must hold numbers, not true/false")
     try:
         arr = np.asarray(data)
     except (ValueError, TypeError, OverflowError) as e:
@@ -210,6 +226,7 @@ def decode_infer_request(body: bytes, header_length: str | None, expected: dict[
     obj = load_json(header, "request header")
     if not isinstance(obj, dict):
         raise ProtocolError("request must be a JSON object")
+    may_hold_bools = b"true" in header or b"false" in header  # one C scan spares a per-number one
     request_id = obj.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise ProtocolError("'id' must be a string")
@@ -247,7 +264,7 @@ def decode_infer_request(body: bytes, header_length: str | None, expected: dict[
         if size is None:
             if "data" not in spec:
                 raise ProtocolError(f"{where} has neither 'data' nor a 'binary_data_size' parameter")
-            decoded[name] = _from_json_data(spec["data"], dtype, shape, where)
+            decoded[name] = _from_json_data(spec["data"], dtype, shape, where, may_hold_bools)
             continue
         if "data" in spec:
             raise ProtocolError(f"{where} has both 'data' and 'binary_data_size'")

@@ -68,11 +68,14 @@ def _bodies(graphs) -> dict[str, tuple[bytes, dict]]:
     v1 = json.dumps({"graphs": [{k: v for k, v in graph_to_json(g).items() if k != "y"} for g in graphs], "id": "v"})
     binary, header_length = v2_binary_body(tensors, request_id="r1")
     bad = json.dumps({"inputs": [{"name": "x", "datatype": "INT64", "shape": [1, 5], "data": [0] * 5}]}).encode()
+    with_true = json.loads(v2_json_body(tensors))
+    with_true["inputs"][0]["data"][0] = True  # numpy would run it as 1.0
     return {
         "binary": (binary, {"Inference-Header-Content-Length": str(header_length)}),
         "json": (v2_json_body(tensors, request_id="r2"), {}),
         "bad datatype": (bad, {}),
         "not json": (b"{oops", {}),
+        "true among numbers": (json.dumps(with_true).encode(), {}),
         "bad header length": (binary, {"Inference-Header-Content-Length": "99999999"}),
         "non-ascii header length": (binary, {"Inference-Header-Content-Length": "\u0664\u0661\u0660"}),
         "v1": (v1.encode(), {}),
@@ -80,8 +83,8 @@ def _bodies(graphs) -> dict[str, tuple[bytes, dict]]:
     }
 
 
-@pytest.mark.parametrize("case", ["binary", "json", "bad datatype", "not json", "bad header length",
-                                  "non-ascii header length", "v1", "v1 bad"])
+@pytest.mark.parametrize("case", ["binary", "json", "bad datatype", "not json", "true among numbers",
+                                  "bad header length", "non-ascii header length", "v1", "v1 bad"])
 def test_fast_and_aiohttp_paths_answer_alike(server, gnn, case):
     graphs = random_graphs(np.random.default_rng(5), 3, max_nodes=10)
     body, headers = _bodies(graphs)[case]
