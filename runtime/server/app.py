@@ -20,7 +20,7 @@ from edgemp.runtime.server.config import ServerConfig
 from edgemp.runtime.server.body import BodyReader
 from edgemp.runtime.server.limits import RequestLimits
 from edgemp.runtime.server.metrics import ServerMetrics
-from edgemp.runtime.server.middleware import BODY_READER, request_middleware
+from edgemp.runtime.server.middleware import BODY_READER, expect_handler, request_middleware
 from edgemp.runtime.server.repository import NAME_RE, ModelSource
 from edgemp.runtime.server.served import ServedModel
 from edgemp.runtime.server.state import STATE, ServerState, outcome_of
@@ -94,10 +94,11 @@ def create_app(
 
     app = web.Application(client_max_size=config.max_body_bytes,
                           middlewares=[request_middleware(body_reader, config.auth_token, refused)])
+    expect = expect_handler(body_reader, config.auth_token, refused)
     app[STATE] = state
     app[BODY_READER] = body_reader
-    v2.add_routes(app)
-    v1.add_routes(app)
+    v2.add_routes(app, expect)
+    v1.add_routes(app, expect)
     app.on_cleanup.append(_close_models)
     return app
 

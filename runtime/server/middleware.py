@@ -11,6 +11,7 @@ import logging
 from typing import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.web_urldispatcher import _default_expect_handler
 
 from edgemp.errors import (
     EdgempError,
@@ -103,6 +104,48 @@ def error_response(status: int, message: str) -> web.Response:
                         charset="utf-8")
 
 
+def _refusal_check(reader: BodyReader, token: str | None,
+                   refused: Callable[[web.Request, Exception], None] | None) -> Callable[[web.Request], web.Response | None]:
+    """What may be refused from a request's headers alone, before a byte of its body is read:
+    the bearer token (401) and the announced body size against the limits (413, 503)."""
+    expected = None if token is None else f"Bearer {token}".encode()
+
+    def refusal(request: web.Request) -> web.Response | None:
+        if expected is not None and request.path not in OPEN_PATHS:
+            # aiohttp keeps undecodable header bytes as surrogates: encode them back, never raise.
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+            if not hmac.compare_digest(given, expected):
+                return error_response(401, "missing or invalid bearer token")
+        length = request.content_length
+        if length is not None and request.method in ("POST", "PUT"):
+            try:
+                reader.check_announced(length)
+            except BadBodyError as e:
+                if refused is not None:
+                    refused(request, e)  # counted as when the same body is refused while read
+                return error_response(e.status, str(e))
+        return None
+
+    return refusal
+
+
+def expect_handler(reader: BodyReader, token: str | None = None,
+                   refused: Callable[[web.Request, Exception], None] | None = None) -> Callable:
+    """``Expect: 100-continue``: the same refusals as :func:`request_middleware` first, so a
+    client is never invited to upload a body that is then refused. aiohttp answers the
+    expectation before any middleware runs, so POST routes take this as their handler of it."""
+    refusal = _refusal_check(reader, token, refused)
+
+    async def expect(request: web.Request) -> web.StreamResponse | None:
+        response = refusal(request)
+        if response is not None:
+            response.force_close()  # the client holds its body back: nothing to read after this
+            return response
+        return await _default_expect_handler(request)  # 100 Continue (417 for other expectations)
+
+    return expect
+
+
 def request_middleware(reader: BodyReader, token: str | None = None,
                        refused: Callable[[web.Request, Exception], None] | None = None) -> Callable:
     """Every route's one middleware: errors as V2 bodies, the bearer token, the body limits.
@@ -116,28 +159,21 @@ def request_middleware(reader: BodyReader, token: str | None = None,
       (401, before anything of the body is looked at);
     - a body is refused by its Content-Length before a byte of it is read, and the bytes
       it holds count against ``max_buffered_bytes`` until its handler has answered.
+
+    (A request with ``Expect: 100-continue`` meets the first two in :func:`expect_handler`.)
     """
-    expected = None if token is None else f"Bearer {token}".encode()
+    refusal = _refusal_check(reader, token, refused)
     held = reader.held  # requests holding body bytes (most GETs never do)
 
     @web.middleware
     async def handle(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            if expected is not None and request.path not in OPEN_PATHS:
-                # aiohttp keeps undecodable header bytes as surrogates: encode them back, never raise.
-                given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
-                if not hmac.compare_digest(given, expected):
-                    return error_response(401, "missing or invalid bearer token")
-            length = request.content_length
-            if length is not None and request.method in ("POST", "PUT"):
-                try:
-                    reader.check_announced(length)
-                except BadBodyError as e:
-                    # Nothing was read: answer without closing, and aiohttp discards the unread body
-                    # (for at most its lingering time) so the client can finish sending and read this.
-                    if refused is not None:
-                        refused(request, e)  # counted as when the same body is refused while read
-                    return error_response(e.status, str(e))
+            # Nothing of the body is read when refused: answered without closing, and aiohttp
+            # discards the unread body (for at most its lingering time) so the client can finish
+            # sending and read the answer.
+            response = refusal(request)
+            if response is not None:
+                return response
             try:
                 return await handler(request)
             finally:

@@ -8,7 +8,7 @@ the one request path of :mod:`edgemp.runtime.server.core`.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 from aiohttp import web
 
@@ -64,6 +64,7 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=m.render(), headers={"Content-Type": m.content_type})
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/models/{model}/predict", predict)
+def add_routes(app: web.Application, expect: Any = None) -> None:
+    """``expect``: the POST route's handler of ``Expect: 100-continue`` (aiohttp's when None)."""
+    app.router.add_post("/v1/models/{model}/predict", predict, expect_handler=expect)
     app.router.add_get("/metrics", metrics)

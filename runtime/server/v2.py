@@ -7,6 +7,8 @@ HTTP bodies into calls and answers into HTTP responses.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from edgemp.runtime.server import core
@@ -98,17 +100,18 @@ async def infer(request: web.Request) -> web.Response:
                         headers={HEADER_LENGTH: str(json_length)})
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(app: web.Application, expect: Any = None) -> None:
+    """``expect``: the POST routes' handler of ``Expect: 100-continue`` (aiohttp's when None)."""
     versioned = ("/v2/models/{model}", "/v2/models/{model}/versions/{version}")
-    app.router.add_post(versioned[0] + "/infer", infer)  # first: the router tries resources in order
+    app.router.add_post(versioned[0] + "/infer", infer, expect_handler=expect)  # first: the router tries resources in order
     app.router.add_get("/v2/health/live", live)
     app.router.add_get("/v2/health/ready", ready)
     app.router.add_get("/v2", metadata)
     app.router.add_get("/v2/models/stats", stats)
-    app.router.add_post("/v2/repository/index", repository_index)
+    app.router.add_post("/v2/repository/index", repository_index, expect_handler=expect)
     for base in versioned:
         app.router.add_get(base, model_meta)
         app.router.add_get(base + "/ready", model_ready)
         app.router.add_get(base + "/config", config)
         app.router.add_get(base + "/stats", stats)
-    app.router.add_post(versioned[1] + "/infer", infer)
+    app.router.add_post(versioned[1] + "/infer", infer, expect_handler=expect)

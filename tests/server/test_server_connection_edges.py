@@ -229,3 +229,27 @@ def test_a_next_request_whose_headers_begin_in_the_same_read_has_its_deadline(sh
         statuses = _all_answers(sock, 5.0)
         assert statuses == [200, 408], statuses
         assert time.monotonic() - started < 5.0  # closed by the deadline, not waited out
+
+
+@pytest.mark.parametrize("case", ["wrong_token", "too_large", "valid"])
+def test_expect_100_continue_invites_only_a_body_that_will_be_read(short_deadline, gnn, case):
+    """``Expect: 100-continue`` is answered before any middleware runs: the token and the announced
+    size must be checked there too, or a client is invited to upload a body that is then refused."""
+    graphs = random_graphs(np.random.default_rng(4), 1)
+    body = v2_json_body(batch_tensors(graphs)) if case != "too_large" else b"x" * 4096
+    token = "bad" if case == "wrong_token" else "good"
+    request = wire("POST", INFER, body, {"Expect": "100-continue", "Authorization": f"Bearer {token}",
+                                         "Content-Type": "application/json"})
+    head = request[:request.index(b"\r\n\r\n") + 4]
+    with raw_socket(short_deadline.port) as sock:
+        sock.sendall(head)  # the body waits for 100 Continue, as curl and requests send it
+        first = sock.recv(65536)
+        if case != "valid":
+            status = int(first[9:12])
+            assert status == (401 if case == "wrong_token" else 413), first[:200]
+            assert not first.startswith(b"HTTP/1.1 100") and b"Connection: close" in first
+            return
+        assert first.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), first[:200]
+        sock.sendall(body)
+        buf = bytearray(first[len(b"HTTP/1.1 100 Continue\r\n\r\n"):])
+        assert_outputs_match(_outputs(read_response(sock, buf)), expected_layout(gnn, graphs), "after 100 Continue")
