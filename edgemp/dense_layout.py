@@ -14,7 +14,13 @@ from typing import Mapping
 
 import numpy as np
 
+from edgemp.errors import ResourceExhaustedError
 from edgemp.graph import GraphBatch
+
+# Bytes the dense form may take while it is built (adjacency as int64 counts, then float32,
+# and x): past this a batch gets one clear error instead of a MemoryError traceback, or the
+# host's memory. One 40,000-node graph pads to 65,536 slots, 48 GiB; 64 graphs of 256 slots, 50 MB.
+MAX_DENSE_BYTES = 2 << 30
 
 
 def pad_size(largest: int, max_nodes: int) -> int:
@@ -28,6 +34,12 @@ def to_dense(batch: GraphBatch, max_nodes: int, slots: int | None = None) -> dic
     counts = batch.graph_node_counts
     g = batch.num_graphs
     m = pad_size(int(counts.max()), max_nodes) if slots is None else slots
+    need = g * m * m * 12 + g * m * batch.x.shape[1] * 4
+    if need > MAX_DENSE_BYTES:
+        raise ResourceExhaustedError(
+            f"the dense form of this batch ({g} graph(s) padded to {m} node slots) needs {need / 2**30:.1f} GiB, "
+            f"over the {MAX_DENSE_BYTES >> 30} GiB it may take; send fewer or smaller graphs, or serve the "
+            "sparse export of the model for graphs this large")
     offsets = batch.node_offsets
     local = np.arange(batch.num_nodes, dtype=np.int64) - offsets[batch.node_graph]  # [N]
     x = np.zeros((g, m, batch.x.shape[1]), np.float32)

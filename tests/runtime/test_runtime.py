@@ -204,6 +204,16 @@ def test_dense_adjacency_counts_duplicates_target_rows():
     assert [dense.pad_size(n, 32) for n in (1, 2, 3, 5, 17, 32)] == [1, 2, 4, 8, 32, 32]
 
 
+def test_a_dense_form_too_large_to_build_is_one_clear_error():
+    """A valid 40,000-node graph on a dense model pads to 65,536 slots: 48 GiB. Refused before a
+    byte is allocated (the check is arithmetic), not a MemoryError traceback or the host's memory."""
+    from edgemp.errors import ResourceExhaustedError
+
+    g = Graph(x=np.zeros((40_000, F), np.float32), edge_index=np.array([[0], [1]], np.int64))
+    with pytest.raises(ResourceExhaustedError, match=r"padded to 65536 node slots\) needs 48\.\d GiB"):
+        dense.to_dense(collate([g]), 1 << 16)
+
+
 def test_dense_too_many_nodes(models):
     m = rt.load(models["dense"])
     graphs = [random_graph(np.random.default_rng(0), 4, 3), random_graph(np.random.default_rng(1), 33, 3)]
