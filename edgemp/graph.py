@@ -71,7 +71,9 @@ def _convert(x, edge_index, edge_attr, y) -> tuple:
             raise GraphValidationError("edge_index holds non-integer values")
         if ei.size and float(np.abs(ei).max()) > 2.0**53:  # beyond exact floats; casting would wrap
             raise GraphValidationError("edge_index holds values too large to be node indices")
-    elif ei.dtype.kind not in "iub":
+    elif ei.dtype.kind == "b":  # JSON true/false would read as nodes 1/0
+        raise GraphValidationError("edge_index holds booleans; expected integer node indices")
+    elif ei.dtype.kind not in "iu":
         raise GraphValidationError(f"edge_index has dtype {ei.dtype}; expected integers")
     ei = ei.astype(np.int64)
     ea = None if edge_attr is None else np.asarray(edge_attr, dtype=np.float32)
@@ -86,8 +88,8 @@ def check_counts(counts: np.ndarray, total: int, what: str, of: str, *, minimum:
 
     Client-supplied counts are bounded *before* they are summed: int64 wraps silently, and
     ``[2**63 - 1, 2**63 - 1, 3]`` would otherwise "add up" to 1 and size arrays (np.repeat
-    segfaults on such counts). With every entry in ``[minimum, total]`` and at most
-    ``total + 1`` entries, the sum stays far below 2**63.
+    segfaults on such counts). With every entry in ``[minimum, total]`` and ``size * max``
+    below 2**63, the sum cannot wrap (a count of entries would refuse edgeless graphs' zeros).
     """
     counts = np.asarray(counts)
     if counts.dtype.kind not in "iu":
@@ -103,7 +105,7 @@ def check_counts(counts: np.ndarray, total: int, what: str, of: str, *, minimum:
         raise GraphValidationError(f"{what} holds {lo}; each entry must be at least {minimum}")
     if hi > total:
         raise GraphValidationError(f"{what} holds {hi} but {of} has {total}")
-    if counts.size > total + 1:  # only zeros can repeat this often; still bound the sum
+    if counts.size * hi >= 2**63:  # the sum below could wrap (zeros may repeat: edgeless graphs)
         raise GraphValidationError(f"{what} lists {counts.size} entries for {total} in {of}")
     s = int(counts.sum(dtype=np.int64))
     if s != total:

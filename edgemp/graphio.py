@@ -6,6 +6,9 @@ JSONL line: ``{"x": [[...]], "edge_index": [[src...], [dst...]], "edge_attr": [[
 from __future__ import annotations
 
 import json
+import math
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -13,6 +16,7 @@ import numpy as np
 
 from edgemp.errors import EdgempError, GraphValidationError
 from edgemp.graph import Graph, check_counts, collate, validate_graph
+from edgemp.jsonio import decode_utf8, load_json
 
 
 def graph_from_json(obj: object, index: int | None = None) -> Graph:
@@ -46,18 +50,17 @@ def graph_to_json(g: Graph) -> dict:
 def iter_jsonl(path: str | Path) -> Iterator[Graph]:
     path = Path(path)
     try:
-        fh = path.open("r", encoding="utf-8")
+        fh = path.open("rb")  # decoded line by line, so a bad byte is reported with its line
     except OSError as e:
         raise EdgempError(f"cannot read graph file {path}: {e.strerror}") from e
     with fh:
         index = 0
-        for lineno, line in enumerate(fh, start=1):
+        for lineno, raw in enumerate(fh, start=1):
+            where = f"{path}:{lineno}"
+            line = decode_utf8(raw, where, GraphValidationError)
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise GraphValidationError(f"{path}:{lineno}: invalid JSON ({e.msg})") from e
+            obj = load_json(line, where, GraphValidationError)
             try:
                 yield graph_from_json(obj, index)
             except GraphValidationError as e:
@@ -99,49 +102,100 @@ def write_npz(graphs: list[Graph], path: str | Path, featurizer: str = "") -> No
     np.savez(path, **arrays)
 
 
-def read_npz(path: str | Path) -> list[Graph]:
-    path = Path(path)
+# The dtype kinds each NPZ array may have: anything else (complex, strings, objects) would be
+# cast lossily (complex x loses its imaginary part) or not at all.
+_REAL, _INT = ("biuf", "real numbers"), ("iu", "integers")
+NPZ_KINDS = {"x": _REAL, "edge_attr": _REAL, "y": _REAL, "edge_index": ("iuf", "integers"),
+             "graph_node_counts": _INT, "graph_edge_counts": _INT, "y_sizes": _INT, "y_shapes": _INT}
+NPZ_REQUIRED = ("x", "edge_index", "graph_node_counts", "graph_edge_counts")
+
+
+def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of :data:`NPZ_KINDS` that an NPZ graph file holds, read and dtype-checked."""
     try:
         # allow_pickle=False: an NPZ must never execute code.
         data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise EdgempError(f"cannot read NPZ graph file {path}: {e}") from e
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise EdgempError(f"{path} is a single .npy array, not an NPZ graph file (write one with `edgemp data`)")
+    arrays = {}
     with data:
-        for key in ("x", "edge_index", "graph_node_counts", "graph_edge_counts"):
+        for key in NPZ_REQUIRED:
             if key not in data:
                 raise GraphValidationError(f"{path}: NPZ graph file is missing array {key!r}")
-        x, ei = data["x"], data["edge_index"]
-        nc, ec = data["graph_node_counts"].astype(np.int64), data["graph_edge_counts"].astype(np.int64)
-        ea = data["edge_attr"] if "edge_attr" in data else None
-        if x.ndim < 1 or ei.ndim != 2 or nc.shape != ec.shape:
-            raise GraphValidationError(f"{path}: x, edge_index and the count arrays have inconsistent shapes")
-        try:  # bounded before summing: counts from a file must not wrap int64 either
-            check_counts(nc, x.shape[0], "graph_node_counts", "x (nodes)", minimum=1)
-            check_counts(ec, ei.shape[1], "graph_edge_counts", "edge_index (edges)")
-        except GraphValidationError as e:
-            raise GraphValidationError(f"{path}: {e}") from e
-        ys = None
-        if "y" in data:
-            flat, sizes, shapes = data["y"], data["y_sizes"], data["y_shapes"]
-            ys, pos = [], 0
-            for size, shape in zip(sizes, shapes):
-                shp = tuple(int(s) for s in shape if s >= 0)
-                ys.append(flat[pos : pos + size].reshape(shp))
-                pos += int(size)
-        graphs = []
-        n0 = e0 = 0
-        for i, (n, e) in enumerate(zip(nc, ec)):
-            g = Graph.from_arrays(
-                x[n0 : n0 + n],
-                ei[:, e0 : e0 + e] - n0,
-                None if ea is None else ea[e0 : e0 + e],
-                None if ys is None else ys[i],
-            )
-            validate_graph(g, i)
-            graphs.append(g)
-            n0 += int(n)
-            e0 += int(e)
-        return graphs
+        for key in [k for k in NPZ_KINDS if k in data.files]:  # in a fixed order: the same file, the same error
+            try:  # members are read here: a corrupt or truncated one fails now, named
+                arrays[key] = data[key]
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+                raise GraphValidationError(f"{path}: array {key!r} cannot be read: {e}") from e
+            kinds, expected = NPZ_KINDS[key]
+            if arrays[key].dtype.kind not in kinds:
+                raise GraphValidationError(f"{path}: array {key!r} has dtype {arrays[key].dtype}; expected {expected}")
+    return arrays
+
+
+def _split_y(arrays: dict[str, np.ndarray], num_graphs: int) -> list[np.ndarray] | None:
+    """Per-graph targets from the flat ``y`` and its ``y_sizes`` / ``y_shapes`` (see :func:`write_npz`)."""
+    if "y" not in arrays:
+        return None
+    if "y_sizes" not in arrays or "y_shapes" not in arrays:
+        raise GraphValidationError("array 'y' needs 'y_sizes' and 'y_shapes' to split it into graphs")
+    flat, sizes, shapes = arrays["y"], arrays["y_sizes"], arrays["y_shapes"]
+    if flat.ndim != 1:
+        raise GraphValidationError(f"'y' must be one-dimensional, got shape {list(flat.shape)}")
+    if sizes.shape != (num_graphs,):
+        raise GraphValidationError(
+            f"'y_sizes' has shape {list(sizes.shape)}; expected one entry per graph [{num_graphs}]"
+        )
+    if shapes.ndim != 2 or shapes.shape[0] != num_graphs:
+        raise GraphValidationError(
+            f"'y_shapes' has shape {list(shapes.shape)}; expected one row per graph [{num_graphs}, rank]"
+        )
+    check_counts(sizes, flat.size, "y_sizes", "y (values)")
+    ys, pos = [], 0
+    for i, (size, row) in enumerate(zip(sizes.tolist(), shapes.tolist())):
+        dims = [d for d in row if d != -1]  # -1 pads shapes of lower rank
+        # each dimension bounded too: [2**64 - 1, 0] holds 0 values but numpy cannot make that shape
+        if any(not 0 <= d < 2**31 for d in dims) or row[: len(dims)] != dims or math.prod(dims) != size:
+            raise GraphValidationError(f"y_shapes row {i} is {row}, which does not fit y_sizes[{i}] = {size}")
+        ys.append(flat[pos : pos + size].reshape(dims))
+        pos += size
+    return ys
+
+
+def _npz_graphs(arrays: dict[str, np.ndarray]) -> list[Graph]:
+    x, ei, ea = arrays["x"], arrays["edge_index"], arrays.get("edge_attr")
+    nc, ec = arrays["graph_node_counts"], arrays["graph_edge_counts"]
+    if x.ndim < 1 or ei.ndim != 2 or nc.shape != ec.shape:
+        raise GraphValidationError("x, edge_index and the count arrays have inconsistent shapes")
+    # bounded before summing (and before any cast): counts from a file must not wrap int64 either
+    check_counts(nc, x.shape[0], "graph_node_counts", "x (nodes)", minimum=1)
+    check_counts(ec, ei.shape[1], "graph_edge_counts", "edge_index (edges)")
+    ys = _split_y(arrays, nc.size)
+    graphs = []
+    n0 = e0 = 0
+    for i, (n, e) in enumerate(zip(nc.tolist(), ec.tolist())):
+        g = Graph.from_arrays(
+            x[n0 : n0 + n],
+            ei[:, e0 : e0 + e] - n0,
+            None if ea is None else ea[e0 : e0 + e],
+            None if ys is None else ys[i],
+        )
+        validate_graph(g, i)
+        graphs.append(g)
+        n0 += n
+        e0 += e
+    return graphs
+
+
+def read_npz(path: str | Path) -> list[Graph]:
+    path = Path(path)
+    arrays = _npz_arrays(path)
+    try:
+        return _npz_graphs(arrays)
+    except GraphValidationError as e:
+        raise GraphValidationError(f"{path}: {e}") from e
 
 
 def read_graphs(path: str | Path) -> list[Graph]:
@@ -173,10 +227,10 @@ def read_featurizer(path: str | Path) -> str:
         if p.suffix == ".npz":
             with np.load(p, allow_pickle=False) as data:
                 return str(data["featurizer"]) if "featurizer" in data else ""
-        with p.open("r", encoding="utf-8") as fh:
-            first = next((line for line in fh if line.strip()), "")
-        obj = json.loads(first) if first else {}
-    except (OSError, ValueError) as e:
+        with p.open("rb") as fh:
+            first = next((line for line in fh if line.strip()), b"")
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise EdgempError(f"cannot read graph file {p}: {e}") from e
+    obj = load_json(decode_utf8(first, str(p)), str(p)) if first else {}
     value = obj.get("featurizer", "") if isinstance(obj, dict) else ""
     return value if isinstance(value, str) else ""

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 from edgemp.errors import ModelFormatError
+from edgemp.jsonio import load_json
 
 FORMAT_VERSION = 1
 TASKS = ("regression", "classification", "node_regression", "node_classification")
@@ -96,8 +97,8 @@ class ExportedModelSpec:
 
     @classmethod
     def from_json(cls, text: str) -> "ExportedModelSpec":
+        d = load_json(text, "edgemp metadata is malformed", ModelFormatError)
         try:
-            d = json.loads(text)
             if not isinstance(d, dict):
                 raise TypeError("metadata is not a JSON object")
             version = d.get("format_version")
@@ -110,7 +111,7 @@ class ExportedModelSpec:
             if d.get("form", "sparse") not in FORMS:
                 raise ModelFormatError(f"unknown graph form {d.get('form')!r}")
             return cls(**d)
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+        except (KeyError, TypeError) as e:
             raise ModelFormatError(f"edgemp metadata is malformed: {e}") from e
 
 

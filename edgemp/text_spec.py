@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from edgemp.errors import EdgempError, ModelFormatError
+from edgemp.jsonio import load_json
 
 TEXT_FORMAT_VERSION = 1
 TEXT_KIND = "text"
@@ -21,6 +22,38 @@ POOLINGS = ("mean", "cls", "max", "none")
 # The files a text model directory holds: the graph and the tokenizer the runtime reads.
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
+
+
+# Token ids, widths and lengths fit an int32: the tokenizer and ONNX Runtime take them as fixed-width
+# integers (2**64 overflows there), and metadata is input, so each is bounded here. The minimum per
+# field; max_length's own check (>= 2, with its reason) follows in __post_init__.
+MAX_INT = 2**31 - 1
+INT_FIELDS = {"max_length": 0, "pad_token_id": 0, "hidden_size": 0, "opset": 0, "format_version": 0}
+BOOL_FIELDS = ("normalize", "multi_label")
+STR_FIELDS = ("task", "model_type", "output_name", "pooling", "precision", "tokenizer_file", "source",
+              "edgemp_version", "kind")
+
+
+def _check_types(spec: "TextModelSpec") -> None:
+    """Every field of the type it is declared with, ints in range: a spec comes from a file's metadata."""
+    for name, minimum in INT_FIELDS.items():
+        value = getattr(spec, name)
+        if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= MAX_INT:
+            raise ModelFormatError(
+                f"text metadata {name!r} must be an integer in {minimum}..{MAX_INT}, got {value!r:.40}"
+            )
+    for name in BOOL_FIELDS:
+        if not isinstance(getattr(spec, name), bool):
+            raise ModelFormatError(f"text metadata {name!r} must be true or false, got {getattr(spec, name)!r:.40}")
+    for name in STR_FIELDS:
+        if not isinstance(getattr(spec, name), str):
+            raise ModelFormatError(f"text metadata {name!r} must be a string, got {getattr(spec, name)!r:.40}")
+    for name in ("input_names", "labels"):
+        value = getattr(spec, name)
+        if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+            raise ModelFormatError(f"text metadata {name!r} must be a list of strings, got {value!r:.40}")
+    if not isinstance(spec.extra, dict):
+        raise ModelFormatError(f"text metadata 'extra' must be a JSON object, got {spec.extra!r:.40}")
 
 
 @dataclass(frozen=True)
@@ -65,6 +98,7 @@ class TextModelSpec:
     extra: dict = field(default_factory=dict)  # e.g. verification / quantization summary
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.task not in TEXT_TASKS:
             raise ModelFormatError(f"unknown text task {self.task!r}; expected one of {list(TEXT_TASKS)}")
         if self.pooling not in POOLINGS:
@@ -92,10 +126,7 @@ class TextModelSpec:
 
     @classmethod
     def from_json(cls, text: str) -> "TextModelSpec":
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ModelFormatError(f"edgemp text metadata is not JSON: {e}") from e
+        d = load_json(text, "edgemp text metadata", ModelFormatError)
         if not isinstance(d, dict) or d.get("kind") != TEXT_KIND:
             raise ModelFormatError("the edgemp metadata does not describe a text model (no \"kind\": \"text\")")
         version = d.get("format_version")
@@ -122,7 +153,7 @@ def is_text_metadata(text: str | None) -> bool:
         return False
     try:
         d: Any = json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON at all: the graph-model reader says why
         return False
     return isinstance(d, dict) and d.get("kind") == TEXT_KIND
 

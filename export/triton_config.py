@@ -32,7 +32,10 @@ from edgemp.errors import ExportError, MissingExtraError
 from edgemp.ragged_layout import WIDTH_PARAMETERS, RaggedLayout
 from edgemp.spec import ModelSpec
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")  # what edgemp serve accepts as a model folder
+# What edgemp serve accepts as a model folder (runtime/server/repository.py has the same rule): '.' and
+# '..' would name the repository itself or its parent; \Z, not $, which lets a trailing newline through.
+NAME_RE = re.compile(r"(?!\.+\Z)[A-Za-z0-9_.-]{1,128}\Z")
+NAME_RULE = "1-128 letters, digits, '_', '.' or '-', not only dots"
 INSTANCE_KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 PRECISIONS = {"fp32": "FP32", "fp16": "FP16"}
 BACKENDS = ("onnxruntime", "python")
@@ -107,7 +110,7 @@ class TritonRepoConfig:
 
     def __post_init__(self) -> None:
         if not NAME_RE.match(self.name):
-            raise ExportError(f"model name {self.name!r} must match {NAME_RE.pattern} (a Triton model folder)")
+            raise ExportError(f"model name {self.name!r} must be {NAME_RULE} (a Triton model folder)")
         if self.version < 1:
             raise ExportError(f"model version must be >= 1, got {self.version}")
         if self.max_batch_size < 1:

@@ -206,6 +206,16 @@ def _write_config(text: str, path: Path, input_names, output_names) -> bool:
     return checked
 
 
+def _model_dir(repo: str | Path, name: str) -> Path:
+    """``repo/<name>``, refused unless it resolves to a folder inside ``repo``: the export writes
+    and, on failure, deletes there, so a name or symlink leading elsewhere must stop it first."""
+    root = Path(repo).resolve()
+    resolved = (root / name).resolve()
+    if resolved.parent != root:
+        raise ExportError(f"model folder {Path(repo) / name} resolves to {resolved}, outside the repository {root}")
+    return Path(repo) / name
+
+
 def export_triton_repo(model_or_checkpoint, repo: str | Path, repo_cfg: TritonRepoConfig = TritonRepoConfig(),
                        cfg: ExportConfig = ExportConfig()) -> TritonRepoResult:
     """Export, check and verify a Triton-ragged model; write ``repo/<name>/``. Raises on any failed check."""
@@ -214,6 +224,7 @@ def export_triton_repo(model_or_checkpoint, repo: str | Path, repo_cfg: TritonRe
 
     if cfg.form != "sparse":
         raise ExportError(f"a Triton repository holds the ragged form of the sparse model; --form {cfg.form} does not apply")
+    model_dir = _model_dir(repo, repo_cfg.name)
     src = resolve_source(model_or_checkpoint)
     _refuse_node_level(src)
     if hasattr(src.module, "set_scatter_impl"):  # GraphNet and the chemprop D-MPNN
@@ -237,7 +248,6 @@ def export_triton_repo(model_or_checkpoint, repo: str | Path, repo_cfg: TritonRe
     )
     write_metadata(model, spec)
 
-    model_dir = Path(repo) / repo_cfg.name
     version_dir = model_dir / str(repo_cfg.version)
     fresh = not model_dir.exists()
     version_dir.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,6 @@ The same object serves the dynamic batcher (:mod:`edgemp.runtime.text_batcher`):
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgemp.errors import MissingExtraError, ModelFormatError
+from edgemp.jsonio import load_json
 from edgemp.runtime.runners import InputLayout, Runner, RunnerOptions, one_line, open_runner
 from edgemp.runtime.runners.onnxruntime import CPU, ORT_ERRORS, OrtRunner, resolve_providers
 from edgemp.runtime.text_ascii import AsciiTokenizer, ascii_tokenizer  # noqa: F401 - part of this module's API
@@ -171,6 +171,15 @@ def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str, normalize: bool) ->
     return out.astype(np.float32, copy=False)
 
 
+def _require_unicode(text: str, index: int) -> None:
+    """A str may hold lone surrogates (JSON's "\\ud800" decodes to one); the tokenizer takes only
+    text that UTF-8 can encode, and would raise a TypeError on it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise TextInputError(f"text {index} is not valid Unicode (lone surrogate at character {e.start})") from e
+
+
 class TextModel(InputLayout):
     """An exported text model ready to run; build it with :func:`load_text_model`."""
 
@@ -212,6 +221,8 @@ class TextModel(InputLayout):
                 raise TextInputError(f"text {i}: expected a string, got {type(t).__name__}")
             if len(t) > MAX_TEXT_CHARS:
                 raise TextInputError(f"text {i} has {len(t)} characters; the limit is {MAX_TEXT_CHARS}")
+            if not t.isascii():
+                _require_unicode(t, i)
             decoded.append(t)
         if not decoded:
             return []
@@ -365,10 +376,10 @@ def read_texts(path: str | Path) -> tuple[list[str], list[str] | None]:
         return lines, None
     texts, labels = [], []
     for i, ln in enumerate(lines, 1):
+        obj = load_json(ln, f"{p}:{i}", TextInputError)
         try:
-            obj = json.loads(ln)
             texts.append(str(obj["text"]))
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+        except (KeyError, TypeError) as e:
             raise TextInputError(f"{p}:{i}: expected a JSON object with a \"text\" field") from e
         labels.append(obj.get("label"))
     if all(lab is None for lab in labels):

@@ -30,6 +30,7 @@ from edgemp.errors import EdgempError
 logger = logging.getLogger(__name__)
 
 DISTRIBUTIONS = ("poisson", "constant")
+MAX_SCHEDULED = 1 << 25  # requests in one open-loop load: ~270 MB per array of the schedule
 
 
 @dataclass
@@ -213,7 +214,11 @@ def arrival_offsets_ns(rate: float, duration_s: float, distribution: str, seed: 
         raise EdgempError(f"--request-rate must be > 0, got {rate}")
     if distribution not in DISTRIBUTIONS:
         raise EdgempError(f"unknown distribution {distribution!r}; choose from {list(DISTRIBUTIONS)}")
-    n = max(1, int(np.ceil(rate * duration_s * 1.2)) + 16)
+    expected = rate * duration_s
+    if not expected <= MAX_SCHEDULED:  # the schedule is built up front: a few arrays of n floats
+        raise EdgempError(f"{rate:g} requests/s for {duration_s:g} s schedules {expected:.3g} requests; "
+                          f"at most {MAX_SCHEDULED:,} per load (lower --request-rate or --duration)")
+    n = max(1, int(np.ceil(expected * 1.2)) + 16)
     if distribution == "constant":
         gaps = np.full(n, 1.0 / rate)
     else:

@@ -42,6 +42,7 @@ from edgemp.bench.v2client import (RemoteModel, encode, is_ragged, metrics_delta
                                    stats_delta)
 from edgemp.bench.workload import WorkloadSpec, build_buckets, make_schedule
 from edgemp.errors import EdgempError
+from edgemp.jsonio import decode_utf8, load_json
 
 logger = logging.getLogger(__name__)
 
@@ -108,26 +109,41 @@ class _Client:
         self.s, self.cfg = session, cfg
         self.base = cfg.url.rstrip("/")
 
-    async def get_json(self, path: str, required: bool = True) -> dict | None:
+    async def get(self, path: str, required: bool = True) -> bytes | None:
+        """The body of a 200 answer; anything else is None, or an error if ``required``."""
+        url = self.base + path
         try:
-            async with self.s.get(self.base + path, timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s)) as r:
-                if r.status != 200:
-                    if not required:
-                        return None
-                    text = (await r.text())[:200]
-                    raise EdgempError(f"GET {self.base}{path} returned HTTP {r.status}: {text}")
-                return await r.json(content_type=None)
+            async with self.s.get(url, timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s)) as r:
+                body = await r.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             if not required:
                 return None
-            raise EdgempError(f"cannot reach {self.base}{path}: {type(e).__name__} {e}") from e
+            raise EdgempError(f"cannot reach {url}: {type(e).__name__} {e}") from e
+        if r.status == 200:
+            return body
+        if not required:
+            return None
+        raise EdgempError(f"GET {url} returned HTTP {r.status}: {body[:200].decode('utf-8', 'replace')}")
+
+    async def get_json(self, path: str, required: bool = True) -> dict | None:
+        """A JSON object from ``path``; a body that is not one (HTML, a list) is None, or an error if ``required``."""
+        body = await self.get(path, required)
+        if body is None:
+            return None
+        where = f"GET {self.base}{path}"
+        try:
+            value = load_json(decode_utf8(body, where), where)
+            if not isinstance(value, dict):
+                raise EdgempError(f"{where}: expected a V2 JSON object, got a JSON {type(value).__name__}")
+        except EdgempError:
+            if not required:
+                return None
+            raise
+        return value
 
     async def get_text(self, path: str) -> str | None:
-        try:
-            async with self.s.get(self.base + path, timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s)) as r:
-                return await r.text() if r.status == 200 else None
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            return None
+        body = await self.get(path, required=False)
+        return None if body is None else body.decode("utf-8", "replace")
 
 
 async def _snapshot(client: _Client, model: str, is_edgemp: bool) -> tuple[dict | None, dict | None]:
@@ -154,7 +170,7 @@ async def _run(cfg: ServerBenchConfig, on_progress, argv) -> BenchReport:
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
         client = _Client(session, cfg)
-        await client.get_json("/v2/health/ready")
+        await client.get("/v2/health/ready")  # Triton answers an empty body: only the status counts
         server_meta = await client.get_json("/v2", required=False) or {}
         is_edgemp = server_meta.get("name") == "edgemp"
         meta = await client.get_json(f"/v2/models/{cfg.model}")

@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 V2_TYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
 HEADER_LENGTH = "Inference-Header-Content-Length"
 REQUIRED = ("x", "edge_index", "node_graph", "graph_node_counts")
+MAX_WIDTH = 1 << 20  # the runtime's bound on a model's feature widths (runtime/model.py)
 
 
 @dataclass(frozen=True)
@@ -52,12 +53,10 @@ class RemoteModel:
             raise EdgempError(
                 f"model {name!r} does not take the edgemp graph layout: inputs {sorted(shapes)} lack {missing}"
             )
-        nf = shapes["x"][-1]
-        ef = shapes["edge_attr"][-1] if "edge_attr" in shapes else 0
-        if not isinstance(nf, int) or nf < 1 or not isinstance(ef, int) or ef < 0:
-            raise EdgempError(f"model {name!r}: cannot read feature widths from shapes {shapes}")
+        nf = _width(name, "x", shapes["x"], 1)
+        ef = _width(name, "edge_attr", shapes["edge_attr"], 0) if "edge_attr" in shapes else 0
         order = [n for n in ("x", "edge_index", "edge_attr", "node_graph", "graph_node_counts") if n in shapes]
-        return cls(name, tuple(order), int(nf), int(ef), str(meta.get("platform", "")))
+        return cls(name, tuple(order), nf, ef, str(meta.get("platform", "")))
 
     @classmethod
     def _ragged(cls, name: str, shapes: dict, config: dict | None, platform: str) -> "RemoteModel":
@@ -67,8 +66,21 @@ class RemoteModel:
         except (KeyError, TypeError, ValueError) as e:
             raise EdgempError(f"model {name!r} takes one flat graph per request, but its config does not give the "
                               f"feature widths ({', '.join(WIDTH_PARAMETERS)}); re-export it with edgemp") from e
+        for key, value, minimum in zip(WIDTH_PARAMETERS, (nf, ef), (1, 0)):
+            if not minimum <= value <= MAX_WIDTH:
+                raise EdgempError(f"model {name!r}: config parameter {key!r} is {value}, not a feature width "
+                                  f"in {minimum}..{MAX_WIDTH}")
         order = [n for n in ("x", "edge_index", "edge_attr") if n in shapes]
         return cls(name, tuple(order), nf, ef, platform, ragged=True)
+
+
+def _width(model: str, input_name: str, shape: object, minimum: int) -> int:
+    """The feature width an input's metadata ``shape`` ends in (``[-1, F]``), checked: it sizes the requests."""
+    width = shape[-1] if isinstance(shape, list) and shape else None
+    if not isinstance(width, int) or isinstance(width, bool) or not minimum <= width <= MAX_WIDTH:
+        raise EdgempError(f"model {model!r}: metadata input {input_name!r} has shape {str(shape)[:60]}; expected a "
+                          f"list ending in a feature width in {minimum}..{MAX_WIDTH}")
+    return width
 
 
 def is_ragged(meta: dict) -> bool:
@@ -110,10 +122,17 @@ STAT_FIELDS = ("success", "fail", "queue", "compute_input", "compute_infer", "co
 
 
 def stats_delta(before: dict | None, after: dict | None, model: str) -> dict | None:
-    """Average server-side time per request (µs) over the interval, in Triton's stats split."""
-    b, a = _model_stats(before, model), _model_stats(after, model)
-    if a is None or b is None:
+    """Average server-side time per request (µs) over the interval, in Triton's stats split;
+    None when either snapshot is missing or not in that shape (the client figures stand alone)."""
+    try:
+        b, a = _model_stats(before, model), _model_stats(after, model)
+        return None if a is None or b is None else _delta(a, b)
+    except (AttributeError, TypeError) as e:  # a server's own stats layout: skipped, not a traceback
+        logger.debug("server statistics of %r not in the V2 shape: %s", model, e)
         return None
+
+
+def _delta(a: dict, b: dict) -> dict:
     out: dict = {}
     ia, ib = a.get("inference_stats", {}), b.get("inference_stats", {})
     n = ia.get("success", {}).get("count", 0) - ib.get("success", {}).get("count", 0)

@@ -5,6 +5,7 @@ the flag (one line, exit 1) rather than click's multi-line usage error.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -13,6 +14,13 @@ from typing import Callable
 import click
 
 from edgemp.errors import EdgempError
+
+
+# The largest value a flag takes: finite but huge ones overflow the nanosecond clock arithmetic
+# (--duration 1e300) or size a send schedule past memory (--request-rate 1e300).
+WEEK_S = 7 * 24 * 3600.0
+MAXIMA = {"--duration": WEEK_S, "--timeout": WEEK_S, "--warmup-time": WEEK_S, "--p99-bound-ms": WEEK_S * 1e3,
+          "--request-rate": 1e6}
 
 
 def ints(text: str, flag: str) -> tuple[int, ...]:
@@ -30,9 +38,15 @@ def floats(text: str, flag: str) -> tuple[float, ...]:
         values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError as e:
         raise EdgempError(f"{flag} takes numbers separated by commas, got {text!r}") from e
-    if not values or any(v <= 0 for v in values):
-        raise EdgempError(f"{flag} values must be > 0, got {text!r}")
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):  # float() takes "nan" and "inf"
+        raise EdgempError(f"{flag} values must be finite numbers > 0, got {text!r}")
+    _at_most(max(values), flag)
     return values
+
+
+def _at_most(value: float, flag: str) -> None:
+    if value > MAXIMA.get(flag, math.inf):
+        raise EdgempError(f"{flag} must be at most {MAXIMA[flag]:g}, got {value:g}")
 
 
 def seconds(text: str, flag: str) -> float:
@@ -48,8 +62,10 @@ def _not_negative(text: str, flag: str, convert: Callable[[str], float], what: s
         v = convert(text)
     except ValueError as e:
         raise EdgempError(f"{flag} takes {what}, got {text!r}") from e
-    if v < 0:
-        raise EdgempError(f"{flag} must be >= 0, got {v}")
+    finite = not isinstance(v, float) or math.isfinite(v)  # float() takes "nan" and "inf"; nan < 0 is False
+    if not finite or v < 0:
+        raise EdgempError(f"{flag} must be a finite number >= 0, got {text!r}")
+    _at_most(v, flag)
     return v
 
 

@@ -43,6 +43,15 @@ def _tokens(text: str) -> list[tuple[str, str, int]]:
     return out
 
 
+def _string(token: str, line: int) -> str:
+    """A quoted string token's value; its escapes are Python's, and one Python refuses
+    (``"\\x4"``, ``"\\N{nope}"``) is a :class:`PbtxtError`, not a SyntaxError."""
+    try:
+        return ast.literal_eval(token)
+    except (SyntaxError, ValueError) as e:  # ValueError: a NUL character on Python < 3.12
+        raise PbtxtError(f"line {line}: bad string escape in {token[:40]}") from e
+
+
 class _Parser:
     def __init__(self, text: str) -> None:
         self.toks = _tokens(text)
@@ -111,9 +120,9 @@ class _Parser:
         if kind == "punct" and text in "{<":
             return self.message("}" if text == "{" else ">", depth + 1)
         if kind == "string":
-            value = ast.literal_eval(text)
+            value = _string(text, line)
             while (tok := self._peek()) is not None and tok[0] == "string":  # "a" "b" concatenates
-                value += ast.literal_eval(tok[1])
+                value += _string(tok[1], tok[2])
                 self.i += 1
             return value
         if kind == "number":

@@ -19,13 +19,13 @@ silently is worse than not starting.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgemp.errors import EdgempError, ModelFormatError
+from edgemp.jsonio import read_json
 from edgemp.runtime.batcher import BatcherConfig
 from edgemp.runtime.server import pbtxt
 from edgemp.runtime.text import text_model_files
@@ -33,7 +33,9 @@ from edgemp.runtime.text import text_model_files
 logger = logging.getLogger(__name__)
 
 MODEL_FILES = ("model.onnx", "model.plan")
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+# '.' and '..' would name the repository itself or its parent; \Z, not $, which lets a trailing newline through.
+NAME_RE = re.compile(r"(?!\.+\Z)[A-Za-z0-9_.-]{1,128}\Z")
+NAME_RULE = "1-128 letters, digits, '_', '.' or '-', not only dots"
 BATCHER_KEYS = frozenset(f.name for f in dataclasses.fields(BatcherConfig))
 LOAD_KEYS = frozenset({"providers", "threads"})
 # config.pbtxt platform / backend that fit each model file.
@@ -59,11 +61,13 @@ def _model_file(folder: Path) -> Path | None:
     return None
 
 
+def _is_version(name: str) -> bool:
+    """A version folder's name: ASCII digits only (``str.isdigit`` takes '²', which ``int`` refuses)."""
+    return re.fullmatch(r"[0-9]+", name) is not None
+
+
 def _read_options(path: Path) -> dict:
-    try:
-        options = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelFormatError(f"cannot read model options {path}: {e}") from e
+    options = read_json(path, ModelFormatError)
     if not isinstance(options, dict):
         raise ModelFormatError(f"{path} must hold a JSON object")
     unknown = set(options) - BATCHER_KEYS - LOAD_KEYS
@@ -163,7 +167,7 @@ def _from_folder(folder: Path, default: BatcherConfig, providers: str, threads: 
         version, model_file = "1", direct
     else:
         versions = sorted(
-            (int(p.name), p) for p in folder.iterdir() if p.is_dir() and p.name.isdigit() and _model_file(p)
+            (int(p.name), p) for p in folder.iterdir() if p.is_dir() and _is_version(p.name) and _model_file(p)
         )
         if not versions:
             return None
@@ -188,16 +192,16 @@ def discover(
     if root.is_file():
         model_name = name or root.stem
         if not NAME_RE.match(model_name):
-            raise EdgempError(f"model name {model_name!r} must match {NAME_RE.pattern}; pass --name")
+            raise EdgempError(f"model name {model_name!r} must be {NAME_RULE}; pass --name")
         return [ModelSource(model_name, "1", root, default, providers, threads)]
     if text_model_files(root) is not None:  # one text model's folder: model.onnx + tokenizer.json
         model_name = name or root.resolve().name
         if not NAME_RE.match(model_name):
-            raise EdgempError(f"model name {model_name!r} must match {NAME_RE.pattern}; pass --name")
+            raise EdgempError(f"model name {model_name!r} must be {NAME_RULE}; pass --name")
         return [ModelSource(model_name, "1", root / "model.onnx", default, providers, threads)]
     if name is not None:
         raise EdgempError("--name applies to a single model file; a repository names models by folder")
-    if _model_file(root) is not None or any(p.name.isdigit() for p in root.iterdir() if p.is_dir()):
+    if _model_file(root) is not None or any(_is_version(p.name) for p in root.iterdir() if p.is_dir()):
         raise EdgempError(f"{root} looks like one model's folder; pass its parent (the repository) instead")
     sources = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
@@ -210,5 +214,6 @@ def discover(
             continue
         sources.append(source)
     if not sources:
-        raise EdgempError(f"model repository {root} holds no models (expected <name>/model.onnx or <name>/<version>/model.onnx)")
+        raise EdgempError(f"model repository {root} holds no models (expected <name>/model.onnx or "
+                          "<name>/<version>/model.onnx, <version> in digits 0-9)")
     return sources

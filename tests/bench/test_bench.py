@@ -15,6 +15,7 @@ from edgemp.bench.loadgen import Target, arrival_offsets_ns, closed_loop, open_l
 from edgemp.bench.stats import percentile, stability, summarize
 from edgemp.bench.workload import SyntheticSpec, WorkloadSpec, build_buckets, make_schedule
 from edgemp.cli.main import cli
+from edgemp.errors import EdgempError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -115,11 +116,80 @@ def test_open_loop_charges_the_stall_to_requests_queued_behind_it():
     assert (closed > 100).sum() == 1
 
 
-def test_arrival_schedules():
+def test_arrival_schedules(monkeypatch):
     const = arrival_offsets_ns(100, 1.0, "constant")
     assert const.size == 100 and np.all(np.diff(const) == 10_000_000)
     pois = arrival_offsets_ns(1000, 2.0, "poisson", seed=1)
     assert 1800 < pois.size < 2200 and np.all(np.diff(pois) >= 0)
+    # built up front: 1e6/s for 1000 s would need tens of GB (the cap is lowered here to stay cheap)
+    monkeypatch.setattr("edgemp.bench.loadgen.MAX_SCHEDULED", 1000, raising=False)
+    with pytest.raises(EdgempError, match="schedules 2e\\+03 requests; at most 1,000"):
+        arrival_offsets_ns(1000, 2.0, "constant")
+
+
+# -- a server that answers garbage: one line naming the endpoint or the metadata field -------
+async def _get_json_from(body: bytes, required: bool):
+    from aiohttp import ClientSession, web
+
+    from edgemp.bench.server import ServerBenchConfig, _Client
+
+    async def answer(request):
+        return web.Response(body=body, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/v2/models/m", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    try:
+        async with ClientSession() as session:
+            return await _Client(session, ServerBenchConfig(url=url, model="m")).get_json("/v2/models/m", required)
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("body,match", [
+    (b"<html>hi</html>", "not valid JSON"), (b"[1, 2]", "expected a V2 JSON object"), (b"\xff{}", "not UTF-8"),
+    (b"[" * 100_000, "not valid JSON \\(nested too deeply"),
+])
+def test_server_metadata_that_is_not_a_json_object(body, match):
+    with pytest.raises(EdgempError, match=f"GET http://127.0.0.1:[0-9]+/v2/models/m: {match}"):
+        asyncio.run(_get_json_from(body, required=True))
+    assert asyncio.run(_get_json_from(body, required=False)) is None  # optional endpoints (stats) are skipped
+
+
+def _inputs(**shapes):
+    return {"name": "m", "inputs": [{"name": n, "shape": s} for n, s in shapes.items()]}
+
+
+@pytest.mark.parametrize("meta,config,match", [
+    (_inputs(x=[], edge_index=[2, -1], node_graph=[-1], graph_node_counts=[-1]), None, "input 'x' has shape \\[\\]"),
+    (_inputs(x=7, edge_index=[2, -1], node_graph=[-1], graph_node_counts=[-1]), None, "input 'x' has shape 7"),
+    (_inputs(x=[-1, True], edge_index=[2, -1], node_graph=[-1], graph_node_counts=[-1]), None, "input 'x'"),
+    (_inputs(x=[-1, 8], edge_index=[2, -1], edge_attr=[-1, -4], node_graph=[-1], graph_node_counts=[-1]), None,
+     "input 'edge_attr' has shape \\[-1, -4\\]"),
+    (_inputs(x=[1, -1], edge_index=[1, -1]),
+     {"parameters": {"edgemp_node_features": {"string_value": "-5"}, "edgemp_edge_features": {"string_value": "0"}}},
+     "'edgemp_node_features' is -5"),
+    (_inputs(x=[1, -1], edge_index=[1, -1]),
+     {"parameters": {"edgemp_node_features": {"string_value": "8"}, "edgemp_edge_features": {"string_value": "-1"}}},
+     "'edgemp_edge_features' is -1"),
+])
+def test_remote_model_widths_are_checked(meta, config, match):
+    from edgemp.bench.v2client import RemoteModel
+
+    with pytest.raises(EdgempError, match=match):
+        RemoteModel.from_metadata(meta, config)
+
+
+def test_server_stats_in_another_shape_are_skipped():
+    from edgemp.bench.v2client import stats_delta
+
+    assert stats_delta({"model_stats": [1]}, {"model_stats": [1]}, "m") is None
+    odd = {"model_stats": [{"name": "m", "inference_stats": []}]}
+    assert stats_delta(odd, odd, "m") is None
 
 
 # -- CLI in-process --------------------------------------------------------------------------
@@ -226,6 +296,9 @@ def test_baseline_skipped_with_a_note_without_checkpoint(gin_model):
     ["bench", "--url", "http://127.0.0.1:9", "--model", "m", "--concurrency", "1", "--request-rate", "5"],
     ["bench", "--url", "http://127.0.0.1:9", "--model", "m", "--protocol", "grpc"],
     ["bench", "--url", "http://127.0.0.1:9", "--model", "m", "--duration", "1"],  # nothing listens on port 9
+    ["bench", "M", "--duration", "nan"],
+    ["bench", "M", "--duration", "inf"],
+    ["bench", "M", "--duration", "1e300"],
 ])
 def test_bad_arguments_give_one_line(args, gin_model):
     model, _ = gin_model
@@ -234,6 +307,16 @@ def test_bad_arguments_give_one_line(args, gin_model):
     assert res.exit_code == 1, res.output
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), res.output
+
+
+@pytest.mark.parametrize("flag,value", [("--duration", "nan"), ("--timeout", "inf"), ("--warmup-time", "nan"),
+                                        ("--warmup-time", "1e300"), ("--request-rate", "5,inf"),
+                                        ("--p99-bound-ms", "nan"), ("--stability-threshold", "nan")])
+def test_server_mode_names_a_non_finite_number_before_connecting(flag, value):
+    # float() takes nan and inf, and nan <= 0 is False: they reached time and numpy arithmetic
+    res = CliRunner().invoke(cli, ["bench", "--url", "http://127.0.0.1:9", "--model", "m", flag, value])
+    assert res.exit_code == 1 and res.output.startswith(f"error: {flag} "), res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output
 
 
 def test_bench_imports_no_torch():

@@ -17,8 +17,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 # The folders that import as edgemp.* (pyproject's package-dir).
 PACKAGE_DIRS = {"edgemp": REPO / "edgemp", "edgemp.export": REPO / "export", "edgemp.runtime": REPO / "runtime"}
-CORE_MODULES = {"edgemp", "edgemp.errors", "edgemp.graph", "edgemp.graphio", "edgemp.metrics", "edgemp.spec",
-                "edgemp.text_spec", "edgemp.triton_server"}
+CORE_MODULES = {"edgemp", "edgemp.errors", "edgemp.graph", "edgemp.graphio", "edgemp.jsonio", "edgemp.metrics",
+                "edgemp.spec", "edgemp.text_spec", "edgemp.triton_server"}
 # What the serving runtime may never import, not even lazily: the edge device lacks them.
 RUNTIME_NEVER = ("torch", "torchvision", "onnx", "onnxscript", "optimum", "transformers", "torch_geometric",
                  "chemprop", "edgemp.models", "edgemp.train", "edgemp.export", "edgemp.bench", "edgemp.cli")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from importlib import resources
 
@@ -115,6 +116,13 @@ def test_featurize_csv_skips_bad_rows(tmp_path):
     assert graphs[1].num_edges == 0 and graphs[1].y.tolist() == [-0.5]
 
 
+def test_featurize_csv_non_utf8_header_is_an_edgemp_error(tmp_path):
+    p = tmp_path / "latin1.csv"
+    p.write_bytes(b"sm\xe9iles\nCCO\n")  # the header itself is Latin-1
+    with pytest.raises(EdgempError, match=r"latin1.csv: not UTF-8 text"):
+        featurize_csv(p)
+
+
 @needs_rdkit
 def test_featurize_csv_missing_column(tmp_path):
     with pytest.raises(EdgempError, match=r"'smiles'.*available columns: name, smi, act"):
@@ -205,6 +213,12 @@ def test_cli_synthetic_round_trip(tmp_path, suffix):
         np.testing.assert_array_equal(a.y, b.y)
 
 
+def test_cli_synthetic_negative_seed_is_a_usage_error(tmp_path):
+    r = CliRunner().invoke(cli, ["data", "synthetic", "--num-graphs", "2", "--seed", "-1", "-o", str(tmp_path / "s.jsonl")])
+    assert r.exit_code == 2 and "Invalid value for '--seed'" in r.output, r.output
+    assert not (tmp_path / "s.jsonl").exists()
+
+
 def test_edgeless_graph_from_jsonl_fits_edge_feature_models(tmp_path):
     """JSON keeps no width for an empty edge_attr: [0, 0] must validate against any Fe."""
     import numpy as np
@@ -219,3 +233,95 @@ def test_edgeless_graph_from_jsonl_fits_edge_feature_models(tmp_path):
     for i, g in enumerate(back):
         validate_graph(g, i, node_features=3, edge_features=4)
     assert collate(back).edge_attr.shape == (1, 4)
+
+
+# -- graph files a user got wrong: one EdgempError naming the file, never a traceback -------------
+DEEP = "[" * 100_000 + "]" * 100_000
+GOOD_LINE = '{"x": [[1, 0]], "edge_index": [[], []]}\n'
+BAD_JSONL = {
+    "deep": (('{"x": ' + DEEP + ', "edge_index": [[], []]}\n').encode(),
+             "g.jsonl:2: not valid JSON (nested too deeply)"),
+    "huge_int": (('{"x": [[' + "9" * 5000 + ', 0]], "edge_index": [[], []]}\n').encode(),
+                 "g.jsonl:2: not valid JSON"),
+    "latin1": (b'{"x": [[1, 0]], "edge_index": [[], []], "id": "\xe9"}\n', "g.jsonl:2: not UTF-8 (byte 0xe9"),
+    "syntax": (b'{"x": [[1, 0]],\n', "g.jsonl:2: not valid JSON (Expecting property name"),
+    "bool_edges": (b'{"x": [[1, 0], [0, 1]], "edge_index": [[true], [false]]}\n', "edge_index holds booleans"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_JSONL))
+def test_malformed_jsonl_names_the_line(tmp_path, case):
+    from edgemp.errors import GraphValidationError
+
+    line, match = BAD_JSONL[case]
+    path = tmp_path / "g.jsonl"
+    path.write_bytes(GOOD_LINE.encode() + line)
+    with pytest.raises(GraphValidationError, match=re.escape(match)):
+        read_graphs(path)
+
+
+def test_featurizer_of_a_deeply_nested_jsonl_is_an_edgemp_error(tmp_path):
+    from edgemp.graphio import read_featurizer
+
+    (tmp_path / "g.jsonl").write_text(DEEP + "\n")
+    with pytest.raises(EdgempError, match="nested too deeply"):
+        read_featurizer(tmp_path / "g.jsonl")
+
+
+def _npz(path, **arrays):
+    base = dict(x=np.ones((3, 2), np.float32), edge_index=np.array([[0, 1], [1, 2]]), graph_node_counts=[3],
+                graph_edge_counts=[2])
+    np.savez(path, **{**base, **arrays})
+    return path
+
+
+BAD_NPZ = {
+    "object_x": (dict(x=np.array([object()], dtype=object)), "array 'x' cannot be read"),
+    "complex_x": (dict(x=np.ones((3, 2), np.complex64) * 1j), "array 'x' has dtype complex64"),
+    "string_x": (dict(x=np.array([["1", "2"]] * 3)), "array 'x' has dtype <U1"),
+    "bool_edges": (dict(edge_index=np.array([[True], [False]]), graph_edge_counts=[1]),
+                   "'edge_index' has dtype bool"),
+    "float_counts": (dict(graph_node_counts=[3.0]), "'graph_node_counts' has dtype float64"),
+    "y_without_sizes": (dict(y=np.ones(1, np.float32)), "'y' needs 'y_sizes' and 'y_shapes'"),
+    "y_shape_too_big": (dict(y=np.ones(1, np.float32), y_sizes=[1], y_shapes=[[5, -1]]), "y_shapes row 0 is [5, -1]"),
+    "y_shape_negative": (dict(y=np.ones(1, np.float32), y_sizes=[1], y_shapes=[[-2, -1]]), "y_shapes row 0"),
+    "y_shape_huge": (dict(y=np.ones(0, np.float32), y_sizes=[0], y_shapes=np.array([[2**63 - 1, 0]])),
+                     "y_shapes row 0"),
+    "y_sizes_negative": (dict(y=np.ones(1, np.float32), y_sizes=[-1], y_shapes=[[-1, -1]]), "y_sizes holds -1"),
+    "y_sizes_sum": (dict(y=np.ones(3, np.float32), y_sizes=[1], y_shapes=[[-1, -1]]), "y_sizes add up to 1"),
+    "y_too_few": (dict(y=np.ones(1, np.float32), y_sizes=[1], y_shapes=[[-1, -1]], graph_node_counts=[1, 2],
+                       graph_edge_counts=[0, 2]), "'y_sizes' has shape [1]; expected one entry per graph [2]"),
+    "y_shapes_flat": (dict(y=np.ones(1, np.float32), y_sizes=[1], y_shapes=[1]), "'y_shapes' has shape [1]"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_NPZ))
+def test_malformed_npz_names_the_file_and_array(tmp_path, case):
+    arrays, match = BAD_NPZ[case]
+    path = _npz(tmp_path / "g.npz", **arrays)
+    with pytest.raises(EdgempError, match=re.escape(f"{path}: ") + ".*" + re.escape(match)):
+        read_graphs(path)
+
+
+def test_truncated_or_single_array_npz_is_an_edgemp_error(tmp_path):
+    whole = _npz(tmp_path / "ok.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(whole[:100])
+    with pytest.raises(EdgempError, match="cannot read NPZ graph file .*cut.npz"):
+        read_graphs(tmp_path / "cut.npz")
+    with open(tmp_path / "one.npz", "wb") as fh:
+        np.save(fh, np.ones(3))
+    with pytest.raises(EdgempError, match="single .npy array"):
+        read_graphs(tmp_path / "one.npz")
+
+
+def test_npz_targets_of_each_rank_round_trip(tmp_path):
+    from edgemp.graph import Graph
+    from edgemp.graphio import write_npz
+
+    x = np.ones((2, 3), np.float32)
+    ei = np.zeros((2, 0), np.int64)
+    ys = [np.float32(1.5), np.arange(3, dtype=np.float32), np.arange(4, dtype=np.float32).reshape(2, 2)]
+    write_npz([Graph(x, ei, y=np.asarray(y)) for y in ys], tmp_path / "g.npz")
+    back = read_graphs(tmp_path / "g.npz")
+    for g, y in zip(back, ys):
+        np.testing.assert_array_equal(g.y, y)

@@ -105,6 +105,15 @@ def test_spec_from_metadata_is_onnx_free():
         spec_from_metadata({METADATA_KEY: "{not json"}, "somewhere.onnx")
 
 
+@pytest.mark.parametrize("text,reason", [("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+                                         ('{"format_version": ' + "1" * 5000 + "}", "4300 digits")])
+def test_metadata_json_that_python_cannot_parse_is_a_model_format_error(text, reason):
+    # RecursionError and the int digit limit's ValueError, not only JSONDecodeError
+    expected = f"somewhere.onnx: edgemp metadata is malformed: not valid JSON .*{reason}"
+    with pytest.raises(ModelFormatError, match=expected):
+        spec_from_metadata({METADATA_KEY: text}, "somewhere.onnx")
+
+
 def test_old_layout_import_paths_are_the_core_modules():
     from edgemp import dense_layout, ragged_layout
     from edgemp.runtime import dense, ragged

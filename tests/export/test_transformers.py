@@ -208,8 +208,44 @@ def test_bad_text_inputs_are_user_errors(tiny_export):
         m.predict(["ok", 3])
     with pytest.raises(TextInputError, match="UTF-8"):
         m.predict([b"\xff\xfe"])
+    with pytest.raises(TextInputError, match="text 1 is not valid Unicode \\(lone surrogate at character 1\\)"):
+        m.predict(["ok", json.loads('"a\\udc80b"')])  # what JSON's "\udc80" decodes to; the tokenizer took a TypeError
     assert m.predict([]) == [] and m.embed([]).shape == (0, 32)
     assert np.allclose(m.predict([b"hello world"])[0]["embedding"], m.predict(["hello world"])[0]["embedding"])
+
+
+def _text_spec(**fields) -> TextModelSpec:
+    return TextModelSpec(**{"task": "feature-extraction", "model_type": "bert", "input_names": ("input_ids",),
+                            "output_name": "last_hidden_state", "max_length": 8, "pooling": "mean", **fields})
+
+
+@pytest.mark.parametrize("name,value", [
+    ("max_length", 2**64), ("pad_token_id", 10**30), ("hidden_size", -1), ("opset", True), ("extra", [1]),
+    ("normalize", "yes"), ("labels", (1,)), ("model_type", 3), ("input_names", "input_ids"),
+])
+def test_text_metadata_fields_are_type_and_range_checked(name, value):
+    from edgemp.errors import ModelFormatError
+
+    _text_spec()  # the base is valid
+    with pytest.raises(ModelFormatError, match=f"text metadata '{name}' must be"):
+        _text_spec(**{name: value})
+    on_file = {**json.loads(_text_spec().to_json()), name: list(value) if isinstance(value, tuple) else value}
+    with pytest.raises(ModelFormatError):  # what the runtime reads: OverflowError / AttributeError before
+        TextModelSpec.from_json(json.dumps(on_file))
+
+
+def test_text_metadata_and_text_files_python_cannot_parse(tmp_path):
+    from edgemp.errors import ModelFormatError
+    from edgemp.runtime.text import read_texts
+    from edgemp.text_spec import is_text_metadata
+
+    deep = "[" * 100_000 + "]" * 100_000
+    assert not is_text_metadata(deep)
+    with pytest.raises(ModelFormatError, match="nested too deeply"):
+        TextModelSpec.from_json(deep)
+    (tmp_path / "t.jsonl").write_text('{"text": "a"}\n' + deep + "\n")
+    with pytest.raises(TextInputError, match="t.jsonl:2: not valid JSON"):
+        read_texts(tmp_path / "t.jsonl")
 
 
 def test_sequence_classification_export(tmp_path):

@@ -255,6 +255,22 @@ def test_cli_writes_a_repository_and_refuses_nonsense(make_checkpoint, tmp_path)
         assert res.exit_code == 1 and why in res.output, (args, res.output)
 
 
+def test_model_folder_stays_inside_the_repository(make_checkpoint, tmp_path):
+    from edgemp.export.triton_config import TritonRepoConfig
+    from edgemp.export.triton_repo import export_triton_repo
+
+    for name in (".", "..", "....", "gin\n"):  # '..' wrote 1/model.onnx and config.* beside the repository
+        with pytest.raises(ExportError, match="model name .* must be"):
+            TritonRepoConfig(name=name)
+    repo, elsewhere = tmp_path / "repo", tmp_path / "elsewhere"
+    repo.mkdir()
+    elsewhere.mkdir()
+    (repo / "gin").symlink_to(elsewhere)  # a folder that leads out: refused before anything is written
+    with pytest.raises(ExportError, match="outside the repository"):
+        export_triton_repo(make_checkpoint("gin"), repo, TritonRepoConfig(name="gin", verify_mixes=2))
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_edgemp_serve_answers_tritonclient_from_the_repository(gine_repo, export_checkpoint, tmp_path):
     """Both request layouts: edgemp's sparse batch (as for any model) and Triton's one-graph ragged one."""
     import concurrent.futures

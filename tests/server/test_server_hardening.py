@@ -552,6 +552,11 @@ BAD_REPOS = {
     "pbtxt_name": ("config.pbtxt", 'name: "other"\nplatform: "onnxruntime_onnx"\n', "does not match"),
     "pbtxt_platform": ("config.pbtxt", 'platform: "pytorch_libtorch"\n', "platform"),
     "pbtxt_delay_type": ("config.pbtxt", 'dynamic_batching { max_queue_delay_microseconds: "soon" }\n', "max_queue_delay"),
+    "json_deep": ("config.json", "[" * 100_000 + "]" * 100_000, "config.json: not valid JSON (nested too deeply)"),
+    "json_huge_int": ("config.json", '{"threads": ' + "1" * 5000 + "}", "config.json: not valid JSON"),
+    "pbtxt_bad_hex": ("config.pbtxt", 'name: "\\x4"\n', "config.pbtxt: line 1: bad string escape"),
+    "pbtxt_bad_name_escape": ("config.pbtxt", 'platform: "onnxruntime_onnx"\nname: "\\N{nope}"\n',
+                              "config.pbtxt: line 2: bad string escape"),
 }
 
 
@@ -567,6 +572,25 @@ def test_bad_repository_config_is_one_line(tmp_path, case):
     assert result.exit_code == 1, result.output
     assert result.output.startswith("error:") and len(result.output.strip().splitlines()) == 1, result.output
     assert word in result.output
+
+
+def test_only_ascii_digit_folders_are_versions_and_dots_are_no_model_names(tmp_path):
+    from edgemp.errors import EdgempError
+    from edgemp.runtime.batcher import BatcherConfig
+    from edgemp.runtime.server import discover
+    from edgemp.runtime.server.repository import NAME_RE
+
+    (tmp_path / "m" / "\u00b2").mkdir(parents=True)  # '²'.isdigit() is True, int('²') a ValueError
+    build_sparse_model(tmp_path / "m" / "\u00b2" / "model.onnx")
+    with pytest.raises(EdgempError, match="holds no models"):
+        discover(tmp_path, BatcherConfig())
+    (tmp_path / "m" / "3").mkdir()
+    build_sparse_model(tmp_path / "m" / "3" / "model.onnx")
+    (source,) = discover(tmp_path, BatcherConfig())
+    assert source.version == "3"
+    assert [n for n in (".", "..", "...", "m\n", "m", "a.b", ".m") if NAME_RE.match(n)] == ["m", "a.b", ".m"]
+    with pytest.raises(EdgempError, match="model name '..' must be"):
+        discover(tmp_path / "m" / "3" / "model.onnx", BatcherConfig(), name="..")
 
 
 def test_valid_config_pbtxt_is_applied(tmp_path):
