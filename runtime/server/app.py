@@ -21,7 +21,7 @@ from edgemp.runtime.server.body import BodyReader
 from edgemp.runtime.server.limits import RequestLimits
 from edgemp.runtime.server.metrics import ServerMetrics
 from edgemp.runtime.server.middleware import BODY_READER, expect_handler, request_middleware
-from edgemp.runtime.server.repository import NAME_RE, ModelSource
+from edgemp.runtime.server.repository import NAME_RE, NAME_RULE, ModelSource
 from edgemp.runtime.server.served import ServedModel
 from edgemp.runtime.server.state import STATE, ServerState, outcome_of
 from edgemp.runtime.server.text_served import TextServedModel
@@ -37,7 +37,7 @@ def _serve_all(models: ModelsArg, batcher: BatcherConfig) -> dict[str, ServedMod
         if isinstance(models, Mapping):
             for name, m in models.items():
                 if not NAME_RE.match(name):
-                    raise EdgempError(f"model name {name!r} must match {NAME_RE.pattern}")
+                    raise EdgempError(f"model name {name!r} must be {NAME_RULE}")
                 if isinstance(m, Model):
                     source = ModelSource(name, "1", m.path or Path(f"{name}.onnx"), batcher)
                     served[name] = ServedModel(source, m)
