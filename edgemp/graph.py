@@ -61,8 +61,17 @@ class Graph:
         return cls(x=x_arr, edge_index=ei, edge_attr=ea, y=y_arr)
 
 
+def _numbers(value, what: str) -> np.ndarray:
+    """``value`` as float32, only if it holds numbers: numpy would read "1.5" and true as 1.5 and 1."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iuf" and arr.size:
+        kind = "booleans" if arr.dtype.kind == "b" else f"dtype {arr.dtype}"
+        raise GraphValidationError(f"{what} holds {kind}; expected numbers")
+    return arr.astype(np.float32, copy=False)
+
+
 def _convert(x, edge_index, edge_attr, y) -> tuple:
-    x_arr = np.asarray(x, dtype=np.float32)
+    x_arr = _numbers(x, "x")
     ei = np.asarray(edge_index)
     if ei.size == 0:
         ei = ei.reshape(2, 0)
@@ -76,10 +85,10 @@ def _convert(x, edge_index, edge_attr, y) -> tuple:
     elif ei.dtype.kind not in "iu":
         raise GraphValidationError(f"edge_index has dtype {ei.dtype}; expected integers")
     ei = ei.astype(np.int64)
-    ea = None if edge_attr is None else np.asarray(edge_attr, dtype=np.float32)
+    ea = None if edge_attr is None else _numbers(edge_attr, "edge_attr")
     if ea is not None and ea.size == 0 and ea.ndim == 1:
         ea = ea.reshape(0, 0)
-    y_arr = None if y is None else np.asarray(y, dtype=np.float32)
+    y_arr = None if y is None else _numbers(y, "y")
     return x_arr, ei, ea, y_arr
 
 

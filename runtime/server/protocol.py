@@ -150,11 +150,11 @@ def load_json(data: bytes | memoryview | str, what: str) -> Any:
         raise ProtocolError(f"{what} is not valid JSON: {_name(e)}") from e
 
 
-def _holds_bool(data: object) -> bool:
+def holds_bool(data: object) -> bool:
     """Whether JSON ``data`` (a number, or nested lists of them) holds a ``true`` or ``false``."""
     if isinstance(data, list):
         if data and isinstance(data[0], list):
-            return any(_holds_bool(row) for row in data)
+            return any(holds_bool(row) for row in data)
         return bool in map(type, data)
     return type(data) is bool
 
@@ -166,7 +166,7 @@ def _from_json_data(data: object, dtype: np.dtype, shape: tuple[int, ...], where
     ``may_hold_bools=False``: the caller knows the JSON text has no ``true``/``false`` token,
     so the scan for them (~50 ns a number) is skipped.
     """
-    if may_hold_bools and _holds_bool(data):  # numpy would take true among numbers as 1
+    if may_hold_bools and holds_bool(data):  # numpy would take true among numbers as 1
         raise ProtocolError(f"{where}: 'data' must hold numbers, not true/false")
     try:
         arr = np.asarray(data)

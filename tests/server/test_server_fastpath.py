@@ -61,6 +61,12 @@ def exchange(port: int, *requests: bytes) -> list[tuple[int, dict[str, str], byt
         sock.close()
 
 
+def _v1_with_first_x(v1: str, value: object) -> bytes:
+    body = json.loads(v1)
+    body["graphs"][0]["x"][0][0] = value
+    return json.dumps(body).encode()
+
+
 def _bodies(graphs) -> dict[str, tuple[bytes, dict]]:
     from edgemp.graphio import graph_to_json
 
@@ -80,11 +86,14 @@ def _bodies(graphs) -> dict[str, tuple[bytes, dict]]:
         "non-ascii header length": (binary, {"Inference-Header-Content-Length": "\u0664\u0661\u0660"}),
         "v1": (v1.encode(), {}),
         "v1 bad": (b'{"graphs": [{"x": [[1.0]]}]}', {}),
+        "v1 x as strings": (_v1_with_first_x(v1, "1.5"), {}),  # numpy read "1.5" as 1.5
+        "v1 true among numbers": (_v1_with_first_x(v1, True), {}),  # and true as 1.0
     }
 
 
 @pytest.mark.parametrize("case", ["binary", "json", "bad datatype", "not json", "true among numbers",
-                                  "bad header length", "non-ascii header length", "v1", "v1 bad"])
+                                  "bad header length", "non-ascii header length", "v1", "v1 bad",
+                                  "v1 x as strings", "v1 true among numbers"])
 def test_fast_and_aiohttp_paths_answer_alike(server, gnn, case):
     graphs = random_graphs(np.random.default_rng(5), 3, max_nodes=10)
     body, headers = _bodies(graphs)[case]
@@ -95,6 +104,8 @@ def test_fast_and_aiohttp_paths_answer_alike(server, gnn, case):
     assert (fs, fb) == (ss, sb)
     for name in ("content-type", "inference-header-content-length"):
         assert fh.get(name) == sh.get(name), name
+    if case.startswith("v1 "):
+        assert fs == 400, fb[:300]
     if fs == 200 and case == "v1":
         outputs = json.loads(fb)["outputs"]
         assert len(outputs) == len(graphs) and json.loads(fb)["id"] == "v"
