@@ -107,6 +107,57 @@ def _refuse_descriptors(mp: dict, hp: dict) -> None:
             "which edgemp does not compute")
 
 
+_REQUIRED = object()
+
+
+def _hp(block: dict, key: str, where: str, default: Any) -> Any:
+    if key in block:
+        return block[key]
+    if default is _REQUIRED:
+        raise CheckpointError(f"chemprop checkpoint: {where}.{key} is missing")
+    return default
+
+
+def _hp_int(block: dict, key: str, where: str, default: Any = _REQUIRED) -> int:
+    """A hyper-parameter that must be a whole number (chemprop pickles Python ints)."""
+    value = _hp(block, key, where, default)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise CheckpointError(f"chemprop checkpoint: {where}.{key} must be an integer, got {_brief(value)}")
+    return int(value)
+
+
+def _hp_float(block: dict, key: str, where: str, default: Any = _REQUIRED) -> float:
+    value = _hp(block, key, where, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise CheckpointError(f"chemprop checkpoint: {where}.{key} must be a number, got {_brief(value)}")
+    return float(value)
+
+
+def _hp_bool(block: dict, key: str, where: str, default: Any = _REQUIRED) -> bool:
+    value = _hp(block, key, where, default)
+    if not isinstance(value, (bool, np.bool_)):  # bool("False") is True: a string would flip silently
+        raise CheckpointError(f"chemprop checkpoint: {where}.{key} must be true or false, got {_brief(value)}")
+    return bool(value)
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _ffn_widths(pred: dict) -> tuple[int, ...]:
+    """The FFN's hidden widths: a list, or one width repeated ``n_layers`` times (chemprop's two spellings)."""
+    hidden = _hp(pred, "hidden_dim", "predictor", 300)
+    if isinstance(hidden, (list, tuple)):
+        return tuple(_hp_int({"hidden_dim": h}, "hidden_dim", "predictor") for h in hidden)
+    from edgemp.models.dmpnn import FFN_LAYERS_MAX
+
+    n_layers = _hp_int(pred, "n_layers", "predictor", 1)
+    if not 0 <= n_layers <= FFN_LAYERS_MAX:  # checked here: the tuple below would be built first
+        raise CheckpointError(f"chemprop checkpoint: predictor.n_layers must be 0..{FFN_LAYERS_MAX}, got {n_layers}")
+    return (_hp_int(pred, "hidden_dim", "predictor"),) * n_layers
+
+
 def read_chemprop_checkpoint(path: str | Path):
     """Parse a chemprop v2 checkpoint into ``(DMPNNConfig, state dict of numpy arrays, output columns)``."""
     from edgemp.models.dmpnn import DMPNNConfig
@@ -126,7 +177,7 @@ def read_chemprop_checkpoint(path: str | Path):
         raise CheckpointError(f"chemprop checkpoint: message passing {_short(mp.get('cls'))} is not supported "
                               f"(supported: {sorted(_MP)})")
     _refuse_descriptors(mp, hp)
-    d_v, d_e, d_h = int(mp["d_v"]), int(mp["d_e"]), int(mp["d_h"])
+    d_v, d_e, d_h = (_hp_int(mp, k, "message_passing") for k in ("d_v", "d_e", "d_h"))
     schemes = {s.width: s for s in ATOM_SCHEMES.values()}
     if d_v not in schemes or d_e != BOND_FEATURES:
         raise CheckpointError(
@@ -140,21 +191,24 @@ def read_chemprop_checkpoint(path: str | Path):
     if task is None:
         raise CheckpointError(f"chemprop checkpoint: predictor {_short(pred.get('cls'))} is not supported "
                               f"(supported: {sorted(_PREDICTORS)})")
-    if int(pred.get("input_dim", d_h)) != d_h:
+    if _hp_int(pred, "input_dim", "predictor", d_h) != d_h:
         raise CheckpointError("chemprop checkpoint: the predictor reads more than the fingerprint (extra descriptors)")
-    hidden = pred.get("hidden_dim", 300)
-    hidden = tuple(int(h) for h in hidden) if isinstance(hidden, (list, tuple)) else (int(hidden),) * int(pred.get("n_layers", 1))
+    hidden = _ffn_widths(pred)
     transform = pred.get("output_transform")
     if transform is not None and _short(transform) != "UnscaleTransform":
         raise CheckpointError(f"chemprop checkpoint: output transform {_short(transform)} is not supported")
     act, act_args = _activation(mp.get("activation", "relu"))
     ffn_act, ffn_args = _activation(pred.get("activation", "relu"))
     cfg = DMPNNConfig(
-        message_passing=mp_kind, node_features=d_v, edge_features=d_e, hidden=d_h, depth=int(mp.get("depth", 3)),
-        bias=bool(mp.get("bias", False)), activation=act, activation_args=act_args,
-        ffn_activation=ffn_act, ffn_activation_args=ffn_args, undirected=bool(mp.get("undirected", False)),
-        aggregation=agg_kind, norm=float(agg.get("norm", 100.0)), batch_norm=bool(hp.get("batch_norm", False)),
-        ffn_hidden=hidden, task=task, unscale=transform is not None, n_tasks=int(pred.get("n_tasks", 1)), n_classes=int(pred.get("n_classes", 1)),
+        message_passing=mp_kind, node_features=d_v, edge_features=d_e, hidden=d_h,
+        depth=_hp_int(mp, "depth", "message_passing", 3),
+        bias=_hp_bool(mp, "bias", "message_passing", False), activation=act, activation_args=act_args,
+        ffn_activation=ffn_act, ffn_activation_args=ffn_args,
+        undirected=_hp_bool(mp, "undirected", "message_passing", False),
+        aggregation=agg_kind, norm=_hp_float(agg, "norm", "agg", 100.0),
+        batch_norm=_hp_bool(hp, "batch_norm", "hyper_parameters", False),
+        ffn_hidden=hidden, task=task, unscale=transform is not None,
+        n_tasks=_hp_int(pred, "n_tasks", "predictor", 1), n_classes=_hp_int(pred, "n_classes", "predictor", 1),
         featurizer=f"chemprop-{schemes[d_v].name}/1",
     )
     state = data["state_dict"]
@@ -169,10 +223,11 @@ def load_chemprop_model(path: str | Path):
     """The eval-mode :class:`~edgemp.models.dmpnn.DMPNN` of a chemprop checkpoint, weights matched strictly."""
     import torch
 
-    from edgemp.models.checkpoint import load_weights_strict
+    from edgemp.models.checkpoint import load_weights_strict, require_weights_fit
     from edgemp.models.dmpnn import DMPNN
 
     cfg, state, columns = read_chemprop_checkpoint(path)
+    require_weights_fit(lambda: DMPNN(cfg), state, str(path))  # before d_h = 10**5 allocates anything
     model = DMPNN(cfg)
     tensors = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
     load_weights_strict(model, tensors, str(path))

@@ -95,19 +95,41 @@ class _StorageType:
 
 
 def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple, *_: Any) -> np.ndarray:
-    """numpy twin of ``torch._utils._rebuild_tensor_v2``, refusing views that leave the storage."""
-    size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
+    """numpy twin of ``torch._utils._rebuild_tensor_v2``, refusing views that leave or outgrow the storage."""
+    size, stride, offset = tuple(int(s) for s in size), tuple(int(s) for s in stride), int(offset)
     if not isinstance(storage, np.ndarray) or len(size) != len(stride) or offset < 0 or min(size + (0,)) < 0:
         raise CheckpointError("a tensor in the checkpoint has an invalid layout")
+    _check_view_fits(storage, offset, size, stride)
     if 0 in size:
         return np.zeros(size, dtype=storage.dtype)
-    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-    if min(stride + (0,)) < 0 or last >= storage.shape[0]:
-        raise CheckpointError("a tensor in the checkpoint reaches outside its storage")
     view = np.lib.stride_tricks.as_strided(
         storage[offset:], shape=size, strides=tuple(s * storage.itemsize for s in stride), writeable=False
     )
-    return np.array(view)
+    try:
+        return np.array(view)
+    except MemoryError as e:  # within the storage's size, but the machine still lacks the memory
+        raise CheckpointError(f"a tensor of shape {list(size)} in the checkpoint does not fit in memory") from e
+
+
+def _check_view_fits(storage: np.ndarray, offset: int, size: tuple, stride: tuple) -> None:
+    """Copying a view costs ``numel`` elements, so a view may hold no more elements than its storage.
+
+    Bounding only the last element is not enough: a stride-0 view of shape (1e9, 1e9) on a
+    1-element storage passes that test and then asks for exabytes. Real tensors saved by
+    ``torch.save`` are contiguous or slices of a larger storage, so these rules refuse none.
+    """
+    numel = int(np.prod(size, dtype=object)) if size else 1
+    if numel == 0:
+        return
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    if min(stride + (0,)) < 0 or last >= storage.shape[0]:
+        raise CheckpointError("a tensor in the checkpoint reaches outside its storage")
+    if numel > storage.shape[0]:
+        raise CheckpointError(
+            f"a tensor in the checkpoint is larger than its storage ({numel} elements of shape {list(size)}, "
+            f"storage holds {storage.shape[0]}); refused")
+    if any(s == 0 and n > 1 for n, s in zip(size, stride)):
+        raise CheckpointError(f"a tensor of shape {list(size)} in the checkpoint repeats elements (stride 0); refused")
 
 
 def _rebuild_parameter(data: Any, *_: Any) -> Any:

@@ -111,10 +111,11 @@ def load_user_model(factory_path: str, weights: str | Path | None, output_names:
     if task not in TASKS:
         raise EdgempError(f"module attribute task={task!r} is not one of {list(TASKS)}")
     module.eval()
-    widths = _probe_output_widths(module, node_features, edge_features, output_names)
     levels = dict(getattr(module, "output_levels", {}) or {})
     default_level = "node" if task.startswith("node_") else "graph"
-    outputs = tuple(OutputSpec(n, levels.get(n, default_level), w) for n, w in zip(output_names, widths))
+    levels = {n: levels.get(n, default_level) for n in output_names}
+    widths = _probe_output_widths(module, node_features, edge_features, output_names, levels)
+    outputs = tuple(OutputSpec(n, levels[n], w) for n, w in zip(output_names, widths))
     spec = ModelSpec(
         family=f"custom:{factory_path}",
         task=task,
@@ -126,7 +127,9 @@ def load_user_model(factory_path: str, weights: str | Path | None, output_names:
     return ExportSource(module, spec, sha, False, False)
 
 
-def _probe_output_widths(module, node_features: int, edge_features: int, names: tuple[str, ...]) -> list[int]:
+def _probe_output_widths(module, node_features: int, edge_features: int, names: tuple[str, ...],
+                         levels: dict[str, str]) -> list[int]:
+    """Each output's width W, from a 2-graph, 5-node batch; every output must be [G, W] or [N, W]."""
     import torch
 
     from edgemp.export.wrappers import outputs_as_tuple
@@ -147,4 +150,21 @@ def _probe_output_widths(module, node_features: int, edge_features: int, names: 
         raise CheckpointError(f"the module failed on a 2-graph test batch: {type(e).__name__}: {e}") from e
     if len(outs) != len(names):
         raise EdgempError(f"the module returned {len(outs)} outputs but {len(names)} output names were given")
-    return [int(o.shape[-1]) if o.dim() > 1 else 1 for o in outs]
+    for name, out in zip(names, outs):
+        _check_output_shape(name, out, levels[name], {"graph": 2, "node": n})
+    return [int(o.shape[1]) for o in outs]
+
+
+def _check_output_shape(name: str, out, level: str, rows: dict[str, int]) -> None:
+    """The runtime splits every output by its first axis, so a scalar or a 3-D tensor cannot be served."""
+    import torch
+
+    if level not in rows:
+        raise ExportError(f"output {name!r} has level {level!r}; expected one of {sorted(rows)}")
+    if not isinstance(out, torch.Tensor):
+        raise ExportError(f"output {name!r} is a {type(out).__name__}, not a tensor")
+    shape, axis = list(out.shape), "G" if level == "graph" else "N"
+    if out.dim() != 2 or shape[0] != rows[level] or shape[1] < 1:
+        raise ExportError(
+            f"output {name!r} has shape {shape} on a test batch of 2 graphs and 5 nodes; a {level}-level output "
+            f"must be [{axis}, W], one row per {level} ({rows[level]} here) and W >= 1")

@@ -27,6 +27,8 @@ class CaseResult:
     max_abs_error: float
     max_rel_error: float
     passed: bool
+    # Which side gave NaN/inf ("reference", "candidate" or "both"): the errors above skip those values.
+    nonfinite: str = ""
 
 
 @dataclass
@@ -34,6 +36,8 @@ class VerificationReport:
     passed: bool
     atol: float
     rtol: float
+    reference: str = "PyTorch"  # what ``compare`` calls expected
+    candidate: str = "ONNX Runtime"  # ... and actual
     outputs: dict[str, dict[str, float]] = field(default_factory=dict)
     cases: list[CaseResult] = field(default_factory=list)
 
@@ -51,12 +55,20 @@ class VerificationReport:
         if self.passed:
             return
         bad = [c for c in self.cases if not c.passed]
-        err = VerificationError(
-            f"{what} on {len(bad)} case(s), worst {bad[0].name}: max_abs_error="
-            f"{max(c.max_abs_error for c in bad):.3e} (tolerance atol={self.atol} rtol={self.rtol}); {consequence}"
-        )
+        nan = [c for c in bad if c.nonfinite]
+        differ = [c for c in bad if not c.nonfinite]
+        parts = [self._nonfinite_message(nan)] if nan else []
+        if differ:  # a max error over NaN reads 0.000, so only cases without NaN report one
+            parts.append(f"{len(differ)} case(s) differ, worst {differ[0].name}: max_abs_error="
+                         f"{max(c.max_abs_error for c in differ):.3e} (tolerance atol={self.atol} rtol={self.rtol})")
+        err = VerificationError(f"{what}: {'; '.join(parts)}; {consequence}")
         err.report = self
         raise err
+
+    def _nonfinite_message(self, nan: list[CaseResult]) -> str:
+        side = nan[0].nonfinite
+        who = f"{self.reference} and {self.candidate} alike" if side == "both" else getattr(self, side)
+        return f"outputs are NaN/infinite ({who}) on {len(nan)} case(s), first {nan[0].name}"
 
     def table(self) -> str:
         rows = ["case                     graphs  nodes  edges   max_abs    max_rel  ok"]
@@ -129,12 +141,15 @@ def compare(name: str, batch: GraphBatch, expected: dict[str, np.ndarray], actua
             atol: float, rtol: float, report: VerificationReport) -> None:
     worst_abs = worst_rel = 0.0
     ok = True
+    ref_bad = got_bad = False
     for out_name, ref in expected.items():
         got = actual[out_name]
         if got.shape != ref.shape:
             ok = False
             worst_abs = worst_rel = float("inf")
             continue
+        ref_bad = ref_bad or not np.all(np.isfinite(ref))
+        got_bad = got_bad or not np.all(np.isfinite(got))
         diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
         abs_err = float(diff.max()) if diff.size else 0.0
         rel_err = float((diff / np.maximum(np.abs(ref), 1e-12)).max()) if diff.size else 0.0
@@ -144,6 +159,9 @@ def compare(name: str, batch: GraphBatch, expected: dict[str, np.ndarray], actua
         agg = report.outputs.setdefault(out_name, {"max_abs_error": 0.0, "max_rel_error": 0.0})
         agg["max_abs_error"] = max(agg["max_abs_error"], abs_err)
         agg["max_rel_error"] = max(agg["max_rel_error"], rel_err)
-    report.cases.append(CaseResult(name, batch.num_graphs, batch.num_nodes, batch.num_edges, worst_abs, worst_rel, ok))
+    nonfinite = {(True, True): "both", (True, False): "reference", (False, True): "candidate"}.get((ref_bad, got_bad), "")
+    ok = ok and not nonfinite
+    report.cases.append(CaseResult(name, batch.num_graphs, batch.num_nodes, batch.num_edges, worst_abs, worst_rel, ok,
+                                   nonfinite))
     report.passed = report.passed and ok
 

@@ -72,7 +72,8 @@ def csv_cmd(csv_file: Path, smiles_column: str, target_column: str | None, outpu
 
 @data.command("synthetic")
 @click.option("--num-graphs", type=click.IntRange(min=1), required=True, help="How many graphs.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same graphs).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Random seed (same seed, same graphs).")  # numpy's generators take no negative seed
 @click.option("--min-nodes", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--max-nodes", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--empty-fraction", type=click.FloatRange(0.0, 1.0), default=0.05, show_default=True,

@@ -51,7 +51,8 @@ def _ensure_log_handler() -> None:
               help="Hidden width.")
 @click.option("--rounds", type=click.IntRange(min=1), default=DEFAULTS["rounds"], show_default=True,
               help="Message-passing rounds K.")
-@click.option("--seed", type=int, default=DEFAULTS["seed"], show_default=True,
+# numpy refuses negative seeds and torch.manual_seed anything past 64 bits
+@click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=DEFAULTS["seed"], show_default=True,
               help="Random seed (same seed, same model).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS["lr"], show_default=True,
               help="Adam learning rate.")

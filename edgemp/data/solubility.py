@@ -53,6 +53,12 @@ def _parse_target(value: str | None) -> float:
     return v
 
 
+def _require_columns(path: Path, columns: list[str], wanted: tuple[str | None, ...]) -> None:
+    for col in wanted:
+        if col is not None and col not in columns:
+            raise EdgempError(f"{path}: no column {col!r}; available columns: {', '.join(columns) or '(none)'}")
+
+
 def featurize_csv(
     path: str | Path, smiles_column: str = "smiles", target_column: str | None = None
 ) -> tuple[list[Graph], list[tuple[int, str]]]:
@@ -71,11 +77,8 @@ def featurize_csv(
     skipped: list[tuple[int, str]] = []
     with fh:
         reader = csv.DictReader(fh)
-        columns = reader.fieldnames or []
-        for col in (smiles_column, target_column):
-            if col is not None and col not in columns:
-                raise EdgempError(f"{path}: no column {col!r}; available columns: {', '.join(columns) or '(none)'}")
-        try:
+        try:  # the header is read here too: a non-UTF-8 or malformed header fails like any row
+            _require_columns(path, reader.fieldnames or [], (smiles_column, target_column))
             for row_no, row in enumerate(reader, start=1):
                 try:
                     y = None if target_column is None else _parse_target(row.get(target_column))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from torch import nn
 
 from edgemp import __version__
 from edgemp.errors import CheckpointError
+from edgemp.jsonio import read_json
 from edgemp.models.config import ModelConfig
 from edgemp.models.net import GraphNet
 
@@ -55,10 +57,7 @@ def read_config(directory: str | Path) -> ModelConfig:
     path = d / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{d} is not an edgemp checkpoint: {CONFIG_FILE} is missing")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+    config = read_json(path, CheckpointError)
     if not isinstance(config, dict) or "model" not in config:
         raise CheckpointError(f"{path} has no 'model' section")
     version = config.get("format_version")
@@ -103,7 +102,23 @@ def load_state_dict_safely(path: str | Path) -> dict[str, torch.Tensor]:
 
 def load_weights_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load ``state`` into ``model``; any missing, unexpected or mis-shaped key is an error."""
-    own = model.state_dict()
+    check_weights_match(model.state_dict(), state, source)
+    model.load_state_dict(state, strict=True)
+
+
+def require_weights_fit(build: Callable[[], nn.Module], state: dict, source: str) -> None:
+    """Check ``state`` against the model ``build()`` makes, built on the meta device (no memory).
+
+    A config is input: one claiming hidden=16384 for an MPNN would allocate terabytes of
+    parameters before the weights refused it. Built shapes-only, it costs nothing.
+    """
+    with torch.device("meta"):
+        own = build().state_dict()
+    check_weights_match(own, state, source)
+
+
+def check_weights_match(own: dict, state: dict, source: str) -> None:
+    """Any missing, unexpected or mis-shaped key between ``own`` and ``state`` is a :class:`CheckpointError`."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
@@ -118,15 +133,16 @@ def load_weights_strict(model: nn.Module, state: dict[str, torch.Tensor], source
             raise CheckpointError(
                 f"{source}: weight {k!r} has shape {list(v.shape)} but the model expects {list(own[k].shape)}"
             )
-    model.load_state_dict(state, strict=True)
 
 
 def load_checkpoint(directory: str | Path) -> GraphNet:
     """Rebuild the model from ``config.json`` and load ``model.safetensors`` strictly (eval mode)."""
     d = Path(directory)
     cfg = read_config(d)
+    state = load_state_dict_safely(d / WEIGHTS_FILE)
+    require_weights_fit(lambda: build_model(cfg), state, str(d))
     model = build_model(cfg)
-    load_weights_strict(model, load_state_dict_safely(d / WEIGHTS_FILE), str(d))
+    load_weights_strict(model, state, str(d))
     return model.eval()
 
 

@@ -21,6 +21,7 @@ Shapes: x [N, d_v], edge_index [2, E] int64, edge_attr [E, d_e], node_graph [N] 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -33,6 +34,24 @@ from edgemp.spec import ModelSpec, OutputSpec
 MESSAGE_PASSING = ("bond", "atom")
 AGGREGATIONS = ("mean", "sum", "norm")
 TASKS = ("regression", "binary", "multiclass")
+
+
+# Upper bounds (inclusive) of the integer hyper-parameters. A checkpoint is input: depth=10**9
+# unrolls for hours and d_h=10**7 asks for terabytes. chemprop's defaults are depth 3, d_h 300
+# and one 300-wide FFN layer; published models stay below depth 10 and widths of a few thousand.
+INT_CAPS = {"node_features": 2**14, "edge_features": 2**14, "hidden": 2**14, "depth": 64,
+            "n_tasks": 2**16, "n_classes": 2**16}
+FFN_LAYERS_MAX = 64
+_CHEMPROP_NAMES = {"node_features": "node_features (d_v)", "edge_features": "edge_features (d_e)",
+                   "hidden": "hidden (d_h)"}
+
+
+def _check_int(name: str, value: object, hi: int) -> None:
+    name = _CHEMPROP_NAMES.get(name, name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CheckpointError(f"chemprop model: {name} must be an integer, got {value!r}")
+    if not 1 <= value <= hi:
+        raise CheckpointError(f"chemprop model: {name} must be from 1 to {hi}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -70,11 +89,16 @@ class DMPNNConfig:
         ):
             if value not in choices:
                 raise CheckpointError(f"chemprop model: could not resolve {name} {value!r} among choices {list(choices)}")
-        for name in ("node_features", "edge_features", "hidden", "depth", "n_tasks", "n_classes"):
-            if int(getattr(self, name)) < 1:
-                raise CheckpointError(f"chemprop model: {name} must be >= 1, got {getattr(self, name)}")
-        if any(int(h) < 1 for h in self.ffn_hidden):
-            raise CheckpointError(f"chemprop model: FFN widths must be >= 1, got {list(self.ffn_hidden)}")
+        for name, hi in INT_CAPS.items():
+            _check_int(name, getattr(self, name), hi)
+        if len(self.ffn_hidden) > FFN_LAYERS_MAX:
+            raise CheckpointError(f"chemprop model: the FFN has {len(self.ffn_hidden)} hidden layers; "
+                                  f"at most {FFN_LAYERS_MAX} are supported")
+        for h in self.ffn_hidden:
+            _check_int("FFN width", h, INT_CAPS["hidden"])
+        norm_is_number = isinstance(self.norm, (int, float)) and not isinstance(self.norm, bool)
+        if not (norm_is_number and math.isfinite(self.norm) and self.norm > 0):  # the readout divides by it
+            raise CheckpointError(f"chemprop model: norm must be a positive number, got {self.norm!r}")
 
     @property
     def out_dim(self) -> int:

@@ -61,6 +61,8 @@ class TrainConfig:
         for name in ("epochs", "hidden", "rounds", "batch_size", "patience", "heads"):
             if int(getattr(self, name)) < 1:
                 bad(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.seed < 2**64:  # numpy refuses negative seeds, torch.manual_seed wider ones
+            bad(f"seed must be from 0 to 2**64 - 1, got {self.seed}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             bad(f"lr must be a positive number, got {self.lr}")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):

@@ -13,7 +13,10 @@ import torch
 
 from edgemp.errors import EdgempError, GraphValidationError
 from edgemp.graph import Graph, GraphBatch, collate, validate_graph
+from edgemp.models.config import INT_BOUNDS
 from edgemp.train.config import VAL_FRACTION
+
+MAX_CLASSES = INT_BOUNDS["out_dim"][1]  # the model's output width cap
 
 
 # -- data checks -------------------------------------------------------------------
@@ -61,6 +64,9 @@ def target_rows(g: Graph, i: int, task: str, what: str) -> np.ndarray:
             raise EdgempError(f"{what} graph {i}: a {task} target is one class label per item, got shape {list(y.shape)}")
         if np.any(rows < 0) or np.any(rows != np.round(rows)):
             raise EdgempError(f"{what} graph {i}: class labels must be non-negative integers, got {rows.reshape(-1)[:5].tolist()}")
+        if rows.size and rows.max() >= MAX_CLASSES:  # the head gets one output per class up to the largest label
+            raise EdgempError(f"{what} graph {i}: class label {rows.max():.6g} is too large; "
+                              f"labels must be below {MAX_CLASSES}")
     return rows
 
 

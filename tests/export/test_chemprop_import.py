@@ -247,6 +247,80 @@ def test_out_of_bounds_tensor_views_are_refused(tmp_path):
         load_chemprop_model(path)
 
 
+def test_views_larger_than_their_storage_are_refused(tmp_path):
+    """A stride-0 view passes the 'last element inside' test; copying it would cost numel elements."""
+    from edgemp.export.inert_pickle import load_inert
+
+    path = tmp_path / "expanded.pt"
+    torch.save({"state_dict": {"w": torch.ones(1).expand(1000, 1000)}}, path)  # 1 stored element, 10**6 viewed
+    with pytest.raises(CheckpointError, match="larger than its storage"):
+        load_inert(path, ("chemprop.",))
+
+
+def test_views_within_their_storage_still_load(tmp_path):
+    from edgemp.export.inert_pickle import load_inert
+
+    full = torch.arange(12.0).reshape(3, 4)
+    path = tmp_path / "views.pt"
+    torch.save({"col": full[:, 1], "t": full.t(), "scalar": full[1, 2]}, path)  # share one 12-element storage
+    data = load_inert(path, ())
+    np.testing.assert_array_equal(data["col"], full[:, 1].numpy())
+    np.testing.assert_array_equal(data["t"], full.t().numpy())
+    assert data["scalar"].shape == () and data["scalar"] == 6.0
+
+
+def _hparams_checkpoint(path: Path, mp: dict | None = None, pred: dict | None = None, agg: dict | None = None,
+                        drop: tuple[str, ...] = ()) -> Path:
+    """A bond MPNN (d_h 8, depth 2) checkpoint whose hyper-parameters the test then bends."""
+    from chemprop.nn.agg import MeanAggregation
+    from chemprop.nn.message_passing import BondMessagePassing
+    from chemprop.nn.predictors import RegressionFFN
+
+    from edgemp.models.dmpnn import DMPNN, DMPNNConfig
+
+    state = DMPNN(DMPNNConfig(message_passing="bond", node_features=72, edge_features=14, hidden=8, depth=2,
+                              aggregation="mean", ffn_hidden=(8,), unscale=False)).state_dict()
+    m = {"cls": BondMessagePassing, "d_v": 72, "d_e": 14, "d_h": 8, "depth": 2, **(mp or {})}
+    for k in drop:
+        m.pop(k)
+    p = {"cls": RegressionFFN, "input_dim": 8, "hidden_dim": 8, "n_layers": 1, "n_tasks": 1, **(pred or {})}
+    hp = {"message_passing": m, "agg": {"cls": MeanAggregation, **(agg or {})}, "predictor": p}
+    torch.save({"hyper_parameters": hp, "state_dict": state}, path)
+    return path
+
+
+@pytest.mark.parametrize("bend,match", [
+    ({"drop": ("d_v",)}, r"message_passing\.d_v is missing"),
+    ({"mp": {"d_h": "eight"}}, r"message_passing\.d_h must be an integer, got 'eight'"),
+    ({"agg": {"norm": "x"}}, r"agg\.norm must be a number, got 'x'"),
+    ({"pred": {"hidden_dim": None}}, r"predictor\.hidden_dim must be an integer, got None"),
+    ({"mp": {"bias": "False"}}, r"message_passing\.bias must be true or false"),
+    ({"mp": {"d_h": 10**7}, "pred": {"input_dim": 10**7}}, r"hidden \(d_h\) must be from 1 to 16384, got 10000000"),
+    ({"mp": {"depth": 10**9}}, r"depth must be from 1 to 64, got 1000000000"),
+    ({"pred": {"n_layers": 10**9}}, r"predictor\.n_layers must be 0\.\.64"),
+])
+def test_bad_chemprop_hyper_parameters_are_named(tmp_path, bend, match):
+    path = _hparams_checkpoint(tmp_path / "m.pt", **bend)
+    with pytest.raises(CheckpointError, match=match):
+        load_chemprop_model(path)
+
+
+def test_chemprop_config_bigger_than_its_weights_allocates_nothing(tmp_path, monkeypatch):
+    """d_h=4096 passes the caps; it is checked against the 8-wide weights on the meta device first."""
+    import edgemp.models.dmpnn as dmpnn
+
+    path = _hparams_checkpoint(tmp_path / "wide.pt", {"d_h": 4096}, {"input_dim": 4096})
+    real = dmpnn.DMPNN
+
+    def shapes_only(cfg):
+        assert torch.empty(0).device.type == "meta", "the model was built for real before the weights were checked"
+        return real(cfg)
+
+    monkeypatch.setattr(dmpnn, "DMPNN", shapes_only)
+    with pytest.raises(CheckpointError, match="has shape"):
+        load_chemprop_model(path)
+
+
 @pytest.mark.parametrize("what,match", [
     ("descriptors", "extra molecule descriptors"),
     ("mve", "predictor MveFFN is not supported"),

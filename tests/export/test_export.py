@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -103,6 +104,27 @@ def test_legacy_exporter_trap_is_caught_by_verification(make_checkpoint, tmp_pat
     assert any(not c.passed for c in report.cases if c.name == "duplicate_edges")
 
 
+@pytest.mark.parametrize("ref,got,found", [
+    (np.nan, np.nan, "(PyTorch and ONNX Runtime alike)"),
+    (np.nan, 1.0, "(PyTorch)"),  # NaN compares false with every tolerance: this case used to pass
+    (1.0, np.inf, "(ONNX Runtime)"),
+], ids=["both", "reference", "candidate"])
+def test_verification_names_nan_outputs(ref, got, found):
+    """A max error over NaN reads 0.000; the failure must say the outputs are NaN, and on which side."""
+    from edgemp.errors import VerificationError
+    from edgemp.export.verify import VerificationReport, compare
+
+    batch = collate([random_graph(np.random.default_rng(0), 3, 2, 8)])
+    report = VerificationReport(passed=True, atol=1e-5, rtol=1e-5)
+    compare("single_node", batch, {"prediction": np.full((1, 1), ref, np.float32)},
+            {"prediction": np.full((1, 1), got, np.float32)}, 1e-5, 1e-5, report)
+    compare("fine", batch, {"prediction": np.ones((1, 1), np.float32)}, {"prediction": np.ones((1, 1), np.float32)},
+            1e-5, 1e-5, report)
+    with pytest.raises(VerificationError, match=rf"outputs are NaN/infinite {re.escape(found)} on 1 case\(s\), "
+                                                r"first single_node; the file was not written"):
+        report.require_passed("ONNX Runtime disagrees with PyTorch", "the file was not written")
+
+
 def test_tensorrt_lint_rejects_scatternd_reduction_and_accepts_tensorrt_export(export_checkpoint):
     cpu = onnx.load(str(export_checkpoint("gin", target="ort-cpu")))
     trt = onnx.load(str(export_checkpoint("gin", target="tensorrt")))
@@ -180,6 +202,30 @@ def test_incompatible_weights_for_user_model(tmp_path, monkeypatch):
     res = CliRunner().invoke(cli, ["export", "--model", "my_models:factory", "--weights", str(good), "-o", str(tmp_path / "u.onnx")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "u.onnx").exists()
+
+
+@pytest.mark.parametrize("case,body,match", [
+    ("scalar", "self.lin(x).sum()", r"output 'prediction' has shape \[\] .*must be \[G, W\]"),
+    ("per_node", "self.lin(x)", r"has shape \[5, 1\] .*one row per graph \(2 here\)"),
+    ("rank3", "torch.zeros(num_graphs, 1, 1) + self.lin(x).sum()", r"has shape \[2, 1, 1\]"),
+], ids=["scalar", "per_node", "rank3"])
+def test_user_model_output_must_be_one_row_per_graph(case, body, match, tmp_path, monkeypatch):
+    """The runtime splits outputs by rows; a scalar used to export fine and crash every prediction."""
+    from edgemp.export.source import load_user_model
+
+    (tmp_path / f"shape_{case}.py").write_text(
+        "import torch\n"
+        "class M(torch.nn.Module):\n"
+        "    node_features = 8\n"
+        "    def __init__(self):\n"
+        "        super().__init__(); self.lin = torch.nn.Linear(8, 1)\n"
+        "    def forward(self, x, edge_index, node_graph, num_graphs):\n"
+        f"        return {body}\n"
+        "def build():\n    return M()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ExportError, match=match):
+        load_user_model(f"shape_{case}:build", None)
 
 
 def test_pyg_gin_exports_and_verifies(tmp_path, monkeypatch):

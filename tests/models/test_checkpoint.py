@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 
@@ -115,9 +116,56 @@ def test_config_for_another_model_is_refused(ckpt):
 
 
 @pytest.mark.parametrize(
+    "fields,match",
+    [
+        ({"family": "gat", "heads": 0}, "heads must be >= 1, got 0"),
+        ({"hidden": "8"}, "hidden must be an integer, got '8'"),
+        ({"hidden": 8.5}, "hidden must be an integer, got 8.5"),
+        ({"hidden": True}, "hidden must be an integer, got True"),
+        ({"target_mean": None}, "target_mean must be a list, got NoneType"),
+        ({"target_mean": ["x"]}, "target_mean must hold finite numbers"),
+        ({"target_std": [1.0, 2.0, 3.0]}, "target_std has 3 entries but out_dim is 1"),
+        ({"target_std": [0.0]}, "target_std must be > 0"),
+        ({"node_features": 10**12}, "node_features must be <= 65536, got 1000000000000"),
+        ({"num_rounds": 10**9}, "num_rounds must be <= 64, got 1000000000"),
+    ],
+)
+def test_config_values_are_checked_before_building(ckpt, fields, match):
+    """Each bad value is one CheckpointError naming the field, never a traceback, hang or allocation."""
+    d, _ = ckpt
+    config = json.loads((d / CONFIG_FILE).read_text())
+    config["model"].update(fields)
+    (d / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=f"invalid model config: {re.escape(match)}"):
+        load_checkpoint(d)
+
+
+def test_config_bigger_than_its_weights_allocates_nothing(ckpt, monkeypatch):
+    """hidden=8192 passes the caps, but an MPNN that wide holds 2 * 8192**3 edge-network weights (4 TB):
+    the config is compared with the weights on the meta device before anything real is built."""
+    import edgemp.models.checkpoint as checkpoint
+
+    d, _ = ckpt
+    config = json.loads((d / CONFIG_FILE).read_text())
+    config["model"]["hidden"] = 8192
+    (d / CONFIG_FILE).write_text(json.dumps(config))
+    real_build = checkpoint.build_model
+
+    def shapes_only(cfg):
+        assert torch.empty(0).device.type == "meta", "the model was built for real before the weights were checked"
+        return real_build(cfg)
+
+    monkeypatch.setattr(checkpoint, "build_model", shapes_only)
+    with pytest.raises(CheckpointError, match="has shape"):
+        load_checkpoint(d)
+
+
+@pytest.mark.parametrize(
     "text,match",
     [
         ("{not json", "not valid JSON"),
+        ("[" * 100_000 + "]" * 100_000, r"config.json: not valid JSON \(nested too deeply\)"),
+        ('{"format_version": ' + "1" * 5000 + "}", "config.json: not valid JSON"),
         ("[1, 2]", "no 'model' section"),
         ('{"format_version": 99, "model": {}}', "format version 99"),
         ('{"format_version": 1, "model": {"family": "gin"}}', "invalid model config"),

@@ -228,10 +228,28 @@ def test_bad_class_labels(graphs):
         train(frac, None, TrainConfig(family="gin", task="classification", epochs=1, **QUICK), progress=False)
 
 
+def test_huge_class_label_is_refused_before_the_head_is_built(graphs):
+    """Classes = largest label + 1: a label of 1e12 would ask for a 16 TB output layer."""
+    from edgemp.train.data import target_rows
+
+    huge = Graph(graphs[0].x, graphs[0].edge_index, graphs[0].edge_attr, np.array([1e12]))
+    with pytest.raises(EdgempError, match=r"training graph 3: class label 1e\+12 is too large; labels must be below 65536"):
+        target_rows(huge, 3, "classification", "training")
+    assert target_rows(huge, 3, "regression", "training").tolist() == [[1e12]]  # a regression target is fine
+
+
+def test_cli_train_negative_seed_is_a_usage_error(tmp_path, train_file):
+    result = CliRunner().invoke(cli, ["train", "--family", "gin", "--train", str(train_file), "--epochs", "1",
+                                      "--seed", "-1", "-o", str(tmp_path / "ckpt")])
+    assert result.exit_code == 2 and "Invalid value for '--seed'" in result.output, result.output
+    assert not (tmp_path / "ckpt").exists()
+
+
 @pytest.mark.parametrize(
     "kw,match",
     [({"family": "rnn"}, "could not resolve family 'rnn'"), ({"family": "gin", "epochs": 0}, "epochs"),
-     ({"family": "gin", "lr": -1.0}, "lr"), ({"family": "gat", "hidden": 10}, "divisible")],
+     ({"family": "gin", "lr": -1.0}, "lr"), ({"family": "gat", "hidden": 10}, "divisible"),
+     ({"family": "gin", "seed": -1}, "seed must be from 0")],
 )
 def test_invalid_train_config(kw, match):
     with pytest.raises(TrainConfigError, match=match):
