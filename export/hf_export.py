@@ -31,6 +31,7 @@ from edgemp.errors import ExportError, VerificationError
 from edgemp.export.deps import require_hf_export
 from edgemp.export.hf_verify import TextVerificationReport, failure_message, verify_text_model
 from edgemp.export.onnx_file import staged_path, write_metadata
+from edgemp.jsonio import read_json
 from edgemp.text_spec import MODEL_FILE, POOLINGS, TEXT_TASKS, TextModelSpec
 
 log = logging.getLogger(__name__)
@@ -127,17 +128,14 @@ def is_hf_model_dir(path: str | Path) -> bool:
     if not cfg.is_file():
         return False
     try:
-        data = json.loads(cfg.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        data = read_json(cfg, ExportError)
+    except ExportError:
         return False
     return isinstance(data, dict) and isinstance(data.get("model_type"), str)
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ExportError(f"cannot read {path}: {e}") from e
+    return read_json(path, ExportError)  # deep nesting and huge ints too: one line, no traceback
 
 
 def _sentence_transformers_defaults(model_dir: Path) -> dict[str, Any]:

@@ -246,6 +246,13 @@ def test_text_metadata_and_text_files_python_cannot_parse(tmp_path):
     (tmp_path / "t.jsonl").write_text('{"text": "a"}\n' + deep + "\n")
     with pytest.raises(TextInputError, match="t.jsonl:2: not valid JSON"):
         read_texts(tmp_path / "t.jsonl")
+    from edgemp.export.hf_export import _read_json, is_hf_model_dir
+
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text(deep)  # a Hugging Face checkpoint's config
+    assert not is_hf_model_dir(tmp_path / "hf")
+    with pytest.raises(ExportError, match="config.json: not valid JSON \\(nested too deeply\\)"):
+        _read_json(tmp_path / "hf" / "config.json")
 
 
 def test_sequence_classification_export(tmp_path):
