@@ -10,8 +10,10 @@ elif [ -n "${XDG_CACHE_HOME:-}" ]; then cache=$XDG_CACHE_HOME/edgemp-serve
 elif [ -n "${HOME:-}" ]; then cache=$HOME/.cache/edgemp-serve
 else cache=${TMPDIR:-/tmp}/edgemp-serve-$me  # no home (a service): a shared directory, hence the check below
 fi
-mkdir -p "$(dirname "$cache")" 2>/dev/null || true
-mkdir -m 700 "$cache" 2>/dev/null || true  # never chmod what exists: it may be someone else's (or a link)
+if [ ! -d "$cache" ]; then  # (every fork costs a start ~2 ms: none here once the cache exists)
+  case $cache in */?*) mkdir -p "${cache%/*}" 2>/dev/null || true ;; esac  # its parent, if it names one
+  mkdir -m 700 "$cache" 2>/dev/null || true  # never chmod what exists: it may be someone else's (or a link)
+fi
 # What runs from the cache must be this user's own: a directory someone else owns or may write
 # to (say, created in a shared /tmp first) could hold a planted server. ls -ldn: mode, links, uid.
 stat_of() {  # sets mode and uid of $1 (in a function: set -- leaves the script's arguments alone)
