@@ -68,6 +68,17 @@ def test_schedule_is_shared_and_buckets_interleave():
     assert all(np.array_equal(a[0].x, b[0].x) for a, b in zip(s.batches, again.batches))
 
 
+async def _local_server(app):
+    """``app`` served on a free port of 127.0.0.1: its runner (clean it up) and base URL."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+
+
 # -- open loop: latency from the intended start ---------------------------------------------
 async def _stalling_server_run(mode: str):
     from aiohttp import ClientSession, TCPConnector, web
@@ -88,12 +99,8 @@ async def _stalling_server_run(mode: str):
 
     app = web.Application()
     app.router.add_post("/v2/models/m/infer", infer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    target = Target(f"http://127.0.0.1:{port}/v2/models/m/infer", (b"{}",), ({},), timeout_s=5.0)
+    runner, url = await _local_server(app)
+    target = Target(f"{url}/v2/models/m/infer", (b"{}",), ({},), timeout_s=5.0)
     try:
         async with ClientSession(connector=TCPConnector(limit=0)) as session:
             if mode == "open":
@@ -138,11 +145,7 @@ async def _get_json_from(body: bytes, required: bool):
 
     app = web.Application()
     app.router.add_get("/v2/models/m", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    runner, url = await _local_server(app)
     try:
         async with ClientSession() as session:
             return await _Client(session, ServerBenchConfig(url=url, model="m")).get_json("/v2/models/m", required)
