@@ -16,11 +16,15 @@ import numpy as np
 
 from edgemp.errors import EdgempError, GraphValidationError
 from edgemp.graph import Graph, check_counts, collate, validate_graph
-from edgemp.jsonio import decode_utf8, load_json
+from edgemp.jsonio import decode_utf8, holds_bool, load_json
 
 
-def graph_from_json(obj: object, index: int | None = None) -> Graph:
-    """Build a graph from a decoded JSON object, naming the graph in every error."""
+def graph_from_json(obj: object, index: int | None = None, may_hold_bools: bool = True) -> Graph:
+    """Build a graph from a decoded JSON object, naming the graph in every error.
+
+    ``may_hold_bools=False``: the caller knows its JSON text has no ``true``/``false`` token,
+    so the arrays need no scan for them (numpy would read a true among numbers as 1).
+    """
     where = f"graph {index}: " if index is not None else ""
     if not isinstance(obj, dict):
         raise GraphValidationError(f"{where}expected a JSON object, got {type(obj).__name__}")
@@ -30,6 +34,10 @@ def graph_from_json(obj: object, index: int | None = None) -> Graph:
     unknown = set(obj) - {"x", "edge_index", "edge_attr", "y", "id", "featurizer"}
     if unknown:
         raise GraphValidationError(f"{where}unknown field(s) {sorted(unknown)}")
+    if may_hold_bools:
+        for key in ("x", "edge_index", "edge_attr", "y"):
+            if holds_bool(obj.get(key)):
+                raise GraphValidationError(f"{where}{key} must hold numbers, not true/false")
     try:
         g = Graph.from_arrays(obj["x"], obj["edge_index"], obj.get("edge_attr"), obj.get("y"))
     except GraphValidationError as e:
@@ -62,7 +70,7 @@ def iter_jsonl(path: str | Path) -> Iterator[Graph]:
                 continue
             obj = load_json(line, where, GraphValidationError)
             try:
-                yield graph_from_json(obj, index)
+                yield graph_from_json(obj, index, "true" in line or "false" in line)
             except GraphValidationError as e:
                 raise GraphValidationError(f"{path}:{lineno}: {e}") from e
             index += 1

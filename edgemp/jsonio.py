@@ -48,3 +48,14 @@ def read_json(path: str | Path, error: type[EdgempError] = EdgempError) -> Any:
     except OSError as e:
         raise error(f"cannot read {path}: {e.strerror or e}") from e
     return load_json(decode_utf8(raw, str(path), error), str(path), error)
+
+
+def holds_bool(data: object) -> bool:
+    """Whether decoded JSON ``data`` (a number, or nested lists of them) holds a ``true`` or ``false``:
+    numpy reads a true among numbers as 1, so every reader of numbers asks this first (~50 ns a number;
+    callers skip it when the text has no ``true``/``false`` token at all)."""
+    if isinstance(data, list):
+        if data and isinstance(data[0], list):
+            return any(holds_bool(row) for row in data)
+        return bool in map(type, data)
+    return type(data) is bool

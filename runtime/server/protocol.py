@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgemp.errors import EdgempError
+from edgemp.jsonio import holds_bool
 from edgemp.runtime.server import jsoncodec
 
 if TYPE_CHECKING:
@@ -148,15 +149,6 @@ def load_json(data: bytes | memoryview | str, what: str) -> Any:
         return jsoncodec.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:  # JSONDecodeError is a ValueError
         raise ProtocolError(f"{what} is not valid JSON: {_name(e)}") from e
-
-
-def holds_bool(data: object) -> bool:
-    """Whether JSON ``data`` (a number, or nested lists of them) holds a ``true`` or ``false``."""
-    if isinstance(data, list):
-        if data and isinstance(data[0], list):
-            return any(holds_bool(row) for row in data)
-        return bool in map(type, data)
-    return type(data) is bool
 
 
 def _from_json_data(data: object, dtype: np.dtype, shape: tuple[int, ...], where: str,

@@ -16,7 +16,7 @@ from edgemp.graphio import graph_from_json
 from edgemp.runtime.server import core, jsoncodec
 from edgemp.runtime.server.middleware import read_body
 from edgemp.runtime.server.molecules import V1SmilesCall, is_smiles_body, takes_smiles
-from edgemp.runtime.server.protocol import V1_BINARY_HINT, ProtocolError, holds_bool, json_values, parse_v1_body
+from edgemp.runtime.server.protocol import V1_BINARY_HINT, json_values, parse_v1_body
 from edgemp.runtime.server.served import ServedModel
 from edgemp.runtime.server.state import STATE
 from edgemp.runtime.server.text_served import TextServedModel, V1TextCall
@@ -31,12 +31,8 @@ class V1GraphCall:
     def __init__(self, served: ServedModel, body: bytes) -> None:
         graphs, self.timeout_us, self.request_id = parse_v1_body(
             body, "graphs", '{"graphs": [{"x": [[...]], "edge_index": [[...], [...]]}, ...]}')
-        if b"true" in body or b"false" in body:  # numpy would read a true among numbers as 1
-            for i, g in enumerate(graphs):
-                for key in ("x", "edge_index", "edge_attr"):
-                    if isinstance(g, dict) and holds_bool(g.get(key)):
-                        raise ProtocolError(f"graph {i}: {key} must hold numbers, not true/false")
-        self.items: Sequence = [graph_from_json(g, i) for i, g in enumerate(graphs)]
+        bools = b"true" in body or b"false" in body  # else no graph needs the scan for them
+        self.items: Sequence = [graph_from_json(g, i, bools) for i, g in enumerate(graphs)]
         self.model_name = served.name
 
     def encode(self, results: list) -> bytes:

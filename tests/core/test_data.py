@@ -245,7 +245,11 @@ BAD_JSONL = {
                  "g.jsonl:2: not valid JSON"),
     "latin1": (b'{"x": [[1, 0]], "edge_index": [[], []], "id": "\xe9"}\n', "g.jsonl:2: not UTF-8 (byte 0xe9"),
     "syntax": (b'{"x": [[1, 0]],\n', "g.jsonl:2: not valid JSON (Expecting property name"),
-    "bool_edges": (b'{"x": [[1, 0], [0, 1]], "edge_index": [[true], [false]]}\n', "edge_index holds booleans"),
+    "bool_edges": (b'{"x": [[1, 0], [0, 1]], "edge_index": [[true], [false]]}\n', "edge_index must hold numbers, not"),
+    "bool_among_edges": (b'{"x": [[1, 0], [0, 1], [1, 1]], "edge_index": [[true, 1], [0, 2]]}\n',
+                         "g.jsonl:2: graph 1: edge_index must hold numbers, not true/false"),
+    "bool_among_features": (b'{"x": [[1, false], [0, 1]], "edge_index": [[0], [1]]}\n',
+                            "g.jsonl:2: graph 1: x must hold numbers, not true/false"),
 }
 
 
