@@ -142,6 +142,21 @@ _TENSOR_GLOBALS: dict[tuple[str, str], Any] = {
 }
 
 
+# torch.save stores entries uncompressed; a compressed one may expand this many times, at most, when
+# read (beyond 1 MiB): zeros deflate ~1000:1, so a 1 MB file could otherwise ask for a gigabyte.
+MAX_EXPANSION = 100
+
+
+def _read_entry(archive: zipfile.ZipFile, name: str, source: str) -> bytes:
+    """Entry ``name``, refusing a compressed one that would expand past :data:`MAX_EXPANSION`
+    (zipfile stops at the declared size, so checking that size bounds what is read)."""
+    info = archive.getinfo(name)
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > max(MAX_EXPANSION * info.compress_size, 1 << 20):
+        raise CheckpointError(f"{source}: entry {name!r} expands from {info.compress_size} to {info.file_size} bytes "
+                              "when unpacked (a zip bomb?); torch.save writes entries uncompressed")
+    return archive.read(info)
+
+
 class _InertUnpickler(pickle.Unpickler):
     def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str, allowed: tuple[str, ...],
                  source: str) -> None:
@@ -178,7 +193,7 @@ class _InertUnpickler(pickle.Unpickler):
             raise CheckpointError(f"{self._source}: tensor storage of an unsupported type ({storage_type!r})")
         if key not in self._storages:
             try:
-                raw = self._archive.read(f"{self._prefix}data/{key}")
+                raw = _read_entry(self._archive, f"{self._prefix}data/{key}", self._source)
             except KeyError as e:
                 raise CheckpointError(f"{self._source}: storage {key!r} is missing from the archive") from e
             if len(raw) % storage_type.dtype.itemsize:
@@ -201,10 +216,11 @@ def load_inert(path: str | Path, allowed_prefixes: tuple[str, ...]) -> Any:
         if len(names) != 1:
             raise CheckpointError(f"{p} is not a torch.save archive: expected one data.pkl, found {len(names)}")
         prefix = names[0][: -len("data.pkl")]
-        order = archive.read(f"{prefix}byteorder").decode().strip() if f"{prefix}byteorder" in archive.namelist() else "little"
+        order = (_read_entry(archive, f"{prefix}byteorder", str(p)).decode("ascii", "replace").strip()
+                 if f"{prefix}byteorder" in archive.namelist() else "little")
         if order != "little":
             raise CheckpointError(f"{p} was saved on a big-endian machine; re-save it on a little-endian one")
-        unpickler = _InertUnpickler(archive.read(names[0]), archive, prefix, allowed_prefixes, str(p))
+        unpickler = _InertUnpickler(_read_entry(archive, names[0], str(p)), archive, prefix, allowed_prefixes, str(p))
         try:
             return unpickler.load()
         except CheckpointError:

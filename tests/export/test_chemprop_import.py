@@ -257,6 +257,28 @@ def test_views_larger_than_their_storage_are_refused(tmp_path):
         load_inert(path, ("chemprop.",))
 
 
+def test_a_compressed_storage_that_would_expand_a_thousandfold_is_refused(tmp_path):
+    """torch.save writes entries uncompressed; re-zipped with deflate, 64 MiB of zeros is a 64 KB file.
+    Refused from the entry's declared size, before a byte is inflated; a modest deflated one still loads."""
+    from edgemp.export.inert_pickle import load_inert
+
+    def rezipped(path, elements):
+        torch.save({"w": torch.zeros(elements)}, path)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(path) as src, zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as dst:
+            for item in src.infolist():
+                dst.writestr(item.filename, src.read(item))
+        path.write_bytes(buf.getvalue())
+        return path
+
+    bomb = rezipped(tmp_path / "bomb.pt", 16 << 20)
+    assert bomb.stat().st_size < 200_000
+    with pytest.raises(CheckpointError, match="expands from .* bytes when unpacked"):
+        load_inert(bomb, ())
+    small = load_inert(rezipped(tmp_path / "small.pt", 1000), ())
+    assert small["w"].shape == (1000,) and not small["w"].any()
+
+
 def test_views_within_their_storage_still_load(tmp_path):
     from edgemp.export.inert_pickle import load_inert
 
