@@ -28,6 +28,7 @@ from click.testing import CliRunner  # noqa: E402
 from edgemp.cli.main import cli  # noqa: E402
 from edgemp.errors import CheckpointError  # noqa: E402
 from edgemp.export.chemprop_import import is_chemprop_checkpoint, load_chemprop_model  # noqa: E402
+from chemprop_reference import chemprop_predict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,20 +39,6 @@ def _solubility(split: str) -> list[tuple[str, float]]:
 
 
 UNSEEN = [s for s, _ in _solubility("test")[::3]]  # never in any training set below
-
-
-def _chemprop_predict(path: Path, smiles: list[str], scheme: str = "v2") -> np.ndarray:
-    """chemprop's own predictions (its loader, featurizer, collate and model), as [n, out]."""
-    from chemprop.data import MoleculeDatapoint, MoleculeDataset, build_dataloader
-    from chemprop.featurizers import MultiHotAtomFeaturizer, SimpleMoleculeMolGraphFeaturizer
-    from chemprop.models import load_model
-
-    model = load_model(str(path)).eval()
-    featurizer = SimpleMoleculeMolGraphFeaturizer(atom_featurizer=getattr(MultiHotAtomFeaturizer, scheme)())
-    dset = MoleculeDataset([MoleculeDatapoint.from_smi(s) for s in smiles], featurizer)
-    with torch.no_grad():
-        out = [model(b.bmg, b.V_d, b.X_d) for b in build_dataloader(dset, batch_size=50, shuffle=False)]
-    return torch.cat(out).reshape(len(smiles), -1).numpy()
 
 
 def _edgemp_eager(path: Path, smiles: list[str]) -> np.ndarray:
@@ -122,7 +109,7 @@ def test_imported_model_equals_chemprops_on_unseen_molecules(api_models, kind):
     assert is_chemprop_checkpoint(path)
     model, _ = load_chemprop_model(path)
     assert model.cfg.featurizer == f"chemprop-{scheme}/1"
-    ours, theirs = _edgemp_eager(path, UNSEEN), _chemprop_predict(path, UNSEEN, scheme)
+    ours, theirs = _edgemp_eager(path, UNSEEN), chemprop_predict(path, UNSEEN, scheme)
     assert ours.shape == theirs.shape
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
     assert np.ptp(theirs) > 1e-3  # the molecules really get different answers
@@ -144,7 +131,7 @@ def test_binary_and_multiclass_export_and_predict_smiles_like_chemprop(api_model
         lines = [json.loads(line) for line in out.read_text().splitlines()]
         assert lines[3] == {"error": "row 4: invalid SMILES 'not-a-molecule'"} and len(lines) == len(smiles) + 1
         got = np.array([line["outputs"]["probabilities"] for line in lines[:3] + lines[4:]])
-        np.testing.assert_allclose(got, _chemprop_predict(path, smiles), rtol=0, atol=1e-4)
+        np.testing.assert_allclose(got, chemprop_predict(path, smiles), rtol=0, atol=1e-4)
     r = CliRunner().invoke(cli, ["predict", str(onnx_path), str(csv_path), "--smiles-column", "SMILES"])
     assert r.exit_code == 1 and "no column 'SMILES'; available columns: smiles" in r.output
 
@@ -178,7 +165,7 @@ def test_cli_trained_checkpoint_exports_and_predicts_like_chemprop(cli_trained, 
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(lines) == len(smiles) + 1 and lines[5] == {"error": "row 6: invalid SMILES 'C1CC('"}
     got = np.array([line["outputs"]["prediction"] for line in lines[:5] + lines[6:]])
-    np.testing.assert_allclose(got, _chemprop_predict(cli_trained / "best.pt", smiles), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(got, chemprop_predict(cli_trained / "best.pt", smiles), rtol=0, atol=1e-4)
     # the Lightning checkpoint of the same run imports to the same network
     ckpts = sorted((cli_trained / "checkpoints").glob("*.ckpt"))
     assert ckpts and is_chemprop_checkpoint(ckpts[0])

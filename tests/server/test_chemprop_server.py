@@ -41,9 +41,9 @@ def chemprop_onnx(tmp_path_factory):
 
 
 def _chemprop(path, smiles):
-    from test_chemprop_import import _chemprop_predict
+    from chemprop_reference import chemprop_predict
 
-    return _chemprop_predict(path, smiles)
+    return chemprop_predict(path, smiles)
 
 
 def test_v1_smiles_answers_in_order_with_per_item_errors(chemprop_onnx, tmp_path):
