@@ -29,17 +29,61 @@ def pad_size(largest: int, max_nodes: int) -> int:
     return min(m, max_nodes) if max_nodes > 0 else m
 
 
+def dense_bytes(graphs: int, slots: int, features: int) -> int:
+    """What building the dense form of ``graphs`` padded to ``slots`` takes (see :data:`MAX_DENSE_BYTES`)."""
+    return graphs * slots * slots * 12 + graphs * slots * features * 4
+
+
+def groups_within_cap(batch: GraphBatch, max_nodes: int) -> list[tuple[int, int]]:
+    """Graph ranges ``[a, b)``, in order, whose dense forms each fit :data:`MAX_DENSE_BYTES`.
+
+    One range for a batch that fits (nearly all). Otherwise consecutive graphs are grouped
+    while their padded form fits, so one large graph among small ones costs its own group,
+    not a refused batch. Raises :class:`ResourceExhaustedError` for a graph too large alone.
+    """
+    counts = batch.graph_node_counts
+    f = batch.x.shape[1]
+    if dense_bytes(batch.num_graphs, pad_size(int(counts.max()), max_nodes), f) <= MAX_DENSE_BYTES:
+        return [(0, batch.num_graphs)]
+    groups, start, largest = [], 0, 0
+    for i, n in enumerate(counts.tolist()):
+        if dense_bytes(1, pad_size(n, max_nodes), f) > MAX_DENSE_BYTES:
+            raise _too_large(1, pad_size(n, max_nodes), dense_bytes(1, pad_size(n, max_nodes), f))
+        grown = max(largest, n)
+        if i > start and dense_bytes(i + 1 - start, pad_size(grown, max_nodes), f) > MAX_DENSE_BYTES:
+            groups.append((start, i))
+            start, grown = i, n
+        largest = grown
+    groups.append((start, batch.num_graphs))
+    return groups
+
+
+def _too_large(graphs: int, slots: int, need: int) -> ResourceExhaustedError:
+    return ResourceExhaustedError(
+        f"the dense form of {graphs} graph(s) padded to {slots} node slots needs {need / 2**30:.1f} GiB, over the "
+        f"{MAX_DENSE_BYTES >> 30} GiB it may take; send smaller graphs, or serve the sparse export of the model "
+        "for graphs this large")
+
+
+def graph_range(batch: GraphBatch, a: int, b: int) -> GraphBatch:
+    """Graphs ``[a, b)`` of ``batch`` as a batch of their own (views; node and edge ids renumbered)."""
+    nodes, edges = batch.node_offsets, batch.edge_offsets
+    n0, n1, e0, e1 = int(nodes[a]), int(nodes[b]), int(edges[a]), int(edges[b])
+    return GraphBatch(
+        x=batch.x[n0:n1], edge_index=batch.edge_index[:, e0:e1] - n0, node_graph=batch.node_graph[n0:n1] - a,
+        graph_node_counts=batch.graph_node_counts[a:b], graph_edge_counts=batch.graph_edge_counts[a:b],
+        edge_attr=None if batch.edge_attr is None else batch.edge_attr[e0:e1],
+    )
+
+
 def to_dense(batch: GraphBatch, max_nodes: int, slots: int | None = None) -> dict[str, np.ndarray]:
     """``x`` [G, M, F], ``adjacency`` [G, M, M] (edges j->i counted at [g, i, j]), ``node_mask`` [G, M]."""
     counts = batch.graph_node_counts
     g = batch.num_graphs
     m = pad_size(int(counts.max()), max_nodes) if slots is None else slots
-    need = g * m * m * 12 + g * m * batch.x.shape[1] * 4
+    need = dense_bytes(g, m, batch.x.shape[1])
     if need > MAX_DENSE_BYTES:
-        raise ResourceExhaustedError(
-            f"the dense form of this batch ({g} graph(s) padded to {m} node slots) needs {need / 2**30:.1f} GiB, "
-            f"over the {MAX_DENSE_BYTES >> 30} GiB it may take; send fewer or smaller graphs, or serve the "
-            "sparse export of the model for graphs this large")
+        raise _too_large(g, m, need)
     offsets = batch.node_offsets
     local = np.arange(batch.num_nodes, dtype=np.int64) - offsets[batch.node_graph]  # [N]
     x = np.zeros((g, m, batch.x.shape[1]), np.float32)

@@ -62,11 +62,18 @@ class Graph:
 
 
 def _numbers(value, what: str) -> np.ndarray:
-    """``value`` as float32, only if it holds numbers: numpy would read "1.5" and true as 1.5 and 1."""
+    """``value`` as float32, only if it holds numbers: numpy would read "1.5" as 1.5.
+
+    Booleans are numbers here (a one-hot ``types[:, None] == np.arange(k)`` is a bool array);
+    JSON readers refuse a ``true`` among numbers themselves (:func:`edgemp.jsonio.holds_bool`),
+    where it is a typo, not a one-hot. An object array (a mixed pandas frame) may hold numbers.
+    """
     arr = np.asarray(value)
-    if arr.dtype.kind not in "iuf" and arr.size:
-        kind = "booleans" if arr.dtype.kind == "b" else f"dtype {arr.dtype}"
-        raise GraphValidationError(f"{what} holds {kind}; expected numbers")
+    kind = arr.dtype.kind
+    if kind == "O" and arr.size and any(isinstance(v, (str, bytes)) for v in arr.flat):
+        raise GraphValidationError(f"{what} holds text; expected numbers")
+    if kind not in "biufO" and arr.size:
+        raise GraphValidationError(f"{what} holds dtype {arr.dtype}; expected numbers")
     return arr.astype(np.float32, copy=False)
 
 

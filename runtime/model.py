@@ -211,9 +211,18 @@ class Model(InputLayout):
         Outputs are in batch layout whatever the form: graph-level ``[G, W]``, node-level
         ``[N, W]`` — ready for :func:`edgemp.graph.split`.
         """
-        outputs = self.runner.infer(self.feeds(batch))
         if self.spec.form == "dense":
-            outputs = dense.from_dense(outputs, batch, self._levels)
+            groups = dense.groups_within_cap(batch, self.spec.max_nodes)
+            if len(groups) == 1:
+                outputs = dense.from_dense(self.runner.infer(self.feeds(batch)), batch, self._levels)
+            else:  # too large padded as one: consecutive groups, rows back in order
+                parts = []
+                for a, b in groups:
+                    part = dense.graph_range(batch, a, b)
+                    parts.append(dense.from_dense(self.runner.infer(self.feeds(part)), part, self._levels))
+                outputs = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        else:
+            outputs = self.runner.infer(self.feeds(batch))
         for o in self.spec.model.outputs:  # widths a graph leaves symbolic are checked as they come
             value = outputs[o.name]
             if value.ndim != 2 or value.shape[1] != o.width:

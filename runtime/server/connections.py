@@ -121,7 +121,7 @@ class GuardedRequestHandler(RequestHandler):
         self._fast_pending: list[bytes] = []
         self._fast_paused = False
         self._handled = 0  # requests aiohttp parsed (its _request_count) whose handler has finished
-        self._opened_idle = True  # not a byte received since the connection opened
+        self._fast_served = False  # the fast path has taken a request on this connection
         self._counted = False  # in the app's OpenConnections
 
     # -- waiting for headers --------------------------------------------------------------
@@ -158,19 +158,21 @@ class GuardedRequestHandler(RequestHandler):
         stream = self._stream
         if stream is None:
             return
-        if not stream.headers_pending:
+        if stream.headers_pending:
+            if self._timed_message != stream.begun:  # a new request's headers, begun in this read
+                self._cancel_header_timer()
+                self._timed_message = stream.begun
+                self._arm_header_timer()
+        elif stream.begun or self._handled or self._fast_served:
             self._cancel_header_timer()
-        elif self._timed_message != stream.begun:  # a new request's headers, begun in this read
-            self._cancel_header_timer()
-            self._timed_message = stream.begun
-            self._arm_header_timer()
+        # else no request has begun at all (only blank lines so far): the opening deadline stands
 
     def _on_header_timeout(self, count_when_armed: int) -> None:
         self._header_timer = None
         stream = self._stream
         if stream is not None:
             # late only if the headers it was armed for are still incomplete, or nothing at all came
-            late = stream.headers_pending or (stream.begun == 0 and not self._handled and self._opened_idle)
+            late = stream.headers_pending or not (stream.begun or self._handled or self._fast_served)
         else:
             late = self._request_count == count_when_armed and self.awaiting_headers
         if not late or self.transport is None:
@@ -219,12 +221,11 @@ class GuardedRequestHandler(RequestHandler):
                 self._fast_paused = True
                 self.transport.pause_reading()
             return
-        if data:
-            self._opened_idle = False
         stream = self._stream
         if stream is not None and data and stream.between_requests and self.awaiting_headers \
                 and self.guard.fast is not None and self.transport is not None and self._manager is not None \
                 and self.guard.fast.take(self, data):
+            self._fast_served = True
             self._cancel_header_timer()
             return
         pieces: Any = (data,)

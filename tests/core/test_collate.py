@@ -146,3 +146,20 @@ def test_batch_slice_dicts_equal_per_graph_access():
     for part in (s, s[1:3], s[2:2]):
         assert part == part.dicts() and len(part.dicts()) == len(part)
     assert all(np.shares_memory(d["n"], outputs["n"]) for d in s.dicts())
+
+
+def test_arrays_of_numbers_of_any_numeric_kind_are_graphs_and_text_is_not():
+    """A one-hot built as ``types[:, None] == np.arange(k)`` is a bool array: it is 1.0/0.0, as it
+    always was. An object array of numbers (a mixed pandas frame) converts; text never does."""
+    from edgemp.errors import GraphValidationError
+    from edgemp.graph import Graph
+
+    types = np.array([0, 2, 1])
+    one_hot = types[:, None] == np.arange(3)
+    edges = np.array([[0, 1], [1, 2]])
+    g = Graph.from_arrays(one_hot, edges, y=np.array([True]))
+    assert g.x.dtype == np.float32 and g.x.tolist() == one_hot.astype(np.float32).tolist() and g.y.tolist() == [1.0]
+    assert Graph.from_arrays(np.array([[1.5, 2], [0, 1], [3, 4]], dtype=object), edges).x[0, 0] == 1.5
+    for text in ([["1.5", "2"], ["0", "1"], ["3", "4"]], np.array([[1.5, "a"]], dtype=object)):
+        with pytest.raises(GraphValidationError, match="expected numbers"):
+            Graph.from_arrays(text, edges)

@@ -210,8 +210,26 @@ def test_a_dense_form_too_large_to_build_is_one_clear_error():
     from edgemp.errors import ResourceExhaustedError
 
     g = Graph(x=np.zeros((40_000, F), np.float32), edge_index=np.array([[0], [1]], np.int64))
-    with pytest.raises(ResourceExhaustedError, match=r"padded to 65536 node slots\) needs 48\.\d GiB"):
+    with pytest.raises(ResourceExhaustedError, match=r"1 graph\(s\) padded to 65536 node slots needs 48\.\d GiB"):
         dense.to_dense(collate([g]), 1 << 16)
+    with pytest.raises(ResourceExhaustedError, match=r"padded to 65536 node slots"):
+        dense.groups_within_cap(collate([g]), 1 << 16)
+
+
+def test_a_dense_batch_too_large_padded_as_one_runs_in_groups(models, monkeypatch):
+    """One large graph among small ones pads them all to its size: past the cap the batch runs in
+    consecutive groups, and the answers are those of each graph run alone, in order."""
+    m = rt.load(models["dense"])
+    rng = np.random.default_rng(3)
+    graphs = [random_graph(rng, n, 2 * n) for n in (3, 30, 4, 5, 31, 2)]
+    alone = [m.predict([g])[0] for g in graphs]
+    monkeypatch.setattr(dense, "MAX_DENSE_BYTES", dense.dense_bytes(2, 32, F))  # two graphs of 32 slots fit
+    batch = collate(m.validate(graphs))
+    assert dense.groups_within_cap(batch, m.spec.max_nodes) == [(0, 2), (2, 4), (4, 6)]
+    together = m.predict(graphs)
+    for i, (got, want) in enumerate(zip(together, alone)):
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5, err_msg=f"graph {i} {name}")
 
 
 def test_dense_too_many_nodes(models):

@@ -253,3 +253,15 @@ def test_expect_100_continue_invites_only_a_body_that_will_be_read(short_deadlin
         sock.sendall(body)
         buf = bytearray(first[len(b"HTTP/1.1 100 Continue\r\n\r\n"):])
         assert_outputs_match(_outputs(read_response(sock, buf)), expected_layout(gnn, graphs), "after 100 Continue")
+
+
+def test_blank_lines_before_any_request_do_not_stop_the_opening_deadline(short_deadline):
+    """httptools skips CRLF before a request line without beginning a request: a client sending only
+    blank lines must still be cut off at the header deadline, as a silent one is."""
+    with raw_socket(short_deadline.port) as sock:
+        sock.sendall(b"\r\n")
+        time.sleep(0.2)
+        sock.sendall(b"\r\n")
+        started = time.monotonic()
+        assert _all_answers(sock, 3.0) == [408]
+        assert time.monotonic() - started < 3.0  # closed, not waited out
