@@ -47,8 +47,9 @@ def groups_within_cap(batch: GraphBatch, max_nodes: int) -> list[tuple[int, int]
         return [(0, batch.num_graphs)]
     groups, start, largest = [], 0, 0
     for i, n in enumerate(counts.tolist()):
-        if dense_bytes(1, pad_size(n, max_nodes), f) > MAX_DENSE_BYTES:
-            raise _too_large(1, pad_size(n, max_nodes), dense_bytes(1, pad_size(n, max_nodes), f))
+        alone = dense_bytes(1, pad_size(n, max_nodes), f)
+        if alone > MAX_DENSE_BYTES:
+            raise _too_large(1, pad_size(n, max_nodes), alone)
         grown = max(largest, n)
         if i > start and dense_bytes(i + 1 - start, pad_size(grown, max_nodes), f) > MAX_DENSE_BYTES:
             groups.append((start, i))

@@ -212,15 +212,12 @@ class Model(InputLayout):
         ``[N, W]`` — ready for :func:`edgemp.graph.split`.
         """
         if self.spec.form == "dense":
-            groups = dense.groups_within_cap(batch, self.spec.max_nodes)
-            if len(groups) == 1:
-                outputs = dense.from_dense(self.runner.infer(self.feeds(batch)), batch, self._levels)
-            else:  # too large padded as one: consecutive groups, rows back in order
-                parts = []
-                for a, b in groups:
-                    part = dense.graph_range(batch, a, b)
-                    parts.append(dense.from_dense(self.runner.infer(self.feeds(part)), part, self._levels))
-                outputs = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+            groups = dense.groups_within_cap(batch, self.spec.max_nodes)  # one, unless too large padded as one
+            parts = []
+            for a, b in groups:
+                part = batch if len(groups) == 1 else dense.graph_range(batch, a, b)
+                parts.append(dense.from_dense(self.runner.infer(self.feeds(part)), part, self._levels))
+            outputs = parts[0] if len(parts) == 1 else {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
         else:
             outputs = self.runner.infer(self.feeds(batch))
         for o in self.spec.model.outputs:  # widths a graph leaves symbolic are checked as they come

@@ -163,16 +163,21 @@ class GuardedRequestHandler(RequestHandler):
                 self._cancel_header_timer()
                 self._timed_message = stream.begun
                 self._arm_header_timer()
-        elif stream.begun or self._handled or self._fast_served:
+        elif self._any_request_began(stream):
             self._cancel_header_timer()
         # else no request has begun at all (only blank lines so far): the opening deadline stands
+
+    def _any_request_began(self, stream: "_StreamTracker") -> bool:
+        """Whether any request has begun on this connection (aiohttp's, or one the fast path took
+        without the tracker seeing it); blank lines before the first do not begin one."""
+        return bool(stream.begun or self._handled or self._fast_served)
 
     def _on_header_timeout(self, count_when_armed: int) -> None:
         self._header_timer = None
         stream = self._stream
         if stream is not None:
             # late only if the headers it was armed for are still incomplete, or nothing at all came
-            late = stream.headers_pending or not (stream.begun or self._handled or self._fast_served)
+            late = stream.headers_pending or not self._any_request_began(stream)
         else:
             late = self._request_count == count_when_armed and self.awaiting_headers
         if not late or self.transport is None:
