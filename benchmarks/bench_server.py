@@ -12,8 +12,9 @@ Three measurements, each in one run with the same model and molecules:
    because grpc's client threads slow everything else in the process, the in-process
    baseline included (by up to ~40% on 2 cores).
 2. ``batching``: 32 closed-loop clients on GIN (hidden 64, 3 rounds, molecule-sized graphs),
-   dynamic batching off, on with no queue delay (greedy), and on with a 500 µs delay (whose
-   batches close once every connection has sent), next to the load generator's own ceiling
+   dynamic batching off, on with no queue delay (greedy), on with a 500 µs delay (whose
+   batches close once every connection has sent), and greedy with ``--workers 2`` (two
+   server processes on one port), next to the load generator's own ceiling
    (the rate it drives against the health endpoint), so a client-bound result is visible.
    ``--pin`` puts the servers on CPU 0 and the load generators on the other CPUs: the nearest
    this machine has to a client on another host.
@@ -232,11 +233,15 @@ def _latency_paths(srv: Server, model, graphs: list[Graph]) -> Iterator[dict[str
 
 
 def _thread_cpu_ns(pid: int) -> tuple[int, int]:
-    """(event-loop thread, every other thread) CPU ns of a server process, from schedstat.
+    """(event-loop thread, every other thread) CPU ns of a server process, from schedstat;
+    with ``--workers`` the sums over its worker processes (the supervisor only waits).
 
     The loop runs on the main thread (``asyncio.run``); the rest is the batcher worker and
     ONNX Runtime's own threads, i.e. the model."""
     loop = other = 0
+    for child in _children(pid):
+        child_loop, child_other = _thread_cpu_ns(child)
+        loop, other = loop + child_loop, other + child_other
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             ns = int((task / "schedstat").read_text().split()[0])
@@ -247,6 +252,14 @@ def _thread_cpu_ns(pid: int) -> tuple[int, int]:
         else:
             other += ns
     return loop, other
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for t in Path(f"/proc/{pid}/task").iterdir()
+                for p in (t / "children").read_text().split()]
+    except OSError:
+        return []
 
 
 def _proc_cpu_s(pid: int) -> float:
@@ -354,7 +367,8 @@ def _closed_loop(url: str, bodies: list[bytes], headers: list[dict], clients: in
 
 
 DELAYED = "on (delay 500 µs)"
-QUEUE_DELAY_US = {"off": 0, "on (delay 0)": 0, DELAYED: 500}
+WORKERS = "on (delay 0), 2 workers"  # edgemp serve --workers 2: two processes on one port
+QUEUE_DELAY_US = {"off": 0, "on (delay 0)": 0, DELAYED: 500, WORKERS: 0}
 
 
 def batching(seconds: float, clients: int, tmp: Path, rounds: int = 5, pin: bool = False) -> list[str]:
@@ -367,7 +381,8 @@ def batching(seconds: float, clients: int, tmp: Path, rounds: int = 5, pin: bool
     path = export_random("gin", nf, 0, tmp / "gin.onnx")
     graphs = molecule_like_graphs(256, nf, seed=0)
     modes = {"off": ("--max-batch-graphs", "1"), "on (delay 0)": ("--max-batch-graphs", "64"),
-             DELAYED: ("--max-batch-graphs", "64", "--max-queue-delay-us", str(QUEUE_DELAY_US[DELAYED]))}
+             DELAYED: ("--max-batch-graphs", "64", "--max-queue-delay-us", str(QUEUE_DELAY_US[DELAYED])),
+             WORKERS: ("--max-batch-graphs", "64", "--workers", "2")}
     cpus = sorted(os.sched_getaffinity(0))
     server_cpus = {cpus[0]} if pin and len(cpus) > 1 else None
     client_cpus = set(cpus[1:]) if server_cpus else None
@@ -426,7 +441,8 @@ def batching(seconds: float, clients: int, tmp: Path, rounds: int = 5, pin: bool
                                    pct(lat[mode], 99), before[mode], after[mode]))
     lines.append("")
     lines.append(f"batching on / off: {rates['on (delay 0)'] / rates['off']:.2f}x graphs/s (delay 0), "
-                 f"{rates[DELAYED] / rates['off']:.2f}x ({DELAYED[4:-1]})")
+                 f"{rates[DELAYED] / rates['off']:.2f}x ({DELAYED[4:-1]}), {rates[WORKERS] / rates['off']:.2f}x "
+                 f"(2 workers)")
     lines += ["", "Where the CPU went during the infer windows (per-thread schedstat; one graph per request), and what "
               "it implies: a mode cannot beat 1 / (its busiest thread's CPU per request), and a closed loop of "
               f"{clients} clients waits {clients} / rate on average (Little's law), whatever the tail does. The CPU "
@@ -452,8 +468,9 @@ def batching(seconds: float, clients: int, tmp: Path, rounds: int = 5, pin: bool
     for mode, (res, ceiling, b, a) in native.items():
         nan = float("nan")
         lines.append(_batching_row(mode, res.rate, ceiling, res.p50_us or nan, res.p99_us or nan, b, a))
-    on, delayed, off = (native[m][0].rate for m in ("on (delay 0)", DELAYED, "off"))
-    lines += ["", f"batching on / off (wrk): {on / off:.2f}x graphs/s (delay 0), {delayed / off:.2f}x ({DELAYED[4:-1]})"]
+    on, delayed, workers, off = (native[m][0].rate for m in ("on (delay 0)", DELAYED, WORKERS, "off"))
+    lines += ["", f"batching on / off (wrk): {on / off:.2f}x graphs/s (delay 0), {delayed / off:.2f}x ({DELAYED[4:-1]}), "
+              f"{workers / off:.2f}x (2 workers)"]
     return lines
 
 

@@ -86,6 +86,9 @@ def _token(token_file: Path | None) -> str | None:
 @click.option("--port", default=8000, show_default=True, type=int, help="Port (0 picks a free one).")
 @click.option("--grpc-port", default=None, type=int,
               help="Also serve KServe V2 gRPC on this port (Triton's is 8001; 0 picks a free one). Off by default.")
+@click.option("--workers", default=1, show_default=True, type=int,
+              help="Server processes on the same port(s), each with its own copy of the model: throughput on more "
+                   "cores. Statistics and /metrics are summed over them; limits are per worker. POSIX only.")
 @click.option("--name", default=None, help="Model name for a single .onnx file (default: file stem).")
 @click.option("--max-batch-graphs", default=64, show_default=True, type=int, help="Graphs per batch.")
 @click.option("--max-batch-nodes", default=4096, show_default=True, type=int, help="Nodes per batch.")
@@ -125,7 +128,7 @@ def _token(token_file: Path | None) -> str | None:
               help="One log line per request (never tensor data); costs 30-45 µs of server CPU per request.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def serve(model: Path, host: str, port: int, grpc_port: int | None, name: str | None, max_batch_graphs: int, max_batch_nodes: int,
+def serve(model: Path, host: str, port: int, grpc_port: int | None, workers: int, name: str | None, max_batch_graphs: int, max_batch_nodes: int,
           max_batch_edges: int, max_queue_delay_us: int, max_queue_size: int, request_timeout_us: int,
           max_body_bytes: int, header_timeout_s: float, body_min_rate_bytes_per_s: int, keepalive_timeout_s: float,
           max_connections: int, max_buffered_bytes: int, max_request_nodes: int, max_request_edges: int,
@@ -154,7 +157,17 @@ def serve(model: Path, host: str, port: int, grpc_port: int | None, name: str | 
         max_buffered_bytes=max_buffered_bytes, max_request_nodes=max_request_nodes,
         max_request_edges=max_request_edges, max_request_memory_bytes=max_request_memory_bytes,
     )
+    from edgemp.runtime.server.workers import check_workers, serve_workers
+
+    check_workers(workers)
     sources = discover(model, batcher, name=name, providers=providers, threads=threads)
+    if workers > 1:
+        def serve_one(worker, ready) -> None:  # in each worker process, after the fork
+            run_server(create_app(sources, config), config, started_at=started, on_ready=lambda port: ready(),
+                       worker=worker)
+
+        serve_workers(workers, config, serve_one, started)
+        return
     app = create_app(sources, config)
     try:
         run_server(app, config, started_at=started)

@@ -35,6 +35,7 @@ from edgemp.runtime.server.grpc_plans import GrpcPlans
 from edgemp.runtime.server.grpc_wire import encode_response
 from edgemp.runtime.server.metadata import EXTENSIONS, SERVER_NAME, model_config, model_metadata
 from edgemp.runtime.server.middleware import one_line, status_for
+from edgemp.runtime.server.peers import model_views
 from edgemp.runtime.server.protocol import (
     DTYPES,
     MAX_NAME,
@@ -169,8 +170,8 @@ class InferenceService:
         self._expected = f"Bearer {token}".encode() if token is not None else None
         self.rpcs: dict[bytes, Rpc] = {}
         for name in pb.RPCS:
-            deferred = name == "ModelInfer"
-            handler = self.ModelInfer if deferred else self._unary(name)
+            deferred = name in ("ModelInfer", "ModelStatistics")
+            handler = getattr(self, name) if deferred else self._unary(name)
             self.rpcs[f"/{pb.SERVICE}/{name}".encode()] = Rpc(name, handler, deferred, name not in OPEN_RPCS)
 
     def _current(self, served: Any) -> bool:
@@ -182,18 +183,22 @@ class InferenceService:
         return self._expected is None or hmac.compare_digest(header or b"", self._expected)
 
     def _unary(self, name: str) -> Callable[[bytes], bytes]:
-        req_class = self.pb.CLASSES[self.pb.RPCS[name][0]]
         answer = getattr(self, name)
 
         def handler(data: bytes) -> bytes:
-            request = req_class()
-            try:
-                request.ParseFromString(data)
-            except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and its C variants
-                raise ProtocolError(f"request is not a valid {req_class.DESCRIPTOR.name}: {one_line(e)}") from e
-            return answer(request).SerializeToString()
+            return answer(self._parse(name, data)).SerializeToString()
 
         return handler
+
+    def _parse(self, name: str, data: bytes) -> Any:
+        """The request message of RPC ``name``, or the ProtocolError naming why it is not one."""
+        req_class = self.pb.CLASSES[self.pb.RPCS[name][0]]
+        request = req_class()
+        try:
+            request.ParseFromString(data)
+        except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and its C variants
+            raise ProtocolError(f"request is not a valid {req_class.DESCRIPTOR.name}: {one_line(e)}") from e
+        return request
 
     # -- RPCs (a parsed request in, a response message out) -----------------------------------
     def ServerLive(self, request: Any) -> Any:  # noqa: N802 - the RPC's name
@@ -228,17 +233,36 @@ class InferenceService:
         json_format.ParseDict(config, resp.config, ignore_unknown_fields=True)
         return resp
 
-    def ModelStatistics(self, request: Any) -> Any:  # noqa: N802
-        from google.protobuf import json_format
-
+    def ModelStatistics(self, data: bytes, answer: core.Answer) -> "asyncio.Task | None":  # noqa: N802
+        """Deferred: under ``--workers N`` the other workers' counters are fetched first
+        (:mod:`edgemp.runtime.server.peers`); alone, answered at once."""
+        request = self._parse("ModelStatistics", data)
         state = self.state
         served = ([state.model(request.name, request.version)] if request.name
                   else [state.models[n] for n in sorted(state.models)])
+        if state.peers is None:
+            answer(self._statistics({s.name: s.stats for s in served}, served), None)
+            return None
+
+        async def gathered() -> None:
+            try:
+                views = await model_views(state)
+                payload = self._statistics({n: v.stats for n, v in views.items()}, served)
+            except Exception as e:  # noqa: BLE001 - a worker out of reach: UNAVAILABLE
+                answer(None, e)
+                return
+            answer(payload, None)
+
+        return asyncio.get_running_loop().create_task(gathered())
+
+    def _statistics(self, stats: dict[str, Any], served: list) -> bytes:
+        from google.protobuf import json_format
+
         resp = self.pb.ModelStatisticsResponse()
         for s in served:
-            json_format.ParseDict(s.stats.to_json(s.name, s.version), resp.model_stats.add(),
+            json_format.ParseDict(stats[s.name].to_json(s.name, s.version), resp.model_stats.add(),
                                   ignore_unknown_fields=True)
-        return resp
+        return resp.SerializeToString()
 
     def ModelInfer(self, request: bytes, answer: core.Answer) -> "Cancellable | None":  # noqa: N802 - raw bytes in and out
         """Start the call; ``answer(serialized response, None)`` or ``answer(None, error)`` follows
@@ -296,11 +320,12 @@ async def _answer_from(work: Callable[[], Awaitable[bytes]], answer: core.Answer
     answer(data, None)
 
 
-async def start_grpc(state: ServerState, host: str, port: int, body_reader: Any = None) -> tuple[Any, int]:
+async def start_grpc(state: ServerState, host: str, port: int, body_reader: Any = None,
+                     sock: Any = None) -> tuple[Any, int]:
     """Start the gRPC listener on the running event loop; (listener, bound port).
 
     ``body_reader`` (the HTTP app's) counts request messages against the same
-    ``max_buffered_bytes`` as HTTP bodies.
+    ``max_buffered_bytes`` as HTTP bodies; ``sock``: a socket already bound (a worker's).
     """
     try:
         from edgemp.runtime.server.h2.grpc_handler import GrpcHandler
@@ -312,7 +337,7 @@ async def start_grpc(state: ServerState, host: str, port: int, body_reader: Any 
     listener = H2Listener(GrpcHandler(service, state.config.max_body_bytes, body_reader), state.config,
                           counted=state.connections)
     try:
-        bound = await listener.start(host, port)
+        bound = await listener.start(host, port, sock)
     except OSError as e:
         raise OSError(f"cannot listen for gRPC on {host}:{port}: {e.strerror}") from e
     return listener, bound

@@ -20,6 +20,7 @@ from edgemp.runtime.server.stats import OUTCOMES
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
+    from edgemp.runtime.server.peers import ModelView
     from edgemp.runtime.server.served import ServedModel
 
 HISTOGRAMS = {
@@ -34,6 +35,7 @@ HISTOGRAMS = {
 class _Collector:
     def __init__(self, models: Callable[[], Iterable["ServedModel"]], ready: Callable[[], bool]) -> None:
         self._models, self._ready = models, ready
+        self.views: "dict[str, ModelView] | None" = None  # set for one render: the statistics to show
 
     def collect(self) -> Iterator["Metric"]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -47,15 +49,17 @@ class _Collector:
                                      labels=["model"])
         loaded = GaugeMetricFamily("edgemp_model_loaded", "1 when the model is loaded and serving.",
                                    labels=["model", "version"])
+        views = self.views
         for served in self._models():
             name = served.name
-            snap = served.stats.metrics()
+            view = None if views is None else views.get(name)
+            snap = (served.stats if view is None else view.stats).metrics()
             for outcome in OUTCOMES:
                 requests.add_metric([name, outcome], snap.outcomes[outcome])
             graphs.add_metric([name], snap.graphs)
             for key, (buckets, total) in snap.histograms.items():
                 hists[key].add_metric([name], buckets, total)
-            depth.add_metric([name], served.queue_depth())
+            depth.add_metric([name], served.queue_depth() if view is None else view.queue_depth)
             capacity.add_metric([name], served.source.batcher.max_queue_size)
             loaded.add_metric([name, served.version], 0 if served.closed else 1)
         yield requests
@@ -93,7 +97,14 @@ class ServerMetrics:
 
         return CONTENT_TYPE_LATEST
 
-    def render(self) -> bytes:
+    def render(self, views: "dict[str, ModelView] | None" = None) -> bytes:
+        """The exposition text; ``views``: the statistics to show per model (all workers' sums),
+        else each model's own."""
         from prometheus_client import generate_latest
 
-        return generate_latest(self.registry)
+        registry = self.registry
+        self._collector.views = views
+        try:
+            return generate_latest(registry)
+        finally:
+            self._collector.views = None

@@ -13,7 +13,7 @@ import logging
 import signal
 import threading
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from aiohttp import web
 
@@ -23,6 +23,9 @@ from edgemp.runtime.server.config import ServerConfig
 from edgemp.runtime.server.connections import GuardedAppRunner, quiet_accept_errors
 from edgemp.runtime.server.heap import frozen_startup_heap
 from edgemp.runtime.server.middleware import BODY_READER
+
+if TYPE_CHECKING:
+    from edgemp.runtime.server.workers import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +39,18 @@ async def serve_app(
     started_at: float | None = None,
     on_ready: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
+    worker: "Worker | None" = None,
 ) -> None:
     """Serve ``app`` until ``stop`` is set (or SIGTERM/SIGINT arrives), then drain.
 
-    ``on_ready`` receives the bound port (useful with ``port=0``).
+    ``on_ready`` receives the bound port (useful with ``port=0``). ``worker``: this process is
+    one of ``edgemp serve --workers N``'s (:mod:`edgemp.runtime.server.workers`): it serves on
+    the sockets the supervisor bound and sums its statistics with the other workers'.
     """
     state = app_state(app)
+    if worker is not None:
+        state.peers = worker.peers
+        await worker.peers.start(state)
     access_log = logging.getLogger("edgemp.access") if config.access_log else None
     runner = GuardedAppRunner(
         app, config, handle_signals=False, access_log=access_log, access_log_format=ACCESS_LOG_FORMAT,
@@ -54,12 +63,15 @@ async def serve_app(
         from edgemp.runtime.server.grpc_service import start_grpc
 
         try:  # before HTTP: once /v2/health/ready answers, the gRPC port is listening too
-            grpc_listener, grpc_port = await start_grpc(state, config.host, config.grpc_port, app.get(BODY_READER))
+            grpc_listener, grpc_port = await start_grpc(state, config.host, config.grpc_port, app.get(BODY_READER),
+                                                        None if worker is None else worker.grpc_sock)
         except BaseException:
             await runner.cleanup()
             raise
-        logger.info("serving gRPC (inference.GRPCInferenceService) on %s:%d", config.host, grpc_port)
-    site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True)
+        if worker is None:  # a worker's supervisor says it once for all
+            logger.info("serving gRPC (inference.GRPCInferenceService) on %s:%d", config.host, grpc_port)
+    site = (web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True) if worker is None
+            else web.SockSite(runner, worker.http_sock, backlog=1024))
     try:
         await site.start()
     except OSError as e:
@@ -69,7 +81,10 @@ async def serve_app(
         raise OSError(f"cannot listen on {config.host}:{config.port}: {e.strerror}") from e
     port = runner.addresses[0][1] if runner.addresses else config.port
     since = f" ({(time.perf_counter() - started_at) * 1e3:.0f} ms after start)" if started_at else ""
-    logger.info("serving %s on http://%s:%d%s", ", ".join(sorted(state.models)), config.host, port, since)
+    if worker is None:
+        logger.info("serving %s on http://%s:%d%s", ", ".join(sorted(state.models)), config.host, port, since)
+    else:  # the supervisor says "serving" once every worker is ready
+        logger.info("worker %d ready%s", worker.index, since)
     if on_ready is not None:
         on_ready(port)
     stop = stop or asyncio.Event()
@@ -95,6 +110,8 @@ async def serve_app(
         if grpc_listener is not None:
             await grpc_listener.close(grace_s=1.0)  # in-flight calls already finished in wait_idle
         await runner.cleanup()  # closes listeners, waits for handlers, runs on_cleanup (batchers)
+        if worker is not None:
+            await worker.peers.close()
     for served in state.models.values():
         s = served.stats.to_json(served.name, served.version)["inference_stats"]
         logger.info("model %r: %d request(s) succeeded, %d failed; shutdown complete",
@@ -106,7 +123,8 @@ def _on_signal(sig: signal.Signals, stop: asyncio.Event) -> None:
     stop.set()
 
 
-def run_server(app: web.Application, config: ServerConfig, *, started_at: float | None = None) -> None:
+def run_server(app: web.Application, config: ServerConfig, *, started_at: float | None = None,
+               on_ready: Callable[[int], None] | None = None, worker: "Worker | None" = None) -> None:
     """Blocking: serve until a signal, drain, return (the CLI then exits 0).
 
     While it serves, every object made before it started is frozen out of the collector's
@@ -114,4 +132,4 @@ def run_server(app: web.Application, config: ServerConfig, *, started_at: float 
     application that runs :func:`serve_app` on its own loop keeps its own collector policy.
     """
     with frozen_startup_heap():
-        event_loop.run(serve_app(app, config, started_at=started_at))
+        event_loop.run(serve_app(app, config, started_at=started_at, on_ready=on_ready, worker=worker))

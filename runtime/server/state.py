@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -132,6 +133,7 @@ class ServerState:
     models: dict[str, ServedModel]
     config: ServerConfig
     metrics: ServerMetrics | None = None  # set by create_app; it reads this state at scrape time
+    peers: Any = None  # the other workers' statistics (edgemp.runtime.server.peers.Peers) under --workers N
     draining: bool = False
     inflight: int = 0
     connections: OpenConnections = field(init=False, repr=False)

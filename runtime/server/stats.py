@@ -144,6 +144,44 @@ class ModelStats:
             return MetricsSnapshot(dict(self._outcomes), self.inference_count,
                                    {k: h.snapshot() for k, h in self._hist.items()})
 
+    def raw(self) -> dict[str, Any]:
+        """Every counter as plain numbers, for another process to add up (:meth:`merged`)."""
+        with self._lock:
+            return {
+                "durations": {f: [d.count, d.ns] for f, d in self._d.items()},
+                "batches": [[size, d.count, d.ns] for size, d in self._batches.items()],
+                "inference_count": self.inference_count,
+                "execution_count": self.execution_count,
+                "last_inference_ms": self.last_inference_ms,
+                "outcomes": dict(self._outcomes),
+                "histograms": {k: [list(h.counts), h.total] for k, h in self._hist.items()},
+            }
+
+    @classmethod
+    def merged(cls, raws: "list[dict[str, Any]]") -> "ModelStats":
+        """One record holding the sums of several :meth:`raw` ones (the workers of one server)."""
+        out = cls()
+        for raw in raws:
+            for f, (count, ns) in raw["durations"].items():
+                out._d[f].count += count
+                out._d[f].ns += ns
+            for size, count, ns in raw["batches"]:
+                d = out._batches.get(size)
+                if d is None:
+                    d = out._batches[size] = _Duration()
+                d.count += count
+                d.ns += ns
+            out.inference_count += raw["inference_count"]
+            out.execution_count += raw["execution_count"]
+            out.last_inference_ms = max(out.last_inference_ms, raw["last_inference_ms"])
+            for outcome, n in raw["outcomes"].items():
+                out._outcomes[outcome] += n
+            for k, (counts, total) in raw["histograms"].items():
+                h = out._hist[k]
+                h.counts = [a + b for a, b in zip(h.counts, counts)]
+                h.total += total
+        return out
+
     def to_json(self, name: str, version: str) -> dict[str, Any]:
         with self._lock:
             batch_stats = [

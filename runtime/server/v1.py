@@ -15,6 +15,7 @@ from aiohttp import web
 from edgemp.graphio import graph_from_json
 from edgemp.runtime.server import core, jsoncodec
 from edgemp.runtime.server.middleware import read_body
+from edgemp.runtime.server.peers import model_views
 from edgemp.runtime.server.molecules import V1SmilesCall, is_smiles_body, takes_smiles
 from edgemp.runtime.server.protocol import V1_BINARY_HINT, json_values, parse_v1_body
 from edgemp.runtime.server.served import ServedModel
@@ -61,8 +62,10 @@ async def predict(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    m = request.app[STATE].metrics
-    return web.Response(body=m.render(), headers={"Content-Type": m.content_type})
+    state = request.app[STATE]
+    m = state.metrics
+    views = None if state.peers is None else await model_views(state)
+    return web.Response(body=m.render(views), headers={"Content-Type": m.content_type})
 
 
 def add_routes(app: web.Application, expect: Any = None) -> None:

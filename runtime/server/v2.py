@@ -14,6 +14,7 @@ from aiohttp import web
 from edgemp.runtime.server import core
 from edgemp.runtime.server.metadata import model_config, model_metadata, server_metadata
 from edgemp.runtime.server.middleware import read_body
+from edgemp.runtime.server.peers import model_views
 from edgemp.runtime.server.protocol import HEADER_LENGTH, V2Call, encode_infer_response, encode_planned_response
 from edgemp.runtime.server.served import ServedModel
 from edgemp.runtime.server.state import STATE, ServerState
@@ -62,7 +63,8 @@ async def config(request: web.Request) -> web.Response:
 async def stats(request: web.Request) -> web.Response:
     state = _state(request)
     served = [served_model(request)] if "model" in request.match_info else [state.models[n] for n in sorted(state.models)]
-    return web.json_response({"model_stats": [s.stats.to_json(s.name, s.version) for s in served]})
+    views = await model_views(state)
+    return web.json_response({"model_stats": [views[s.name].stats.to_json(s.name, s.version) for s in served]})
 
 
 async def repository_index(request: web.Request) -> web.Response:

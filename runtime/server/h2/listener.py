@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from typing import Any
 
@@ -45,11 +46,14 @@ class H2Listener:
         self._sweeper: asyncio.TimerHandle | None = None
         self._refused_log = RateLimitedLog(logger)
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen on ``host:port`` (0 picks a free port); the bound port."""
+    async def start(self, host: str, port: int, sock: "socket.socket | None" = None) -> int:
+        """Listen on ``host:port`` (0 picks a free port), or on ``sock`` already bound; the bound port."""
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: H2Connection(self.handler, self.limits, self), host, port,
-                                               backlog=1024, reuse_address=True)
+        factory = lambda: H2Connection(self.handler, self.limits, self)  # noqa: E731
+        if sock is not None:
+            self.server = await loop.create_server(factory, sock=sock, backlog=1024)
+        else:
+            self.server = await loop.create_server(factory, host, port, backlog=1024, reuse_address=True)
         self._sweeper = loop.call_later(SWEEP_S, self._sweep)
         return self.server.sockets[0].getsockname()[1]
 

@@ -1,0 +1,244 @@
+"""``edgemp serve --workers N``: several real server processes on one port.
+
+What must hold: every request gets exactly its own answer whichever worker took it; the
+statistics (V2 HTTP, gRPC and /metrics) are the whole server's from any worker; SIGTERM
+drains them all (exit 0); a worker that dies or cannot start stops the server with one
+readable line (exit 1).
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import pytest
+
+from edgemp.runtime.model import load
+from edgemp.runtime.server.middleware import UnavailableError
+from edgemp.runtime.server.peers import Peers
+from edgemp.runtime.server.stats import ModelStats
+from runtime_fixtures import build_sparse_model, random_graphs
+from server_utils import (
+    ROOT,
+    assert_outputs_match,
+    batch_tensors,
+    decode_v2_response,
+    expected_layout,
+    free_port,
+    http,
+    start_server,
+    triton_grpc_inputs,
+    v2_binary_body,
+    v2_json_body,
+)
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="--workers needs fork; the tests read /proc")
+
+REQUESTS = 1500
+CLIENTS = 32
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    return build_sparse_model(tmp_path_factory.mktemp("workers") / "gnn.onnx")
+
+
+def _requests(model_path: Path, count: int) -> list[tuple[bytes, dict, dict]]:
+    rng = np.random.default_rng(5)
+    out = []
+    with load(model_path) as model:
+        for i in range(count):
+            graphs = random_graphs(rng, int(rng.integers(1, 4)), max_nodes=int(rng.choice([5, 30])))
+            tensors = batch_tensors(graphs)
+            if i % 4 == 0:
+                body, headers = v2_json_body(tensors, request_id=str(i)), {"Content-Type": "application/json"}
+            else:
+                body, n = v2_binary_body(tensors, request_id=str(i), binary_output=True)
+                headers = {"Inference-Header-Content-Length": str(n)}
+            out.append((body, headers, expected_layout(model, graphs)))
+    return out
+
+
+async def _drive(port: int, requests: list) -> int:
+    """Send ``requests`` from CLIENTS keep-alive connections; every answer checked; how many were right."""
+    queue = list(enumerate(requests))[::-1]
+    right = 0
+
+    async def client() -> None:
+        nonlocal right
+        # one connection per client, as a deployed client keeps one: the kernel spreads them over the workers
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+            while queue:
+                i, (body, headers, want) = queue.pop()
+                async with session.post(f"http://127.0.0.1:{port}/v2/models/gnn/infer", data=body,
+                                        headers=headers) as r:
+                    data = await r.read()
+                    assert r.status == 200, (i, r.status, data[:300])
+                    header, got = decode_v2_response(data, r.headers.get("Inference-Header-Content-Length"))
+                assert header["id"] == str(i), f"request {i} got the answer for {header['id']}"
+                assert_outputs_match(got, want, f"request {i}")
+                right += 1
+
+    await asyncio.gather(*(client() for _ in range(CLIENTS)))
+    return right
+
+
+def _fresh_get(port: int, path: str) -> bytes:
+    """A GET on a new connection each time, so successive calls can land on different workers."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), data[:300]
+    return body
+
+
+def _worker_pids(parent: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_workers_answer_every_request_and_report_the_whole_server(model_path, tmp_path):
+    import json
+
+    import tritonclient.grpc as tg
+
+    requests = _requests(model_path, REQUESTS)
+    gport = free_port()
+    srv = start_server(model_path, tmp_path, "--name", "gnn", "--workers", "2", "--grpc-port", str(gport),
+                       "--max-queue-size", "4096")
+    try:
+        assert asyncio.run(_drive(srv.port, requests)) == REQUESTS
+        client = tg.InferenceServerClient(f"127.0.0.1:{gport}")
+        graphs = random_graphs(np.random.default_rng(9), 2)
+        with load(model_path) as model:
+            want = expected_layout(model, graphs)
+        result = client.infer("gnn", triton_grpc_inputs(batch_tensors(graphs)))
+        assert_outputs_match({k: result.as_numpy(k) for k in want}, want, "gRPC")
+        total = REQUESTS + 1
+        for _ in range(6):  # whichever worker answers, the counts are the server's
+            stats = json.loads(_fresh_get(srv.port, "/v2/models/gnn/stats"))["model_stats"][0]
+            assert stats["inference_stats"]["success"]["count"] == total
+            assert stats["execution_count"] == sum(b["compute_infer"]["count"] for b in stats["batch_stats"])
+            metrics = _fresh_get(srv.port, "/metrics").decode()
+            assert f'edgemp_requests_total{{model="gnn",outcome="success"}} {float(total)}' in metrics
+            grpc_stats = client.get_inference_statistics("gnn", as_json=True)["model_stats"][0]
+            assert int(grpc_stats["inference_stats"]["success"]["count"]) == total
+        client.close()
+        status, _, _ = http(srv, "GET", "/v2/models/gnn/stats")
+        assert status == 200
+    finally:
+        code = srv.stop()
+    log = srv.log()
+    assert code == 0, log[-3000:]
+    served = [int(n) for n in re.findall(r"worker-\d .*'gnn': (\d+) request\(s\) succeeded, 0 failed", log)]
+    assert len(served) == 2 and sum(served) == REQUESTS + 1, log[-3000:]
+    assert min(served) > 0, f"one worker served nothing: {served}"  # 32 connections hashed over 2 workers
+    assert "all 2 workers stopped; shutdown complete" in log
+    assert "Traceback" not in log
+
+
+def test_a_worker_that_dies_stops_the_server(model_path, tmp_path):
+    srv = start_server(model_path, tmp_path, "--name", "gnn", "--workers", "2")
+    try:
+        workers = _worker_pids(srv.proc.pid)
+        assert len(workers) == 2, workers
+        os.kill(workers[0], signal.SIGKILL)
+        code = srv.proc.wait(30)
+    finally:
+        srv.stop()
+    log = srv.log()
+    assert code == 1, log[-3000:]
+    assert re.search(rf"error: worker \d \(pid {workers[0]}\) was killed by SIGKILL; the other workers were stopped",
+                     log), log[-3000:]
+    assert "shutdown complete" in log  # the other worker drained
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_a_worker_that_cannot_start_is_one_line(tmp_path):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"not an onnx model")
+    proc = subprocess.run([sys.executable, "-m", "edgemp.cli.serve", str(bad), "--port", "0", "--workers", "2"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    assert "broken.onnx" in errors[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_port_zero_is_one_port_for_every_worker(model_path, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "edgemp.cli.serve", str(model_path), "--name", "gnn", "--port", "0",
+                             "--workers", "2"], stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        port = None
+        while port is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line, "the server exited before it was ready"
+            found = re.search(r"serving on http://127\.0\.0\.1:(\d+) with 2 workers", line)
+            port = int(found.group(1)) if found else None
+        assert port
+        for _ in range(8):
+            assert _fresh_get(port, "/v2/health/ready") == b""
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+
+
+@pytest.mark.parametrize("count", ["0", "-1", "100000"])
+def test_bad_worker_counts_are_refused(model_path, count):
+    proc = subprocess.run([sys.executable, "-m", "edgemp.cli.serve", str(model_path), "--workers", count],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [f"error: --workers must be in 1..256, got {count}"]
+
+
+def test_statistics_are_summed_exactly():
+    a, b = ModelStats(), ModelStats()
+    a.record_success(3, 1000, 100, 10, 500, 20)
+    a.record_batch(3, 40, 500)
+    b.record_success(1, 2000, 200, 20, 700, 30)
+    b.record_batch(1, 10, 700)
+    b.record_batch(3, 30, 600)
+    b.record_failure("bad_request", 5)
+    b.record_failure("timeout", 50)
+    merged = ModelStats.merged([a.raw(), b.raw()]).to_json("m", "1")
+    assert merged["inference_count"] == 4 and merged["execution_count"] == 3
+    assert merged["inference_stats"]["success"] == {"count": 2, "ns": 3000}
+    assert merged["inference_stats"]["fail"] == {"count": 1, "ns": 50}
+    assert {s["batch_size"]: s["compute_infer"] for s in merged["batch_stats"]} == {
+        1: {"count": 1, "ns": 700}, 3: {"count": 2, "ns": 1100}}
+    snap = ModelStats.merged([a.raw(), b.raw()]).metrics()
+    assert snap.outcomes == {"success": 2, "rejected": 0, "timeout": 1, "failed": 0, "bad_request": 1}
+    assert snap.histograms["batch_graphs"][0][-1] == ("+Inf", 3)
+
+
+def test_an_unreachable_worker_fails_the_statistics_request(tmp_path):
+    """A sum that silently leaves a worker out would be a wrong answer: it is a 503 instead."""
+
+    class State:
+        models: dict = {}
+
+    peers = Peers(tmp_path, 0, 2)  # worker 1 never started
+    with pytest.raises(UnavailableError, match="statistics of worker 1"):
+        asyncio.run(peers.gather(State()))
