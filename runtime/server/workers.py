@@ -110,14 +110,18 @@ def serve_workers(count: int, config: ServerConfig, serve_one: Callable[[Worker,
     try:
         for index in range(count):
             pid = os.fork()
-            if pid == 0:  # the child never returns from here
-                os.close(read_fd)
-                mine = Worker(index, count, http[index], None if grpc is None else grpc[index],
-                              Peers(folder, index, count))
-                for sock in http + (grpc or []):
-                    if sock is not mine.http_sock and sock is not mine.grpc_sock:
-                        sock.close()
-                os._exit(_child(mine, serve_one, write_fd))
+            if pid == 0:  # the child never returns from here, whatever happens
+                code = 1
+                try:
+                    os.close(read_fd)
+                    mine = Worker(index, count, http[index], None if grpc is None else grpc[index],
+                                  Peers(folder, index, count))
+                    for sock in http + (grpc or []):
+                        if sock is not mine.http_sock and sock is not mine.grpc_sock:
+                            sock.close()
+                    code = _child(mine, serve_one, write_fd)
+                finally:
+                    os._exit(code)
             children[pid] = index
     finally:
         if len(children) < count:  # a fork failed: stop the ones started
@@ -158,6 +162,8 @@ def _child(worker: Worker, serve_one: Callable[[Worker, Callable[[], None]], Non
 
     try:
         serve_one(worker, ready)
+        return 0
+    except KeyboardInterrupt:  # Ctrl-C before the server's own handlers were up: a stop, not a failure
         return 0
     except EdgempError as e:
         message = str(e)
