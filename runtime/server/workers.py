@@ -13,10 +13,13 @@ batchers, the HTTP and gRPC listeners) on sockets this supervisor bound before f
 - **Statistics** (V2, gRPC and ``/metrics``) are summed over the workers when asked
   (:mod:`edgemp.runtime.server.peers`); health answers for the worker asked.
 - **Start**: the supervisor logs ``serving ...`` once every worker is ready. A worker that
-  fails to start stops the server with its error (exit 1).
-- **Failure**: a worker that dies while serving stops the others (they drain) and the
-  supervisor exits 1, so the process manager restarts the server whole instead of it
-  running on at part capacity unnoticed.
+  fails to start stops the server with its error (exit 1): a bad model or setting would
+  fail the same way in every replacement.
+- **Failure**: a worker that dies while serving (OOM-killed, a crash in native code) is
+  replaced by a new process with new sockets in the same groups; its open connections are
+  lost with it, as with any crashed server, and the others keep serving meanwhile. One that
+  dies a third time within a minute stops the server (the others drain; exit 1), so a crash
+  loop reaches the process manager instead of spinning here.
 - **Stop**: SIGTERM/SIGINT to the supervisor drain every worker (each as a lone server
   does); exit 0 once all have.
 
@@ -47,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 MAX_WORKERS = 256
 BACKLOG = 1024
+MAX_DEATHS = 3  # a worker that dies this often within RESTART_WINDOW_S stops the server (a crash loop)
+RESTART_WINDOW_S = 60.0
 
 
 @dataclass
@@ -68,83 +73,94 @@ def check_workers(count: int) -> None:
         raise EdgempError("--workers above 1 needs fork and SO_REUSEPORT (Linux, BSD, macOS); run one worker here")
 
 
-def bind_group(host: str, port: int, count: int, what: str) -> list[socket.socket]:
-    """``count`` listening sockets on one port (0: one picked for all), in one SO_REUSEPORT group."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
-    except socket.gaierror as e:
-        raise EdgempError(f"cannot listen{what} on {host}:{port}: {e.strerror}") from e
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(family, kind, proto)
-            socks.append(sock)
+class _Address:
+    """Where one protocol listens: resolved once, so every worker's socket (a replacement's too)
+    joins the same SO_REUSEPORT group on the same port."""
+
+    def __init__(self, host: str, port: int, what: str) -> None:
+        self.host, self.what = host, what
+        try:
+            self.family, self.kind, self.proto, _, self.address = socket.getaddrinfo(
+                host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        except socket.gaierror as e:
+            raise EdgempError(f"cannot listen{what} on {host}:{port}: {e.strerror}") from e
+
+    @property
+    def port(self) -> int:
+        return self.address[1]
+
+    def bind(self) -> socket.socket:
+        """A new listening socket in the group (port 0: the first one picks the port for all)."""
+        sock = socket.socket(self.family, self.kind, self.proto)
+        try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind(address)
+            sock.bind(self.address)
             sock.listen(BACKLOG)
             sock.setblocking(False)
-            address = (address[0], sock.getsockname()[1], *address[2:])  # port 0: the others join the first's
-    except OSError as e:
-        for sock in socks:
+        except OSError as e:
             sock.close()
-        raise EdgempError(f"cannot listen{what} on {host}:{port}: {e.strerror}") from e
-    return socks
+            raise EdgempError(f"cannot listen{self.what} on {self.host}:{self.port}: {e.strerror}") from e
+        self.address = (self.address[0], sock.getsockname()[1], *self.address[2:])
+        return sock
+
+
+class _Launcher:
+    """Forks workers: a worker gets its own new sockets in each group, bound just before its fork."""
+
+    def __init__(self, config: ServerConfig, count: int, serve_one: Callable[[Worker, Callable[[], None]], None],
+                 folder: Path, read_fd: int, write_fd: int) -> None:
+        self.count = count
+        self.serve_one = serve_one
+        self.folder = folder
+        self.read_fd, self.write_fd = read_fd, write_fd
+        self.http = _Address(config.host, config.port, "")
+        self.grpc = _Address(config.host, config.grpc_port, " for gRPC") if config.grpc_port is not None else None
+
+    def launch(self, index: int) -> int:
+        """Start worker ``index``; its pid. Raises EdgempError if its sockets cannot be bound."""
+        http = self.http.bind()
+        try:
+            grpc = self.grpc.bind() if self.grpc is not None else None
+        except BaseException:
+            http.close()
+            raise
+        try:
+            pid = os.fork()
+            if pid == 0:  # the child never returns from here, whatever happens
+                code = 1
+                try:
+                    os.close(self.read_fd)
+                    code = _child(Worker(index, self.count, http, grpc, Peers(self.folder, index, self.count)),
+                                  self.serve_one, self.write_fd)
+                finally:
+                    os._exit(code)
+        finally:
+            http.close()  # the worker holds its own: its socket leaves the group when it exits
+            if grpc is not None:
+                grpc.close()
+        return pid
 
 
 def serve_workers(count: int, config: ServerConfig, serve_one: Callable[[Worker, Callable[[], None]], None],
                   started_at: float) -> None:
-    """Run ``count`` workers until SIGTERM/SIGINT; raises EdgempError (exit 1) when one fails.
+    """Run ``count`` workers until SIGTERM/SIGINT; raises EdgempError (exit 1) when the server fails.
 
     ``serve_one(worker, ready)`` is a worker's whole life (load the models, serve until a
     signal, drain); it calls ``ready()`` once it accepts requests, and runs in a forked child.
     """
     check_workers(count)
-    http = bind_group(config.host, config.port, count, "")
-    grpc = bind_group(config.host, config.grpc_port, count, " for gRPC") if config.grpc_port is not None else None
-    http_port, grpc_port = _port(http), _port(grpc)
     folder = Path(tempfile.mkdtemp(prefix="edgemp-workers-"))  # 0700: only this user reaches the peers' sockets
     read_fd, write_fd = os.pipe()
-    children: dict[int, int] = {}  # pid -> worker index
     try:
-        for index in range(count):
-            pid = os.fork()
-            if pid == 0:  # the child never returns from here, whatever happens
-                code = 1
-                try:
-                    os.close(read_fd)
-                    mine = Worker(index, count, http[index], None if grpc is None else grpc[index],
-                                  Peers(folder, index, count))
-                    for sock in http + (grpc or []):
-                        if sock is not mine.http_sock and sock is not mine.grpc_sock:
-                            sock.close()
-                    code = _child(mine, serve_one, write_fd)
-                finally:
-                    os._exit(code)
-            children[pid] = index
-    finally:
-        if len(children) < count:  # a fork failed: stop the ones started
-            for pid in children:
-                _kill(pid, signal.SIGTERM)
-        os.close(write_fd)
-        for sock in http + (grpc or []):
-            sock.close()  # each worker holds its own: a worker's socket leaves the group when it exits
-    try:
-        if len(children) < count:
-            _reap_all(children)
-            raise EdgempError(f"could not start {count} workers (fork failed)")
-        _Supervisor(children, read_fd, config, count, http_port=http_port, grpc_port=grpc_port,
-                    started_at=started_at).run()
+        launcher = _Launcher(config, count, serve_one, folder, read_fd, write_fd)
+        _Supervisor(launcher, config, started_at).run()
     finally:
         os.close(read_fd)
+        os.close(write_fd)
         for path in folder.iterdir():
             path.unlink(missing_ok=True)
         folder.rmdir()
-
-
-def _port(socks: list[socket.socket] | None) -> int | None:
-    return None if not socks else socks[0].getsockname()[1]
 
 
 def _child(worker: Worker, serve_one: Callable[[Worker, Callable[[], None]], None], notify_fd: int) -> int:
@@ -208,15 +224,6 @@ def _kill(pid: int, sig: signal.Signals) -> None:
         pass
 
 
-def _reap_all(children: dict[int, int]) -> None:
-    for pid in list(children):
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
-        children.pop(pid, None)
-
-
 def _exit_reason(status: int) -> str:
     if os.WIFSIGNALED(status):
         return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
@@ -224,26 +231,29 @@ def _exit_reason(status: int) -> str:
 
 
 class _Supervisor:
-    """The parent's loop: announce readiness, forward signals, watch the workers."""
+    """The parent's loop: start the workers, announce readiness, forward signals, replace a
+    worker that dies, and stop the server when one cannot start or keeps dying."""
 
-    def __init__(self, children: dict[int, int], read_fd: int, config: ServerConfig, count: int, *,
-                 http_port: int | None, grpc_port: int | None, started_at: float) -> None:
-        self.children = children
-        self.read_fd = read_fd
+    def __init__(self, launcher: _Launcher, config: ServerConfig, started_at: float) -> None:
+        self.launcher = launcher
         self.config = config
-        self.count = count
-        self.http_port = http_port
-        self.grpc_port = grpc_port
+        self.count = launcher.count
         self.started_at = started_at
-        self.ready: set[int] = set()
+        self.children: dict[int, int] = {}  # pid -> worker index
+        self.ready: set[int] = set()  # indexes whose current process serves
+        self.announced = False
+        self.deaths: dict[int, list[float]] = {}  # index -> when its processes died unexpectedly
         self.stopping = False
         self.failure: str | None = None  # why the server stops with status 1
         self._buffer = b""
-        self._pipe_closed = False
 
     def run(self) -> None:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
+            for index in range(self.count):
+                if self.stopping:
+                    break
+                self._launch(index)
             while self.children:
                 self._read_messages(0.1)
                 self._reap()
@@ -253,6 +263,19 @@ class _Supervisor:
         if self.failure is not None:
             raise EdgempError(self.failure)
         logger.info("all %d workers stopped; shutdown complete", self.count)
+
+    def _launch(self, index: int) -> None:
+        try:
+            pid = self.launcher.launch(index)
+        except (EdgempError, OSError) as e:  # a socket that cannot be bound, or no fork
+            self._fail(str(e) if isinstance(e, EdgempError) else f"could not start worker {index}: {e}")
+            return
+        self.children[pid] = index
+
+    def _fail(self, reason: str) -> None:
+        if self.failure is None:  # the first failure is the one reported
+            self.failure = reason
+        self._stop()
 
     def _on_signal(self, sig: int, frame: object) -> None:
         if not self.stopping:
@@ -266,36 +289,32 @@ class _Supervisor:
 
     def _read_messages(self, wait_s: float) -> None:
         """Handle what the workers wrote (waiting up to ``wait_s`` for it)."""
-        if self._pipe_closed:  # every worker has exited: only the reaping is left
-            time.sleep(wait_s)
-            return
-        readable, _, _ = select.select([self.read_fd], [], [], wait_s)
+        readable, _, _ = select.select([self.launcher.read_fd], [], [], wait_s)
         if not readable:
             return
-        data = os.read(self.read_fd, 65536)
-        if not data:
-            self._pipe_closed = True
-            return
-        self._buffer += data
+        self._buffer += os.read(self.launcher.read_fd, 65536)
         *lines, self._buffer = self._buffer.split(b"\n")
         for line in lines:
-            text = line.decode("utf-8", "replace")
-            kind, _, rest = text.partition(" ")
+            kind, _, rest = line.decode("utf-8", "replace").partition(" ")
             if kind.startswith("R"):
-                self.ready.add(int(kind[1:]))
-                if len(self.ready) == self.count and not self.stopping:
-                    self._announce()
-            elif kind.startswith("E") and self.failure is None:
-                self.failure = rest or f"worker {kind[1:]} could not start"
-                self._stop()
+                self._ready(int(kind[1:]))
+            elif kind.startswith("E"):
+                self._fail(rest or f"worker {kind[1:]} could not start")
 
-    def _announce(self) -> None:
-        since = (time.perf_counter() - self.started_at) * 1e3
-        host = self.config.host
-        if self.grpc_port is not None:
-            logger.info("serving gRPC (inference.GRPCInferenceService) on %s:%d", host, self.grpc_port)
-        logger.info("serving on http://%s:%d with %d workers (%.0f ms after start)", host, self.http_port,
-                    self.count, since)
+    def _ready(self, index: int) -> None:
+        self.ready.add(index)
+        if self.stopping:
+            return
+        if self.announced:
+            logger.info("worker %d serves again", index)
+        elif len(self.ready) == self.count:
+            self.announced = True
+            since = (time.perf_counter() - self.started_at) * 1e3
+            host = self.config.host
+            if self.launcher.grpc is not None:
+                logger.info("serving gRPC (inference.GRPCInferenceService) on %s:%d", host, self.launcher.grpc.port)
+            logger.info("serving on http://%s:%d with %d workers (%.0f ms after start)", host,
+                        self.launcher.http.port, self.count, since)
 
     def _reap(self) -> None:
         while self.children:
@@ -309,13 +328,28 @@ class _Supervisor:
             index = self.children.pop(pid, None)
             if index is None:
                 continue
+            was_ready = index in self.ready
+            self.ready.discard(index)
             code = os.waitstatus_to_exitcode(status)
-            if self.stopping and code in (0, -signal.SIGTERM, -signal.SIGINT):
-                continue  # stopped as asked (before its own handlers were up, a signal ends it at once)
+            if self.stopping:
+                if code not in (0, -signal.SIGTERM, -signal.SIGINT):  # not as asked
+                    self._fail(f"worker {index} (pid {pid}) {_exit_reason(status)} while stopping")
+                continue
             self._read_messages(0)  # a worker that could not start wrote why before it exited
-            if self.failure is None:  # the first failure is the one reported
-                self.failure = (f"worker {index} (pid {pid}) {_exit_reason(status)}"
-                                + ("" if self.stopping else "; the other workers were stopped"))
-                if not self.stopping:
-                    logger.error("%s", self.failure)
-            self._stop()
+            if self.stopping:
+                continue
+            what = f"worker {index} (pid {pid}) {_exit_reason(status)}"
+            if not was_ready:
+                self._fail(f"{what} before it was ready; the other workers were stopped")
+                continue
+            now = time.monotonic()
+            recent = self.deaths[index] = [t for t in self.deaths.get(index, []) if now - t < RESTART_WINDOW_S] + [now]
+            if len(recent) >= MAX_DEATHS:
+                self._fail(f"{what}; worker {index} died {len(recent)} times within {RESTART_WINDOW_S:.0f} s, "
+                           "so the other workers were stopped")
+                logger.error("%s", self.failure)
+                continue
+            # Its connections are gone (their clients see a reset, as from any crashed server); new ones go
+            # to the others until the replacement listens. Its counters leave the statistics' sums.
+            logger.error("%s; starting a new one", what)
+            self._launch(index)

@@ -156,22 +156,63 @@ def test_workers_answer_every_request_and_report_the_whole_server(model_path, tm
     assert "Traceback" not in log
 
 
-def test_a_worker_that_dies_stops_the_server(model_path, tmp_path):
+def _wait_for(srv, text: str, count: int = 1, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while srv.log().count(text) < count:
+        assert srv.proc.poll() is None, srv.log()[-3000:]
+        assert time.monotonic() < deadline, f"no {text!r} in the log:\n{srv.log()[-3000:]}"
+        time.sleep(0.05)
+
+
+def test_a_worker_that_dies_is_replaced_and_nothing_else_is_lost(model_path, tmp_path):
+    import json
+
+    srv = start_server(model_path, tmp_path, "--name", "gnn", "--workers", "2", "--max-queue-size", "4096")
+    try:
+        _wait_for(srv, "with 2 workers")
+        before = _worker_pids(srv.proc.pid)
+        assert len(before) == 2, before
+        os.kill(before[0], signal.SIGKILL)
+        _wait_for(srv, "serves again")
+        after = _worker_pids(srv.proc.pid)
+        assert len(after) == 2 and before[1] in after and before[0] not in after, (before, after)
+        requests = _requests(model_path, 300)
+        assert asyncio.run(_drive(srv.port, requests)) == 300  # both workers serve, every answer right
+        stats = json.loads(_fresh_get(srv.port, "/v2/models/gnn/stats"))["model_stats"][0]
+        assert stats["inference_stats"]["success"]["count"] == 300  # the dead worker's share left the sums
+    finally:
+        code = srv.stop()
+    log = srv.log()
+    assert code == 0, log[-3000:]
+    assert re.search(rf"worker \d \(pid {before[0]}\) was killed by SIGKILL; starting a new one", log), log[-3000:]
+    assert "Traceback" not in log
+
+
+def test_a_worker_that_keeps_dying_stops_the_server(model_path, tmp_path):
     srv = start_server(model_path, tmp_path, "--name", "gnn", "--workers", "2")
     try:
-        workers = _worker_pids(srv.proc.pid)
-        assert len(workers) == 2, workers
-        os.kill(workers[0], signal.SIGKILL)
+        _wait_for(srv, "with 2 workers")
+        pids = _worker_pids(srv.proc.pid)
+        victim = pids[0]
+        for death in range(1, 4):
+            os.kill(victim, signal.SIGKILL)
+            if death == 3:
+                break
+            _wait_for(srv, "serves again", death)
+            fresh = [p for p in _worker_pids(srv.proc.pid) if p not in pids]
+            assert len(fresh) == 1, (pids, fresh)
+            victim = fresh[0]
+            pids.append(victim)
         code = srv.proc.wait(30)
     finally:
         srv.stop()
     log = srv.log()
     assert code == 1, log[-3000:]
-    assert re.search(rf"error: worker \d \(pid {workers[0]}\) was killed by SIGKILL; the other workers were stopped",
-                     log), log[-3000:]
+    assert re.search(rf"error: worker (\d) \(pid {victim}\) was killed by SIGKILL; worker \1 died 3 times within "
+                     r"60 s, so the other workers were stopped", log), log[-3000:]
     assert "shutdown complete" in log  # the other worker drained
-    for pid in workers:
-        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    assert "Traceback" not in log
+    assert _worker_pids(srv.proc.pid) == []
 
 
 def test_a_worker_that_cannot_start_is_one_line(tmp_path):
