@@ -321,11 +321,11 @@ async def _answer_from(work: Callable[[], Awaitable[bytes]], answer: core.Answer
 
 
 async def start_grpc(state: ServerState, host: str, port: int, body_reader: Any = None,
-                     sock: Any = None) -> tuple[Any, int]:
+                     socks: Any = None) -> tuple[Any, int]:
     """Start the gRPC listener on the running event loop; (listener, bound port).
 
     ``body_reader`` (the HTTP app's) counts request messages against the same
-    ``max_buffered_bytes`` as HTTP bodies; ``sock``: a socket already bound (a worker's).
+    ``max_buffered_bytes`` as HTTP bodies; ``socks``: sockets already bound (a worker's).
     """
     try:
         from edgemp.runtime.server.h2.grpc_handler import GrpcHandler
@@ -337,7 +337,7 @@ async def start_grpc(state: ServerState, host: str, port: int, body_reader: Any 
     listener = H2Listener(GrpcHandler(service, state.config.max_body_bytes, body_reader), state.config,
                           counted=state.connections)
     try:
-        bound = await listener.start(host, port, sock)
+        bound = await listener.start(host, port, socks)
     except OSError as e:
         raise OSError(f"cannot listen for gRPC on {host}:{port}: {e.strerror}") from e
     return listener, bound

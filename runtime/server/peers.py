@@ -74,6 +74,7 @@ class Peers:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+            self.path(self.index).unlink(missing_ok=True)  # not left behind if the supervisor cannot clean up
 
     async def _read(self, index: int) -> bytes:
         reader, writer = await asyncio.open_unix_connection(str(self.path(index)))

@@ -64,22 +64,30 @@ async def serve_app(
 
         try:  # before HTTP: once /v2/health/ready answers, the gRPC port is listening too
             grpc_listener, grpc_port = await start_grpc(state, config.host, config.grpc_port, app.get(BODY_READER),
-                                                        None if worker is None else worker.grpc_sock)
+                                                        None if worker is None else worker.grpc_socks)
         except BaseException:
             await runner.cleanup()
             raise
         if worker is None:  # a worker's supervisor says it once for all
             logger.info("serving gRPC (inference.GRPCInferenceService) on %s:%d", config.host, grpc_port)
-    site = (web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True) if worker is None
-            else web.SockSite(runner, worker.http_sock, backlog=1024))
+    sites = ([web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True)] if worker is None
+             else [web.SockSite(runner, sock, backlog=1024) for sock in worker.http_socks])
     try:
-        await site.start()
+        for site in sites:
+            await site.start()
     except OSError as e:
         if grpc_listener is not None:
             await grpc_listener.close(grace_s=0)
         await runner.cleanup()
         raise OSError(f"cannot listen on {config.host}:{config.port}: {e.strerror}") from e
     port = runner.addresses[0][1] if runner.addresses else config.port
+    stop = stop or asyncio.Event()  # the drain handlers are up before anyone hears it serves
+    loop = asyncio.get_running_loop()
+    # Signal handlers can only be installed from the main thread; an embedded server in
+    # another thread (tests, a host application) stops through ``stop`` instead.
+    signals = (signal.SIGTERM, signal.SIGINT) if threading.current_thread() is threading.main_thread() else ()
+    for sig in signals:
+        loop.add_signal_handler(sig, _on_signal, sig, stop)
     since = f" ({(time.perf_counter() - started_at) * 1e3:.0f} ms after start)" if started_at else ""
     if worker is None:
         logger.info("serving %s on http://%s:%d%s", ", ".join(sorted(state.models)), config.host, port, since)
@@ -87,13 +95,6 @@ async def serve_app(
         logger.info("worker %d ready%s", worker.index, since)
     if on_ready is not None:
         on_ready(port)
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    # Signal handlers can only be installed from the main thread; an embedded server in
-    # another thread (tests, a host application) stops through ``stop`` instead.
-    signals = (signal.SIGTERM, signal.SIGINT) if threading.current_thread() is threading.main_thread() else ()
-    for sig in signals:
-        loop.add_signal_handler(sig, _on_signal, sig, stop)
     try:
         await stop.wait()
         state.begin_drain()
@@ -105,13 +106,17 @@ async def serve_app(
         if not await state.wait_idle(config.shutdown_timeout_s):
             logger.warning("shutdown timeout: %d request(s) still in flight", state.inflight)
     finally:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
-        if grpc_listener is not None:
-            await grpc_listener.close(grace_s=1.0)  # in-flight calls already finished in wait_idle
-        await runner.cleanup()  # closes listeners, waits for handlers, runs on_cleanup (batchers)
-        if worker is not None:
-            await worker.peers.close()
+        try:
+            if grpc_listener is not None:
+                await grpc_listener.close(grace_s=1.0)  # in-flight calls already finished in wait_idle
+            await runner.cleanup()  # closes listeners, waits for handlers, runs on_cleanup (batchers)
+            if worker is not None:
+                await worker.peers.close()
+        finally:
+            # Only now: a second signal during the clean-up (Ctrl-C reaches every worker and its
+            # supervisor, which forwards SIGTERM) must not kill it half-way.
+            for sig in signals:
+                loop.remove_signal_handler(sig)
     for served in state.models.values():
         s = served.stats.to_json(served.name, served.version)["inference_stats"]
         logger.info("model %r: %d request(s) succeeded, %d failed; shutdown complete",

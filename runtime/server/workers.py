@@ -60,8 +60,8 @@ class Worker:
 
     index: int
     count: int
-    http_sock: socket.socket
-    grpc_sock: socket.socket | None
+    http_socks: list[socket.socket]  # one per address the host resolves to, as a lone server listens
+    grpc_socks: list[socket.socket] | None
     peers: Peers
 
 
@@ -74,35 +74,66 @@ def check_workers(count: int) -> None:
 
 
 class _Address:
-    """Where one protocol listens: resolved once, so every worker's socket (a replacement's too)
-    joins the same SO_REUSEPORT group on the same port."""
+    """Where one protocol listens: every address the host resolves to (as a lone server binds
+    them), on one port, resolved once so that every worker's sockets (a replacement's too) join
+    the same SO_REUSEPORT groups."""
 
     def __init__(self, host: str, port: int, what: str) -> None:
         self.host, self.what = host, what
         try:
-            self.family, self.kind, self.proto, _, self.address = socket.getaddrinfo(
-                host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+            infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         except socket.gaierror as e:
             raise EdgempError(f"cannot listen{what} on {host}:{port}: {e.strerror}") from e
+        self.targets = list(dict.fromkeys((family, kind, proto, address) for family, kind, proto, _, address in infos))
+        self.port = port
+        self._claim()
 
-    @property
-    def port(self) -> int:
-        return self.address[1]
+    def _claim(self) -> None:
+        """Fail now, as a lone server would, if something listens there already.
 
-    def bind(self) -> socket.socket:
-        """A new listening socket in the group (port 0: the first one picks the port for all)."""
-        sock = socket.socket(self.family, self.kind, self.proto)
+        Linux lets any process of the same user join a SO_REUSEPORT group, so binding the
+        group straight away would "succeed" beside a server started earlier on the same port
+        and silently take half its connections. A plain bind (SO_REUSEADDR only, as a lone
+        server binds) on every address is refused by any listener; port 0 picks the port here.
+        """
+        probes: list[socket.socket] = []
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind(self.address)
-            sock.listen(BACKLOG)
-            sock.setblocking(False)
+            for family, kind, proto, address in self.targets:
+                probe = socket.socket(family, kind, proto)
+                probes.append(probe)
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                probe.bind((address[0], self.port, *address[2:]))
+                self.port = probe.getsockname()[1]
         except OSError as e:
-            sock.close()
             raise EdgempError(f"cannot listen{self.what} on {self.host}:{self.port}: {e.strerror}") from e
-        self.address = (self.address[0], sock.getsockname()[1], *self.address[2:])
-        return sock
+        finally:
+            for probe in probes:
+                probe.close()
+
+    def bind(self) -> list[socket.socket]:
+        """New listening sockets in the groups, one per address."""
+        socks: list[socket.socket] = []
+        try:
+            for family, kind, proto, address in self.targets:
+                sock = socket.socket(family, kind, proto)
+                socks.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:  # as asyncio binds: [::] does not take IPv4 from 0.0.0.0's socket
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((address[0], self.port, *address[2:]))
+                sock.listen(BACKLOG)
+                sock.setblocking(False)
+        except OSError as e:
+            for sock in socks:
+                sock.close()
+            raise EdgempError(f"cannot listen{self.what} on {self.host}:{self.port}: {e.strerror}") from e
+        return socks
+
+
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 class _Launcher:
@@ -123,22 +154,30 @@ class _Launcher:
         try:
             grpc = self.grpc.bind() if self.grpc is not None else None
         except BaseException:
-            http.close()
+            for sock in http:
+                sock.close()
             raise
+        # A stop signal must not reach the child while it still has the supervisor's handlers:
+        # blocked across the fork, the child restores the defaults first (a signal while it loads
+        # the models ends it; its server installs its own drain handlers once it serves).
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
             pid = os.fork()
             if pid == 0:  # the child never returns from here, whatever happens
                 code = 1
                 try:
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    signal.signal(signal.SIGINT, signal.default_int_handler)
+                    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
                     os.close(self.read_fd)
                     code = _child(Worker(index, self.count, http, grpc, Peers(self.folder, index, self.count)),
                                   self.serve_one, self.write_fd)
                 finally:
                     os._exit(code)
         finally:
-            http.close()  # the worker holds its own: its socket leaves the group when it exits
-            if grpc is not None:
-                grpc.close()
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # the supervisor's pending signal runs now
+            for sock in http + (grpc or []):
+                sock.close()  # the worker holds its own: its sockets leave the groups when it exits
         return pid
 
 
@@ -244,6 +283,7 @@ class _Supervisor:
         self.announced = False
         self.deaths: dict[int, list[float]] = {}  # index -> when its processes died unexpectedly
         self.stopping = False
+        self.signalled: set[int] = set()  # pids sent SIGTERM
         self.failure: str | None = None  # why the server stops with status 1
         self._buffer = b""
 
@@ -271,6 +311,8 @@ class _Supervisor:
             self._fail(str(e) if isinstance(e, EdgempError) else f"could not start worker {index}: {e}")
             return
         self.children[pid] = index
+        if self.stopping:  # a stop signal came during the fork
+            self._stop()
 
     def _fail(self, reason: str) -> None:
         if self.failure is None:  # the first failure is the one reported
@@ -283,9 +325,12 @@ class _Supervisor:
         self._stop()
 
     def _stop(self) -> None:
+        """SIGTERM each worker once: a second signal would only repeat the drain it started."""
         self.stopping = True
         for pid in self.children:
-            _kill(pid, signal.SIGTERM)
+            if pid not in self.signalled:
+                self.signalled.add(pid)
+                _kill(pid, signal.SIGTERM)
 
     def _read_messages(self, wait_s: float) -> None:
         """Handle what the workers wrote (waiting up to ``wait_s`` for it)."""

@@ -215,6 +215,105 @@ def test_a_worker_that_keeps_dying_stops_the_server(model_path, tmp_path):
     assert _worker_pids(srv.proc.pid) == []
 
 
+def _serve_in_own_group(model: Path, port: int, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "edgemp.cli.serve", str(model), "--port", str(port), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                            start_new_session=True)
+
+
+def _read_until(proc: subprocess.Popen, text: str, count: int = 1, timeout: float = 60.0) -> str:
+    out, deadline = "", time.monotonic() + timeout
+    while out.count(text) < count:
+        line = proc.stdout.readline()
+        assert line and time.monotonic() < deadline, f"no {text!r}:\n{out[-3000:]}"
+        out += line
+    return out
+
+
+@pytest.mark.parametrize("sig,target", [(signal.SIGTERM, "supervisor"), (signal.SIGINT, "group")])
+def test_a_stop_signal_during_start_up_stops_every_worker(model_path, tmp_path, sig, target):
+    """A signal while the workers still load their models (a repository of 40 models here) stops
+    the server; it used to run a forked copy of the supervisor's handler in each worker and serve on."""
+    repo = tmp_path / "repo"
+    for i in range(40):
+        (repo / f"m{i:02d}").mkdir(parents=True)
+        (repo / f"m{i:02d}" / "model.onnx").write_bytes(model_path.read_bytes())
+    proc = _serve_in_own_group(repo, free_port(), "--workers", "2")
+    try:
+        out = _read_until(proc, "loaded model", 6)
+        (os.killpg if target == "group" else os.kill)(proc.pid, sig)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    out += rest
+    assert proc.returncode == 0, out[-3000:]
+    assert "all 2 workers stopped" in out and "Traceback" not in out, out[-3000:]
+    assert "serving on" not in out  # it never announced a server it was stopping
+
+
+def test_ctrl_c_to_the_group_lets_every_worker_finish_its_drain(model_path):
+    """Ctrl-C reaches every worker and the supervisor, which forwards SIGTERM: the second
+    signal must not cut a worker's clean-up short (it did, and the supervisor called it clean)."""
+    for _ in range(3):
+        proc = _serve_in_own_group(model_path, free_port(), "--name", "gnn", "--workers", "2")
+        try:
+            _read_until(proc, "with 2 workers")
+            os.killpg(proc.pid, signal.SIGINT)
+            out, _ = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        assert proc.returncode == 0, out[-3000:]
+        assert len(re.findall(r"worker-\d .*shutdown complete", out)) == 2, out[-3000:]
+
+
+def test_a_second_server_on_the_same_port_is_refused(model_path, tmp_path):
+    """SO_REUSEPORT lets any process of the user join a port's group: a second server must not
+    silently take half the first one's connections."""
+    port, gport = free_port(), free_port()
+    first = start_server(model_path, tmp_path, "--name", "gnn", "--workers", "2", "--grpc-port", str(gport))
+    try:
+        for args in (["--port", str(port), "--workers", "2"], ["--workers", "2", "--grpc-port", str(gport)],
+                     []):
+            cmd = [sys.executable, "-m", "edgemp.cli.serve", str(model_path), "--port", str(first.port), *args]
+            if args[:2] == ["--port", str(port)]:  # the gRPC port taken instead
+                cmd = [sys.executable, "-m", "edgemp.cli.serve", str(model_path), "--port", str(port), "--workers",
+                       "2", "--grpc-port", str(gport)]
+            second = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
+            assert second.returncode == 1, second.stderr[-2000:]
+            assert second.stderr.strip().splitlines()[-1].startswith("error: cannot listen"), second.stderr[-2000:]
+            assert "address already in use" in second.stderr.lower()
+    finally:
+        assert first.stop() == 0
+
+
+def test_every_address_of_the_host_is_served(model_path):
+    """A host that resolves to several addresses ("" is every IPv4 and IPv6 one) is served on all
+    of them, as a lone server serves it."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    port = free_port()
+    proc = _serve_in_own_group(model_path, port, "--name", "gnn", "--workers", "2", "--host", "")
+    try:
+        _read_until(proc, "with 2 workers")
+        for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+            with socket.socket(family) as s:
+                s.settimeout(10)
+                s.connect((host, port))
+                s.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                assert s.recv(100).startswith(b"HTTP/1.1 200"), host
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
+
+
 def test_a_worker_that_cannot_start_is_one_line(tmp_path):
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"not an onnx model")

@@ -41,21 +41,22 @@ class H2Listener:
         self.min_rate = config.body_min_rate_bytes_per_s
         self.max_connections = connection_limit(config.max_connections)
         self.connections: set[H2Connection] = set()
-        self.server: asyncio.AbstractServer | None = None
+        self.servers: list[asyncio.AbstractServer] = []
         self.draining = False
         self._sweeper: asyncio.TimerHandle | None = None
         self._refused_log = RateLimitedLog(logger)
 
-    async def start(self, host: str, port: int, sock: "socket.socket | None" = None) -> int:
-        """Listen on ``host:port`` (0 picks a free port), or on ``sock`` already bound; the bound port."""
+    async def start(self, host: str, port: int, socks: "list[socket.socket] | None" = None) -> int:
+        """Listen on ``host:port`` (0 picks a free port), or on ``socks`` already bound; the bound port."""
         loop = asyncio.get_running_loop()
         factory = lambda: H2Connection(self.handler, self.limits, self)  # noqa: E731
-        if sock is not None:
-            self.server = await loop.create_server(factory, sock=sock, backlog=1024)
+        if socks:
+            for sock in socks:
+                self.servers.append(await loop.create_server(factory, sock=sock, backlog=1024))
         else:
-            self.server = await loop.create_server(factory, host, port, backlog=1024, reuse_address=True)
+            self.servers.append(await loop.create_server(factory, host, port, backlog=1024, reuse_address=True))
         self._sweeper = loop.call_later(SWEEP_S, self._sweep)
-        return self.server.sockets[0].getsockname()[1]
+        return self.servers[0].sockets[0].getsockname()[1]
 
     # -- called by connections -------------------------------------------------------------
     def admit(self, conn: H2Connection) -> bool:
@@ -106,8 +107,8 @@ class H2Listener:
     def begin_drain(self) -> None:
         """Stop accepting; every connection gets GOAWAY and closes once its open streams are answered."""
         self.draining = True
-        if self.server is not None:
-            self.server.close()
+        for server in self.servers:
+            server.close()
         for conn in list(self.connections):
             conn.goaway(f.NO_ERROR, "server shutting down")
 
@@ -121,5 +122,5 @@ class H2Listener:
             conn.abort(f.NO_ERROR, "server shut down")
         if self._sweeper is not None:
             self._sweeper.cancel()
-        if self.server is not None:
-            await self.server.wait_closed()
+        for server in self.servers:
+            await server.wait_closed()
