@@ -162,7 +162,15 @@ def serve(model: Path, host: str, port: int, grpc_port: int | None, workers: int
     check_workers(workers)
     sources = discover(model, batcher, name=name, providers=providers, threads=threads)
     if workers > 1:
+        from edgemp.runtime.server.repository import model_files_state
+
+        files = model_files_state(sources)
+
         def serve_one(worker, ready) -> None:  # in each worker process, after the fork
+            changed = [path for path, was in model_files_state(sources).items() if files.get(path) != was]
+            if changed:  # a replacement would serve another model than the other workers, under the same name
+                raise EdgempError(f"{changed[0]} changed since the server started; a new worker would serve "
+                                  "another model than the others: restart the server to serve it")
             run_server(create_app(sources, config), config, started_at=started, on_ready=lambda port: ready(),
                        worker=worker)
 

@@ -75,6 +75,10 @@ class Peers:
             await self._server.wait_closed()
             self._server = None
             self.path(self.index).unlink(missing_ok=True)  # not left behind if the supervisor cannot clean up
+            try:
+                self.folder.rmdir()  # the last worker out, if the supervisor is gone (SIGKILL)
+            except OSError:
+                pass  # others still in it, or gone already
 
     async def _read(self, index: int) -> bytes:
         reader, writer = await asyncio.open_unix_connection(str(self.path(index)))

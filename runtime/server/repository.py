@@ -217,3 +217,36 @@ def discover(
         raise EdgempError(f"model repository {root} holds no models (expected <name>/model.onnx or "
                           "<name>/<version>/model.onnx, <version> in digits 0-9)")
     return sources
+
+
+FileState = tuple[int, int, int, int] | None  # size, mtime (ns), inode, device; None: missing
+
+
+def model_files_state(sources: list[ModelSource]) -> dict[str, FileState]:
+    """The files serving ``sources`` loads, as they are on disk now.
+
+    A ``--workers`` replacement loads its models when it starts, maybe long after the
+    others did; comparing this with the state at the server's start tells whether it
+    would load something else (a file rewritten or replaced in place). The model file,
+    files named after it (external data), a text model's tokenizer; a folder: its files.
+    """
+    from glob import escape
+
+    from edgemp.text_spec import TOKENIZER_FILE
+
+    paths: set[Path] = set()
+    for source in sources:
+        p = source.path
+        if p.is_dir():
+            paths.update(f for f in p.iterdir() if f.is_file())
+        else:
+            paths.update({p, p.parent / TOKENIZER_FILE, *p.parent.glob(escape(p.name) + "*")})
+    state: dict[str, FileState] = {}
+    for path in sorted(paths):
+        try:
+            st = path.stat()
+        except OSError:
+            state[str(path)] = None
+            continue
+        state[str(path)] = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+    return state

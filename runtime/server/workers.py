@@ -17,9 +17,11 @@ batchers, the HTTP and gRPC listeners) on sockets this supervisor bound before f
   fail the same way in every replacement.
 - **Failure**: a worker that dies while serving (OOM-killed, a crash in native code) is
   replaced by a new process with new sockets in the same groups; its open connections are
-  lost with it, as with any crashed server, and the others keep serving meanwhile. One that
-  dies a third time within a minute stops the server (the others drain; exit 1), so a crash
-  loop reaches the process manager instead of spinning here.
+  lost with it, as with any crashed server, and the others keep serving meanwhile. Three
+  deaths within a minute (or one per worker, if there are more) stop the server (the others
+  drain; exit 1), so a crash loop reaches the process manager instead of spinning here. A
+  replacement refuses to start if a model file changed since the server started: it would
+  serve another model than the others under the same name.
 - **Stop**: SIGTERM/SIGINT to the supervisor drain every worker (each as a lone server
   does); exit 0 once all have.
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
 import tempfile
@@ -50,7 +53,7 @@ logger = logging.getLogger(__name__)
 
 MAX_WORKERS = 256
 BACKLOG = 1024
-MAX_DEATHS = 3  # a worker that dies this often within RESTART_WINDOW_S stops the server (a crash loop)
+MAX_DEATHS = 3  # this many deaths (at least one per worker) within RESTART_WINDOW_S stop the server
 RESTART_WINDOW_S = 60.0
 
 
@@ -86,6 +89,7 @@ class _Address:
             raise EdgempError(f"cannot listen{what} on {host}:{port}: {e.strerror}") from e
         self.targets = list(dict.fromkeys((family, kind, proto, address) for family, kind, proto, _, address in infos))
         self.port = port
+        self.anchors: list[socket.socket] = []
         self._claim()
 
     def _claim(self) -> None:
@@ -106,14 +110,32 @@ class _Address:
                     probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 probe.bind((address[0], self.port, *address[2:]))
                 self.port = probe.getsockname()[1]
+            for probe in probes:
+                probe.close()
+            # Then held until the server stops: a group socket that never listens (so it is never
+            # given a connection) keeps every other binder off the port between and after the
+            # workers' binds: the gRPC claim of a --port 0 server, a --grpc-port equal to --port.
+            self.anchors = self._sockets(listen=False)
         except OSError as e:
+            self.close()
             raise EdgempError(f"cannot listen{self.what} on {self.host}:{self.port}: {e.strerror}") from e
         finally:
             for probe in probes:
                 probe.close()
 
+    def close(self) -> None:
+        for sock in self.anchors:
+            sock.close()
+        self.anchors = []
+
     def bind(self) -> list[socket.socket]:
         """New listening sockets in the groups, one per address."""
+        try:
+            return self._sockets(listen=True)
+        except OSError as e:
+            raise EdgempError(f"cannot listen{self.what} on {self.host}:{self.port}: {e.strerror}") from e
+
+    def _sockets(self, listen: bool) -> list[socket.socket]:
         socks: list[socket.socket] = []
         try:
             for family, kind, proto, address in self.targets:
@@ -124,12 +146,13 @@ class _Address:
                 if family == socket.AF_INET6:  # as asyncio binds: [::] does not take IPv4 from 0.0.0.0's socket
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.bind((address[0], self.port, *address[2:]))
-                sock.listen(BACKLOG)
-                sock.setblocking(False)
-        except OSError as e:
+                if listen:
+                    sock.listen(BACKLOG)
+                    sock.setblocking(False)
+        except OSError:
             for sock in socks:
                 sock.close()
-            raise EdgempError(f"cannot listen{self.what} on {self.host}:{self.port}: {e.strerror}") from e
+            raise
         return socks
 
 
@@ -145,8 +168,30 @@ class _Launcher:
         self.serve_one = serve_one
         self.folder = folder
         self.read_fd, self.write_fd = read_fd, write_fd
+        if config.grpc_port == config.port != 0:  # SO_REUSEPORT would put both in one group, not refuse it
+            raise EdgempError(f"cannot listen for gRPC on {config.host}:{config.port}: it is the HTTP port too")
         self.http = _Address(config.host, config.port, "")
-        self.grpc = _Address(config.host, config.grpc_port, " for gRPC") if config.grpc_port is not None else None
+        self.grpc: _Address | None = None
+        try:
+            for _ in range(8):  # port 0 for both: the kernel may hand gRPC the port just claimed for HTTP
+                if config.grpc_port is None:
+                    break
+                if self.grpc is not None:
+                    self.grpc.close()
+                self.grpc = _Address(config.host, config.grpc_port, " for gRPC")
+                if self.grpc.port != self.http.port:
+                    break
+            else:
+                raise EdgempError(f"cannot listen for gRPC on {config.host}: no free port apart from HTTP's")
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Let the ports go (the workers' own sockets close with them)."""
+        self.http.close()
+        if getattr(self, "grpc", None) is not None:
+            self.grpc.close()
 
     def launch(self, index: int) -> int:
         """Start worker ``index``; its pid. Raises EdgempError if its sockets cannot be bound."""
@@ -170,6 +215,7 @@ class _Launcher:
                     signal.signal(signal.SIGINT, signal.default_int_handler)
                     signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
                     os.close(self.read_fd)
+                    self.close()  # the supervisor's anchors: a worker must not hold the ports after it
                     code = _child(Worker(index, self.count, http, grpc, Peers(self.folder, index, self.count)),
                                   self.serve_one, self.write_fd)
                 finally:
@@ -193,13 +239,14 @@ def serve_workers(count: int, config: ServerConfig, serve_one: Callable[[Worker,
     read_fd, write_fd = os.pipe()
     try:
         launcher = _Launcher(config, count, serve_one, folder, read_fd, write_fd)
-        _Supervisor(launcher, config, started_at).run()
+        try:
+            _Supervisor(launcher, config, started_at).run()
+        finally:
+            launcher.close()
     finally:
         os.close(read_fd)
         os.close(write_fd)
-        for path in folder.iterdir():
-            path.unlink(missing_ok=True)
-        folder.rmdir()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _child(worker: Worker, serve_one: Callable[[Worker, Callable[[], None]], None], notify_fd: int) -> int:
@@ -281,25 +328,24 @@ class _Supervisor:
         self.children: dict[int, int] = {}  # pid -> worker index
         self.ready: set[int] = set()  # indexes whose current process serves
         self.announced = False
-        self.deaths: dict[int, list[float]] = {}  # index -> when its processes died unexpectedly
+        self.deaths: list[float] = []  # when workers died unexpectedly
         self.stopping = False
         self.signalled: set[int] = set()  # pids sent SIGTERM
         self.failure: str | None = None  # why the server stops with status 1
         self._buffer = b""
 
     def run(self) -> None:
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            for index in range(self.count):
-                if self.stopping:
-                    break
-                self._launch(index)
-            while self.children:
-                self._read_messages(0.1)
-                self._reap()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        # Left installed after the loop: a stop signal in the last moments before exit is absorbed,
+        # not the process's end by that signal (an exit status other than the server's).
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, self._on_signal)
+        for index in range(self.count):
+            if self.stopping:
+                break
+            self._launch(index)
+        while self.children:
+            self._read_messages(0.1)
+            self._reap()
         if self.failure is not None:
             raise EdgempError(self.failure)
         logger.info("all %d workers stopped; shutdown complete", self.count)
@@ -373,6 +419,7 @@ class _Supervisor:
             index = self.children.pop(pid, None)
             if index is None:
                 continue
+            self._read_messages(0)  # what it wrote before it exited: "ready", or why it could not start
             was_ready = index in self.ready
             self.ready.discard(index)
             code = os.waitstatus_to_exitcode(status)
@@ -380,19 +427,15 @@ class _Supervisor:
                 if code not in (0, -signal.SIGTERM, -signal.SIGINT):  # not as asked
                     self._fail(f"worker {index} (pid {pid}) {_exit_reason(status)} while stopping")
                 continue
-            self._read_messages(0)  # a worker that could not start wrote why before it exited
-            if self.stopping:
-                continue
             what = f"worker {index} (pid {pid}) {_exit_reason(status)}"
             if not was_ready:
                 self._fail(f"{what} before it was ready; the other workers were stopped")
                 continue
             now = time.monotonic()
-            recent = self.deaths[index] = [t for t in self.deaths.get(index, []) if now - t < RESTART_WINDOW_S] + [now]
-            if len(recent) >= MAX_DEATHS:
-                self._fail(f"{what}; worker {index} died {len(recent)} times within {RESTART_WINDOW_S:.0f} s, "
+            self.deaths = [t for t in self.deaths if now - t < RESTART_WINDOW_S] + [now]
+            if len(self.deaths) >= max(MAX_DEATHS, self.count):  # server-wide: deaths that rotate count too
+                self._fail(f"{what}; {len(self.deaths)} workers died within {RESTART_WINDOW_S:.0f} s, "
                            "so the other workers were stopped")
-                logger.error("%s", self.failure)
                 continue
             # Its connections are gone (their clients see a reset, as from any crashed server); new ones go
             # to the others until the replacement listens. Its counters leave the statistics' sums.

@@ -208,8 +208,9 @@ def test_a_worker_that_keeps_dying_stops_the_server(model_path, tmp_path):
         srv.stop()
     log = srv.log()
     assert code == 1, log[-3000:]
-    assert re.search(rf"error: worker (\d) \(pid {victim}\) was killed by SIGKILL; worker \1 died 3 times within "
+    assert re.search(rf"error: worker \d \(pid {victim}\) was killed by SIGKILL; 3 workers died within "
                      r"60 s, so the other workers were stopped", log), log[-3000:]
+    assert log.count("3 workers died") == 1  # one line, the error
     assert "shutdown complete" in log  # the other worker drained
     assert "Traceback" not in log
     assert _worker_pids(srv.proc.pid) == []
@@ -286,6 +287,36 @@ def test_a_second_server_on_the_same_port_is_refused(model_path, tmp_path):
             assert "address already in use" in second.stderr.lower()
     finally:
         assert first.stop() == 0
+
+
+def test_http_and_grpc_on_one_port_is_refused(model_path):
+    port = free_port()
+    proc = subprocess.run([sys.executable, "-m", "edgemp.cli.serve", str(model_path), "--port", str(port),
+                           "--grpc-port", str(port), "--workers", "2"], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: cannot listen for gRPC on 127.0.0.1:{port}")
+
+
+def test_a_replacement_does_not_serve_a_changed_model(model_path, tmp_path):
+    """A worker that died is replaced by a new process that loads the model again: if the file
+    changed meanwhile, it would answer as the same model with other weights. It refuses to start."""
+    served = tmp_path / "served.onnx"
+    served.write_bytes(model_path.read_bytes())
+    srv = start_server(served, tmp_path, "--name", "gnn", "--workers", "2")
+    try:
+        _wait_for(srv, "with 2 workers")
+        served.write_bytes(model_path.read_bytes() + b"")  # rewritten in place: a new mtime
+        os.utime(served, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+        os.kill(_worker_pids(srv.proc.pid)[0], signal.SIGKILL)
+        code = srv.proc.wait(30)
+    finally:
+        srv.stop()
+    log = srv.log()
+    assert code == 1, log[-3000:]
+    errors = [line for line in log.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {served} changed since the server started; a new worker would serve another model "
+                      "than the others: restart the server to serve it"], log[-3000:]
 
 
 def test_every_address_of_the_host_is_served(model_path):
