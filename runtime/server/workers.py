@@ -100,28 +100,16 @@ class _Address:
         and silently take half its connections. A plain bind (SO_REUSEADDR only, as a lone
         server binds) on every address is refused by any listener; port 0 picks the port here.
         """
-        probes: list[socket.socket] = []
         try:
-            for family, kind, proto, address in self.targets:
-                probe = socket.socket(family, kind, proto)
-                probes.append(probe)
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                probe.bind((address[0], self.port, *address[2:]))
-                self.port = probe.getsockname()[1]
-            for probe in probes:
+            for probe in self._sockets(reuseport=False, listen=False):
                 probe.close()
-            # Then held until the server stops: a group socket that never listens (so it is never
-            # given a connection) keeps every other binder off the port between and after the
-            # workers' binds: the gRPC claim of a --port 0 server, a --grpc-port equal to --port.
-            self.anchors = self._sockets(listen=False)
+            # Then held until the server stops: group sockets that never listen (so they are never
+            # given a connection) keep binders without SO_REUSEADDR off the port between and after
+            # the workers' own binds.
+            self.anchors = self._sockets(reuseport=True, listen=False)
         except OSError as e:
             self.close()
             raise EdgempError(f"cannot listen{self.what} on {self.host}:{self.port}: {e.strerror}") from e
-        finally:
-            for probe in probes:
-                probe.close()
 
     def close(self) -> None:
         for sock in self.anchors:
@@ -131,21 +119,24 @@ class _Address:
     def bind(self) -> list[socket.socket]:
         """New listening sockets in the groups, one per address."""
         try:
-            return self._sockets(listen=True)
+            return self._sockets(reuseport=True, listen=True)
         except OSError as e:
             raise EdgempError(f"cannot listen{self.what} on {self.host}:{self.port}: {e.strerror}") from e
 
-    def _sockets(self, listen: bool) -> list[socket.socket]:
+    def _sockets(self, reuseport: bool, listen: bool) -> list[socket.socket]:
+        """One socket per address, bound to the port (port 0: the first bind picks it for all)."""
         socks: list[socket.socket] = []
         try:
             for family, kind, proto, address in self.targets:
                 sock = socket.socket(family, kind, proto)
                 socks.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if reuseport:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 if family == socket.AF_INET6:  # as asyncio binds: [::] does not take IPv4 from 0.0.0.0's socket
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.bind((address[0], self.port, *address[2:]))
+                self.port = sock.getsockname()[1]
                 if listen:
                     sock.listen(BACKLOG)
                     sock.setblocking(False)
