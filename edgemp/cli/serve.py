@@ -157,9 +157,10 @@ def serve(model: Path, host: str, port: int, grpc_port: int | None, workers: int
         max_buffered_bytes=max_buffered_bytes, max_request_nodes=max_request_nodes,
         max_request_edges=max_request_edges, max_request_memory_bytes=max_request_memory_bytes,
     )
-    from edgemp.runtime.server.workers import check_workers, serve_workers
+    if workers != 1:  # imported only then: a lone server's start does not pay for it
+        from edgemp.runtime.server.workers import check_workers, serve_workers
 
-    check_workers(workers)
+        check_workers(workers)
     sources = discover(model, batcher, name=name, providers=providers, threads=threads)
     if workers > 1:
         from edgemp.runtime.server.repository import model_files_state

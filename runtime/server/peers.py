@@ -6,8 +6,8 @@ counters alone, ``edgemp_requests_total`` would jump between workers from scrape
 (``rate()`` reads every drop as a counter reset) and the V2 statistics would cover a
 random fraction of the traffic. So the worker that is asked collects the others' raw
 counters, each over a Unix socket in a folder only this user can enter (the supervisor
-makes it, mode 0700), and answers with the sums. Nothing here runs per inference request:
-the exchange costs a statistics request a few hundred microseconds per worker.
+makes it, mode 0700), and answers with the sums. Nothing here runs per inference request,
+only per statistics request.
 
 A worker that cannot be reached (it is gone or stuck) makes the statistics request fail
 with 503 rather than answer a partial sum: a counter that silently loses a worker's share
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,8 +25,6 @@ from edgemp.runtime.server.stats import ModelStats
 
 if TYPE_CHECKING:
     from edgemp.runtime.server.state import ServerState
-
-logger = logging.getLogger(__name__)
 
 ANSWER_TIMEOUT_S = 2.0  # a worker whose event loop cannot answer this fast is stuck
 MAX_ANSWER_BYTES = 16 * 1024 * 1024  # a few KB per model in practice
