@@ -112,15 +112,18 @@ async def serve_app(
             await runner.cleanup()  # closes listeners, waits for handlers, runs on_cleanup (batchers)
             if worker is not None:
                 await worker.peers.close()
+            for served in state.models.values():
+                s = served.stats.to_json(served.name, served.version)["inference_stats"]
+                logger.info("model %r: %d request(s) succeeded, %d failed; shutdown complete",
+                            served.name, s["success"]["count"], s["fail"]["count"])
         finally:
             # Only now: a second signal during the clean-up (Ctrl-C reaches every worker and its
-            # supervisor, which forwards SIGTERM) must not kill it half-way.
+            # supervisor, which forwards SIGTERM) must not kill it half-way. A worker has nothing
+            # left to do but exit, so it ignores them from here on.
             for sig in signals:
                 loop.remove_signal_handler(sig)
-    for served in state.models.values():
-        s = served.stats.to_json(served.name, served.version)["inference_stats"]
-        logger.info("model %r: %d request(s) succeeded, %d failed; shutdown complete",
-                    served.name, s["success"]["count"], s["fail"]["count"])
+                if worker is not None:
+                    signal.signal(sig, signal.SIG_IGN)
 
 
 def _on_signal(sig: signal.Signals, stop: asyncio.Event) -> None:

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -188,7 +189,9 @@ def test_a_worker_that_dies_is_replaced_and_nothing_else_is_lost(model_path, tmp
     assert "Traceback" not in log
 
 
-def test_a_worker_that_keeps_dying_stops_the_server(model_path, tmp_path):
+@pytest.mark.parametrize("rotating", [False, True], ids=["same-worker", "rotating-workers"])
+def test_workers_that_keep_dying_stop_the_server(model_path, tmp_path, rotating):
+    """Three deaths within a minute stop the server, whether one worker keeps dying or they take turns."""
     srv = start_server(model_path, tmp_path, "--name", "gnn", "--workers", "2")
     try:
         _wait_for(srv, "with 2 workers")
@@ -199,10 +202,11 @@ def test_a_worker_that_keeps_dying_stops_the_server(model_path, tmp_path):
             if death == 3:
                 break
             _wait_for(srv, "serves again", death)
-            fresh = [p for p in _worker_pids(srv.proc.pid) if p not in pids]
+            alive = _worker_pids(srv.proc.pid)
+            fresh = [p for p in alive if p not in pids]
             assert len(fresh) == 1, (pids, fresh)
-            victim = fresh[0]
-            pids.append(victim)
+            pids.append(fresh[0])
+            victim = [p for p in alive if p != fresh[0]][0] if rotating else fresh[0]
         code = srv.proc.wait(30)
     finally:
         srv.stop()
@@ -214,6 +218,31 @@ def test_a_worker_that_keeps_dying_stops_the_server(model_path, tmp_path):
     assert "shutdown complete" in log  # the other worker drained
     assert "Traceback" not in log
     assert _worker_pids(srv.proc.pid) == []
+
+
+def test_workers_of_a_killed_supervisor_stop_and_leave_nothing(model_path):
+    """SIGKILL to the supervisor: its workers drain and exit (Linux's parent-death signal) and the
+    last one out removes the folder of the statistics sockets."""
+    import glob
+
+    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "edgemp-workers-*")))
+    proc = _serve_in_own_group(model_path, free_port(), "--name", "gnn", "--workers", "2")
+    try:
+        _read_until(proc, "with 2 workers")
+        workers = _worker_pids(proc.pid)
+        ours = set(glob.glob(os.path.join(tempfile.gettempdir(), "edgemp-workers-*"))) - before
+        assert len(ours) == 1 and len(workers) == 2
+        proc.kill()
+        proc.wait(10)
+        deadline = time.monotonic() + 30
+        while any(Path(f"/proc/{p}").exists() for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(Path(f"/proc/{p}").exists() for p in workers), "workers outlived their supervisor"
+        assert not any(Path(f).exists() for f in ours), "the sockets' folder was left behind"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+        for p in _worker_pids(proc.pid):
+            os.kill(p, signal.SIGKILL)
 
 
 def _serve_in_own_group(model: Path, port: int, *args: str) -> subprocess.Popen:
