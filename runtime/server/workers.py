@@ -258,9 +258,7 @@ def _child(worker: Worker, serve_one: Callable[[Worker, Callable[[], None]], Non
         return 0
     except KeyboardInterrupt:  # Ctrl-C before the server's own handlers were up: a stop, not a failure
         return 0
-    except EdgempError as e:
-        message = str(e)
-    except OSError as e:
+    except (EdgempError, OSError) as e:
         message = str(e)
     except BaseException as e:  # noqa: BLE001 - anything else: the traceback in the log, one line up
         logger.error("worker %d failed:\n%s", worker.index, traceback.format_exc())
