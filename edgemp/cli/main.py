@@ -2,7 +2,8 @@
 
 Subcommands import their heavy dependencies lazily inside the command body, so
 ``edgemp --help`` and runtime commands never import torch. A user error
-(:class:`edgemp.errors.EdgempError`) prints one line and exits 1.
+(:class:`edgemp.errors.EdgempError`) prints one line and exits 1; a usage error (a missing
+argument, a bad value) one line too, exit 2 (:mod:`edgemp.cli.oneline`).
 """
 from __future__ import annotations
 
@@ -56,7 +57,9 @@ def cli() -> None:
 
 
 def main() -> None:
-    cli(prog_name="edgemp")
+    from edgemp.cli import oneline
+
+    oneline.run(cli, "edgemp")
 
 
 if __name__ == "__main__":

@@ -189,7 +189,9 @@ COMMANDS = [serve]
 
 def serve_main() -> None:
     """Entry point of the ``edgemp-serve`` console script."""
-    serve(prog_name="edgemp-serve")
+    from edgemp.cli import oneline
+
+    oneline.run(serve, "edgemp-serve")
 
 
 if __name__ == "__main__":
