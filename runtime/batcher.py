@@ -172,6 +172,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._closed = False
         self._busy = False  # a batch is running (on the worker, or inline in run_now)
+        self._busy_since_ns = 0  # when it started (read without the lock: one int)
         # The most requests that can be outstanding at once, or None when unknown; set by
         # the server (its open HTTP/1.1 connections carry one request each). Read on the
         # worker thread: it must be quick and must not raise.
@@ -284,6 +285,7 @@ class Batcher:
             if self._queue or self._busy or self._closed or waits:
                 return None
             self._busy = True
+            self._busy_since_ns = time.perf_counter_ns()
         try:
             checked = self._admit(graphs)
             start = time.perf_counter_ns()
@@ -317,6 +319,13 @@ class Batcher:
             return
         with self._cond:
             self._cond.notify()
+
+    def running_for_s(self) -> float:
+        """How long the batch running now has run (0.0 when none is): a model call that never
+        returns (a hung GPU, a deadlock in native code) shows here, and nowhere else."""
+        if not self._busy:  # first: a start time read after it is this batch's or a later one's
+            return 0.0
+        return (time.perf_counter_ns() - self._busy_since_ns) / 1e9
 
     def predict(self, graphs: Sequence[Graph], timeout_us: int | None = None) -> list[dict[str, np.ndarray]]:
         """Blocking convenience: submit and wait for the result."""
@@ -409,6 +418,7 @@ class Batcher:
                     batch = [self._queue.popleft() for _ in range(take)]
                     self._queue_graphs -= sum(len(r.graphs) for r in batch)
                     self._busy = True
+                    self._busy_since_ns = now
                     return batch, []
                 wake = min([flush_at] + [r.deadline_ns for r in self._queue if r.deadline_ns is not None])
                 self._cond.wait(max(wake - now, 0) / 1e9)

@@ -89,6 +89,9 @@ def _token(token_file: Path | None) -> str | None:
 @click.option("--workers", default=1, show_default=True, type=int,
               help="Server processes on the same port(s), each with its own copy of the model: throughput on more "
                    "cores. Statistics and /metrics are summed over them; limits are per worker. POSIX only.")
+@click.option("--worker-timeout-s", default=30.0, show_default=True, type=float,
+              help="With --workers: a worker whose event loop, or one model run, has been stuck this long is "
+                   "killed and replaced (0 = never).")
 @click.option("--name", default=None, help="Model name for a single .onnx file (default: file stem).")
 @click.option("--max-batch-graphs", default=64, show_default=True, type=int, help="Graphs per batch.")
 @click.option("--max-batch-nodes", default=4096, show_default=True, type=int, help="Nodes per batch.")
@@ -128,7 +131,8 @@ def _token(token_file: Path | None) -> str | None:
               help="One log line per request (never tensor data); costs 30-45 µs of server CPU per request.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def serve(model: Path, host: str, port: int, grpc_port: int | None, workers: int, name: str | None, max_batch_graphs: int, max_batch_nodes: int,
+def serve(model: Path, host: str, port: int, grpc_port: int | None, workers: int, worker_timeout_s: float,
+          name: str | None, max_batch_graphs: int, max_batch_nodes: int,
           max_batch_edges: int, max_queue_delay_us: int, max_queue_size: int, request_timeout_us: int,
           max_body_bytes: int, header_timeout_s: float, body_min_rate_bytes_per_s: int, keepalive_timeout_s: float,
           max_connections: int, max_buffered_bytes: int, max_request_nodes: int, max_request_edges: int,
@@ -160,7 +164,7 @@ def serve(model: Path, host: str, port: int, grpc_port: int | None, workers: int
     if workers != 1:  # imported only then: a lone server's start does not pay for it
         from edgemp.runtime.server.workers import check_workers, serve_workers
 
-        check_workers(workers)
+        check_workers(workers, worker_timeout_s)
     sources = discover(model, batcher, name=name, providers=providers, threads=threads)
     if workers > 1:
         from edgemp.runtime.server.repository import model_files_state
@@ -175,7 +179,7 @@ def serve(model: Path, host: str, port: int, grpc_port: int | None, workers: int
             run_server(create_app(sources, config), config, started_at=started, on_ready=lambda port: ready(),
                        worker=worker)
 
-        serve_workers(workers, config, serve_one, started)
+        serve_workers(workers, config, serve_one, started, worker_timeout_s)
         return
     app = create_app(sources, config)
     try:

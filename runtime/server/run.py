@@ -93,6 +93,7 @@ async def serve_app(
         logger.info("serving %s on http://%s:%d%s", ", ".join(sorted(state.models)), config.host, port, since)
     else:  # the supervisor says "serving" once every worker is ready
         logger.info("worker %d ready%s", worker.index, since)
+        worker.keep_reporting(state)  # from now on its supervisor knows a silent worker is stuck
     if on_ready is not None:
         on_ready(port)
     try:

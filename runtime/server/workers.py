@@ -22,6 +22,14 @@ batchers, the HTTP and gRPC listeners) on sockets this supervisor bound before f
   drain; exit 1), so a crash loop reaches the process manager instead of spinning here. A
   replacement refuses to start if a model file changed since the server started: it would
   serve another model than the others under the same name.
+- **Stuck**: a worker that is alive but no longer serves (stopped by SIGSTOP or a cgroup
+  freezer, a deadlock, native code spinning with the GIL held, a model call that never
+  returns) would keep its share of new connections and hang them. Each worker reports to the
+  supervisor about once a second from its event loop, and skips the report while one of its
+  models has run a single batch for longer than ``--worker-timeout-s``; a worker not heard
+  from for that long is killed (SIGKILL) and replaced as a dead one is. Its requests in
+  flight are lost with it, as with a crash; later ones are answered by the others and then by
+  its replacement. The same bound ends a stop that a stuck worker would hold forever.
 - **Stop**: SIGTERM/SIGINT to the supervisor drain every worker (each as a lone server
   does); exit 0 once all have.
 
@@ -32,6 +40,7 @@ per worker.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import select
@@ -43,11 +52,14 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from edgemp.errors import EdgempError
 from edgemp.runtime.server.config import ServerConfig
 from edgemp.runtime.server.peers import Peers
+
+if TYPE_CHECKING:
+    from edgemp.runtime.server.state import ServerState
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +67,8 @@ MAX_WORKERS = 256
 BACKLOG = 1024
 MAX_DEATHS = 3  # this many deaths (at least one per worker) within RESTART_WINDOW_S stop the server
 RESTART_WINDOW_S = 60.0
+DEFAULT_TIMEOUT_S = 30.0  # a worker not heard from for this long is stuck (gunicorn's default, too)
+HEARTBEAT_S = 1.0  # how often a worker reports (more often for a timeout under 4 s)
 
 
 @dataclass
@@ -66,12 +80,33 @@ class Worker:
     http_socks: list[socket.socket]  # one per address the host resolves to, as a lone server listens
     grpc_socks: list[socket.socket] | None
     peers: Peers
+    notify_fd: int = -1  # the supervisor's pipe: "ready", "alive", or why it could not start
+    timeout_s: float = DEFAULT_TIMEOUT_S  # 0: never reports (the supervisor does not watch)
+
+    def keep_reporting(self, state: "ServerState") -> None:
+        """Tell the supervisor "alive" now and about every second, on the running event loop,
+        until the loop stops. Only a loop that turns reports, and a worker one of whose models
+        has run one batch for longer than the timeout stays silent: it answers nothing either."""
+        if self.timeout_s <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        period = min(HEARTBEAT_S, self.timeout_s / 4)
+        message = f"H{self.index}"
+
+        def report() -> None:
+            if not any(served.batcher.running_for_s() > self.timeout_s for served in state.models.values()):
+                _tell(self.notify_fd, message)
+            loop.call_later(period, report)
+
+        report()
 
 
-def check_workers(count: int) -> None:
-    """Refuse a worker count this platform or this server cannot run, naming why."""
+def check_workers(count: int, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    """Refuse a worker count or timeout this platform or this server cannot run, naming why."""
     if not 1 <= count <= MAX_WORKERS:
         raise EdgempError(f"--workers must be in 1..{MAX_WORKERS}, got {count}")
+    if not 0 <= timeout_s < float("inf"):  # NaN fails this too
+        raise EdgempError(f"--worker-timeout-s must be a number of seconds >= 0 (0 = never), got {timeout_s}")
     if count > 1 and not (hasattr(os, "fork") and hasattr(socket, "SO_REUSEPORT")):
         raise EdgempError("--workers above 1 needs fork and SO_REUSEPORT (Linux, BSD, macOS); run one worker here")
 
@@ -154,8 +189,9 @@ class _Launcher:
     """Forks workers: a worker gets its own new sockets in each group, bound just before its fork."""
 
     def __init__(self, config: ServerConfig, count: int, serve_one: Callable[[Worker, Callable[[], None]], None],
-                 folder: Path, read_fd: int, write_fd: int) -> None:
+                 folder: Path, read_fd: int, write_fd: int, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.count = count
+        self.timeout_s = timeout_s
         self.serve_one = serve_one
         self.folder = folder
         self.read_fd, self.write_fd = read_fd, write_fd
@@ -207,8 +243,8 @@ class _Launcher:
                     signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
                     os.close(self.read_fd)
                     self.close()  # the supervisor's anchors: a worker must not hold the ports after it
-                    code = _child(Worker(index, self.count, http, grpc, Peers(self.folder, index, self.count)),
-                                  self.serve_one, self.write_fd)
+                    code = _child(Worker(index, self.count, http, grpc, Peers(self.folder, index, self.count),
+                                         self.write_fd, self.timeout_s), self.serve_one)
                 finally:
                     os._exit(code)
         finally:
@@ -219,17 +255,21 @@ class _Launcher:
 
 
 def serve_workers(count: int, config: ServerConfig, serve_one: Callable[[Worker, Callable[[], None]], None],
-                  started_at: float) -> None:
+                  started_at: float, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
     """Run ``count`` workers until SIGTERM/SIGINT; raises EdgempError (exit 1) when the server fails.
 
     ``serve_one(worker, ready)`` is a worker's whole life (load the models, serve until a
     signal, drain); it calls ``ready()`` once it accepts requests, and runs in a forked child.
+    A worker not heard from for ``timeout_s`` (0: never checked) is killed and replaced.
     """
-    check_workers(count)
+    check_workers(count, timeout_s)
     folder = Path(tempfile.mkdtemp(prefix="edgemp-workers-"))  # 0700: only this user reaches the peers' sockets
     read_fd, write_fd = os.pipe()
+    # Workers write without blocking: one whose supervisor stopped reading (SIGSTOP) drops its
+    # reports rather than freeze its event loop on a full pipe.
+    os.set_blocking(write_fd, False)
     try:
-        launcher = _Launcher(config, count, serve_one, folder, read_fd, write_fd)
+        launcher = _Launcher(config, count, serve_one, folder, read_fd, write_fd, timeout_s)
         try:
             _Supervisor(launcher, config, started_at).run()
         finally:
@@ -240,7 +280,7 @@ def serve_workers(count: int, config: ServerConfig, serve_one: Callable[[Worker,
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _child(worker: Worker, serve_one: Callable[[Worker, Callable[[], None]], None], notify_fd: int) -> int:
+def _child(worker: Worker, serve_one: Callable[[Worker, Callable[[], None]], None]) -> int:
     """A worker's process: its exit status. Tells the supervisor "ready" or why it could not start."""
     _die_with_parent()
     for handler in logging.getLogger().handlers:  # each line says which worker wrote it
@@ -251,7 +291,7 @@ def _child(worker: Worker, serve_one: Callable[[Worker, Callable[[], None]], Non
     def ready() -> None:
         nonlocal started
         started = True
-        _tell(notify_fd, f"R{worker.index}")
+        _tell(worker.notify_fd, f"R{worker.index}")
 
     try:
         serve_one(worker, ready)
@@ -264,7 +304,7 @@ def _child(worker: Worker, serve_one: Callable[[Worker, Callable[[], None]], Non
         logger.error("worker %d failed:\n%s", worker.index, traceback.format_exc())
         message = f"{type(e).__name__}: {e}"
     if not started:
-        _tell(notify_fd, f"E{worker.index} {message}")
+        _tell(worker.notify_fd, f"E{worker.index} {message}")
     else:
         logger.error("worker %d stopped serving: %s", worker.index, message)
     return 1
@@ -275,7 +315,7 @@ def _tell(fd: int, line: str) -> None:
     try:
         os.write(fd, data)
     except OSError:
-        pass  # the supervisor is gone; the worker stops with it
+        pass  # the supervisor is gone (the worker stops with it), or not reading: the pipe is full
 
 
 def _die_with_parent() -> None:
@@ -321,6 +361,8 @@ class _Supervisor:
         self.stopping = False
         self.signalled: set[int] = set()  # pids sent SIGTERM
         self.failure: str | None = None  # why the server stops with status 1
+        self.heard: dict[int, float] = {}  # worker index -> when it last reported (monotonic)
+        self.killed: set[int] = set()  # pids killed as stuck
         self._buffer = b""
 
     def run(self) -> None:
@@ -335,6 +377,7 @@ class _Supervisor:
         while self.children:
             self._read_messages(0.1)
             self._reap()
+            self._kill_stuck()
         if self.failure is not None:
             raise EdgempError(self.failure)
         logger.info("all %d workers stopped; shutdown complete", self.count)
@@ -376,13 +419,16 @@ class _Supervisor:
         *lines, self._buffer = self._buffer.split(b"\n")
         for line in lines:
             kind, _, rest = line.decode("utf-8", "replace").partition(" ")
-            if kind.startswith("R"):
+            if kind.startswith("H"):
+                self.heard[int(kind[1:])] = time.monotonic()
+            elif kind.startswith("R"):
                 self._ready(int(kind[1:]))
             elif kind.startswith("E"):
                 self._fail(rest or f"worker {kind[1:]} could not start")
 
     def _ready(self, index: int) -> None:
         self.ready.add(index)
+        self.heard[index] = time.monotonic()
         if self.stopping:
             return
         if self.announced:
@@ -396,6 +442,21 @@ class _Supervisor:
             logger.info("serving on http://%s:%d with %d workers (%.0f ms after start)", host,
                         self.launcher.http.port, self.count, since)
 
+    def _kill_stuck(self) -> None:
+        """SIGKILL a serving worker not heard from for the timeout; it is then reaped (and replaced,
+        unless stopping) as a worker that died."""
+        timeout = self.launcher.timeout_s
+        if timeout <= 0:
+            return
+        now = time.monotonic()
+        for pid, index in self.children.items():
+            silent = now - self.heard.get(index, now)
+            if index in self.ready and pid not in self.killed and silent > timeout:
+                self.killed.add(pid)
+                logger.error("worker %d (pid %d) has not reported for %.1f s (its event loop, or a model run, is "
+                             "stuck); killing it", index, pid, silent)
+                _kill(pid, signal.SIGKILL)
+
     def _reap(self) -> None:
         while self.children:
             try:
@@ -406,6 +467,7 @@ class _Supervisor:
             if pid == 0:
                 return
             index = self.children.pop(pid, None)
+            self.killed.discard(pid)
             if index is None:
                 continue
             self._read_messages(0)  # what it wrote before it exited: "ready", or why it could not start

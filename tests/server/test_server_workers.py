@@ -442,3 +442,116 @@ def test_an_unreachable_worker_fails_the_statistics_request(tmp_path):
     peers = Peers(tmp_path, 0, 2)  # worker 1 never started
     with pytest.raises(UnavailableError, match="statistics of worker 1"):
         asyncio.run(peers.gather(State()))
+
+
+def test_a_stuck_worker_is_killed_and_replaced(model_path, tmp_path):
+    """SIGSTOP (a frozen loop, as a deadlock or a hung model call looks from outside): the worker
+    is killed after --worker-timeout-s and replaced; until then nothing is killed, idle or busy."""
+    srv = start_server(model_path, tmp_path, "--name", "gnn", "--workers", "2", "--worker-timeout-s", "1.5")
+    try:
+        _wait_for(srv, "with 2 workers")
+        time.sleep(2.5)  # idle past the timeout: a worker that serves keeps reporting
+        assert asyncio.run(_drive(srv.port, _requests(model_path, 200))) == 200
+        assert "has not reported" not in srv.log()
+        before = _worker_pids(srv.proc.pid)
+        os.kill(before[0], signal.SIGSTOP)
+        _wait_for(srv, "serves again", timeout=30)
+        after = _worker_pids(srv.proc.pid)
+        assert len(after) == 2 and before[1] in after and before[0] not in after, (before, after)
+        assert asyncio.run(_drive(srv.port, _requests(model_path, 300))) == 300
+    finally:
+        for pid in _worker_pids(srv.proc.pid):
+            os.kill(pid, signal.SIGCONT)
+        code = srv.stop()
+    log = srv.log()
+    assert code == 0, log[-3000:]
+    assert re.search(rf"worker \d \(pid {before[0]}\) has not reported for [\d.]+ s \(its event loop, or a model "
+                     r"run, is stuck\); killing it", log), log[-3000:]
+    assert re.search(rf"worker \d \(pid {before[0]}\) was killed by SIGKILL; starting a new one", log), log[-3000:]
+    assert log.count("has not reported") == 1 and "Traceback" not in log
+
+
+def test_a_stop_is_not_held_forever_by_a_stuck_worker(model_path, tmp_path):
+    """SIGTERM while a worker is frozen: the others drain, the frozen one is killed after the
+    timeout, and the server exits 1 with one line saying so (not a hang, not a clean 0)."""
+    srv = start_server(model_path, tmp_path, "--name", "gnn", "--workers", "2", "--worker-timeout-s", "1")
+    try:
+        _wait_for(srv, "with 2 workers")
+        victim = _worker_pids(srv.proc.pid)[0]
+        os.kill(victim, signal.SIGSTOP)
+        srv.proc.send_signal(signal.SIGTERM)
+        code = srv.proc.wait(30)
+    finally:
+        srv.stop()
+    log = srv.log()
+    assert code == 1, log[-3000:]
+    assert re.search(rf"error: worker \d \(pid {victim}\) was killed by SIGKILL while stopping", log), log[-3000:]
+    assert log.count("error: ") == 1 and "shutdown complete" in log  # the other one drained
+    assert _worker_pids(srv.proc.pid) == []
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_bad_worker_timeouts_are_refused(model_path, value):
+    proc = subprocess.run([sys.executable, "-m", "edgemp.cli.serve", str(model_path), "--workers", "2",
+                           "--worker-timeout-s", value], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"error: --worker-timeout-s must be a number of seconds >= 0 (0 = never), got {float(value)}"]
+
+
+def test_a_worker_reports_only_while_its_loop_turns_and_no_batch_hangs(model_path, tmp_path):
+    """The report a worker sends its supervisor stops while one model has run one batch past
+    the timeout (a model call that never returns), and comes back when the batch ends."""
+    import threading
+    from types import SimpleNamespace
+
+    from edgemp.runtime.batcher import Batcher
+    from edgemp.runtime.server.workers import Worker
+
+    class GatedModel:  # the real model, held at the start of its run until the gate opens
+        def __init__(self, model):
+            self.model, self.gate = model, threading.Event()
+
+        def validate(self, graphs):
+            return self.model.validate(graphs)
+
+        def split(self, outputs, batch):
+            return self.model.split(outputs, batch)
+
+        def run_batch(self, batch):
+            self.gate.wait(30)
+            return self.model.run_batch(batch)
+
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+
+    def reports() -> int:
+        try:
+            return os.read(read_fd, 65536).count(b"H0\n")
+        except BlockingIOError:
+            return 0
+
+    with load(model_path) as model:
+        gated = GatedModel(model)
+        with Batcher(gated) as batcher:
+            state = SimpleNamespace(models={"gnn": SimpleNamespace(batcher=batcher)})
+            worker = Worker(0, 1, [], None, Peers(tmp_path, 0, 1), write_fd, timeout_s=0.4)
+
+            async def scenario() -> tuple[int, int, int]:
+                worker.keep_reporting(state)  # every 0.1 s here (a quarter of the timeout)
+                await asyncio.sleep(0.5)
+                turning = reports()
+                future = batcher.submit(random_graphs(np.random.default_rng(0), 1))
+                await asyncio.sleep(0.8)  # the batch is held past the timeout
+                reports()
+                await asyncio.sleep(0.5)
+                held = reports()
+                gated.gate.set()
+                await asyncio.wrap_future(future)
+                await asyncio.sleep(0.5)
+                return turning, held, reports()
+
+            turning, held, after = asyncio.run(scenario())
+    os.close(read_fd)
+    os.close(write_fd)
+    assert turning >= 1 and held == 0 and after >= 1, (turning, held, after)
