@@ -284,8 +284,8 @@ class Batcher:
             waits = self.config.max_queue_delay_us and not self._none_can_join(1)
             if self._queue or self._busy or self._closed or waits:
                 return None
+            self._busy_since_ns = time.perf_counter_ns()  # before _busy: running_for_s reads them in the other order
             self._busy = True
-            self._busy_since_ns = time.perf_counter_ns()
         try:
             checked = self._admit(graphs)
             start = time.perf_counter_ns()
@@ -417,8 +417,8 @@ class Batcher:
                 if full or self._closed or now >= flush_at or self._none_can_join(len(self._queue)):
                     batch = [self._queue.popleft() for _ in range(take)]
                     self._queue_graphs -= sum(len(r.graphs) for r in batch)
+                    self._busy_since_ns = now  # before _busy (see running_for_s)
                     self._busy = True
-                    self._busy_since_ns = now
                     return batch, []
                 wake = min([flush_at] + [r.deadline_ns for r in self._queue if r.deadline_ns is not None])
                 self._cond.wait(max(wake - now, 0) / 1e9)

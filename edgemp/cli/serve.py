@@ -80,7 +80,7 @@ def _token(token_file: Path | None) -> str | None:
     return token
 
 
-@click.command("serve", cls=_ServeCommand)
+@click.command("serve", cls=_ServeCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(exists=True, path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=int, help="Port (0 picks a free one).")
@@ -91,7 +91,7 @@ def _token(token_file: Path | None) -> str | None:
                    "cores. Statistics and /metrics are summed over them; limits are per worker. POSIX only.")
 @click.option("--worker-timeout-s", default=30.0, show_default=True, type=float,
               help="With --workers: a worker whose event loop, or one model run, has been stuck this long is "
-                   "killed and replaced (0 = never).")
+                   "killed and replaced (0 = never; else at least 1).")
 @click.option("--name", default=None, help="Model name for a single .onnx file (default: file stem).")
 @click.option("--max-batch-graphs", default=64, show_default=True, type=int, help="Graphs per batch.")
 @click.option("--max-batch-nodes", default=4096, show_default=True, type=int, help="Nodes per batch.")
@@ -148,6 +148,7 @@ def serve(model: Path, host: str, port: int, grpc_port: int | None, workers: int
     _import_server_fast()
     from edgemp.runtime.batcher import BatcherConfig
     from edgemp.runtime.server import ServerConfig, create_app, discover, run_server
+    from edgemp.runtime.server.config import check_worker_timeout
 
     batcher = BatcherConfig(
         max_batch_graphs=max_batch_graphs, max_batch_nodes=max_batch_nodes, max_batch_edges=max_batch_edges,
@@ -161,6 +162,7 @@ def serve(model: Path, host: str, port: int, grpc_port: int | None, workers: int
         max_buffered_bytes=max_buffered_bytes, max_request_nodes=max_request_nodes,
         max_request_edges=max_request_edges, max_request_memory_bytes=max_request_memory_bytes,
     )
+    check_worker_timeout(worker_timeout_s)  # with one worker too: a bad value is an error whatever it affects
     if workers != 1:  # imported only then: a lone server's start does not pay for it
         from edgemp.runtime.server.workers import check_workers, serve_workers
 

@@ -12,6 +12,18 @@ from edgemp.errors import EdgempError
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_REQUEST_MEMORY_BYTES = 1024 * 1024 * 1024
+# --workers: a worker not heard from for this long is stuck and replaced (gunicorn's default, too).
+# Under a second, a legitimate pause of the interpreter (a large JSON body decoded, a long batch)
+# would read as stuck, and the supervisor's 0.1 s tick would be most of the budget.
+DEFAULT_WORKER_TIMEOUT_S = 30.0
+MIN_WORKER_TIMEOUT_S = 1.0
+
+
+def check_worker_timeout(timeout_s: float) -> None:
+    """Refuse a ``--worker-timeout-s`` that is not 0 (never) or a finite number of seconds >= 1."""
+    if not (timeout_s == 0 or MIN_WORKER_TIMEOUT_S <= timeout_s < float("inf")):  # NaN fails too
+        raise EdgempError(f"--worker-timeout-s must be 0 (never) or a number of seconds from "
+                          f"{MIN_WORKER_TIMEOUT_S:g} up, got {timeout_s}")
 
 
 @dataclass(frozen=True)

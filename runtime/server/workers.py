@@ -29,7 +29,9 @@ batchers, the HTTP and gRPC listeners) on sockets this supervisor bound before f
   models has run a single batch for longer than ``--worker-timeout-s``; a worker not heard
   from for that long is killed (SIGKILL) and replaced as a dead one is. Its requests in
   flight are lost with it, as with a crash; later ones are answered by the others and then by
-  its replacement. The same bound ends a stop that a stuck worker would hold forever.
+  its replacement. Only silence while the supervisor itself runs counts, so pausing the
+  whole service (Ctrl-Z, ``docker pause``) kills nothing. The same bound ends a stop that a
+  stuck worker would hold forever, one that never got as far as serving included.
 - **Stop**: SIGTERM/SIGINT to the supervisor drain every worker (each as a lone server
   does); exit 0 once all have.
 
@@ -55,7 +57,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from edgemp.errors import EdgempError
-from edgemp.runtime.server.config import ServerConfig
+from edgemp.runtime.server.config import DEFAULT_WORKER_TIMEOUT_S, ServerConfig, check_worker_timeout
 from edgemp.runtime.server.peers import Peers
 
 if TYPE_CHECKING:
@@ -67,8 +69,10 @@ MAX_WORKERS = 256
 BACKLOG = 1024
 MAX_DEATHS = 3  # this many deaths (at least one per worker) within RESTART_WINDOW_S stop the server
 RESTART_WINDOW_S = 60.0
-DEFAULT_TIMEOUT_S = 30.0  # a worker not heard from for this long is stuck (gunicorn's default, too)
+DEFAULT_TIMEOUT_S = DEFAULT_WORKER_TIMEOUT_S
 HEARTBEAT_S = 1.0  # how often a worker reports (more often for a timeout under 4 s)
+TICK_S = 0.1  # the supervisor's loop: how long it waits for a worker's message at a time
+STALL_S = 1.0  # a supervisor loop turn this late means the supervisor itself was not running
 
 
 @dataclass
@@ -105,8 +109,7 @@ def check_workers(count: int, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
     """Refuse a worker count or timeout this platform or this server cannot run, naming why."""
     if not 1 <= count <= MAX_WORKERS:
         raise EdgempError(f"--workers must be in 1..{MAX_WORKERS}, got {count}")
-    if not 0 <= timeout_s < float("inf"):  # NaN fails this too
-        raise EdgempError(f"--worker-timeout-s must be a number of seconds >= 0 (0 = never), got {timeout_s}")
+    check_worker_timeout(timeout_s)
     if count > 1 and not (hasattr(os, "fork") and hasattr(socket, "SO_REUSEPORT")):
         raise EdgempError("--workers above 1 needs fork and SO_REUSEPORT (Linux, BSD, macOS); run one worker here")
 
@@ -359,10 +362,11 @@ class _Supervisor:
         self.announced = False
         self.deaths: list[float] = []  # when workers died unexpectedly
         self.stopping = False
-        self.signalled: set[int] = set()  # pids sent SIGTERM
+        self.signalled: dict[int, float] = {}  # pid -> when it was sent SIGTERM (monotonic)
         self.failure: str | None = None  # why the server stops with status 1
         self.heard: dict[int, float] = {}  # worker index -> when it last reported (monotonic)
         self.killed: set[int] = set()  # pids killed as stuck
+        self.last_turn = time.monotonic()  # the supervisor's last loop turn
         self._buffer = b""
 
     def run(self) -> None:
@@ -375,7 +379,7 @@ class _Supervisor:
                 break
             self._launch(index)
         while self.children:
-            self._read_messages(0.1)
+            self._read_messages(TICK_S)
             self._reap()
             self._kill_stuck()
         if self.failure is not None:
@@ -407,7 +411,7 @@ class _Supervisor:
         self.stopping = True
         for pid in self.children:
             if pid not in self.signalled:
-                self.signalled.add(pid)
+                self.signalled[pid] = time.monotonic()
                 _kill(pid, signal.SIGTERM)
 
     def _read_messages(self, wait_s: float) -> None:
@@ -443,19 +447,40 @@ class _Supervisor:
                         self.launcher.http.port, self.count, since)
 
     def _kill_stuck(self) -> None:
-        """SIGKILL a serving worker not heard from for the timeout; it is then reaped (and replaced,
-        unless stopping) as a worker that died."""
+        """SIGKILL a serving worker not heard from for the timeout, or any worker still there the
+        timeout after it was asked to stop; it is then reaped (and replaced, unless stopping) as a
+        worker that died."""
         timeout = self.launcher.timeout_s
+        now = time.monotonic()
+        stalled, self.last_turn = now - self.last_turn, now
         if timeout <= 0:
             return
-        now = time.monotonic()
+        if stalled > STALL_S:
+            # The supervisor itself did not run (the whole service paused: Ctrl-Z, docker pause, a
+            # frozen cgroup; or a starved host). Its workers did not either, and their overdue
+            # reports may not be written yet: only silence while the supervisor ran counts.
+            for index in self.heard:
+                self.heard[index] += stalled
+            for pid in self.signalled:
+                self.signalled[pid] += stalled
+            return
         for pid, index in self.children.items():
-            silent = now - self.heard.get(index, now)
-            if index in self.ready and pid not in self.killed and silent > timeout:
-                self.killed.add(pid)
-                logger.error("worker %d (pid %d) has not reported for %.1f s (its event loop, or a model run, is "
-                             "stuck); killing it", index, pid, silent)
-                _kill(pid, signal.SIGKILL)
+            if pid in self.killed:
+                continue
+            if index in self.ready:
+                silent = now - self.heard.get(index, now)
+                if silent <= timeout:
+                    continue
+                why = f"has not reported for {silent:.1f} s (its event loop, or a model run, is stuck)"
+            elif pid in self.signalled and now - self.signalled[pid] > timeout:
+                # Not serving yet, so it never reported: asked to stop, it is still loading after the
+                # timeout (stopped, or hung in native code with the signal pending).
+                why = f"did not stop within {now - self.signalled[pid]:.1f} s of SIGTERM before it was ready"
+            else:
+                continue
+            self.killed.add(pid)
+            logger.error("worker %d (pid %d) %s; killing it", index, pid, why)
+            _kill(pid, signal.SIGKILL)
 
     def _reap(self) -> None:
         while self.children:
@@ -468,6 +493,7 @@ class _Supervisor:
                 return
             index = self.children.pop(pid, None)
             self.killed.discard(pid)
+            self.signalled.pop(pid, None)
             if index is None:
                 continue
             self._read_messages(0)  # what it wrote before it exited: "ready", or why it could not start

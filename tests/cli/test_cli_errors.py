@@ -49,6 +49,8 @@ def test_edgemp_serve_alias_folds_usage_errors_too():
 def test_help_and_version_are_untouched():
     helped = _run([*EDGEMP, "serve", "--help"])
     assert helped.returncode == 0 and helped.stdout.startswith("Usage: edgemp serve") and not helped.stderr
+    short = _run([*EDGEMP_SERVE, "-h"])  # -h as under `edgemp`
+    assert short.returncode == 0 and short.stdout.startswith("Usage: edgemp-serve"), short
     version = _run([*EDGEMP, "--version"])
     assert version.returncode == 0 and version.stdout.startswith("edgemp, version")
     bare = _run([*EDGEMP])  # no command: click's group help, as before

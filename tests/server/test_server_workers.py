@@ -490,13 +490,60 @@ def test_a_stop_is_not_held_forever_by_a_stuck_worker(model_path, tmp_path):
     assert _worker_pids(srv.proc.pid) == []
 
 
-@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
-def test_bad_worker_timeouts_are_refused(model_path, value):
-    proc = subprocess.run([sys.executable, "-m", "edgemp.cli.serve", str(model_path), "--workers", "2",
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "0.5"])
+def test_bad_worker_timeouts_are_refused(model_path, value, workers):
+    proc = subprocess.run([sys.executable, "-m", "edgemp.cli.serve", str(model_path), "--workers", workers,
                            "--worker-timeout-s", value], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
-        f"error: --worker-timeout-s must be a number of seconds >= 0 (0 = never), got {float(value)}"]
+        f"error: --worker-timeout-s must be 0 (never) or a number of seconds from 1 up, got {float(value)}"]
+
+
+def test_pausing_the_whole_service_kills_no_worker(model_path):
+    """Ctrl-Z / docker pause: the supervisor and its workers stop together for longer than the
+    timeout. On resume the supervisor must not read the pause as its workers' silence (it killed
+    healthy workers on about every second resume, and three such deaths stopped the server)."""
+    proc = _serve_in_own_group(model_path, free_port(), "--name", "gnn", "--workers", "3", "--worker-timeout-s", "1")
+    try:
+        out = _read_until(proc, "with 3 workers")
+        for _ in range(4):
+            os.killpg(proc.pid, signal.SIGSTOP)
+            time.sleep(2.5)
+            os.killpg(proc.pid, signal.SIGCONT)
+            time.sleep(1.5)  # the workers' overdue reports arrive; a wrong kill would come now
+        assert len(_worker_pids(proc.pid)) == 3
+        os.kill(proc.pid, signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    out += rest
+    assert proc.returncode == 0, out[-3000:]
+    assert "killing it" not in out and "starting a new one" not in out, out[-3000:]
+
+
+def test_a_stop_is_not_held_by_a_worker_stuck_while_loading(model_path, tmp_path):
+    """A worker frozen before it serves never reports, so only the stop's own bound can end it."""
+    repo = tmp_path / "repo"
+    for i in range(40):  # slow to load: the workers are still loading when one is frozen
+        (repo / f"m{i:02d}").mkdir(parents=True)
+        (repo / f"m{i:02d}" / "model.onnx").write_bytes(model_path.read_bytes())
+    proc = _serve_in_own_group(repo, free_port(), "--workers", "2", "--worker-timeout-s", "1")
+    try:
+        out = _read_until(proc, "loaded model", 4)
+        victim = _worker_pids(proc.pid)[0]
+        os.kill(victim, signal.SIGSTOP)
+        os.kill(proc.pid, signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    out += rest
+    assert proc.returncode == 1, out[-3000:]
+    assert re.search(rf"worker \d \(pid {victim}\) did not stop within [\d.]+ s of SIGTERM before it was ready; "
+                     "killing it", out), out[-3000:]
+    assert re.search(rf"error: worker \d \(pid {victim}\) was killed by SIGKILL while stopping", out), out[-3000:]
 
 
 def test_a_worker_reports_only_while_its_loop_turns_and_no_batch_hangs(model_path, tmp_path):
