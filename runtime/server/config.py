@@ -13,8 +13,9 @@ from edgemp.errors import EdgempError
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_REQUEST_MEMORY_BYTES = 1024 * 1024 * 1024
 # --workers: a worker not heard from for this long is stuck and replaced (gunicorn's default, too).
-# Under a second, a legitimate pause of the interpreter (a large JSON body decoded, a long batch)
-# would read as stuck, and the supervisor's 0.1 s tick would be most of the budget.
+# The floor leaves room for the supervisor's 0.1 s tick and a worker's report period (a quarter
+# of the timeout); whether the interpreter may legitimately be busy longer (a long batch, a large
+# JSON body decoded) is the operator's to size (docs/operations.md).
 DEFAULT_WORKER_TIMEOUT_S = 30.0
 MIN_WORKER_TIMEOUT_S = 1.0
 

@@ -72,7 +72,11 @@ RESTART_WINDOW_S = 60.0
 DEFAULT_TIMEOUT_S = DEFAULT_WORKER_TIMEOUT_S
 HEARTBEAT_S = 1.0  # how often a worker reports (more often for a timeout under 4 s)
 TICK_S = 0.1  # the supervisor's loop: how long it waits for a worker's message at a time
-STALL_S = 1.0  # a supervisor loop turn this late means the supervisor itself was not running
+# The supervisor's clock for silences advances by at most this between two looks: a longer gap
+# means the supervisor itself was not running (the service paused, a starved host), and its
+# workers most likely were not either. Above a loop turn (TICK_S and a reap); with the report
+# period (a quarter of the timeout, at most 1 s) it stays under any allowed timeout (>= 1 s).
+CLOCK_STEP_CAP_S = 0.5
 
 
 @dataclass
@@ -362,11 +366,13 @@ class _Supervisor:
         self.announced = False
         self.deaths: list[float] = []  # when workers died unexpectedly
         self.stopping = False
-        self.signalled: dict[int, float] = {}  # pid -> when it was sent SIGTERM (monotonic)
         self.failure: str | None = None  # why the server stops with status 1
-        self.heard: dict[int, float] = {}  # worker index -> when it last reported (monotonic)
+        # Silences are measured on the supervisor's own running clock (see _advance), not wall time.
+        self.clock = 0.0
+        self._last_look = time.monotonic()
+        self.signalled: dict[int, float] = {}  # pid -> clock when it was sent SIGTERM
+        self.heard: dict[int, float] = {}  # worker index -> clock when it last reported
         self.killed: set[int] = set()  # pids killed as stuck
-        self.last_turn = time.monotonic()  # the supervisor's last loop turn
         self._buffer = b""
 
     def run(self) -> None:
@@ -411,12 +417,13 @@ class _Supervisor:
         self.stopping = True
         for pid in self.children:
             if pid not in self.signalled:
-                self.signalled[pid] = time.monotonic()
+                self.signalled[pid] = self.clock
                 _kill(pid, signal.SIGTERM)
 
     def _read_messages(self, wait_s: float) -> None:
         """Handle what the workers wrote (waiting up to ``wait_s`` for it)."""
         readable, _, _ = select.select([self.launcher.read_fd], [], [], wait_s)
+        self._advance()  # before the reports are stamped: they are that fresh
         if not readable:
             return
         self._buffer += os.read(self.launcher.read_fd, 65536)
@@ -424,7 +431,7 @@ class _Supervisor:
         for line in lines:
             kind, _, rest = line.decode("utf-8", "replace").partition(" ")
             if kind.startswith("H"):
-                self.heard[int(kind[1:])] = time.monotonic()
+                self.heard[int(kind[1:])] = self.clock
             elif kind.startswith("R"):
                 self._ready(int(kind[1:]))
             elif kind.startswith("E"):
@@ -432,7 +439,7 @@ class _Supervisor:
 
     def _ready(self, index: int) -> None:
         self.ready.add(index)
-        self.heard[index] = time.monotonic()
+        self.heard[index] = self.clock
         if self.stopping:
             return
         if self.announced:
@@ -446,23 +453,23 @@ class _Supervisor:
             logger.info("serving on http://%s:%d with %d workers (%.0f ms after start)", host,
                         self.launcher.http.port, self.count, since)
 
+    def _advance(self) -> float:
+        """The supervisor's running clock, now: wall time, except that a gap between two looks
+        counts as CLOCK_STEP_CAP_S at most. After Ctrl-Z or ``docker pause`` the whole service
+        resumes together, and the workers' overdue reports may come a moment after the
+        supervisor looks; only silence while the supervisor ran counts against them."""
+        now = time.monotonic()
+        self.clock += min(now - self._last_look, CLOCK_STEP_CAP_S)
+        self._last_look = now
+        return self.clock
+
     def _kill_stuck(self) -> None:
         """SIGKILL a serving worker not heard from for the timeout, or any worker still there the
         timeout after it was asked to stop; it is then reaped (and replaced, unless stopping) as a
         worker that died."""
         timeout = self.launcher.timeout_s
-        now = time.monotonic()
-        stalled, self.last_turn = now - self.last_turn, now
+        now = self._advance()
         if timeout <= 0:
-            return
-        if stalled > STALL_S:
-            # The supervisor itself did not run (the whole service paused: Ctrl-Z, docker pause, a
-            # frozen cgroup; or a starved host). Its workers did not either, and their overdue
-            # reports may not be written yet: only silence while the supervisor ran counts.
-            for index in self.heard:
-                self.heard[index] += stalled
-            for pid in self.signalled:
-                self.signalled[pid] += stalled
             return
         for pid, index in self.children.items():
             if pid in self.killed:

@@ -507,11 +507,13 @@ def test_pausing_the_whole_service_kills_no_worker(model_path):
     proc = _serve_in_own_group(model_path, free_port(), "--name", "gnn", "--workers", "3", "--worker-timeout-s", "1")
     try:
         out = _read_until(proc, "with 3 workers")
-        for _ in range(4):
+        # long pauses, then pauses just under the timeout in quick succession (a late loop turn
+        # of under a second, then the age of the last report, once added up to a kill)
+        for pause, running in [(2.5, 1.5)] * 3 + [(0.9, 0.2)] * 10:
             os.killpg(proc.pid, signal.SIGSTOP)
-            time.sleep(2.5)
+            time.sleep(pause)
             os.killpg(proc.pid, signal.SIGCONT)
-            time.sleep(1.5)  # the workers' overdue reports arrive; a wrong kill would come now
+            time.sleep(running)  # the workers' overdue reports arrive; a wrong kill would come now
         assert len(_worker_pids(proc.pid)) == 3
         os.kill(proc.pid, signal.SIGTERM)
         rest, _ = proc.communicate(timeout=60)
@@ -521,6 +523,32 @@ def test_pausing_the_whole_service_kills_no_worker(model_path):
     out += rest
     assert proc.returncode == 0, out[-3000:]
     assert "killing it" not in out and "starting a new one" not in out, out[-3000:]
+
+
+def test_a_worker_that_hangs_as_its_supervisor_resumes_is_caught_in_time(model_path):
+    """The supervisor alone was stopped for a while (its workers served on and their reports
+    queued); a worker that hangs as it resumes is killed about the timeout later, not the
+    pause plus the timeout (the pause was once added to reports read after it)."""
+    proc = _serve_in_own_group(model_path, free_port(), "--name", "gnn", "--workers", "2", "--worker-timeout-s", "1")
+    try:
+        out = _read_until(proc, "with 2 workers")
+        victim = _worker_pids(proc.pid)[0]
+        os.kill(proc.pid, signal.SIGSTOP)
+        time.sleep(6)
+        os.kill(victim, signal.SIGSTOP)
+        os.kill(proc.pid, signal.SIGCONT)
+        resumed = time.monotonic()
+        out += _read_until(proc, "killing it", timeout=30)
+        caught_after = time.monotonic() - resumed
+        assert f"(pid {victim}) has not reported" in out, out[-3000:]
+        assert caught_after < 4, f"caught {caught_after:.1f} s after the resume (the pause was 6 s, the timeout 1 s)"
+        out += _read_until(proc, "serves again")  # replaced; then a clean stop
+        os.kill(proc.pid, signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, (out + rest)[-3000:]
 
 
 def test_a_stop_is_not_held_by_a_worker_stuck_while_loading(model_path, tmp_path):
