@@ -12,11 +12,18 @@ only per statistics request.
 A worker that cannot be reached (it is gone or stuck) makes the statistics request fail
 with 503 rather than answer a partial sum: a counter that silently loses a worker's share
 is a wrong answer, a failed scrape is a visible gap.
+
+A worker that died (and was replaced) keeps its share: every worker writes its counters to
+a file in the same folder before it reports them, and the sums add the files of workers no
+longer there. So no total ever goes down, as Prometheus needs of a counter (any drop reads
+as a reset, and ``rate()`` then counts the whole total again). What a dead worker served
+after its counters were last asked for is missing from the totals, never subtracted.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,25 +64,36 @@ class Peers:
 
         async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
-                writer.write(json.dumps(own_counters(state)).encode())
+                writer.write(json.dumps(self._kept_counters(state)).encode())
                 await writer.drain()
-            except (ConnectionError, OSError):
-                pass  # the asking worker went away
+            except (ConnectionError, OSError, UnavailableError):
+                pass  # the asking worker went away, or this one cannot keep its counters: it gets nothing (503)
             finally:
                 writer.close()
 
         self._server = await asyncio.start_unix_server(answer, path=str(self.path(self.index)))
 
-    async def close(self) -> None:
+    async def close(self, stopping: bool = True) -> None:
+        """Stop answering. ``stopping``: the server is being stopped (the supervisor's SIGTERM, or
+        its death on Linux): the last worker out then clears the folder, in case the supervisor
+        cannot. A worker that ends by itself keeps its counters' file for the others' sums."""
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-            self.path(self.index).unlink(missing_ok=True)  # not left behind if the supervisor cannot clean up
-            try:
-                self.folder.rmdir()  # the last worker out, if the supervisor is gone (SIGKILL)
-            except OSError:
-                pass  # others still in it, or gone already
+            self.path(self.index).unlink(missing_ok=True)
+            if stopping:
+                self._clear_folder()
+
+    def _clear_folder(self) -> None:
+        if any(self.folder.glob("worker-*.sock")):
+            return  # others still serve
+        for path in self.folder.glob("stats-*"):
+            path.unlink(missing_ok=True)
+        try:
+            self.folder.rmdir()
+        except OSError:
+            pass  # another worker cleared it first
 
     async def _read(self, index: int) -> bytes:
         reader, writer = await asyncio.open_unix_connection(str(self.path(index)))
@@ -84,20 +102,56 @@ class Peers:
         finally:
             writer.close()
 
+    def _stats_file(self, pid: int) -> Path:
+        return self.folder / f"stats-{pid}.json"
+
+    def _kept_counters(self, state: "ServerState") -> dict[str, Any]:
+        """This worker's counters, written to its file first: a total a client saw never loses them."""
+        counters = {"pid": os.getpid(), "models": own_counters(state)}
+        path = self._stats_file(os.getpid())
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_bytes(json.dumps(counters).encode())
+            os.replace(tmp, path)  # whole or not at all, for a reader in another worker
+        except OSError as e:
+            raise UnavailableError(f"worker {self.index} cannot keep its statistics ({e}); the server's totals "
+                                   "are not available") from e
+        return counters
+
+    def _retired(self, live: set[int]) -> list[dict[str, Any]]:
+        """The last counters of workers that are gone (their files; not the live ones')."""
+        out = []
+        for path in self.folder.glob("stats-*.json"):
+            pid = path.stem.partition("-")[2]
+            if not pid.isdigit() or int(pid) in live:
+                continue
+            try:
+                out.append(json.loads(path.read_bytes()))
+            except (OSError, ValueError) as e:
+                raise UnavailableError(f"the statistics of a worker that stopped could not be read ({e}); the "
+                                       "server's totals are not available") from e
+        return out
+
     async def gather(self, state: "ServerState") -> dict[str, ModelView]:
-        """Every served model's statistics summed over all workers (this one's read last)."""
+        """Every served model's statistics summed over all workers, gone ones included (this one's read last)."""
         others = await asyncio.gather(*(self._ask(i) for i in range(self.count) if i != self.index))
-        mine = own_counters(state)
+        mine = self._kept_counters(state)
+        live = [mine, *others]
+        retired = self._retired({c["pid"] for c in live})
         views = {}
-        for name, served in state.models.items():
-            parts = [mine[name]] + [o[name] for o in others if name in o]
-            views[name] = ModelView(ModelStats.merged([p["stats"] for p in parts]),
-                                    sum(p["queue_depth"] for p in parts))
+        for name in state.models:
+            parts = [c["models"][name] for c in live + retired if name in c["models"]]
+            depth = sum(c["models"][name]["queue_depth"] for c in live if name in c["models"])
+            views[name] = ModelView(ModelStats.merged([p["stats"] for p in parts]), depth)
         return views
 
     async def _ask(self, index: int) -> dict[str, Any]:
         try:
-            return json.loads(await asyncio.wait_for(self._read(index), ANSWER_TIMEOUT_S))
+            answer = json.loads(await asyncio.wait_for(self._read(index), ANSWER_TIMEOUT_S))
+            if not isinstance(answer, dict) or not isinstance(answer.get("pid"), int) \
+                    or not isinstance(answer.get("models"), dict):
+                raise ValueError("not a worker's counters")
+            return answer
         except (OSError, asyncio.TimeoutError, ValueError) as e:
             reason = "did not answer in time" if isinstance(e, asyncio.TimeoutError) else f"could not be read ({e})"
             raise UnavailableError(f"statistics of worker {index} {reason}; the server's totals are "

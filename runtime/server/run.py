@@ -112,7 +112,7 @@ async def serve_app(
                 await grpc_listener.close(grace_s=1.0)  # in-flight calls already finished in wait_idle
             await runner.cleanup()  # closes listeners, waits for handlers, runs on_cleanup (batchers)
             if worker is not None:
-                await worker.peers.close()
+                await worker.peers.close(stopping=state.draining)
             for served in state.models.values():
                 s = served.stats.to_json(served.name, served.version)["inference_stats"]
                 logger.info("model %r: %d request(s) succeeded, %d failed; shutdown complete",

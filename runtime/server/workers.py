@@ -522,6 +522,6 @@ class _Supervisor:
                            "so the other workers were stopped")
                 continue
             # Its connections are gone (their clients see a reset, as from any crashed server); new ones go
-            # to the others until the replacement listens. Its counters leave the statistics' sums.
+            # to the others until the replacement listens. Its counters stay in the sums as last reported (peers.py).
             logger.error("%s; starting a new one", what)
             self._launch(index)

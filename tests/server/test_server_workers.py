@@ -169,18 +169,27 @@ def test_a_worker_that_dies_is_replaced_and_nothing_else_is_lost(model_path, tmp
     import json
 
     srv = start_server(model_path, tmp_path, "--name", "gnn", "--workers", "2", "--max-queue-size", "4096")
+
+    def totals() -> tuple[int, float]:
+        stats = json.loads(_fresh_get(srv.port, "/v2/models/gnn/stats"))["model_stats"][0]
+        metrics = _fresh_get(srv.port, "/metrics").decode()
+        scraped = re.search(r'edgemp_requests_total\{model="gnn",outcome="success"\} (\S+)', metrics)
+        return stats["inference_stats"]["success"]["count"], float(scraped.group(1))
+
     try:
         _wait_for(srv, "with 2 workers")
         before = _worker_pids(srv.proc.pid)
         assert len(before) == 2, before
+        assert asyncio.run(_drive(srv.port, _requests(model_path, 200))) == 200
+        assert totals() == (200, 200.0)  # both workers' counters asked for, so kept
         os.kill(before[0], signal.SIGKILL)
         _wait_for(srv, "serves again")
         after = _worker_pids(srv.proc.pid)
         assert len(after) == 2 and before[1] in after and before[0] not in after, (before, after)
+        assert totals() == (200, 200.0)  # the dead worker's share stays: a counter never goes down
         requests = _requests(model_path, 300)
         assert asyncio.run(_drive(srv.port, requests)) == 300  # both workers serve, every answer right
-        stats = json.loads(_fresh_get(srv.port, "/v2/models/gnn/stats"))["model_stats"][0]
-        assert stats["inference_stats"]["success"]["count"] == 300  # the dead worker's share left the sums
+        assert totals() == (500, 500.0)
     finally:
         code = srv.stop()
     log = srv.log()
