@@ -14,16 +14,19 @@ with 503 rather than answer a partial sum: a counter that silently loses a worke
 is a wrong answer, a failed scrape is a visible gap.
 
 A worker that died (and was replaced) keeps its share: every worker writes its counters to
-a file in the same folder before it reports them, and the sums add the files of workers no
-longer there. So no total ever goes down, as Prometheus needs of a counter (any drop reads
-as a reset, and ``rate()`` then counts the whole total again). What a dead worker served
+a file in the same folder before it reports them (and when it stops), and when the supervisor
+reaps a worker it folds that file into one sum of all the dead (:func:`fold_retired`), which
+every total adds. So no total ever goes down, as Prometheus needs of a counter (any drop reads
+as a reset, and ``rate()`` then counts the whole total again). What a killed worker served
 after its counters were last asked for is missing from the totals, never subtracted.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +35,8 @@ from edgemp.runtime.server.stats import ModelStats
 
 if TYPE_CHECKING:
     from edgemp.runtime.server.state import ServerState
+
+logger = logging.getLogger(__name__)
 
 ANSWER_TIMEOUT_S = 2.0  # a worker whose event loop cannot answer this fast is stuck
 MAX_ANSWER_BYTES = 16 * 1024 * 1024  # a few KB per model in practice
@@ -47,6 +52,10 @@ class ModelView:
         self.queue_depth = queue_depth
 
 
+RETIRED = "retired.json"  # the summed last counters of every worker that is gone
+FOLDED_KEPT = 64  # the latest folded workers' tokens kept (a reader between a glob and a read needs them)
+
+
 class Peers:
     """This worker's place among the server's workers: its socket, and the others' addresses."""
 
@@ -54,6 +63,10 @@ class Peers:
         self.folder = folder
         self.index = index
         self.count = count
+        self.supervisor = os.getppid()  # made in the worker just after its fork
+        # This process's counters file: its pid (so the supervisor finds it when it reaps the pid)
+        # and a random part (a later process given the same pid never takes it over).
+        self.token = f"{os.getpid()}-{secrets.token_hex(8)}"
         self._server: asyncio.AbstractServer | None = None
 
     def path(self, index: int) -> Path:
@@ -64,31 +77,55 @@ class Peers:
 
         async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
-                writer.write(json.dumps(self._kept_counters(state)).encode())
+                try:
+                    counters = self._kept_counters(state)
+                except UnavailableError as e:  # the asker's 503 says why
+                    counters = {"error": str(e)}
+                writer.write(json.dumps(counters).encode())
                 await writer.drain()
-            except (ConnectionError, OSError, UnavailableError):
-                pass  # the asking worker went away, or this one cannot keep its counters: it gets nothing (503)
+            except (ConnectionError, OSError):
+                pass  # the asking worker went away
             finally:
                 writer.close()
 
         self._server = await asyncio.start_unix_server(answer, path=str(self.path(self.index)))
+        self._state = state
 
     async def close(self, stopping: bool = True) -> None:
-        """Stop answering. ``stopping``: the server is being stopped (the supervisor's SIGTERM, or
-        its death on Linux): the last worker out then clears the folder, in case the supervisor
-        cannot. A worker that ends by itself keeps its counters' file for the others' sums."""
+        """Stop answering, with this worker's final counters kept for the others' sums.
+
+        ``stopping``: the server is being stopped. If the supervisor is gone (SIGKILL; its
+        workers drain on Linux), the last worker out clears the folder, which it would have.
+        """
         if self._server is not None:
+            try:
+                self._kept_counters(self._state)  # what it served since it was last asked counts too
+            except UnavailableError:
+                pass  # the last kept counters stay
             self._server.close()
             await self._server.wait_closed()
             self._server = None
             self.path(self.index).unlink(missing_ok=True)
-            if stopping:
+            if stopping and self._supervisor_gone():
                 self._clear_folder()
+
+    def _supervisor_gone(self) -> bool:
+        if os.getppid() != self.supervisor:
+            return True
+        # Linux: a SIGKILLed supervisor's threads die one by one, and the parent-death signal can
+        # come before its workers are handed to another parent; the process is a zombie by then.
+        try:
+            stat = Path(f"/proc/{self.supervisor}/stat").read_text()
+        except FileNotFoundError:
+            return Path("/proc/self").exists()  # no such process (where /proc exists at all)
+        except OSError:
+            return False
+        return stat.rsplit(")", 1)[-1].split()[:1] in (["Z"], ["X"])
 
     def _clear_folder(self) -> None:
         if any(self.folder.glob("worker-*.sock")):
             return  # others still serve
-        for path in self.folder.glob("stats-*"):
+        for path in self.folder.iterdir():
             path.unlink(missing_ok=True)
         try:
             self.folder.rmdir()
@@ -102,42 +139,42 @@ class Peers:
         finally:
             writer.close()
 
-    def _stats_file(self, pid: int) -> Path:
-        return self.folder / f"stats-{pid}.json"
-
     def _kept_counters(self, state: "ServerState") -> dict[str, Any]:
         """This worker's counters, written to its file first: a total a client saw never loses them."""
-        counters = {"pid": os.getpid(), "models": own_counters(state)}
-        path = self._stats_file(os.getpid())
-        tmp = path.with_suffix(".tmp")
+        counters = {"token": self.token, "models": own_counters(state)}
         try:
-            tmp.write_bytes(json.dumps(counters).encode())
-            os.replace(tmp, path)  # whole or not at all, for a reader in another worker
+            _write_whole(self.folder / f"stats-{self.token}.json", counters)
         except OSError as e:
             raise UnavailableError(f"worker {self.index} cannot keep its statistics ({e}); the server's totals "
                                    "are not available") from e
         return counters
 
-    def _retired(self, live: set[int]) -> list[dict[str, Any]]:
-        """The last counters of workers that are gone (their files; not the live ones')."""
-        out = []
-        for path in self.folder.glob("stats-*.json"):
-            pid = path.stem.partition("-")[2]
-            if not pid.isdigit() or int(pid) in live:
-                continue
-            try:
-                out.append(json.loads(path.read_bytes()))
-            except (OSError, ValueError) as e:
-                raise UnavailableError(f"the statistics of a worker that stopped could not be read ({e}); the "
-                                       "server's totals are not available") from e
-        return out
+    def _retired(self, live: set[str]) -> list[dict[str, Any]]:
+        """The last counters of workers that are gone: their own files until the supervisor folds
+        them into one (:func:`fold_retired`), then that one. Files first: a file folded between
+        the two reads is then found in the fold, and counted once."""
+        files = []
+        try:
+            for path in self.folder.glob("stats-*.json"):
+                try:
+                    counters = json.loads(path.read_bytes())
+                except FileNotFoundError:
+                    continue  # folded meanwhile: read below
+                if counters.get("token") not in live:
+                    files.append(counters)
+            folded = _read_retired(self.folder)
+        except (OSError, ValueError, AttributeError) as e:
+            raise UnavailableError(f"the statistics of workers that stopped could not be read ({e}); the "
+                                   "server's totals are not available") from e
+        tokens = set(folded["folded"])
+        return [c for c in files if c.get("token") not in tokens] + [folded]
 
     async def gather(self, state: "ServerState") -> dict[str, ModelView]:
         """Every served model's statistics summed over all workers, gone ones included (this one's read last)."""
         others = await asyncio.gather(*(self._ask(i) for i in range(self.count) if i != self.index))
         mine = self._kept_counters(state)
         live = [mine, *others]
-        retired = self._retired({c["pid"] for c in live})
+        retired = self._retired({c["token"] for c in live})
         views = {}
         for name in state.models:
             parts = [c["models"][name] for c in live + retired if name in c["models"]]
@@ -148,14 +185,17 @@ class Peers:
     async def _ask(self, index: int) -> dict[str, Any]:
         try:
             answer = json.loads(await asyncio.wait_for(self._read(index), ANSWER_TIMEOUT_S))
-            if not isinstance(answer, dict) or not isinstance(answer.get("pid"), int) \
-                    or not isinstance(answer.get("models"), dict):
-                raise ValueError("not a worker's counters")
-            return answer
         except (OSError, asyncio.TimeoutError, ValueError) as e:
             reason = "did not answer in time" if isinstance(e, asyncio.TimeoutError) else f"could not be read ({e})"
             raise UnavailableError(f"statistics of worker {index} {reason}; the server's totals are "
                                    "not available until it is back") from e
+        if isinstance(answer, dict) and isinstance(answer.get("error"), str):
+            raise UnavailableError(answer["error"])
+        if not isinstance(answer, dict) or not isinstance(answer.get("token"), str) \
+                or not isinstance(answer.get("models"), dict):
+            raise UnavailableError(f"statistics of worker {index} could not be read (not a worker's counters); "
+                                   "the server's totals are not available until it is back")
+        return answer
 
 
 async def _read_all(reader: asyncio.StreamReader) -> bytes:
@@ -166,6 +206,42 @@ async def _read_all(reader: asyncio.StreamReader) -> bytes:
         if size > MAX_ANSWER_BYTES:
             raise ValueError(f"answer over {MAX_ANSWER_BYTES} bytes")
     return b"".join(chunks)
+
+
+def _write_whole(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON so a reader in another process sees all of it or none."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(json.dumps(data).encode())
+    os.replace(tmp, path)
+
+
+def _read_retired(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / RETIRED).read_bytes())
+    except FileNotFoundError:
+        return {"token": "retired", "folded": [], "models": {}}
+
+
+def fold_retired(folder: Path, pid: int) -> None:
+    """The supervisor, reaping worker ``pid``: add its last counters to the retired sums and
+    remove its file, before a new worker (which may get the same pid) starts.
+
+    So a scrape reads one file per live worker and one for all the dead, however many died,
+    and no total goes down: the fold is written whole before the worker's file goes.
+    """
+    for path in folder.glob(f"stats-{pid}-*.json"):
+        try:
+            counters = json.loads(path.read_bytes())
+            retired = _read_retired(folder)
+            models = retired["models"]
+            for name, part in counters["models"].items():
+                raws = [part["stats"]] + ([models[name]["stats"]] if name in models else [])
+                models[name] = {"stats": ModelStats.merged(raws).raw(), "queue_depth": 0}
+            retired["folded"] = (retired["folded"] + [counters["token"]])[-FOLDED_KEPT:]
+            _write_whole(folder / RETIRED, retired)
+            path.unlink()
+        except (OSError, ValueError, KeyError, TypeError) as e:  # left in place: still summed as it is
+            logger.warning("could not fold the statistics of worker pid %d into the retired sums: %s", pid, e)
 
 
 def own_counters(state: "ServerState") -> dict[str, Any]:

@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Callable
 
 from edgemp.errors import EdgempError
 from edgemp.runtime.server.config import DEFAULT_WORKER_TIMEOUT_S, ServerConfig, check_worker_timeout
-from edgemp.runtime.server.peers import Peers
+from edgemp.runtime.server.peers import Peers, fold_retired
 
 if TYPE_CHECKING:
     from edgemp.runtime.server.state import ServerState
@@ -503,6 +503,7 @@ class _Supervisor:
             self.signalled.pop(pid, None)
             if index is None:
                 continue
+            fold_retired(self.launcher.folder, pid)  # before a replacement, which may get the same pid
             self._read_messages(0)  # what it wrote before it exited: "ready", or why it could not start
             was_ready = index in self.ready
             self.ready.discard(index)

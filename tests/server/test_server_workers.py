@@ -104,6 +104,16 @@ def _fresh_get(port: int, path: str) -> bytes:
     return body
 
 
+def _freeze(pid: int) -> None:
+    """SIGSTOP ``pid`` and wait until it is stopped: a SIGTERM sent before it ran again would be
+    taken first (lower number) and end it instead."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+        assert time.monotonic() < deadline, f"pid {pid} did not stop"
+        time.sleep(0.005)
+
+
 def _worker_pids(parent: int) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
@@ -487,7 +497,7 @@ def test_a_stop_is_not_held_forever_by_a_stuck_worker(model_path, tmp_path):
     try:
         _wait_for(srv, "with 2 workers")
         victim = _worker_pids(srv.proc.pid)[0]
-        os.kill(victim, signal.SIGSTOP)
+        _freeze(victim)
         srv.proc.send_signal(signal.SIGTERM)
         code = srv.proc.wait(30)
     finally:
@@ -570,7 +580,7 @@ def test_a_stop_is_not_held_by_a_worker_stuck_while_loading(model_path, tmp_path
     try:
         out = _read_until(proc, "loaded model", 4)
         victim = _worker_pids(proc.pid)[0]
-        os.kill(victim, signal.SIGSTOP)
+        _freeze(victim)
         os.kill(proc.pid, signal.SIGTERM)
         rest, _ = proc.communicate(timeout=30)
     finally:
@@ -639,3 +649,57 @@ def test_a_worker_reports_only_while_its_loop_turns_and_no_batch_hangs(model_pat
     os.close(read_fd)
     os.close(write_fd)
     assert turning >= 1 and held == 0 and after >= 1, (turning, held, after)
+
+
+def test_a_worker_stopped_alone_keeps_its_final_counters(model_path, tmp_path):
+    """SIGTERM to one worker (not the server): it drains, keeps its final counters and is replaced;
+    the folder of the others' sockets stays (it was once cleared, and the replacement could not start)."""
+    import json
+
+    srv = start_server(model_path, tmp_path, "--name", "gnn", "--workers", "2")
+    try:
+        _wait_for(srv, "with 2 workers")
+        assert asyncio.run(_drive(srv.port, _requests(model_path, 200))) == 200  # counters never asked for
+        before = _worker_pids(srv.proc.pid)
+        os.kill(before[0], signal.SIGTERM)
+        _wait_for(srv, "serves again")
+        stats = json.loads(_fresh_get(srv.port, "/v2/models/gnn/stats"))["model_stats"][0]
+        assert stats["inference_stats"]["success"]["count"] == 200  # every request, the stopped worker's too
+    finally:
+        code = srv.stop()
+    assert code == 0, srv.log()[-3000:]
+
+
+def test_dead_workers_are_folded_into_one_sum_and_a_reused_pid_takes_nothing(tmp_path):
+    """The supervisor folds a reaped worker's file into the retired sum before a new worker can
+    get its pid; a reader between a glob and a read counts a worker once; a later process with
+    the same pid keeps its own file."""
+    import json
+
+    from edgemp.runtime.server import peers
+
+    def counters(token: str, successes: int) -> dict:
+        stats = ModelStats()
+        for _ in range(successes):
+            stats.record_success(1, 1000, 100, 10, 500, 20)
+        return {"token": token, "models": {"m": {"stats": stats.raw(), "queue_depth": 0}}}
+
+    def total(parts: list[dict]) -> int:
+        return ModelStats.merged([p["models"]["m"]["stats"] for p in parts if "m" in p["models"]]).raw()[
+            "outcomes"]["success"]
+
+    reader = Peers(tmp_path, 0, 2)
+    for token, n in (("111-aa", 5), ("222-bb", 7)):
+        (tmp_path / f"stats-{token}.json").write_text(json.dumps(counters(token, n)))
+    assert total(reader._retired(set())) == 12  # both still in their own files
+    peers.fold_retired(tmp_path, 111)
+    assert not (tmp_path / "stats-111-aa.json").exists()
+    assert total(reader._retired(set())) == 12  # one folded, one not: each counted once
+    # a reader that read the file just before it was folded drops its copy by this list
+    assert "111-aa" in json.loads((tmp_path / "retired.json").read_text())["folded"]
+    (tmp_path / "stats-111-cc.json").write_text(json.dumps(counters("111-cc", 3)))  # the same pid, a new worker
+    assert total(reader._retired({"111-cc"})) == 12  # live: asked, not read from its file
+    peers.fold_retired(tmp_path, 111)
+    peers.fold_retired(tmp_path, 222)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["retired.json"]
+    assert total(reader._retired(set())) == 15
