@@ -270,6 +270,27 @@ def _serve_in_own_group(model: Path, port: int, *args: str) -> subprocess.Popen:
                             start_new_session=True)
 
 
+def _signal_and_collect(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60.0,
+                        group: bool = False) -> str:
+    """Signal a server started by :func:`_serve_in_own_group` and return the rest of its output;
+    its whole group is killed if it has not exited by then (the test then fails on its output)."""
+    try:
+        (os.killpg if group else os.kill)(proc.pid, sig)
+        rest, _ = proc.communicate(timeout=timeout)
+        return rest
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _slow_repository(model_path: Path, folder: Path) -> Path:
+    """40 copies of the model: workers take long enough loading it to be caught at it."""
+    for i in range(40):
+        (folder / f"m{i:02d}").mkdir(parents=True)
+        (folder / f"m{i:02d}" / "model.onnx").write_bytes(model_path.read_bytes())
+    return folder
+
+
 def _read_until(proc: subprocess.Popen, text: str, count: int = 1, timeout: float = 60.0) -> str:
     out, deadline = "", time.monotonic() + timeout
     while out.count(text) < count:
@@ -283,19 +304,12 @@ def _read_until(proc: subprocess.Popen, text: str, count: int = 1, timeout: floa
 def test_a_stop_signal_during_start_up_stops_every_worker(model_path, tmp_path, sig, target):
     """A signal while the workers still load their models (a repository of 40 models here) stops
     the server; it used to run a forked copy of the supervisor's handler in each worker and serve on."""
-    repo = tmp_path / "repo"
-    for i in range(40):
-        (repo / f"m{i:02d}").mkdir(parents=True)
-        (repo / f"m{i:02d}" / "model.onnx").write_bytes(model_path.read_bytes())
-    proc = _serve_in_own_group(repo, free_port(), "--workers", "2")
+    proc = _serve_in_own_group(_slow_repository(model_path, tmp_path / "repo"), free_port(), "--workers", "2")
+    out = ""
     try:
-        out = _read_until(proc, "loaded model", 6)
-        (os.killpg if target == "group" else os.kill)(proc.pid, sig)
-        rest, _ = proc.communicate(timeout=60)
+        out += _read_until(proc, "loaded model", 6)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    out += rest
+        out += _signal_and_collect(proc, sig, group=target == "group")
     assert proc.returncode == 0, out[-3000:]
     assert "all 2 workers stopped" in out and "Traceback" not in out, out[-3000:]
     assert "serving on" not in out  # it never announced a server it was stopping
@@ -308,11 +322,8 @@ def test_ctrl_c_to_the_group_lets_every_worker_finish_its_drain(model_path):
         proc = _serve_in_own_group(model_path, free_port(), "--name", "gnn", "--workers", "2")
         try:
             _read_until(proc, "with 2 workers")
-            os.killpg(proc.pid, signal.SIGINT)
-            out, _ = proc.communicate(timeout=60)
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+            out = _signal_and_collect(proc, signal.SIGINT, group=True)
         assert proc.returncode == 0, out[-3000:]
         assert len(re.findall(r"worker-\d .*shutdown complete", out)) == 2, out[-3000:]
 
@@ -524,8 +535,9 @@ def test_pausing_the_whole_service_kills_no_worker(model_path):
     timeout. On resume the supervisor must not read the pause as its workers' silence (it killed
     healthy workers on about every second resume, and three such deaths stopped the server)."""
     proc = _serve_in_own_group(model_path, free_port(), "--name", "gnn", "--workers", "3", "--worker-timeout-s", "1")
+    out = ""
     try:
-        out = _read_until(proc, "with 3 workers")
+        out += _read_until(proc, "with 3 workers")
         # long pauses, then pauses just under the timeout in quick succession (a late loop turn
         # of under a second, then the age of the last report, once added up to a kill)
         for pause, running in [(2.5, 1.5)] * 3 + [(0.9, 0.2)] * 10:
@@ -534,12 +546,8 @@ def test_pausing_the_whole_service_kills_no_worker(model_path):
             os.killpg(proc.pid, signal.SIGCONT)
             time.sleep(running)  # the workers' overdue reports arrive; a wrong kill would come now
         assert len(_worker_pids(proc.pid)) == 3
-        os.kill(proc.pid, signal.SIGTERM)
-        rest, _ = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    out += rest
+        out += _signal_and_collect(proc)
     assert proc.returncode == 0, out[-3000:]
     assert "killing it" not in out and "starting a new one" not in out, out[-3000:]
 
@@ -549,8 +557,9 @@ def test_a_worker_that_hangs_as_its_supervisor_resumes_is_caught_in_time(model_p
     queued); a worker that hangs as it resumes is killed about the timeout later, not the
     pause plus the timeout (the pause was once added to reports read after it)."""
     proc = _serve_in_own_group(model_path, free_port(), "--name", "gnn", "--workers", "2", "--worker-timeout-s", "1")
+    out = ""
     try:
-        out = _read_until(proc, "with 2 workers")
+        out += _read_until(proc, "with 2 workers")
         victim = _worker_pids(proc.pid)[0]
         os.kill(proc.pid, signal.SIGSTOP)
         time.sleep(6)
@@ -562,31 +571,22 @@ def test_a_worker_that_hangs_as_its_supervisor_resumes_is_caught_in_time(model_p
         assert f"(pid {victim}) has not reported" in out, out[-3000:]
         assert caught_after < 4, f"caught {caught_after:.1f} s after the resume (the pause was 6 s, the timeout 1 s)"
         out += _read_until(proc, "serves again")  # replaced; then a clean stop
-        os.kill(proc.pid, signal.SIGTERM)
-        rest, _ = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, (out + rest)[-3000:]
+        out += _signal_and_collect(proc)
+    assert proc.returncode == 0, out[-3000:]
 
 
 def test_a_stop_is_not_held_by_a_worker_stuck_while_loading(model_path, tmp_path):
     """A worker frozen before it serves never reports, so only the stop's own bound can end it."""
-    repo = tmp_path / "repo"
-    for i in range(40):  # slow to load: the workers are still loading when one is frozen
-        (repo / f"m{i:02d}").mkdir(parents=True)
-        (repo / f"m{i:02d}" / "model.onnx").write_bytes(model_path.read_bytes())
-    proc = _serve_in_own_group(repo, free_port(), "--workers", "2", "--worker-timeout-s", "1")
+    proc = _serve_in_own_group(_slow_repository(model_path, tmp_path / "repo"), free_port(), "--workers", "2",
+                               "--worker-timeout-s", "1")
+    out = ""
     try:
-        out = _read_until(proc, "loaded model", 4)
+        out += _read_until(proc, "loaded model", 4)
         victim = _worker_pids(proc.pid)[0]
         _freeze(victim)
-        os.kill(proc.pid, signal.SIGTERM)
-        rest, _ = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    out += rest
+        out += _signal_and_collect(proc, timeout=30)
     assert proc.returncode == 1, out[-3000:]
     assert re.search(rf"worker \d \(pid {victim}\) did not stop within [\d.]+ s of SIGTERM before it was ready; "
                      "killing it", out), out[-3000:]
