@@ -175,6 +175,10 @@ class Peers:
         mine = self._kept_counters(state)
         live = [mine, *others]
         retired = self._retired({c["token"] for c in live})
+        folded = set(retired[-1]["folded"])  # the fold comes last
+        # A worker that answered, then died and was folded before the fold was read, is in the fold
+        # (as it last wrote, which is at least what it answered): counted there, not twice.
+        live = [c for c in live if c["token"] not in folded]
         views = {}
         for name in state.models:
             parts = [c["models"][name] for c in live + retired if name in c["models"]]
@@ -229,6 +233,8 @@ def fold_retired(folder: Path, pid: int) -> None:
     So a scrape reads one file per live worker and one for all the dead, however many died,
     and no total goes down: the fold is written whole before the worker's file goes.
     """
+    for path in folder.glob(f"stats-{pid}-*.json.tmp"):  # a write it was killed in the middle of
+        path.unlink(missing_ok=True)
     for path in folder.glob(f"stats-{pid}-*.json"):
         try:
             counters = json.loads(path.read_bytes())

@@ -703,3 +703,34 @@ def test_dead_workers_are_folded_into_one_sum_and_a_reused_pid_takes_nothing(tmp
     peers.fold_retired(tmp_path, 222)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["retired.json"]
     assert total(reader._retired(set())) == 15
+
+
+def test_a_worker_folded_during_a_gather_is_counted_once(tmp_path):
+    """Worker 1 answers, then dies and is folded before the asking worker reads the fold: its
+    counters are in both its answer and the fold, and must be added once (40 + 22, not 40 + 22 + 22)."""
+    from types import SimpleNamespace
+
+    from edgemp.runtime.server import peers
+
+    def state(successes: int) -> SimpleNamespace:
+        stats = ModelStats()
+        for _ in range(successes):
+            stats.record_success(1, 1000, 100, 10, 500, 20)
+        return SimpleNamespace(models={"m": SimpleNamespace(stats=stats, queue_depth=lambda: 0)})
+
+    class FoldedMidway(Peers):  # the supervisor reaps worker 1 between the asking and the reading
+        def _retired(self, live):
+            peers.fold_retired(self.folder, 99999)
+            return super()._retired(live)
+
+    async def scenario() -> int:
+        other = Peers(tmp_path, 1, 2)
+        other.token = "99999-aa"  # one process plays both workers: its own pid for the one that dies
+        await other.start(state(22))
+        try:
+            views = await FoldedMidway(tmp_path, 0, 2).gather(state(40))
+        finally:
+            await other.close(stopping=False)
+        return views["m"].stats.raw()["outcomes"]["success"]
+
+    assert asyncio.run(scenario()) == 62
