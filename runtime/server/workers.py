@@ -69,7 +69,6 @@ MAX_WORKERS = 256
 BACKLOG = 1024
 MAX_DEATHS = 3  # this many deaths (at least one per worker) within RESTART_WINDOW_S stop the server
 RESTART_WINDOW_S = 60.0
-DEFAULT_TIMEOUT_S = DEFAULT_WORKER_TIMEOUT_S
 HEARTBEAT_S = 1.0  # how often a worker reports (more often for a timeout under 4 s)
 TICK_S = 0.1  # the supervisor's loop: how long it waits for a worker's message at a time
 # The supervisor's clock for silences advances by at most this between two looks: a longer gap
@@ -89,7 +88,7 @@ class Worker:
     grpc_socks: list[socket.socket] | None
     peers: Peers
     notify_fd: int = -1  # the supervisor's pipe: "ready", "alive", or why it could not start
-    timeout_s: float = DEFAULT_TIMEOUT_S  # 0: never reports (the supervisor does not watch)
+    timeout_s: float = DEFAULT_WORKER_TIMEOUT_S  # 0: never reports (the supervisor does not watch)
 
     def keep_reporting(self, state: "ServerState") -> None:
         """Tell the supervisor "alive" now and about every second, on the running event loop,
@@ -109,7 +108,7 @@ class Worker:
         report()
 
 
-def check_workers(count: int, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+def check_workers(count: int, timeout_s: float = DEFAULT_WORKER_TIMEOUT_S) -> None:
     """Refuse a worker count or timeout this platform or this server cannot run, naming why."""
     if not 1 <= count <= MAX_WORKERS:
         raise EdgempError(f"--workers must be in 1..{MAX_WORKERS}, got {count}")
@@ -196,7 +195,7 @@ class _Launcher:
     """Forks workers: a worker gets its own new sockets in each group, bound just before its fork."""
 
     def __init__(self, config: ServerConfig, count: int, serve_one: Callable[[Worker, Callable[[], None]], None],
-                 folder: Path, read_fd: int, write_fd: int, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+                 folder: Path, read_fd: int, write_fd: int, timeout_s: float = DEFAULT_WORKER_TIMEOUT_S) -> None:
         self.count = count
         self.timeout_s = timeout_s
         self.serve_one = serve_one
@@ -262,7 +261,7 @@ class _Launcher:
 
 
 def serve_workers(count: int, config: ServerConfig, serve_one: Callable[[Worker, Callable[[], None]], None],
-                  started_at: float, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+                  started_at: float, timeout_s: float = DEFAULT_WORKER_TIMEOUT_S) -> None:
     """Run ``count`` workers until SIGTERM/SIGINT; raises EdgempError (exit 1) when the server fails.
 
     ``serve_one(worker, ready)`` is a worker's whole life (load the models, serve until a
