@@ -68,6 +68,7 @@ class Peers:
         # and a random part (a later process given the same pid never takes it over).
         self.token = f"{os.getpid()}-{secrets.token_hex(8)}"
         self._server: asyncio.AbstractServer | None = None
+        self._state: "ServerState | None" = None  # what it serves, set by start()
 
     def path(self, index: int) -> Path:
         return self.folder / f"worker-{index}.sock"
