@@ -90,13 +90,6 @@ def floor_stats(port: int) -> tuple[int, int, int]:
     return int(batches), int(requests), int(spin_ns)
 
 
-def steal_ticks(cpus: list[int]) -> int:
-    """Clock ticks the hypervisor has taken from ``cpus`` so far (/proc/stat's steal column)."""
-    names = {f"cpu{c}" for c in cpus}
-    return sum(int(line.split()[8]) for line in Path("/proc/stat").read_text().splitlines()
-               if line.split()[0] in names)
-
-
 def build_floor(tmp: Path) -> Path:
     """benchmarks/floor_server.c, compiled into ``tmp``."""
     cc = shutil.which("cc") or shutil.which("gcc")
@@ -164,17 +157,17 @@ def main(argv: list[str] | None = None) -> None:
                         "floor": wrk_load.run(f"{floor_url}/v2/health/ready", args.clients, 2).rate}
             rows = []
             for r in range(args.rounds):
-                before, stolen = _stats(srv.port), steal_ticks(watched)
+                before, stolen = _stats(srv.port), wrk_load.steal_ticks(watched)
                 res = wrk_load.run(edgemp_url, args.clients, args.seconds, script)
-                after, stolen = _stats(srv.port), steal_ticks(watched) - stolen
+                after, stolen = _stats(srv.port), wrk_load.steal_ticks(watched) - stolen
                 execs = after["execution_count"] - before["execution_count"]
                 compute = sum(b["compute_infer"]["ns"] for b in after["batch_stats"]) - sum(
                     b["compute_infer"]["ns"] for b in before["batch_stats"])
                 mean_batch = (after["inference_count"] - before["inference_count"]) / max(execs, 1)
                 rows.append((r + 1, "edgemp serve", res, mean_batch, compute / max(execs, 1) / 1e3, stolen))
-                (b0, q0, s0), stolen = floor_stats(floor_port), steal_ticks(watched)
+                (b0, q0, s0), stolen = floor_stats(floor_port), wrk_load.steal_ticks(watched)
                 res = wrk_load.run(floor_url, args.clients, args.seconds, script)
-                (b1, q1, s1), stolen = floor_stats(floor_port), steal_ticks(watched) - stolen
+                (b1, q1, s1), stolen = floor_stats(floor_port), wrk_load.steal_ticks(watched) - stolen
                 rows.append((r + 1, "floor", res, (q1 - q0) / max(b1 - b0, 1), (s1 - s0) / max(b1 - b0, 1) / 1e3,
                              stolen))
         finally:
@@ -192,10 +185,9 @@ def main(argv: list[str] | None = None) -> None:
             f"| round | server | graphs/s | p50 µs | p99 µs | mean batch | mean batch compute µs | bound µs "
             f"({args.delay_us} + 3 × compute) | p99 within | p99 / bound | stolen by the host (CPU "
             f"{','.join(map(str, watched))}) |", "|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
-    tick = os.sysconf("SC_CLK_TCK")
     for r, name, res, mean_batch, compute_us, stolen in rows:
         bound = args.delay_us + 3 * compute_us
-        share = stolen / tick / (args.seconds * len(watched))
+        share = wrk_load.stolen_share(stolen, args.seconds, len(watched))
         failed = f" ({res.failures} failed)" if res.failures else ""
         out.append(f"| {r} | {name}{failed} | {res.rate:.0f} | {res.p50_us:.0f} | {res.p99_us:.0f} | {mean_batch:.1f} | "
                    f"{compute_us:.0f} | {bound:.0f} | {'yes' if res.p99_us <= bound else 'no'} | "

@@ -422,7 +422,8 @@ def batching(seconds: float, clients: int, tmp: Path, rounds: int = 5, pin: bool
                 elapsed[mode] += run.duration_s
                 lat[mode] += run.latencies_ns.tolist()
         after = {mode: _stats(srv.port) for mode, srv in servers.items()}
-        native = _native_rows(servers, bodies, headers, clients, seconds, tmp) if wrk_load.available() else {}
+        native = (_native_rows(servers, bodies, headers, clients, seconds, tmp, sorted(server_cpus or cpus))
+                  if wrk_load.available() else {})
     finally:
         if client_cpus:
             os.sched_setaffinity(0, set(cpus))
@@ -463,11 +464,13 @@ def batching(seconds: float, clients: int, tmp: Path, rounds: int = 5, pin: bool
     if not native:
         return lines + ["", "(no wrk on PATH: the native load generator rows are skipped; apt-get install wrk)"]
     lines += ["", f"Same servers, native load generator (benchmarks/wrk_load.py: wrk, 1 thread, {clients} connections, "
-              f"the same bodies, {max(seconds, 1):.0f} s per mode; its ceiling is wrk against /v2/health/ready):", "",
-              *BATCHING_TABLE]
-    for mode, (res, ceiling, b, a) in native.items():
+              f"the same bodies, {max(seconds, 1):.0f} s per mode; its ceiling is wrk against /v2/health/ready; the "
+              f"last column is the share of the servers' CPUs the hypervisor took in the window, /proc/stat's "
+              f"steal):", "", BATCHING_TABLE[0] + " stolen |", BATCHING_TABLE[1] + "---:|"]
+    for mode, (res, ceiling, b, a, stolen) in native.items():
         nan = float("nan")
-        lines.append(_batching_row(mode, res.rate, ceiling, res.p50_us or nan, res.p99_us or nan, b, a))
+        lines.append(_batching_row(mode, res.rate, ceiling, res.p50_us or nan, res.p99_us or nan, b, a)
+                     + f" {stolen:.1%} |")
     on, delayed, workers, off = (native[m][0].rate for m in ("on (delay 0)", DELAYED, WORKERS, "off"))
     lines += ["", f"batching on / off (wrk): {on / off:.2f}x graphs/s (delay 0), {delayed / off:.2f}x ({DELAYED[4:-1]}), "
               f"{workers / off:.2f}x (2 workers)"]
@@ -492,19 +495,22 @@ def _batching_row(mode: str, rate: float, ceiling: float, p50_us: float, p99_us:
 
 
 def _native_rows(servers: dict, bodies: list[bytes], headers: list[dict], clients: int, seconds: float,
-                 tmp: Path) -> dict:
-    """Per mode: (wrk's infer result, its health ceiling, server stats before, after)."""
+                 tmp: Path, server_cpus: list[int]) -> dict:
+    """Per mode: (wrk's infer result, its health ceiling, server stats before, after, the share of
+    ``server_cpus`` the hypervisor took in the window)."""
     script = wrk_load.write_script(tmp / "wrk", "/v2/models/m/infer", bodies,
                                    [h["Inference-Header-Content-Length"] for h in headers])
     rows = {}
     for mode, srv in servers.items():
         base = f"http://127.0.0.1:{srv.port}"
         ceiling = wrk_load.run(f"{base}/v2/health/ready", clients, 2)
-        before = _stats(srv.port)
+        before, stolen = _stats(srv.port), wrk_load.steal_ticks(server_cpus)
         result = wrk_load.run(base, clients, seconds, script)
+        stolen = wrk_load.steal_ticks(server_cpus) - stolen
         if result.failures:
             raise SystemExit(f"{base}: wrk saw {result.failures} failed requests")
-        rows[mode] = (result, ceiling.rate, before, _stats(srv.port))
+        rows[mode] = (result, ceiling.rate, before, _stats(srv.port),
+                      wrk_load.stolen_share(stolen, seconds, len(server_cpus)))
     return rows
 
 

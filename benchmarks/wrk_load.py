@@ -8,6 +8,7 @@ same V2 binary bodies. Install: ``apt-get install wrk``; without it the rows are
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -73,3 +74,22 @@ def parse(out: str) -> WrkResult:
     if socket_errors:
         failures += sum(int(x) for x in re.findall(r"\d+", socket_errors.group(1)))
     return WrkResult(rate, pct.get("50"), pct.get("99"), failures)
+
+
+def steal_ticks(cpus: list[int]) -> int:
+    """Clock ticks the hypervisor has taken from ``cpus`` so far (/proc/stat's steal column; 0 off Linux).
+
+    On a virtual machine, a window in which the host ran someone else on these CPUs shows a
+    p99 the server did not cause: the benchmarks print each window's share beside its figures.
+    """
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return 0
+    names = {f"cpu{c}" for c in cpus}
+    return sum(int(line.split()[8]) for line in lines if line.split()[0] in names)
+
+
+def stolen_share(ticks: int, seconds: float, cpus: int) -> float:
+    """``ticks`` of steal as a share of ``cpus`` CPUs over ``seconds``."""
+    return ticks / os.sysconf("SC_CLK_TCK") / (max(seconds, 1e-9) * max(cpus, 1))
