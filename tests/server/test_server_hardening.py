@@ -14,6 +14,7 @@ import logging
 import socket
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -284,6 +285,60 @@ def test_gzip_bomb_does_not_stall_health_checks(server, gnn):
     assert results == [413] * 8, results
     assert worst < 0.5, f"a health check waited {worst:.2f} s behind a gzip bomb"
     _valid(server, gnn)
+
+
+def test_many_small_compressed_bodies_at_once_each_hold_about_their_size(server, gnn):
+    """Each compressed body used to reserve the whole body limit while it inflated, so two small
+    gzip requests at once filled this server's buffer (2 x MAX_BODY) and the rest got 503."""
+    graphs = random_graphs(np.random.default_rng(11), 2, max_nodes=8)
+    body, header_length = v2_binary_body(batch_tensors(graphs))
+    headers = {"Inference-Header-Content-Length": str(header_length)}
+    want = expected_layout(gnn, graphs)
+    statuses: list[int] = []
+    start = threading.Barrier(12)
+
+    def client(i: int) -> None:
+        conn = server.connection()
+        try:
+            encoding = "gzip" if i % 2 else "deflate"
+            wire = gzip.compress(body) if encoding == "gzip" else zlib.compress(body)
+            start.wait()
+            for _ in range(5):
+                status, hdrs, data = request(conn, "POST", "/v2/models/gnn/infer", wire,
+                                             {**headers, "Content-Encoding": encoding})
+                statuses.append(status)
+                if status == 200:
+                    assert_outputs_match(decode_v2_response(data, hdrs.get("Inference-Header-Content-Length"))[1],
+                                         want, encoding)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert statuses == [200] * 60, sorted(set(statuses))
+
+
+def test_a_body_that_inflates_past_its_first_room_is_read_whole(server, gnn):
+    """Room for an inflated body grows (16x the wire size, then 8x at a time) up to the body limit:
+    1.5 MiB of JSON in ~2 KiB of gzip is read, and one byte past the limit is still 413."""
+    graphs = random_graphs(np.random.default_rng(12), 2, max_nodes=8)
+    body = v2_json_body(batch_tensors(graphs))
+    conn = server.connection()
+    try:
+        for padding, want in ((1_500_000, 200), (MAX_BODY + 1 - len(body), 413)):
+            status, _, data = request(conn, "POST", "/v2/models/gnn/infer", gzip.compress(body + b" " * padding),
+                                      {"Content-Encoding": "gzip"})
+            assert status == want, data[:200]
+            if status == 200:
+                assert_outputs_match(decode_v2_response(data, None)[1], expected_layout(gnn, graphs), "grown")
+            else:
+                conn.close()
+                conn = server.connection()
+    finally:
+        conn.close()
 
 
 def _outcomes(server) -> dict[str, float]:
