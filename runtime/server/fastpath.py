@@ -19,7 +19,6 @@ raised while serving a fast request is answered exactly as the middleware answer
 """
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from email.utils import formatdate
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import httptools
 
 from edgemp.runtime.server import core, jsoncodec
+from edgemp.runtime.server.auth import bearer_matches, token_bytes
 from edgemp.runtime.server.body import BadBodyError
 from edgemp.runtime.server.middleware import BODY_READER, error_answer
 from edgemp.runtime.server.state import STATE
@@ -204,7 +204,7 @@ class FastPath:
         self.state = app[STATE]
         self.reader = app[BODY_READER]
         token = self.state.config.auth_token
-        self.expected = None if token is None else f"Bearer {token}".encode()
+        self.expected = token_bytes(token)
         self.max_length = min(self.reader.max_body_bytes, self.state.config.offload_bytes - 1)
         self._routes: dict[bytes, _Route] = {}  # a fast POST's head bytes -> what it decided
 
@@ -296,7 +296,7 @@ class FastPath:
         return served, v2
 
     def _authorized(self, headers: dict[bytes, bytes]) -> bool:
-        return self.expected is None or hmac.compare_digest(headers.get(b"authorization", b""), self.expected)
+        return self.expected is None or bearer_matches(headers.get(b"authorization"), self.expected)
 
 
 # aiohttp internals the fast path steers (its keep-alive timer and request bookkeeping, see

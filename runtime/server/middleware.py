@@ -6,7 +6,6 @@ only an unexpected exception becomes a 500, and that one is logged with its trac
 """
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import Awaitable, Callable
 
@@ -23,6 +22,7 @@ from edgemp.errors import (
     ShuttingDownError,
 )
 from edgemp.runtime.server import jsoncodec
+from edgemp.runtime.server.auth import CHALLENGE, bearer_matches, token_bytes
 from edgemp.runtime.server.body import BadBodyError, BodyReader, ClientGoneError, aiohttp_inflates
 from edgemp.runtime.server.config import ServerConfig
 
@@ -98,24 +98,24 @@ def error_answer(e: Exception, method: str, path: str) -> tuple[int, str]:
     return 500, "internal server error; see the server log"
 
 
-def error_response(status: int, message: str) -> web.Response:
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     """The V2 error body, byte for byte what the fast path sends (runtime/server/fastpath.py)."""
     return web.Response(body=jsoncodec.dumps({"error": message}), status=status, content_type="application/json",
-                        charset="utf-8")
+                        charset="utf-8", headers=headers)
 
 
 def _refusal_check(reader: BodyReader, token: str | None,
                    refused: Callable[[web.Request, Exception], None] | None) -> Callable[[web.Request], web.Response | None]:
     """What may be refused from a request's headers alone, before a byte of its body is read:
     the bearer token (401) and the announced body size against the limits (413, 503)."""
-    expected = None if token is None else f"Bearer {token}".encode()
+    expected = token_bytes(token)
 
     def refusal(request: web.Request) -> web.Response | None:
         if expected is not None and request.path not in OPEN_PATHS:
             # aiohttp keeps undecodable header bytes as surrogates: encode them back, never raise.
             given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
-            if not hmac.compare_digest(given, expected):
-                return error_response(401, "missing or invalid bearer token")
+            if not bearer_matches(given, expected):
+                return error_response(401, "missing or invalid bearer token", CHALLENGE)
         length = request.content_length
         if length is not None and request.method in ("POST", "PUT"):
             try:

@@ -269,9 +269,16 @@ def test_token_is_checked_on_the_fast_path(repo):
     try:
         body = v2_json_body(batch_tensors(random_graphs(np.random.default_rng(2), 1, max_nodes=5)))
         good = {"Authorization": f"Bearer {TOKEN}"}
-        for headers, status in (({}, 401), ({"Authorization": "Bearer wrong"}, 401), (good, 200)):
-            (got, _, _), = exchange(srv.port, wire("POST", "/v2/models/gnn/infer", body, headers))
+        # the scheme is case-insensitive (RFC 7235), the token is not; a 401 names the scheme
+        for headers, status in (({}, 401), ({"Authorization": "Bearer wrong"}, 401), (good, 200),
+                                ({"Authorization": f"bearer {TOKEN}"}, 200), ({"Authorization": f"BEARER  {TOKEN}"}, 200),
+                                ({"Authorization": f"Bearer {TOKEN.upper()}"}, 401),
+                                ({"Authorization": f"Basic {TOKEN}"}, 401), ({"Authorization": TOKEN}, 401),
+                                ({"Authorization": f"Bearer{TOKEN}"}, 401)):
+            (got, answer_headers, _), = exchange(srv.port, wire("POST", "/v2/models/gnn/infer", body, headers))
             assert got == status, headers
+            if got == 401:
+                assert answer_headers["www-authenticate"].startswith("Bearer"), answer_headers
         (got, headers, _), = exchange(srv.port, wire("GET", "/v2/health/ready"))
         assert got == 200 and headers["server"] == "edgemp"  # the probes need no token
     finally:
