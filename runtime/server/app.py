@@ -15,7 +15,7 @@ from aiohttp import web
 from edgemp.errors import EdgempError
 from edgemp.runtime.batcher import BatcherConfig
 from edgemp.runtime.model import Model
-from edgemp.runtime.server import v1, v2
+from edgemp.runtime.server import unsupported, v1, v2
 from edgemp.runtime.server.config import ServerConfig
 from edgemp.runtime.server.body import BodyReader
 from edgemp.runtime.server.limits import RequestLimits
@@ -99,6 +99,7 @@ def create_app(
     app[BODY_READER] = body_reader
     v2.add_routes(app, expect)
     v1.add_routes(app, expect)
+    unsupported.add_routes(app, expect)
     app.on_cleanup.append(_close_models)
     return app
 

@@ -101,6 +101,9 @@ MESSAGES: dict[str, str] = {
     "ModelStatistics": "name=1:string version=2:string last_inference=3:uint64 inference_count=4:uint64 "
                        "execution_count=5:uint64 inference_stats=6:InferStatistics batch_stats=7:*InferBatchStatistics",
     "ModelStatisticsResponse": "model_stats=1:*ModelStatistics",
+    "RepositoryIndexRequest": "repository_name=1:string ready=2:bool",
+    "RepositoryIndexResponse.ModelIndex": "name=1:string version=2:string state=3:string reason=4:string",
+    "RepositoryIndexResponse": "models=1:*RepositoryIndexResponse.ModelIndex",
 }
 # RPC name -> (request, response) message names
 RPCS: dict[str, tuple[str, str]] = {
@@ -112,6 +115,7 @@ RPCS: dict[str, tuple[str, str]] = {
     "ModelInfer": ("ModelInferRequest", "ModelInferResponse"),
     "ModelConfig": ("ModelConfigRequest", "ModelConfigResponse"),
     "ModelStatistics": ("ModelStatisticsRequest", "ModelStatisticsResponse"),
+    "RepositoryIndex": ("RepositoryIndexRequest", "RepositoryIndexResponse"),
 }
 
 
@@ -195,6 +199,7 @@ ModelConfigRequest = CLASSES["ModelConfigRequest"]
 ModelConfigResponse = CLASSES["ModelConfigResponse"]
 ModelStatisticsRequest = CLASSES["ModelStatisticsRequest"]
 ModelStatisticsResponse = CLASSES["ModelStatisticsResponse"]
+RepositoryIndexResponse = CLASSES["RepositoryIndexResponse"]
 
 
 def infer_request_bytes(model: str, tensors: dict[str, np.ndarray], request_id: str = "") -> bytes:

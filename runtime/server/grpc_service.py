@@ -1,7 +1,7 @@
 """KServe V2 over gRPC (``inference.GRPCInferenceService``): the RPCs, protocol-neutral.
 
 Stock ``tritonclient.grpc`` works against it: ServerLive/Ready, ModelReady, ServerMetadata,
-ModelMetadata, ModelConfig, ModelStatistics and ModelInfer with ``raw_input_contents`` /
+ModelMetadata, ModelConfig, ModelStatistics, RepositoryIndex and ModelInfer with ``raw_input_contents`` /
 ``raw_output_contents`` (the client decodes outputs only from raw contents, in the order of
 its requested outputs). Each RPC here is serialized request bytes in, serialized response
 bytes out, or an exception; :func:`grpc_status` turns that into a gRPC status. The wire
@@ -21,7 +21,6 @@ port is given.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import math
 from typing import Any, Awaitable, Callable, NamedTuple, Protocol
@@ -31,9 +30,10 @@ import numpy as np
 from edgemp import __version__
 from edgemp.errors import EdgempError, MissingExtraError
 from edgemp.runtime.server import core
+from edgemp.runtime.server.auth import bearer_matches, token_bytes
 from edgemp.runtime.server.grpc_plans import GrpcPlans
 from edgemp.runtime.server.grpc_wire import encode_response
-from edgemp.runtime.server.metadata import EXTENSIONS, SERVER_NAME, model_config, model_metadata
+from edgemp.runtime.server.metadata import EXTENSIONS, SERVER_NAME, model_config, model_metadata, repository_index
 from edgemp.runtime.server.middleware import one_line, status_for
 from edgemp.runtime.server.peers import model_views
 from edgemp.runtime.server.protocol import (
@@ -50,6 +50,7 @@ from edgemp.runtime.server.protocol import (
     object_array,
 )
 from edgemp.runtime.server.state import ServerState
+from edgemp.runtime.server.unsupported import REASONS
 
 logger = logging.getLogger(__name__)
 
@@ -87,10 +88,18 @@ def _parameters(params: Any, where: str) -> dict[str, Any]:
 _TYPED = {"FP32": "fp32_contents", "INT64": "int64_contents", "BYTES": "bytes_contents"}
 
 
+def _refuse_shared_memory(msg: Any) -> None:
+    """An input whose data is missing because it names a shared memory region: say so."""
+    for tensor in msg.inputs:
+        if "shared_memory_region" in tensor.parameters:
+            raise ProtocolError(f"{_where(tensor.name)}: {REASONS['shared_memory']}")
+
+
 def decode_request(msg: Any, expected: dict[str, str]) -> InferRequest:
     """A ModelInferRequest as the protocol-neutral :class:`InferRequest` (checks as HTTP does)."""
     raw = msg.raw_input_contents
     if raw and len(raw) != len(msg.inputs):
+        _refuse_shared_memory(msg)
         raise ProtocolError(f"raw_input_contents has {len(raw)} entries for {len(msg.inputs)} inputs; "
                             "give one per input, in input order")
     if not msg.inputs:
@@ -114,6 +123,7 @@ def decode_request(msg: Any, expected: dict[str, str]) -> InferRequest:
         count = math.prod(shape)  # Python ints: check_shape bounded it
         values = getattr(tensor.contents, _TYPED[datatype])
         if len(values) != count:
+            _refuse_shared_memory(msg)
             raise ProtocolError(f"{where}: contents hold {len(values)} values but shape {list(shape)} needs {count}")
         if datatype == "BYTES":
             decoded[tensor.name] = object_array(list(values), shape)
@@ -167,7 +177,7 @@ class InferenceService:
         self.pb = pb
         self.plans = GrpcPlans()
         token = state.config.auth_token
-        self._expected = f"Bearer {token}".encode() if token is not None else None
+        self._expected = token_bytes(token)
         self.rpcs: dict[bytes, Rpc] = {}
         for name in pb.RPCS:
             deferred = name in ("ModelInfer", "ModelStatistics")
@@ -180,7 +190,7 @@ class InferenceService:
 
     def authorized(self, header: bytes | None) -> bool:
         """Whether an ``authorization`` metadata value carries the server's bearer token."""
-        return self._expected is None or hmac.compare_digest(header or b"", self._expected)
+        return self._expected is None or bearer_matches(header, self._expected)
 
     def _unary(self, name: str) -> Callable[[bytes], bytes]:
         answer = getattr(self, name)
@@ -231,6 +241,12 @@ class InferenceService:
         config = model_config(self.state.model(request.name, request.version))
         resp = self.pb.ModelConfigResponse()
         json_format.ParseDict(config, resp.config, ignore_unknown_fields=True)
+        return resp
+
+    def RepositoryIndex(self, request: Any) -> Any:  # noqa: N802
+        resp = self.pb.RepositoryIndexResponse()
+        for entry in repository_index(self.state.models, self.state.ready, request.ready):
+            resp.models.add(**entry)
         return resp
 
     def ModelStatistics(self, data: bytes, answer: core.Answer) -> "asyncio.Task | None":  # noqa: N802

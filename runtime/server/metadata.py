@@ -79,3 +79,13 @@ def model_config(served: ServedModel) -> dict[str, Any]:
         },
         "model_transaction_policy": {"decoupled": False},
     }
+
+
+def repository_index(models: dict[str, ServedModel], ready: bool, only_ready: bool = False) -> list[dict[str, str]]:
+    """The repository index (the model_repository extension), by name: every model is loaded
+    at start, so each is READY while the server is (``only_ready``: leave the others out)."""
+    state = "READY" if ready else "UNAVAILABLE"
+    if only_ready and not ready:
+        return []
+    return [{"name": s.name, "version": s.version, "state": state, "reason": ""}
+            for s in (models[n] for n in sorted(models))]

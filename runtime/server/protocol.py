@@ -16,6 +16,7 @@ import numpy as np
 from edgemp.errors import EdgempError
 from edgemp.jsonio import holds_bool
 from edgemp.runtime.server import jsoncodec
+from edgemp.runtime.server.unsupported import REASONS
 
 if TYPE_CHECKING:
     from edgemp.runtime.server.served import ServedModel
@@ -255,7 +256,7 @@ def decode_infer_request(body: bytes, header_length: str | None, expected: dict[
             size = _parameters(spec, where).get("binary_data_size")
         if size is None:
             if "data" not in spec:
-                raise ProtocolError(f"{where} has neither 'data' nor a 'binary_data_size' parameter")
+                raise _no_data(spec, where)
             decoded[name] = _from_json_data(spec["data"], dtype, shape, where, may_hold_bools)
             continue
         if "data" in spec:
@@ -273,6 +274,13 @@ def decode_infer_request(body: bytes, header_length: str | None, expected: dict[
     if offset != len(binary):
         raise ProtocolError(f"body has {len(binary) - offset} bytes of binary data that no input claims")
     return InferRequest(decoded, request_id, params, _requested_outputs(obj), binary_default)
+
+
+def _no_data(spec: dict, where: object) -> ProtocolError:
+    """What is wrong with an input that carries no data: a shared memory region, or nothing."""
+    if "shared_memory_region" in _parameters(spec, where):
+        return ProtocolError(f"{where}: {REASONS['shared_memory']}")
+    return ProtocolError(f"{where} has neither 'data' nor a 'binary_data_size' parameter")
 
 
 def _json_strings(data: object, where: str) -> list[str]:
@@ -302,7 +310,7 @@ def _bytes_input(spec: dict, binary: memoryview, offset: int, where: str) -> tup
     items: list = []
     if size is None:
         if "data" not in spec:
-            raise ProtocolError(f"{where} has neither 'data' nor a 'binary_data_size' parameter")
+            raise _no_data(spec, where)
         items = _json_strings(spec["data"], where)
         if len(items) != count:
             raise ProtocolError(f"{where}: 'data' holds {len(items)} strings but shape {list(shape)} needs {count}")

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from edgemp.runtime.server import core
 from edgemp.runtime.server.metadata import model_config, model_metadata, server_metadata
+from edgemp.runtime.server.metadata import repository_index as index_of
 from edgemp.runtime.server.middleware import read_body
 from edgemp.runtime.server.peers import model_views
 from edgemp.runtime.server.protocol import HEADER_LENGTH, V2Call, encode_infer_response, encode_planned_response
@@ -69,10 +70,7 @@ async def stats(request: web.Request) -> web.Response:
 
 async def repository_index(request: web.Request) -> web.Response:
     state = _state(request)
-    return web.json_response([
-        {"name": s.name, "version": s.version, "state": "READY" if state.ready else "UNAVAILABLE", "reason": ""}
-        for s in (state.models[n] for n in sorted(state.models))
-    ])
+    return web.json_response(index_of(state.models, state.ready))
 
 
 class HttpCall(V2Call):

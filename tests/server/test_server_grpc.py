@@ -192,6 +192,9 @@ def test_auth_queue_full_and_drain(repo, tmp_path, models):
         assert _status(lambda: c.get_model_metadata("g")) == "StatusCode.UNAUTHENTICATED"
         assert _status(lambda: c.get_model_metadata("g", headers={"authorization": "Bearer wrong"})) == \
             "StatusCode.UNAUTHENTICATED"
+        assert _status(lambda: c.get_model_metadata("g", headers={"authorization": "Bearer S3CRET"})) == \
+            "StatusCode.UNAUTHENTICATED"
+        assert c.get_model_metadata("g", headers={"authorization": "bearer s3cret"}).name == "g"  # any case of the scheme
         auth = {"authorization": "Bearer s3cret"}
         graphs = random_graphs(np.random.default_rng(5), 1)
         inputs = triton_grpc_inputs(batch_tensors(graphs))
@@ -383,3 +386,49 @@ def test_bytes_inputs_decode_from_raw_and_typed_contents():
     req.raw_input_contents[0] = raw[:-3]
     with pytest.raises(ProtocolError, match="runs past its raw_input_contents"):
         decode_request(req, {"text": "BYTES"})
+
+
+def test_every_triton_extension_call_is_served_or_names_what_is_unsupported(server, models):
+    """Stock tritonclient has a method for each Triton extension; each either works or says, on
+    both protocols, what edgemp does not do and what to do instead (not a bare 404 or 'unknown method')."""
+    th = pytest.importorskip("tritonclient.http")
+    hc, gc = th.InferenceServerClient(server.url), tg.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    want = [{"name": n, "version": "1", "state": "READY", "reason": ""} for n in ("gnn", "gnn_edge")]
+    assert hc.get_model_repository_index() == want
+    assert [{"name": m.name, "version": m.version, "state": m.state, "reason": m.reason}
+            for m in gc.get_model_repository_index().models] == want
+
+    def refused(call) -> tuple[str, str]:
+        with pytest.raises(InferenceServerException) as e:
+            call()
+        return str(e.value.status()), e.value.message()
+
+    cases = [
+        ("load and unload are not supported", lambda c: c.load_model("gnn")),
+        ("load and unload are not supported", lambda c: c.unload_model("gnn")),
+        ("trace settings are not supported", lambda c: c.get_trace_settings()),
+        ("trace settings are not supported", lambda c: c.update_trace_settings(settings={"trace_level": ["TIMESTAMPS"]})),
+        ("log settings are not supported", lambda c: c.get_log_settings()),
+        ("shared memory is not supported", lambda c: c.get_system_shared_memory_status()),
+        ("shared memory is not supported", lambda c: c.register_system_shared_memory("r0", "/r0", 64)),
+        ("shared memory is not supported", lambda c: c.unregister_cuda_shared_memory()),
+    ]
+    for text, call in cases:
+        status, message = refused(lambda: call(hc))
+        assert status == "400" and text in message, (status, message)
+        status, message = refused(lambda: call(gc))
+        assert status == "StatusCode.UNIMPLEMENTED" and text in message, (status, message)
+
+    graphs = random_graphs(np.random.default_rng(21), 2)
+    tensors = batch_tensors(graphs)
+    for client, mod, status in ((hc, th, "400"), (gc, tg, "StatusCode.INVALID_ARGUMENT")):
+        inputs = [mod.InferInput(n, list(v.shape), "FP32" if v.dtype == np.float32 else "INT64")
+                  for n, v in tensors.items()]
+        for inp, value in zip(inputs, tensors.values()):
+            inp.set_data_from_numpy(value)
+        inputs[0].set_shared_memory("r0", tensors["x"].nbytes)  # x named a region instead of carrying data
+        got, message = refused(lambda: client.infer("gnn", inputs))
+        assert got == status and "shared memory is not supported" in message and "'x'" in message, message
+    result = gc.infer("gnn", triton_grpc_inputs(tensors))  # and the connection serves on
+    assert_outputs_match({"prediction": result.as_numpy("prediction"), "node_out": result.as_numpy("node_out")},
+                         expected_layout(models["gnn"], graphs), "after the refusals")

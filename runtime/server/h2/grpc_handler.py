@@ -26,6 +26,7 @@ from edgemp.runtime.server import grpc_service as svc
 from edgemp.runtime.server.h2 import frames as f
 from edgemp.runtime.server.h2.connection import H2Connection
 from edgemp.runtime.server.h2.stream import Stream
+from edgemp.runtime.server.unsupported import grpc_reason
 
 logger = logging.getLogger(__name__)
 
@@ -86,9 +87,10 @@ class GrpcHandler:
             return
         rpc = self.service.rpcs.get(stream.path)
         if rpc is None:
-            self._fail(conn, stream, svc.UNIMPLEMENTED,
-                       f"unknown method {stream.path[:200].decode('latin-1')}; this server serves "
-                       f"{self.service.pb.SERVICE}")
+            service, _, method = stream.path.decode("latin-1")[1:].partition("/")
+            reason = grpc_reason(method) if service == self.service.pb.SERVICE else None
+            self._fail(conn, stream, svc.UNIMPLEMENTED, reason or (
+                f"unknown method {stream.path[:200].decode('latin-1')}; this server serves {self.service.pb.SERVICE}"))
             return
         if rpc.needs_token and not self.service.authorized(headers.get(b"authorization")):
             self._fail(conn, stream, svc.UNAUTHENTICATED, "missing or invalid bearer token")
