@@ -1,21 +1,24 @@
-"""The p99 bound at 32 clients beside its floor on this host: what a front end with no per-request work could reach.
+"""The p99 bound at 32 clients beside a reference server with no per-request work, on this host.
 
 Issue 12 asks, at 32 closed-loop clients on GIN (hidden 64, 3 rounds, molecule-sized graphs),
 for p99 <= max-queue-delay + 3 × the mean batch compute. This runs, in alternating windows of
 the same run and under the same wrk load (benchmarks/wrk_load.py):
 
-- ``edgemp serve`` with dynamic batching on and no queue delay (the real CLI, a subprocess);
-- ``floor_server`` (benchmarks/floor_server.c, built here with ``cc -O2``): one C thread that
-  reads, frames, batches whatever requests are complete, spins for the batch compute that
-  ``edgemp serve`` measured for a batch of that size (its own statistics, in a warm-up run
-  first), and writes a real answer of edgemp's. No decoding, collation, Python or encoding:
-  a front end on one core serving this model is slower, so a p99 it misses here, none meets.
+- ``edgemp serve`` with dynamic batching on (the real CLI, a subprocess);
+- ``floor_server`` (benchmarks/floor_server.c, built here with ``cc -O2``): one C thread with
+  edgemp's batching policy that reads and frames HTTP/1.1, spins for the model's CPU time for
+  each batch, and writes a recorded answer of edgemp's. It has the model's cost and the
+  sockets' cost, and nothing else: what this policy, on this core, with this model, could reach
+  without a per-request Python path.
 
-Each row's bound uses that server's own mean batch compute (edgemp's statistics; the floor's
-spins), and shows the share of the servers' CPU time the hypervisor took in its window (steal).
-``--pin`` puts both servers on the first CPU and wrk on the others: the floor is a floor for a
-server on one core. Unpinned, a server whose reads overlap its compute on the second core could
-do better than this one thread, so only pinned rows bound every front end.
+The model's time per batch size comes from the model alone, in this process before the load
+(``Model.validated_batch`` + ``run_batch`` + ``split``, the batcher's "compute", on the
+servers' CPU, median per size). Each row shows two bounds: the issue's (delay + 3 × the mean
+batch compute the server itself reported: edgemp's statistics, the floor's spins) and a common
+one (delay + 3 × the model's time for the batch sizes that server ran), since edgemp's own figure
+also holds its event loop's time when both share one core. The last columns are the share of
+the servers' CPUs and of wrk's the hypervisor took in the window (steal): a window is only
+quiet when both are near zero. ``--pin`` puts both servers on the first CPU and wrk on the others.
 
 Usage: python benchmarks/bench_p99_floor.py [--rounds 4] [--seconds 3] [--pin] [--clients 32] [--delay-us 0]
 """
@@ -30,6 +33,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,19 +48,29 @@ HERE = Path(__file__).resolve().parent
 MAX_BATCH = 64
 
 
-def compute_table(stats: dict) -> list[float]:
-    """Mean batch compute in µs for sizes 1..MAX_BATCH: each size edgemp ran at least 20 times,
-    as measured; the others (a few cold or odd batches) on the count-weighted straight line."""
-    seen = {b["batch_size"]: (b["compute_infer"]["count"], b["compute_infer"]["ns"] / 1e3) for b in stats["batch_stats"]
-            if b["compute_infer"]["count"] >= 20}
-    sizes = np.array(sorted(seen), float)
-    counts = np.array([seen[s][0] for s in sorted(seen)], float)
-    means = np.array([seen[s][1] / seen[s][0] for s in sorted(seen)])
-    if len(sizes) > 1:
-        slope, intercept = np.polyfit(sizes, means, 1, w=np.sqrt(counts))
-    else:
-        slope, intercept = means[0] / sizes[0], 0.0
-    return [seen[n][1] / seen[n][0] if n in seen else max(intercept + slope * n, 1.0) for n in range(1, MAX_BATCH + 1)]
+def model_table(path: Path, graphs: list, cpus: set[int] | None, runs: int = 31) -> list[float]:
+    """The model's median time in µs for each batch size 1..MAX_BATCH, alone in this process on ``cpus``:
+    the batcher's compute (validate and collate, run, split), nothing of a server."""
+    import edgemp.runtime as rt
+
+    model = rt.load(path)
+    saved = os.sched_getaffinity(0)
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    try:
+        table = []
+        for n in range(1, MAX_BATCH + 1):
+            times = []
+            for r in range(runs + 2):  # two warm-ups
+                items = [graphs[(r * n + i) % len(graphs)] for i in range(n)]
+                t0 = time.perf_counter_ns()
+                _, batch = model.validated_batch(items)
+                model.split(model.run_batch(batch), batch)
+                times.append(time.perf_counter_ns() - t0)
+            table.append(float(np.median(times[2:])) / 1e3)
+        return table
+    finally:
+        os.sched_setaffinity(0, saved)
 
 
 def _exchange(port: int, wire: bytes) -> bytes:
@@ -102,7 +116,7 @@ def build_floor(tmp: Path) -> Path:
 
 def start_floor(tmp: Path, answer: bytes, table: list[float], delay_us: int, cpus: set[int] | None,
                 max_batch: int = MAX_BATCH) -> tuple[subprocess.Popen, int]:
-    """The floor server, ready: it spins ``table[n - 1]`` µs for a batch of n and answers ``answer``."""
+    """The floor server, ready: it spins ``table[n - 1]`` µs of CPU for a batch of n and answers ``answer``."""
     exe = build_floor(tmp)
     (tmp / "answer.bin").write_bytes(answer)
     port = free_port()
@@ -115,10 +129,23 @@ def start_floor(tmp: Path, answer: bytes, table: list[float], delay_us: int, cpu
     return proc, port
 
 
+def _batch_sizes(after: dict, before: dict) -> dict[int, int]:
+    """How many batches of each size edgemp ran between two statistics."""
+    counted = {b["batch_size"]: b["compute_infer"]["count"] for b in before["batch_stats"]}
+    return {b["batch_size"]: b["compute_infer"]["count"] - counted.get(b["batch_size"], 0)
+            for b in after["batch_stats"]}
+
+
+def _model_mean(sizes: dict[int, int], table: list[float]) -> float:
+    """The model's mean time over these batches (a size past the table: the largest, scaled by the size)."""
+    total = sum(sizes.values())
+    return sum(k * table[min(n, MAX_BATCH) - 1] * max(1.0, n / MAX_BATCH) for n, k in sizes.items()) / max(total, 1)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--seconds", type=float, default=3.0, help="wrk time per server per round")
+    ap.add_argument("--seconds", type=int, default=3, help="wrk time per server per round (whole seconds, as wrk)")
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--delay-us", type=int, default=0, help="both servers' max queue delay")
     ap.add_argument("--pin", action="store_true", help="servers on the first CPU, wrk on the others")
@@ -127,17 +154,22 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("needs wrk on PATH (apt-get install wrk)")
     cpus = sorted(os.sched_getaffinity(0))
     server_cpus = {cpus[0]} if args.pin and len(cpus) > 1 else None
+    watched = sorted(server_cpus or cpus)  # whose stolen time each window reports
+    wrk_cpus = sorted(set(cpus) - set(watched)) or cpus
     out = [f"command: python {' '.join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])}",
            f"machine: {platform.machine()}, {os.cpu_count()} cores; load average (1 min) {os.getloadavg()[0]:.1f} "
-           f"at the start; " + (f"servers on CPU {cpus[0]}, wrk on CPU {','.join(map(str, cpus[1:]))}"
+           f"at the start; " + (f"servers on CPU {cpus[0]}, wrk on CPU {','.join(map(str, wrk_cpus))}"
                                if server_cpus else "servers and wrk share the CPUs"), ""]
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         path = export_random("gin", 16, 0, tmp / "gin.onnx")
         graphs = molecule_like_graphs(256, 16, seed=0)
+        stolen0, t0 = wrk_load.steal_ticks(watched), time.monotonic()
+        table = model_table(path, graphs, server_cpus)
+        table_stolen = wrk_load.stolen_share(wrk_load.steal_ticks(watched) - stolen0, time.monotonic() - t0,
+                                             len(watched))
         srv = start_server(path, "--max-batch-graphs", str(MAX_BATCH), "--max-queue-size", "4096",
                            "--max-queue-delay-us", str(args.delay_us), cpus=server_cpus)
-        watched = sorted(server_cpus or cpus)  # whose stolen time each window reports
         floor = None
         try:
             remote = remote_model(srv)
@@ -145,53 +177,63 @@ def main(argv: list[str] | None = None) -> None:
             bodies = [b for b, _ in encoded]
             lengths = [h["Inference-Header-Content-Length"] for _, h in encoded]
             script = wrk_load.write_script(tmp / "wrk", "/v2/models/m/infer", bodies, lengths)
-            if server_cpus:
-                os.sched_setaffinity(0, set(cpus[1:]))  # wrk inherits it
-            edgemp_url = f"http://127.0.0.1:{srv.port}"
-            wrk_load.run(edgemp_url, args.clients, max(args.seconds, 3), script)  # warm-up: the compute table
-            table = compute_table(_stats(srv.port))
             floor, floor_port = start_floor(tmp, raw_answer(srv.port, bodies[0], lengths[0]), table, args.delay_us,
-                                           server_cpus)
-            floor_url = f"http://127.0.0.1:{floor_port}"
-            ceilings = {"edgemp serve": wrk_load.run(f"{edgemp_url}/v2/health/ready", args.clients, 2).rate,
-                        "floor": wrk_load.run(f"{floor_url}/v2/health/ready", args.clients, 2).rate}
+                                            server_cpus)
+            if server_cpus:
+                os.sched_setaffinity(0, set(wrk_cpus))  # wrk inherits it
+            urls = {"edgemp serve": f"http://127.0.0.1:{srv.port}", "floor": f"http://127.0.0.1:{floor_port}"}
+            for url in urls.values():
+                wrk_load.run(url, args.clients, 2, script)  # warm-up
+            ceilings = {name: wrk_load.run(f"{url}/v2/health/ready", args.clients, 2).rate
+                        for name, url in urls.items()}
             rows = []
             for r in range(args.rounds):
-                before, stolen = _stats(srv.port), wrk_load.steal_ticks(watched)
-                res = wrk_load.run(edgemp_url, args.clients, args.seconds, script)
-                after, stolen = _stats(srv.port), wrk_load.steal_ticks(watched) - stolen
-                execs = after["execution_count"] - before["execution_count"]
-                compute = sum(b["compute_infer"]["ns"] for b in after["batch_stats"]) - sum(
-                    b["compute_infer"]["ns"] for b in before["batch_stats"])
-                mean_batch = (after["inference_count"] - before["inference_count"]) / max(execs, 1)
-                rows.append((r + 1, "edgemp serve", res, mean_batch, compute / max(execs, 1) / 1e3, stolen))
-                (b0, q0, s0), stolen = floor_stats(floor_port), wrk_load.steal_ticks(watched)
-                res = wrk_load.run(floor_url, args.clients, args.seconds, script)
-                (b1, q1, s1), stolen = floor_stats(floor_port), wrk_load.steal_ticks(watched) - stolen
-                rows.append((r + 1, "floor", res, (q1 - q0) / max(b1 - b0, 1), (s1 - s0) / max(b1 - b0, 1) / 1e3,
-                             stolen))
+                for name, url in urls.items():
+                    before = _stats(srv.port) if name == "edgemp serve" else floor_stats(floor_port)
+                    steal0 = (wrk_load.steal_ticks(watched), wrk_load.steal_ticks(wrk_cpus))
+                    t0 = time.monotonic()
+                    res = wrk_load.run(url, args.clients, args.seconds, script)
+                    elapsed = time.monotonic() - t0
+                    stolen = (wrk_load.stolen_share(wrk_load.steal_ticks(watched) - steal0[0], elapsed, len(watched)),
+                              wrk_load.stolen_share(wrk_load.steal_ticks(wrk_cpus) - steal0[1], elapsed,
+                                                    len(wrk_cpus)))
+                    if name == "edgemp serve":
+                        after = _stats(srv.port)
+                        execs = after["execution_count"] - before["execution_count"]
+                        own = (sum(b["compute_infer"]["ns"] for b in after["batch_stats"])
+                               - sum(b["compute_infer"]["ns"] for b in before["batch_stats"])) / max(execs, 1) / 1e3
+                        mean_batch = (after["inference_count"] - before["inference_count"]) / max(execs, 1)
+                        model_us = _model_mean(_batch_sizes(after, before), table)
+                    else:
+                        b1, q1, s1 = floor_stats(floor_port)
+                        execs = b1 - before[0]
+                        own = model_us = (s1 - before[2]) / max(execs, 1) / 1e3
+                        mean_batch = (q1 - before[1]) / max(execs, 1)
+                    rows.append((r + 1, name, res, mean_batch, own, model_us, stolen))
         finally:
             os.sched_setaffinity(0, set(cpus))
             srv.stop()
             if floor is not None:
                 floor.kill()
                 floor.wait()
+    delay = args.delay_us
     out += [f"GIN (hidden 64, 3 rounds, random weights), 256 molecule-sized graphs, one per request, V2 binary; wrk, "
-            f"1 thread, {args.clients} connections, {args.seconds:g} s per window; edgemp serve --max-batch-graphs "
-            f"{MAX_BATCH} --max-queue-delay-us {args.delay_us}; the floor with the same delay. The floor spins edgemp's warm-up compute per batch size: "
-            + ", ".join(f"{n}: {table[n - 1]:.0f} µs" for n in (1, 8, 16, 24, 32, 64)), "",
+            f"1 thread, {args.clients} connections, {args.seconds} s per window; edgemp serve --max-batch-graphs "
+            f"{MAX_BATCH} --max-queue-delay-us {delay}; the floor with the same policy.", "",
+            f"The model alone per batch size (µs, median of 31; {table_stolen:.1%} of the servers' CPU stolen while "
+            f"measured): " + ", ".join(f"{n}: {table[n - 1]:.0f}" for n in range(1, MAX_BATCH + 1)), "",
             f"wrk's own ceiling (against /v2/health/ready, 2 s): edgemp serve {ceilings['edgemp serve']:.0f} req/s, "
             f"floor {ceilings['floor']:.0f} req/s", "",
-            f"| round | server | graphs/s | p50 µs | p99 µs | mean batch | mean batch compute µs | bound µs "
-            f"({args.delay_us} + 3 × compute) | p99 within | p99 / bound | stolen by the host (CPU "
-            f"{','.join(map(str, watched))}) |", "|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
-    for r, name, res, mean_batch, compute_us, stolen in rows:
-        bound = args.delay_us + 3 * compute_us
-        share = wrk_load.stolen_share(stolen, args.seconds, len(watched))
+            "| round | server | graphs/s | p50 µs | p99 µs | mean batch | its mean batch compute µs | its bound µs "
+            "| p99 / its bound | the model's mean for its batches µs | common bound µs | p99 / common bound | "
+            f"stolen: servers' CPU {','.join(map(str, watched))} | stolen: wrk's CPU {','.join(map(str, wrk_cpus))} |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r, name, res, mean_batch, own_us, model_us, (stolen_srv, stolen_wrk) in rows:
+        own_bound, common = delay + 3 * own_us, delay + 3 * model_us
         failed = f" ({res.failures} failed)" if res.failures else ""
         out.append(f"| {r} | {name}{failed} | {res.rate:.0f} | {res.p50_us:.0f} | {res.p99_us:.0f} | {mean_batch:.1f} | "
-                   f"{compute_us:.0f} | {bound:.0f} | {'yes' if res.p99_us <= bound else 'no'} | "
-                   f"{res.p99_us / bound:.2f} | {share:.1%} |")
+                   f"{own_us:.0f} | {own_bound:.0f} | {res.p99_us / own_bound:.2f} | {model_us:.0f} | {common:.0f} | "
+                   f"{res.p99_us / common:.2f} | {stolen_srv:.1%} | {stolen_wrk:.1%} |")
     out += ["", f"load average (1 min) {os.getloadavg()[0]:.1f} at the end"]
     print("\n".join(out))
 
