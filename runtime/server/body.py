@@ -180,8 +180,9 @@ class BodyReader:
         # The inflated body's room is reserved before each inflation, so concurrent inflations
         # cannot overshoot. It starts at what most bodies inflate to (a reservation of the whole
         # body limit each let four small gzip requests fill a 256 MiB buffer), and a body that
-        # outgrows it is inflated again with 8 times the room, up to the body limit: at most ~8/7
-        # of the work, and a bomb still stops at the limit.
+        # outgrows it is inflated again with 8 times the room, up to the body limit. The rooms it
+        # outgrew add up to less than 8/7 of the body, so it costs at most ~2.2 inflations of it;
+        # a bomb still stops at the limit.
         want = min(max(len(raw) * INFLATE_RATIO, INFLATE_FIRST_BYTES), self.max_body_bytes)
         while True:
             room = min(want, self.max_buffered_bytes - self.buffered)
