@@ -69,36 +69,54 @@ class ClientGoneError(EdgempError):
     """The client disconnected before its body arrived; nobody is left to answer."""
 
 
-def _inflate(data: bytes, encoding: str, limit: int) -> bytes:
-    """``data`` decompressed, a chunk at a time, raising once the output passes ``limit``."""
-    d = zlib.decompressobj(ENCODINGS[encoding])
-    if encoding == "deflate" and data[:1] and (data[0] & 0x0F) != 8:
-        d = zlib.decompressobj(-zlib.MAX_WBITS)  # raw deflate, as some clients send it
-    out: list[bytes] = []
-    size = 0
-    view = memoryview(data)
-    try:
-        for pos in range(0, len(data), INFLATE_CHUNK):
-            pending = view[pos : pos + INFLATE_CHUNK]
-            while pending:
-                piece = d.decompress(pending, limit + 1 - size)
-                size += len(piece)
-                if size > limit:
-                    raise BodyTooLargeError(f"request body inflates past the limit of {limit} bytes")
-                out.append(piece)
-                pending = d.unconsumed_tail
-        tail = d.flush(limit + 1 - size)
-    except zlib.error as e:
-        raise BadBodyError(f"cannot read the request body: corrupt {encoding} data ({e})") from e
-    size += len(tail)
-    if size > limit:
-        raise BodyTooLargeError(f"request body inflates past the limit of {limit} bytes")
-    if not d.eof:
-        raise BadBodyError(f"cannot read the request body: truncated {encoding} data")
-    if d.unused_data:
-        raise BadBodyError(f"cannot read the request body: data after the end of the {encoding} stream")
-    out.append(tail)
-    return b"".join(out)
+class _Inflater:
+    """A compressed body inflated a chunk at a time, in steps: :meth:`run` goes on until the output
+    passes the room it was given (then it can be called again with more) or the stream ends.
+    Nothing is inflated twice, so a body that needs more room than first reserved costs no re-work."""
+
+    def __init__(self, data: bytes, encoding: str) -> None:
+        self.encoding = encoding
+        self._d = zlib.decompressobj(ENCODINGS[encoding])
+        if encoding == "deflate" and data[:1] and (data[0] & 0x0F) != 8:
+            self._d = zlib.decompressobj(-zlib.MAX_WBITS)  # raw deflate, as some clients send it
+        self._view = memoryview(data)
+        self._pos = 0
+        self._pending: bytes | memoryview = b""
+        self._out: list[bytes] = []
+        self.size = 0  # bytes inflated so far
+
+    def run(self, room: int) -> bool:
+        """Inflate on; True once the stream has ended within ``room`` bytes of output in all, False as
+        soon as the output passes ``room`` (call again with more). BadBodyError for bad data."""
+        d = self._d
+        try:
+            while True:
+                if not self._pending:
+                    if self._pos >= len(self._view):
+                        break
+                    self._pending = self._view[self._pos : self._pos + INFLATE_CHUNK]
+                    self._pos += INFLATE_CHUNK
+                piece = d.decompress(self._pending, room + 1 - self.size)
+                self.size += len(piece)
+                self._out.append(piece)
+                self._pending = d.unconsumed_tail
+                if self.size > room:
+                    return False
+            tail = d.flush(room + 1 - self.size)
+        except zlib.error as e:
+            raise BadBodyError(f"cannot read the request body: corrupt {self.encoding} data ({e})") from e
+        self.size += len(tail)
+        self._out.append(tail)
+        if self.size > room:
+            return False
+        if not d.eof:
+            raise BadBodyError(f"cannot read the request body: truncated {self.encoding} data")
+        if d.unused_data:
+            raise BadBodyError(f"cannot read the request body: data after the end of the {self.encoding} stream")
+        return True
+
+    def body(self) -> bytes:
+        return b"".join(self._out)
 
 
 class BodyReader:
@@ -177,27 +195,33 @@ class BodyReader:
         raw = await self._read_raw(request)
         if encoding == "identity":
             return raw
-        # The inflated body's room is reserved before each inflation, so concurrent inflations
-        # cannot overshoot. It starts at what most bodies inflate to (a reservation of the whole
-        # body limit each let four small gzip requests fill a 256 MiB buffer), and a body that
-        # outgrows it is inflated again with 8 times the room, up to the body limit. The rooms it
-        # outgrew add up to less than 8/7 of the body, so it costs at most ~2.2 inflations of it;
-        # a bomb still stops at the limit.
+        # The inflated body's room is reserved as it grows, so concurrent inflations cannot overshoot:
+        # first what most bodies inflate to (reserving the whole body limit up front let four small
+        # gzip requests fill a 256 MiB buffer), then 8 times more each time the output passes it, up
+        # to the body limit. The body's own compressed bytes, freed once it is inflated, do not count
+        # against its room: a body at the limit fits whenever no other request holds the buffer.
+        inflater = _Inflater(raw, encoding)
+        loop = asyncio.get_running_loop()
         want = min(max(len(raw) * INFLATE_RATIO, INFLATE_FIRST_BYTES), self.max_body_bytes)
-        while True:
-            room = min(want, self.max_buffered_bytes - self.buffered)
-            self._hold(request, max(room, 1))  # no room left at all: BufferFullError here
-            try:
-                body = await asyncio.get_running_loop().run_in_executor(None, _inflate, raw, encoding, room)
-                break
-            except BodyTooLargeError:
+        room = 0
+        try:
+            while True:
+                others = self.buffered - self.held.get(id(request), 0)
+                grow = min(want, self.max_buffered_bytes - others) - room
+                if grow > 0:
+                    self.buffered += grow
+                    self.held[id(request)] = self.held.get(id(request), 0) + grow
+                    room += grow
+                if await loop.run_in_executor(None, inflater.run, room):
+                    break
                 if room >= self.max_body_bytes:
-                    raise
-                if room < want:  # stopped at what was left of the buffer, not at the room it asked
-                    raise BufferFullError("the server is buffering too many request bodies; retry shortly") from None
+                    raise BodyTooLargeError(f"request body inflates past the limit of {self.max_body_bytes} bytes")
+                if room < want:  # stopped at what the other requests left of the buffer
+                    raise BufferFullError("the server is buffering too many request bodies; retry shortly")
                 want = min(want * 8, self.max_body_bytes)
-            finally:
-                self._drop(request, room)
+        finally:
+            self._drop(request, room)
+        body = inflater.body()
         self._drop(request, len(raw))
         self._hold(request, len(body))
         return body

@@ -341,6 +341,48 @@ def test_a_body_that_inflates_past_its_first_room_is_read_whole(server, gnn):
         conn.close()
 
 
+def test_inflation_goes_on_where_it_stopped_and_ends_as_zlib_does():
+    """The body is inflated once, in steps of room: never twice (a bomb used to be inflated up to
+    three times from the start as its room grew); bad streams fail on the step that meets them."""
+    from edgemp.runtime.server.body import BadBodyError, _Inflater
+
+    data = bytes(range(256)) * 4000 + b"\0" * 500_000
+    packed = gzip.compress(data)
+    inflater, steps = _Inflater(packed, "gzip"), []
+    for room in (10, 1000, 100_000, 2_000_000):
+        steps.append(inflater.run(room))
+        assert inflater.size <= room + 1
+    assert steps == [False, False, False, True] and inflater.body() == data
+    assert _Inflater(zlib.compress(data), "deflate").run(len(data)) is True
+    assert _Inflater(zlib.compress(data)[2:-4], "deflate").run(len(data)) is True  # raw deflate
+    for bad in (packed[:-20], packed + b"junk", packed[:10] + b"\xff" * 40):
+        with pytest.raises(BadBodyError):
+            _Inflater(bad, "gzip").run(len(data))
+
+
+def test_a_body_at_the_limit_fits_a_buffer_as_large_as_the_limit(repo, gnn):
+    """max_buffered_bytes may equal max_body_bytes: a gzip body inflating to exactly the limit is
+    read (its own compressed bytes do not count against its room) and a bomb is 413, not 503."""
+    limit = 1 << 20
+    srv = start_thread_server(repo, ServerConfig(port=0, access_log=False, max_body_bytes=limit,
+                                                 max_buffered_bytes=limit))
+    try:
+        graphs = random_graphs(np.random.default_rng(13), 2, max_nodes=8)
+        body = v2_json_body(batch_tensors(graphs))
+        conn = srv.connection()
+        for payload, want in ((body + b" " * (limit - len(body)), 200), (b"\0" * (8 * limit), 413)):
+            status, _, data = request(conn, "POST", "/v2/models/gnn/infer", gzip.compress(payload),
+                                      {"Content-Encoding": "gzip"})
+            assert status == want, data[:200]
+            if status == 200:
+                assert_outputs_match(decode_v2_response(data, None)[1], expected_layout(gnn, graphs), "at the limit")
+            conn.close()
+            conn = srv.connection()
+        conn.close()
+    finally:
+        srv.close()
+
+
 def _outcomes(server) -> dict[str, float]:
     """gnn's ``edgemp_requests_total`` by outcome."""
     conn = server.connection()
