@@ -113,7 +113,8 @@ def _refusal_check(reader: BodyReader, token: str | None,
     def refusal(request: web.Request) -> web.Response | None:
         if expected is not None and request.path not in OPEN_PATHS:
             # aiohttp keeps undecodable header bytes as surrogates: encode them back, never raise.
-            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+            given = request.headers.getall("Authorization", [])
+            given = given[0].encode("utf-8", "surrogateescape") if len(given) == 1 else b""  # two: neither counts
             if not bearer_matches(given, expected):
                 return error_response(401, "missing or invalid bearer token", CHALLENGE)
         length = request.content_length
@@ -184,7 +185,8 @@ def request_middleware(reader: BodyReader, token: str | None = None,
         except web.HTTPException as e:
             if e.status < 400:
                 raise
-            return error_response(e.status, e.reason)
+            allow = e.headers.get("Allow")  # a 405 must say which methods the path takes (RFC 9110)
+            return error_response(e.status, e.reason, None if allow is None else {"Allow": allow})
         except ClientGoneError:
             logger.info("%s %s: client disconnected mid-request", request.method, request.path)
             return error_response(400, "client disconnected")

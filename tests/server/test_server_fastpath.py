@@ -279,6 +279,12 @@ def test_token_is_checked_on_the_fast_path(repo):
             assert got == status, headers
             if got == 401:
                 assert answer_headers["www-authenticate"].startswith("Bearer"), answer_headers
+        good_line, bad_line = f"Authorization: Bearer {TOKEN}", "Authorization: Bearer wrong"
+        for lines in ((good_line, bad_line), (bad_line, good_line), (good_line, good_line)):  # two: neither counts
+            twice = wire("POST", "/v2/models/gnn/infer", body).replace(b"Host: t\r\n",
+                                                                       ("Host: t\r\n" + "\r\n".join(lines) + "\r\n").encode())
+            (got, _, _), = exchange(srv.port, twice)
+            assert got == 401, lines
         (got, headers, _), = exchange(srv.port, wire("GET", "/v2/health/ready"))
         assert got == 200 and headers["server"] == "edgemp"  # the probes need no token
     finally:

@@ -195,6 +195,19 @@ def test_auth_queue_full_and_drain(repo, tmp_path, models):
         assert _status(lambda: c.get_model_metadata("g", headers={"authorization": "Bearer S3CRET"})) == \
             "StatusCode.UNAUTHENTICATED"
         assert c.get_model_metadata("g", headers={"authorization": "bearer s3cret"}).name == "g"  # any case of the scheme
+        metadata_rpc = grpc.insecure_channel(f"127.0.0.1:{gport}").unary_unary(
+            "/inference.GRPCInferenceService/ModelMetadata")
+        request = pb.CLASSES["ModelMetadataRequest"](name="g").SerializeToString()
+        for first, second in (("Bearer wrong", "Bearer s3cret"), ("Bearer s3cret", "Bearer wrong")):
+            with pytest.raises(grpc.RpcError) as e:  # two credentials: neither counts, as over HTTP
+                metadata_rpc(request, metadata=[("authorization", first), ("authorization", second)])
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(InferenceServerException) as e:  # an unsupported call is answered only with the token
+            c.load_model("g")
+        assert str(e.value.status()) == "StatusCode.UNAUTHENTICATED"
+        with pytest.raises(InferenceServerException) as e:
+            c.load_model("g", headers={"authorization": "Bearer s3cret"})
+        assert str(e.value.status()) == "StatusCode.UNIMPLEMENTED"
         auth = {"authorization": "Bearer s3cret"}
         graphs = random_graphs(np.random.default_rng(5), 1)
         inputs = triton_grpc_inputs(batch_tensors(graphs))
@@ -418,6 +431,18 @@ def test_every_triton_extension_call_is_served_or_names_what_is_unsupported(serv
         assert status == "400" and text in message, (status, message)
         status, message = refused(lambda: call(gc))
         assert status == "StatusCode.UNIMPLEMENTED" and text in message, (status, message)
+
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    for method, path, allowed in (("GET", "/v2/repository/models/gnn/load", "POST"),
+                                  ("POST", "/v2/systemsharedmemory/status", "GET"),
+                                  ("DELETE", "/v2/repository/index", "POST")):
+        conn.request(method, path)
+        answer = conn.getresponse()
+        answer.read()
+        assert answer.status == 405 and allowed in answer.getheader("Allow", ""), (path, answer.getheaders())
+    conn.close()
 
     graphs = random_graphs(np.random.default_rng(21), 2)
     tensors = batch_tensors(graphs)

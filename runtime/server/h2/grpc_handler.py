@@ -86,14 +86,15 @@ class GrpcHandler:
             conn.respond(stream, f.status(415))
             return
         rpc = self.service.rpcs.get(stream.path)
+        # the token first, for every method but the open ones (as HTTP checks it on every path)
+        if (rpc is None or rpc.needs_token) and not self.service.authorized(headers.get(b"authorization")):
+            self._fail(conn, stream, svc.UNAUTHENTICATED, "missing or invalid bearer token")
+            return
         if rpc is None:
             service, _, method = stream.path.decode("latin-1")[1:].partition("/")
             reason = grpc_reason(method) if service == self.service.pb.SERVICE else None
             self._fail(conn, stream, svc.UNIMPLEMENTED, reason or (
                 f"unknown method {stream.path[:200].decode('latin-1')}; this server serves {self.service.pb.SERVICE}"))
-            return
-        if rpc.needs_token and not self.service.authorized(headers.get(b"authorization")):
-            self._fail(conn, stream, svc.UNAUTHENTICATED, "missing or invalid bearer token")
             return
         timeout = headers.get(b"grpc-timeout")
         if timeout is not None:

@@ -260,5 +260,7 @@ class FrameReceiver:
             regular = True
             if name in _CONNECTION_HEADERS or (name == b"te" and value != b"trailers"):
                 return False
+            if name == b"authorization" and name in headers:
+                value = b""  # two credentials: neither is taken (HTTP refuses them alike)
             headers[name] = value
         return bool(stream.method and stream.path and stream.scheme)
