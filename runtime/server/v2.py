@@ -11,12 +11,13 @@ from typing import Any
 
 from aiohttp import web
 
-from edgemp.runtime.server import core
+from edgemp.runtime.server import core, jsoncodec
 from edgemp.runtime.server.metadata import model_config, model_metadata, server_metadata
 from edgemp.runtime.server.metadata import repository_index as index_of
-from edgemp.runtime.server.middleware import read_body
+from edgemp.runtime.server.middleware import one_line, read_body
 from edgemp.runtime.server.peers import model_views
-from edgemp.runtime.server.protocol import HEADER_LENGTH, V2Call, encode_infer_response, encode_planned_response
+from edgemp.runtime.server.protocol import (HEADER_LENGTH, ProtocolError, V2Call, encode_infer_response,
+                                            encode_planned_response)
 from edgemp.runtime.server.served import ServedModel
 from edgemp.runtime.server.state import STATE, ServerState
 
@@ -69,8 +70,19 @@ async def stats(request: web.Request) -> web.Response:
 
 
 async def repository_index(request: web.Request) -> web.Response:
+    """The index; a body ``{"ready": true}`` leaves out models that are not ready (as gRPC's flag)."""
     state = _state(request)
-    return web.json_response(index_of(state.models, state.ready))
+    body = await read_body(request)
+    only_ready = False
+    if body.strip():
+        try:
+            obj = jsoncodec.loads(body)
+        except ValueError as e:
+            raise ProtocolError(f"repository index body is not JSON: {one_line(e)}") from e
+        if not isinstance(obj, dict) or not isinstance(obj.get("ready", False), bool):
+            raise ProtocolError('repository index body must be a JSON object like {"ready": true}')
+        only_ready = obj.get("ready", False)
+    return web.json_response(index_of(state.models, state.ready, only_ready))
 
 
 class HttpCall(V2Call):

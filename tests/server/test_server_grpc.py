@@ -6,6 +6,7 @@ RESOURCE_EXHAUSTED), and >= 1,000 generated malformed requests must all be refus
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -435,6 +436,16 @@ def test_every_triton_extension_call_is_served_or_names_what_is_unsupported(serv
     import http.client
 
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    for body, status in ((b'{"ready": true}', 200), (b'{"ready": false}', 200), (b"{}", 200), (b"", 200),
+                         (b"[1]", 400), (b'{"ready": "yes"}', 400), (b"not json", 400)):
+        conn.request("POST", "/v2/repository/index", body=body)
+        answer = conn.getresponse()
+        data = answer.read()
+        assert answer.status == status, (body, data)
+        if status == 200:
+            assert [m["name"] for m in json.loads(data)] == ["gnn", "gnn_edge"]
+        else:
+            assert "repository index body" in json.loads(data)["error"], data
     for method, path, allowed in (("GET", "/v2/repository/models/gnn/load", "POST"),
                                   ("POST", "/v2/systemsharedmemory/status", "GET"),
                                   ("DELETE", "/v2/repository/index", "POST")):
