@@ -139,8 +139,9 @@ class BodyReader:
                 f"the server is already buffering {self.buffered} bytes of request bodies "
                 f"(max_buffered_bytes={self.max_buffered_bytes}); retry shortly")
 
-    def _hold(self, request: web.Request, nbytes: int) -> None:
-        self._check_room(nbytes)
+    def _hold(self, request: web.Request, nbytes: int, check: bool = True) -> None:
+        if check:
+            self._check_room(nbytes)
         self.buffered += nbytes
         self.held[id(request)] = self.held.get(id(request), 0) + nbytes
 
@@ -209,8 +210,7 @@ class BodyReader:
                 others = self.buffered - self.held.get(id(request), 0)
                 grow = min(want, self.max_buffered_bytes - others) - room
                 if grow > 0:
-                    self.buffered += grow
-                    self.held[id(request)] = self.held.get(id(request), 0) + grow
+                    self._hold(request, grow, check=False)  # room the limit above already allows
                     room += grow
                 if await loop.run_in_executor(None, inflater.run, room):
                     break
