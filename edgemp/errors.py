@@ -64,3 +64,10 @@ class ResourceExhaustedError(EdgempError):
 
 class InternalError(Exception):
     """A bug in edgemp (an invariant broke); not the user's fault."""
+
+
+def clipped(value: object, limit: int = 64) -> str:
+    """``value`` as text for an error message: a client's string echoed back is cut to ``limit``
+    characters, with "..." to show it was cut (a 10 kB name must not become a 10 kB answer)."""
+    text = str(value)
+    return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."

@@ -17,7 +17,7 @@ import numpy as np
 
 from edgemp import dense_layout as dense, ragged_layout as ragged
 from edgemp.chem.chemprop_features import PAIRED_EDGE_FAMILIES, require_reverse_pairs
-from edgemp.errors import GraphValidationError, ModelFormatError
+from edgemp.errors import GraphValidationError, ModelFormatError, clipped
 from edgemp.graph import Graph, GraphBatch, collate_valid, validate_graph
 from edgemp.runtime.batch_outputs import BatchSlice
 from edgemp.runtime.runners import InputLayout, Runner, RunnerOptions, open_runner
@@ -76,8 +76,8 @@ class Model(InputLayout):
             if not isinstance(o.name, str) or not o.name or o.level not in ("graph", "node") \
                     or not count(o.width, 1, MAX_WIDTH):
                 raise ModelFormatError(
-                    f"{where}: metadata output {str(o.name)[:64]!r} needs a name, level 'graph' or 'node' "
-                    f"and a width in 1..{MAX_WIDTH}; got level={str(o.level)[:16]!r} width={str(o.width)[:16]!r}")
+                    f"{where}: metadata output {clipped(o.name)!r} needs a name, level 'graph' or 'node' "
+                    f"and a width in 1..{MAX_WIDTH}; got level={clipped(o.level, 16)!r} width={clipped(o.width, 16)!r}")
         if len(set(names)) != len(names):
             raise ModelFormatError(f"{where}: metadata lists an output twice: {names}")
         if spec.form == "dense" and not count(spec.max_nodes, 1, MAX_DENSE_NODES):

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgemp.data.featurize import InvalidSmilesError, rdkit_chem
+from edgemp.errors import clipped
 from edgemp.graph import Graph
 
 BOND_FEATURES = 14  # null, 4 bond types, conjugated, in ring, 6 stereo + unknown
@@ -147,9 +148,9 @@ def parse_smiles_like_chemprop(smiles: str) -> Any:
     params.removeHs = True
     mol = Chem.MolFromSmiles(smiles, params)
     if mol is None:
-        raise InvalidSmilesError(f"invalid SMILES {smiles[:200]!r}")
+        raise InvalidSmilesError(f"invalid SMILES {clipped(smiles, 200)!r}")
     if mol.GetNumAtoms() == 0:
-        raise InvalidSmilesError(f"SMILES {smiles[:200]!r} has no atoms")
+        raise InvalidSmilesError(f"SMILES {clipped(smiles, 200)!r} has no atoms")
     return mol
 
 

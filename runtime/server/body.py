@@ -25,7 +25,7 @@ from aiohttp import ClientPayloadError, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from edgemp.errors import EdgempError
+from edgemp.errors import EdgempError, clipped
 from edgemp.runtime.server.config import ServerConfig
 from edgemp.runtime.server.connections import GuardedRequestHandler
 
@@ -190,7 +190,8 @@ class BodyReader:
         if aiohttp_inflates or encoding in ("", "identity"):
             encoding = "identity"
         elif encoding not in ENCODINGS:
-            raise UnsupportedEncodingError(f"Content-Encoding {encoding[:32]!r} is not supported; use gzip or deflate")
+            raise UnsupportedEncodingError(
+                f"Content-Encoding {clipped(encoding, 32)!r} is not supported; use gzip or deflate")
         if self._draining:
             raise UploadAbortedError("the server is shutting down; resend the request")
         raw = await self._read_raw(request)
@@ -261,7 +262,7 @@ class BodyReader:
         except (ConnectionError, asyncio.IncompleteReadError) as e:
             raise ClientGoneError("client disconnected while sending the body") from e
         except (RequestPayloadError, ClientPayloadError, HttpProcessingError) as e:
-            raise BadBodyError(f"cannot read the request body: {' '.join(str(e).split())[:200]}") from e
+            raise BadBodyError(f"cannot read the request body: {clipped(' '.join(str(e).split()), 200)}") from e
         finally:
             self._active.discard(content)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -30,6 +30,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 
+from edgemp.errors import clipped
 from edgemp.runtime.server.config import ServerConfig
 
 if TYPE_CHECKING:
@@ -340,7 +341,7 @@ class GuardedRequestHandler(RequestHandler):
             return super().handle_error(request, status, exc, message)
         if request.writer.output_size > 0:
             raise ConnectionError("response already started; cannot send the error")
-        text = " ".join(str(exc or message or "malformed request").split())[:200]
+        text = clipped(" ".join(str(exc or message or "malformed request").split()), 200)
         self.guard.bad_http_log.warning("malformed HTTP request from %s: %s", request.remote, text)
         response = web.json_response({"error": f"malformed HTTP request: {text}"}, status=status)
         response.force_close()

@@ -13,7 +13,7 @@ import ast
 import re
 from typing import Any
 
-from edgemp.errors import ModelFormatError
+from edgemp.errors import ModelFormatError, clipped
 
 _TOKEN = re.compile(r"""
     (?P<ws>\s+|\#[^\n]*)
@@ -49,7 +49,7 @@ def _string(token: str, line: int) -> str:
     try:
         return ast.literal_eval(token)
     except (SyntaxError, ValueError) as e:  # ValueError: a NUL character on Python < 3.12
-        raise PbtxtError(f"line {line}: bad string escape in {token[:40]}") from e
+        raise PbtxtError(f"line {line}: bad string escape in {clipped(token, 40)}") from e
 
 
 class _Parser:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgemp.errors import EdgempError
+from edgemp.errors import EdgempError, clipped
 from edgemp.jsonio import holds_bool
 from edgemp.runtime.server import jsoncodec
 from edgemp.runtime.server.unsupported import REASONS
@@ -43,8 +43,7 @@ class ProtocolError(EdgempError):
 
 
 def _name(value: object) -> str:
-    text = str(value)
-    return text if len(text) <= MAX_NAME else text[: MAX_NAME - 3] + "..."
+    return clipped(value, MAX_NAME)
 
 
 @dataclass

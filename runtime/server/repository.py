@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgemp.errors import EdgempError, ModelFormatError
+from edgemp.errors import EdgempError, ModelFormatError, clipped
 from edgemp.jsonio import read_json
 from edgemp.runtime.batcher import BatcherConfig
 from edgemp.runtime.server import pbtxt
@@ -85,13 +85,14 @@ def _check_types(options: dict, where: Path) -> None:
     """config.json values of the wrong type are one error line, not a traceback at load."""
     for key, value in options.items():
         if key in BATCHER_KEYS and not (_is_int(value) and 0 <= value < 2**53):
-            raise ModelFormatError(f"{where}: {key!r} must be a non-negative integer, got {str(value)[:40]!r}")
+            raise ModelFormatError(f"{where}: {key!r} must be a non-negative integer, got {clipped(value, 40)!r}")
     providers = options.get("providers")
     if providers is not None and not isinstance(providers, str):
         raise ModelFormatError(f"{where}: 'providers' must be a string such as \"cpu\" or \"auto\"")
     threads = options.get("threads")
     if threads is not None and not (_is_int(threads) and 0 <= threads <= 1024):
-        raise ModelFormatError(f"{where}: 'threads' must be an integer in 0..1024 or null, got {str(threads)[:40]!r}")
+        raise ModelFormatError(
+            f"{where}: 'threads' must be an integer in 0..1024 or null, got {clipped(threads, 40)!r}")
 
 
 def _pbtxt_options(folder: Path, model_file: Path) -> dict:

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from edgemp.errors import EdgempError, QueueFullError, RequestTimeoutError, ShuttingDownError
+from edgemp.errors import EdgempError, QueueFullError, RequestTimeoutError, ShuttingDownError, clipped
 from edgemp.runtime.batcher import RequestTiming
 from edgemp.runtime.server.config import ServerConfig
 from edgemp.runtime.server.metrics import ServerMetrics
@@ -147,9 +147,10 @@ class ServerState:
     def model(self, name: str, version: str | None = None) -> ServedModel:
         served = self.models.get(name)
         if served is None:
-            raise NotFoundError(f"unknown model {name[:64]!r}; serving {sorted(self.models)}")
+            raise NotFoundError(f"unknown model {clipped(name)!r}; serving {sorted(self.models)}")
         if version not in (None, "", served.version):
-            raise NotFoundError(f"model {name!r} has no version {version[:16]!r}; serving version {served.version}")
+            raise NotFoundError(
+                f"model {name!r} has no version {clipped(version, 16)!r}; serving version {served.version}")
         return served
 
     @property

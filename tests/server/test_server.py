@@ -127,6 +127,10 @@ def test_model_metadata_and_config(client):
     with pytest.raises(InferenceServerException) as e:
         client.get_model_metadata("nope")
     assert e.value.status() == "404" and "unknown model" in e.value.message()
+    with pytest.raises(InferenceServerException) as e:
+        client.get_model_metadata("n" * 3000)  # echoed back cut short, and said to be
+    assert "unknown model 'nnnn" in e.value.message() and "n...'" in e.value.message()
+    assert len(e.value.message()) < 300, e.value.message()
     index = client.get_model_repository_index()
     assert sorted(m["name"] for m in index) == ["gnn", "gnn_dense", "gnn_edge"]
 

@@ -20,7 +20,7 @@ import functools
 import logging
 from typing import Any
 
-from edgemp.errors import RequestTimeoutError
+from edgemp.errors import RequestTimeoutError, clipped
 from edgemp.runtime.server import core
 from edgemp.runtime.server import grpc_service as svc
 from edgemp.runtime.server.h2 import frames as f
@@ -94,13 +94,15 @@ class GrpcHandler:
             service, _, method = stream.path.decode("latin-1")[1:].partition("/")
             reason = grpc_reason(method) if service == self.service.pb.SERVICE else None
             self._fail(conn, stream, svc.UNIMPLEMENTED, reason or (
-                f"unknown method {stream.path[:200].decode('latin-1')}; this server serves {self.service.pb.SERVICE}"))
+                f"unknown method {clipped(stream.path.decode('latin-1'), 200)}; "
+                f"this server serves {self.service.pb.SERVICE}"))
             return
         timeout = headers.get(b"grpc-timeout")
         if timeout is not None:
             seconds = parse_timeout(timeout)
             if seconds is None:
-                self._fail(conn, stream, svc.INVALID_ARGUMENT, f"malformed grpc-timeout {timeout[:20]!r}")
+                self._fail(conn, stream, svc.INVALID_ARGUMENT,
+                           f"malformed grpc-timeout {clipped(timeout.decode('latin-1'), 20)!r}")
                 return
             stream.timer = asyncio.get_running_loop().call_later(seconds, self._deadline, conn, stream)
         stream.app = _Call(rpc)

@@ -14,6 +14,8 @@ import re
 
 import hpack
 
+from edgemp.errors import clipped
+
 MAX_CACHED_BLOCK = 1024  # bytes; larger blocks are decoded every time
 MAX_CACHED = 32  # blocks per connection
 
@@ -52,9 +54,9 @@ def check_fields(fields: list[tuple[bytes, bytes]]) -> None:
     for name, value in fields:
         bare = name[1:] if name[:1] == b":" else name
         if not bare or _BAD_NAME.search(bare):
-            raise MalformedFieldError(f"invalid header field name {name[:64]!r}")
+            raise MalformedFieldError(f"invalid header field name {clipped(name.decode('latin-1'))!r}")
         if _BAD_VALUE.search(value):
-            raise MalformedFieldError(f"invalid value for header field {name[:64]!r}")
+            raise MalformedFieldError(f"invalid value for header field {clipped(name.decode('latin-1'))!r}")
 
 
 class HeaderDecoder:
