@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable, NamedTuple, Protocol
 import numpy as np
 
 from edgemp import __version__
-from edgemp.errors import EdgempError, MissingExtraError
+from edgemp.errors import EdgempError, MissingExtraError, clipped
 from edgemp.runtime.server import core
 from edgemp.runtime.server.auth import bearer_matches, token_bytes
 from edgemp.runtime.server.grpc_plans import GrpcPlans
@@ -50,7 +50,7 @@ from edgemp.runtime.server.protocol import (
     object_array,
 )
 from edgemp.runtime.server.state import ServerState
-from edgemp.runtime.server.unsupported import REASONS
+from edgemp.runtime.server.unsupported import REASONS, UnsupportedError
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,8 @@ _FROM_HTTP = {400: INVALID_ARGUMENT, 404: NOT_FOUND, 413: RESOURCE_EXHAUSTED, 50
 
 def grpc_status(error: BaseException, rpc: str) -> tuple[int, str]:
     """(gRPC status code, message) for an exception raised serving ``rpc``; logs what is not the client's."""
+    if isinstance(error, UnsupportedError):
+        return UNIMPLEMENTED, one_line(error, 1000)
     if isinstance(error, EdgempError):
         return _FROM_HTTP.get(status_for(error), INVALID_ARGUMENT), one_line(error, 1000)
     logger.error("internal error serving gRPC %s", rpc, exc_info=error)
@@ -72,7 +74,7 @@ def grpc_status(error: BaseException, rpc: str) -> tuple[int, str]:
 
 
 def _where(name: str) -> str:
-    return f"input {name[:MAX_NAME]!r}"
+    return f"input {clipped(name, MAX_NAME)!r}"
 
 
 def _parameters(params: Any, where: str) -> dict[str, Any]:
@@ -80,7 +82,7 @@ def _parameters(params: Any, where: str) -> dict[str, Any]:
     for key, value in params.items():
         choice = value.WhichOneof("parameter_choice")
         if choice is None:
-            raise ProtocolError(f"{where}: parameter {key[:MAX_NAME]!r} has no value")
+            raise ProtocolError(f"{where}: parameter {clipped(key, MAX_NAME)!r} has no value")
         out[key] = getattr(value, choice)
     return out
 
@@ -133,10 +135,10 @@ def decode_request(msg: Any, expected: dict[str, str]) -> InferRequest:
     if msg.outputs:
         outputs = []
         for out in msg.outputs:
-            params = _parameters(out.parameters, f"output {out.name[:MAX_NAME]!r}")
+            params = _parameters(out.parameters, f"output {clipped(out.name, MAX_NAME)!r}")
             unsupported = set(params) & {"classification", "shared_memory_region"}
             if unsupported:
-                raise ProtocolError(f"output {out.name[:MAX_NAME]!r}: parameter(s) {sorted(unsupported)} "
+                raise ProtocolError(f"output {clipped(out.name, MAX_NAME)!r}: parameter(s) {sorted(unsupported)} "
                                     "are not supported")
             outputs.append(RequestedOutput(out.name, True))
     params = _parameters(msg.parameters, "request")
@@ -244,6 +246,8 @@ class InferenceService:
         return resp
 
     def RepositoryIndex(self, request: Any) -> Any:  # noqa: N802
+        if request.repository_name:
+            raise UnsupportedError(f"RepositoryIndex: {REASONS['repository_name']}")
         resp = self.pb.RepositoryIndexResponse()
         for entry in repository_index(self.state.models, self.state.ready, request.ready):
             resp.models.add(**entry)

@@ -9,8 +9,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from edgemp.errors import EdgempError
+
 if TYPE_CHECKING:
     from aiohttp import web
+
+
+class UnsupportedError(EdgempError):
+    """A Triton call edgemp does not serve (HTTP 400, gRPC UNIMPLEMENTED), with what to do instead."""
+
 
 REASONS = {
     "load": "edgemp serve loads its models at start; load and unload are not supported "
@@ -20,6 +27,9 @@ REASONS = {
     "shared_memory": "shared memory is not supported; send tensors in the request (binary data or JSON; "
                      "raw_input_contents over gRPC)",
     "stream": "streaming inference is not supported; call ModelInfer",
+    # Triton's own words for it, then ours
+    "repository_name": "'repository_name' specification is not supported: edgemp serve has one model "
+                       "repository; leave the repository name out",
 }
 
 GRPC = {
@@ -42,6 +52,9 @@ _SHM = [("GET", "/v2/{kind}/status"), ("GET", "/v2/{kind}/region/{region}/status
 HTTP = [
     ("POST", "/v2/repository/models/{model}/load", "load"),
     ("POST", "/v2/repository/models/{model}/unload", "load"),
+    ("POST", "/v2/repository/{repository}/index", "repository_name"),
+    ("POST", "/v2/repository/{repository}/models/{model}/load", "repository_name"),
+    ("POST", "/v2/repository/{repository}/models/{model}/unload", "repository_name"),
     *((method, path, "trace") for method in ("GET", "POST")
       for path in ("/v2/trace/setting", "/v2/models/{model}/trace/setting")),
     ("GET", "/v2/logging", "logging"),

@@ -453,7 +453,22 @@ def test_every_triton_extension_call_is_served_or_names_what_is_unsupported(serv
         answer = conn.getresponse()
         answer.read()
         assert answer.status == 405 and allowed in answer.getheader("Allow", ""), (path, answer.getheaders())
+    for path in ("/v2/repository/other/index", "/v2/repository/other/models/gnn/load"):  # Triton's named-repository forms
+        conn.request("POST", path, body=b"{}")
+        answer = conn.getresponse()
+        data = json.loads(answer.read())
+        assert answer.status == 400 and "'repository_name' specification is not supported" in data["error"], data
     conn.close()
+    from tritonclient.grpc import service_pb2
+
+    import grpc
+
+    for named in ("other", "x" * 5000):  # Triton refuses a repository name rather than answer for the one it has
+        with pytest.raises(grpc.RpcError) as e:
+            gc._client_stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(repository_name=named), timeout=10)
+        assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED, e.value
+        assert "'repository_name' specification is not supported" in e.value.details(), e.value.details()
+    assert len(gc.get_model_repository_index().models) == 2  # the call without one still answers
 
     graphs = random_graphs(np.random.default_rng(21), 2)
     tensors = batch_tensors(graphs)
