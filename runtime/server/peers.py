@@ -17,8 +17,9 @@ A worker that died (and was replaced) keeps its share: every worker writes its c
 a file in the same folder before it reports them (and when it stops), and when the supervisor
 reaps a worker it folds that file into one sum of all the dead (:func:`fold_retired`), which
 every total adds. So no total ever goes down, as Prometheus needs of a counter (any drop reads
-as a reset, and ``rate()`` then counts the whole total again). What a killed worker served
-after its counters were last asked for is missing from the totals, never subtracted.
+as a reset, and ``rate()`` then counts the whole total again). A worker also writes its file
+about once a second while its counters change, so what a worker killed outright served in its
+last second at most is missing from the totals, never subtracted.
 """
 from __future__ import annotations
 
@@ -69,6 +70,8 @@ class Peers:
         self.token = f"{os.getpid()}-{secrets.token_hex(8)}"
         self._server: asyncio.AbstractServer | None = None
         self._state: "ServerState | None" = None  # what it serves, set by start()
+        self._kept: dict[str, Any] | None = None  # the counters last written to its file
+        self._keep_failed = False
 
     def path(self, index: int) -> Path:
         return self.folder / f"worker-{index}.sock"
@@ -142,13 +145,33 @@ class Peers:
 
     def _kept_counters(self, state: "ServerState") -> dict[str, Any]:
         """This worker's counters, written to its file first: a total a client saw never loses them."""
-        counters = {"token": self.token, "models": own_counters(state)}
+        return self._keep({"token": self.token, "models": own_counters(state)})
+
+    def _keep(self, counters: dict[str, Any]) -> dict[str, Any]:
         try:
             _write_whole(self.folder / f"stats-{self.token}.json", counters)
         except OSError as e:
             raise UnavailableError(f"worker {self.index} cannot keep its statistics ({e}); the server's totals "
                                    "are not available") from e
+        self._kept = counters
         return counters
+
+    def keep_if_changed(self, state: "ServerState") -> None:
+        """Write this worker's counters to its file if they changed since they were last written
+        (on the event loop, as every write of the file is: a later write always holds more)."""
+        if self._server is None:
+            return  # not serving yet, or closed: close() kept the final ones
+        counters = {"token": self.token, "models": own_counters(state)}
+        kept = self._kept
+        if kept is not None and _without_depths(kept) == _without_depths(counters):
+            return  # nothing served since: the file holds these already
+        try:
+            self._keep(counters)
+            self._keep_failed = False
+        except UnavailableError as e:
+            if not self._keep_failed:  # once per failing spell, not once a second
+                logger.warning("%s", e)
+            self._keep_failed = True
 
     def _retired(self, live: set[str]) -> list[dict[str, Any]]:
         """The last counters of workers that are gone: their own files until the supervisor folds
@@ -249,6 +272,11 @@ def fold_retired(folder: Path, pid: int) -> None:
             path.unlink()
         except (OSError, ValueError, KeyError, TypeError) as e:  # left in place: still summed as it is
             logger.warning("could not fold the statistics of worker pid %d into the retired sums: %s", pid, e)
+
+
+def _without_depths(counters: dict[str, Any]) -> dict[str, Any]:
+    """The counters without the queue depths (a gauge, not a count: it changes with nothing served)."""
+    return {name: part["stats"] for name, part in counters["models"].items()}
 
 
 def own_counters(state: "ServerState") -> dict[str, Any]:

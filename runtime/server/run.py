@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable
 
 from aiohttp import web
 
+from edgemp.errors import EdgempError
 from edgemp.runtime.server import loop as event_loop
 from edgemp.runtime.server.app import app_state
 from edgemp.runtime.server.config import ServerConfig
@@ -44,8 +45,9 @@ async def serve_app(
     """Serve ``app`` until ``stop`` is set (or SIGTERM/SIGINT arrives), then drain.
 
     ``on_ready`` receives the bound port (useful with ``port=0``). ``worker``: this process is
-    one of ``edgemp serve --workers N``'s (:mod:`edgemp.runtime.server.workers`): it serves on
-    the sockets the supervisor bound and sums its statistics with the other workers'.
+    one of ``edgemp serve --workers N``'s (:mod:`edgemp.runtime.server.workers`): it binds its
+    sockets in the port's groups only now, with its models loaded, and sums its statistics
+    with the other workers'.
     """
     state = app_state(app)
     if worker is not None:
@@ -64,21 +66,23 @@ async def serve_app(
 
         try:  # before HTTP: once /v2/health/ready answers, the gRPC port is listening too
             grpc_listener, grpc_port = await start_grpc(state, config.host, config.grpc_port, app.get(BODY_READER),
-                                                        None if worker is None else worker.grpc_socks)
+                                                        None if worker is None else worker.bind_grpc())
         except BaseException:
             await runner.cleanup()
             raise
         if worker is None:  # a worker's supervisor says it once for all
             logger.info("serving gRPC (inference.GRPCInferenceService) on %s:%d", config.host, grpc_port)
-    sites = ([web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True)] if worker is None
-             else [web.SockSite(runner, sock, backlog=1024) for sock in worker.http_socks])
     try:
+        sites = ([web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True)] if worker is None
+                 else [web.SockSite(runner, sock, backlog=1024) for sock in worker.bind_http()])
         for site in sites:
             await site.start()
-    except OSError as e:
+    except (OSError, EdgempError) as e:
         if grpc_listener is not None:
             await grpc_listener.close(grace_s=0)
         await runner.cleanup()
+        if isinstance(e, EdgempError):  # a worker's bind names the address itself
+            raise
         raise OSError(f"cannot listen on {config.host}:{config.port}: {e.strerror}") from e
     port = runner.addresses[0][1] if runner.addresses else config.port
     stop = stop or asyncio.Event()  # the drain handlers are up before anyone hears it serves

@@ -3,13 +3,17 @@
 One server process answers from one Python event loop, and that loop's work per request
 caps it (benchmarks/results/server.md: ~70 µs a small request on the loop, so ~14k
 requests/s at best, whatever the cores). N workers each run the whole server (models,
-batchers, the HTTP and gRPC listeners) on sockets this supervisor bound before forking them:
+batchers, the HTTP and gRPC listeners) on one port:
 
 - **Connections**: one listening socket per worker and protocol, all on the same port with
   ``SO_REUSEPORT``, so the kernel spreads new connections over the workers by their
   addresses. (One shared socket would not: asyncio accepts every queued connection in one
   go, so a burst of clients lands on whichever worker wakes first.) A keep-alive
-  connection stays with its worker, and so does its batching.
+  connection stays with its worker, and so does its batching. A worker binds its sockets
+  only once its models are loaded: the kernel hands a listening socket its share of new
+  connections at once, so one bound while a replacement still loads would hold those
+  clients for the whole load (or for ever, if the load hangs). The supervisor holds the
+  port meanwhile (sockets in the group that never listen).
 - **Statistics** (V2, gRPC and ``/metrics``) are summed over the workers when asked
   (:mod:`edgemp.runtime.server.peers`); health answers for the worker asked.
 - **Start**: the supervisor logs ``serving ...`` once every worker is ready. A worker that
@@ -31,7 +35,10 @@ batchers, the HTTP and gRPC listeners) on sockets this supervisor bound before f
   flight are lost with it, as with a crash; later ones are answered by the others and then by
   its replacement. Only silence while the supervisor itself runs counts, so pausing the
   whole service (Ctrl-Z, ``docker pause``) kills nothing. The same bound ends a stop that a
-  stuck worker would hold forever, one that never got as far as serving included.
+  stuck worker would hold forever, one that never got as far as serving included. A
+  replacement that is not serving within the timeout, or 3 × the first start if that is
+  longer, is killed and replaced in turn (its load hangs: a stuck file system, a deadlock in
+  native code), and counts as a death.
 - **Stop**: SIGTERM/SIGINT to the supervisor drain every worker (each as a lone server
   does); exit 0 once all have.
 
@@ -84,25 +91,37 @@ class Worker:
 
     index: int
     count: int
-    http_socks: list[socket.socket]  # one per address the host resolves to, as a lone server listens
-    grpc_socks: list[socket.socket] | None
+    http: "_Address"  # bound by the worker once it can serve: one socket per address, as a lone server listens
+    grpc: "_Address | None"
     peers: Peers
     notify_fd: int = -1  # the supervisor's pipe: "ready", "alive", or why it could not start
     timeout_s: float = DEFAULT_WORKER_TIMEOUT_S  # 0: never reports (the supervisor does not watch)
 
+    def bind_http(self) -> list[socket.socket]:
+        """This worker's listening HTTP sockets, new in the port's groups (call once it can serve)."""
+        return self.http.bind()
+
+    def bind_grpc(self) -> list[socket.socket] | None:
+        return None if self.grpc is None else self.grpc.bind()
+
     def keep_reporting(self, state: "ServerState") -> None:
         """Tell the supervisor "alive" now and about every second, on the running event loop,
         until the loop stops. Only a loop that turns reports, and a worker one of whose models
-        has run one batch for longer than the timeout stays silent: it answers nothing either."""
-        if self.timeout_s <= 0:
-            return
+        has run one batch for longer than the timeout stays silent: it answers nothing either.
+
+        Each turn also keeps this worker's counters in its file when they changed, so a worker
+        killed outright (OOM, a crash in native code) leaves at most the last second of its
+        traffic out of the server's totals (:mod:`edgemp.runtime.server.peers`)."""
         loop = asyncio.get_running_loop()
-        period = min(HEARTBEAT_S, self.timeout_s / 4)
+        watched = self.timeout_s > 0
+        period = min(HEARTBEAT_S, self.timeout_s / 4) if watched else HEARTBEAT_S
         message = f"H{self.index}"
 
         def report() -> None:
-            if not any(served.batcher.running_for_s() > self.timeout_s for served in state.models.values()):
+            if watched and not any(served.batcher.running_for_s() > self.timeout_s
+                                   for served in state.models.values()):
                 _tell(self.notify_fd, message)
+            self.peers.keep_if_changed(state)
             loop.call_later(period, report)
 
         report()
@@ -192,7 +211,7 @@ _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 class _Launcher:
-    """Forks workers: a worker gets its own new sockets in each group, bound just before its fork."""
+    """Forks workers; each binds its own new sockets in the port's groups once it can serve."""
 
     def __init__(self, config: ServerConfig, count: int, serve_one: Callable[[Worker, Callable[[], None]], None],
                  folder: Path, read_fd: int, write_fd: int, timeout_s: float = DEFAULT_WORKER_TIMEOUT_S) -> None:
@@ -227,14 +246,7 @@ class _Launcher:
             self.grpc.close()
 
     def launch(self, index: int) -> int:
-        """Start worker ``index``; its pid. Raises EdgempError if its sockets cannot be bound."""
-        http = self.http.bind()
-        try:
-            grpc = self.grpc.bind() if self.grpc is not None else None
-        except BaseException:
-            for sock in http:
-                sock.close()
-            raise
+        """Start worker ``index``; its pid. It binds its own sockets once it has loaded its models."""
         # A stop signal must not reach the child while it still has the supervisor's handlers:
         # blocked across the fork, the child restores the defaults first (a signal while it loads
         # the models ends it; its server installs its own drain handlers once it serves).
@@ -249,14 +261,12 @@ class _Launcher:
                     signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
                     os.close(self.read_fd)
                     self.close()  # the supervisor's anchors: a worker must not hold the ports after it
-                    code = _child(Worker(index, self.count, http, grpc, Peers(self.folder, index, self.count),
+                    code = _child(Worker(index, self.count, self.http, self.grpc, Peers(self.folder, index, self.count),
                                          self.write_fd, self.timeout_s), self.serve_one)
                 finally:
                     os._exit(code)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # the supervisor's pending signal runs now
-            for sock in http + (grpc or []):
-                sock.close()  # the worker holds its own: its sockets leave the groups when it exits
         return pid
 
 
@@ -372,6 +382,9 @@ class _Supervisor:
         self.signalled: dict[int, float] = {}  # pid -> clock when it was sent SIGTERM
         self.heard: dict[int, float] = {}  # worker index -> clock when it last reported
         self.killed: set[int] = set()  # pids killed as stuck
+        self.launched: dict[int, float] = {}  # pid -> clock when it was started
+        self.first_start_s = 0.0  # how long the first workers took to serve, all of them
+        self.hung: set[int] = set()  # replacements killed for not serving in time: deaths, not start failures
         self._buffer = b""
 
     def run(self) -> None:
@@ -398,6 +411,7 @@ class _Supervisor:
             self._fail(str(e) if isinstance(e, EdgempError) else f"could not start worker {index}: {e}")
             return
         self.children[pid] = index
+        self.launched[pid] = self._advance()
         if self.stopping:  # a stop signal came during the fork
             self._stop()
 
@@ -445,6 +459,7 @@ class _Supervisor:
             logger.info("worker %d serves again", index)
         elif len(self.ready) == self.count:
             self.announced = True
+            self.first_start_s = self.clock
             since = (time.perf_counter() - self.started_at) * 1e3
             host = self.config.host
             if self.launcher.grpc is not None:
@@ -482,6 +497,13 @@ class _Supervisor:
                 # Not serving yet, so it never reported: asked to stop, it is still loading after the
                 # timeout (stopped, or hung in native code with the signal pending).
                 why = f"did not stop within {now - self.signalled[pid]:.1f} s of SIGTERM before it was ready"
+            elif self.announced and not self.stopping \
+                    and now - self.launched.get(pid, now) > max(timeout, 3 * self.first_start_s):
+                # A replacement still loading long after the first workers were all serving: its load
+                # hangs. It holds no connections (it binds once loaded), but its share of the cores idles.
+                why = (f"was not serving {now - self.launched[pid]:.1f} s after it was started (the first "
+                       f"workers took {self.first_start_s:.1f} s; its load hangs)")
+                self.hung.add(pid)
             else:
                 continue
             self.killed.add(pid)
@@ -500,6 +522,9 @@ class _Supervisor:
             index = self.children.pop(pid, None)
             self.killed.discard(pid)
             self.signalled.pop(pid, None)
+            self.launched.pop(pid, None)
+            hung = pid in self.hung
+            self.hung.discard(pid)
             if index is None:
                 continue
             fold_retired(self.launcher.folder, pid)  # before a replacement, which may get the same pid
@@ -512,7 +537,7 @@ class _Supervisor:
                     self._fail(f"worker {index} (pid {pid}) {_exit_reason(status)} while stopping")
                 continue
             what = f"worker {index} (pid {pid}) {_exit_reason(status)}"
-            if not was_ready:
+            if not was_ready and not hung:
                 self._fail(f"{what} before it was ready; the other workers were stopped")
                 continue
             now = time.monotonic()

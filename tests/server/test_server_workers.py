@@ -628,7 +628,7 @@ def test_a_worker_reports_only_while_its_loop_turns_and_no_batch_hangs(model_pat
         gated = GatedModel(model)
         with Batcher(gated) as batcher:
             state = SimpleNamespace(models={"gnn": SimpleNamespace(batcher=batcher)})
-            worker = Worker(0, 1, [], None, Peers(tmp_path, 0, 1), write_fd, timeout_s=0.4)
+            worker = Worker(0, 1, None, None, Peers(tmp_path, 0, 1), write_fd, timeout_s=0.4)
 
             async def scenario() -> tuple[int, int, int]:
                 worker.keep_reporting(state)  # every 0.1 s here (a quarter of the timeout)
@@ -733,3 +733,65 @@ def test_a_worker_folded_during_a_gather_is_counted_once(tmp_path):
         return views["m"].stats.raw()["outcomes"]["success"]
 
     assert asyncio.run(scenario()) == 62
+
+
+def _fresh_status(port: int, timeout: float) -> str:
+    """A health GET on a new connection: the status line, or why there was none within ``timeout``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            return s.recv(65536).split(b"\r\n", 1)[0].decode()
+    except OSError as e:
+        return f"no answer: {e}"
+
+
+def test_a_replacement_holds_no_connection_while_it_loads_and_one_whose_load_hangs_is_replaced(model_path, tmp_path):
+    """A replacement binds its sockets only once it has loaded its models: the kernel gives a
+    listening socket its share of new connections at once, and one bound before the load held
+    them for the whole load (here frozen, so for ever). A replacement still not serving after
+    3 x the first start (or the timeout) is killed and replaced in turn."""
+    proc = _serve_in_own_group(_slow_repository(model_path, tmp_path / "repo"), port := free_port(),
+                               "--workers", "2", "--worker-timeout-s", "1")
+    out = ""
+    try:
+        out += _read_until(proc, "with 2 workers", timeout=120)
+        first = _worker_pids(proc.pid)
+        os.kill(first[0], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while not (new := set(_worker_pids(proc.pid)) - set(first)):
+            assert time.monotonic() < deadline, "no replacement was started"
+            time.sleep(0.002)
+        replacement = new.pop()
+        _freeze(replacement)  # well before its 40 models are loaded
+        statuses = [_fresh_status(port, 10) for _ in range(48)]  # spread over the group by their ports
+        assert statuses == ["HTTP/1.1 200 OK"] * 48, statuses
+        out += _read_until(proc, "its load hangs", timeout=120)
+        out += _read_until(proc, "serves again", timeout=120)
+    finally:
+        out += _signal_and_collect(proc)
+    assert proc.returncode == 0, out[-3000:]
+    assert re.search(rf"worker \d \(pid {replacement}\) was not serving [\d.]+ s after it was started "
+                     r"\(the first workers took [\d.]+ s; its load hangs\); killing it", out), out[-3000:]
+    assert re.search(rf"worker \d \(pid {replacement}\) was killed by SIGKILL; starting a new one", out), out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+
+
+def test_a_worker_killed_outright_keeps_what_it_served_before_its_last_second(model_path, tmp_path):
+    """Nobody asked for the statistics before the kill, so only the worker's own writes (about
+    once a second while its counters change) keep its share; before them all of it was lost."""
+    import json
+
+    srv = start_server(model_path, tmp_path, "--name", "gnn", "--workers", "2", "--max-queue-size", "4096")
+    try:
+        _wait_for(srv, "with 2 workers")
+        before = _worker_pids(srv.proc.pid)
+        assert asyncio.run(_drive(srv.port, _requests(model_path, 200))) == 200
+        time.sleep(2.5)  # two reports' time: each worker has written what it served
+        for pid in before:
+            os.kill(pid, signal.SIGKILL)
+        _wait_for(srv, "serves again", 2)
+        stats = json.loads(_fresh_get(srv.port, "/v2/models/gnn/stats"))["model_stats"][0]
+        assert stats["inference_stats"]["success"]["count"] == 200, stats["inference_stats"]
+    finally:
+        code = srv.stop()
+    assert code == 0, srv.log()[-3000:]
