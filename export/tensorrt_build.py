@@ -257,7 +257,8 @@ def verify_engine(
     from edgemp.export.verify import VerificationReport, compare
     from edgemp.runtime import load
 
-    report = VerificationReport(passed=True, atol=cfg.atol, rtol=cfg.rtol)
+    report = VerificationReport(passed=True, atol=cfg.atol, rtol=cfg.rtol, reference="ONNX Runtime CPU",
+                                candidate="the TensorRT engine")
     with load(plan_path) as engine, load(onnx_path, providers="cpu") as ref:
         for name, batch_graphs in verification_batches(ref.spec, cfg.profiles, graphs):
             batch_graphs = ref.validate(batch_graphs)
@@ -265,13 +266,6 @@ def verify_engine(
             expected = ref.run_batch(batch)
             got = engine.run_batch(batch)
             compare(name, batch, expected, {k: np.asarray(v) for k, v in got.items()}, cfg.atol, cfg.rtol, report)
-    if not report.passed:
-        bad = [c for c in report.cases if not c.passed]
-        err = VerificationError(
-            f"the TensorRT engine disagrees with ONNX Runtime CPU on {len(bad)} case(s), worst {bad[0].name}: "
-            f"max_abs_error={max(c.max_abs_error for c in bad):.3e} (atol={cfg.atol} rtol={cfg.rtol}); "
-            "the engine was not kept"
-        )
-        err.report = report
-        raise err
+    # NaN/inf named as such (a max error over NaN reads 0.000), then the worst of the cases that differ
+    report.require_passed("the TensorRT engine disagrees with ONNX Runtime CPU", "the engine was not kept")
     return report

@@ -59,8 +59,9 @@ class VerificationReport:
         differ = [c for c in bad if not c.nonfinite]
         parts = [self._nonfinite_message(nan)] if nan else []
         if differ:  # a max error over NaN reads 0.000, so only cases without NaN report one
-            parts.append(f"{len(differ)} case(s) differ, worst {differ[0].name}: max_abs_error="
-                         f"{max(c.max_abs_error for c in differ):.3e} (tolerance atol={self.atol} rtol={self.rtol})")
+            worst = max(differ, key=lambda c: c.max_abs_error)
+            parts.append(f"{len(differ)} case(s) differ, worst {worst.name}: max_abs_error="
+                         f"{worst.max_abs_error:.3e} (tolerance atol={self.atol} rtol={self.rtol})")
         err = VerificationError(f"{what}: {'; '.join(parts)}; {consequence}")
         err.report = self
         raise err

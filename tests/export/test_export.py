@@ -125,6 +125,22 @@ def test_verification_names_nan_outputs(ref, got, found):
         report.require_passed("ONNX Runtime disagrees with PyTorch", "the file was not written")
 
 
+def test_verification_names_the_worst_case_not_the_first():
+    """With several cases off, the message names the one with the largest error, with that error
+    (it named the first case beside the largest error, which could be another case's)."""
+    from edgemp.errors import VerificationError
+    from edgemp.export.verify import VerificationReport, compare
+
+    batch = collate([random_graph(np.random.default_rng(0), 3, 2, 8)])
+    report = VerificationReport(passed=True, atol=1e-5, rtol=1e-5, reference="ONNX Runtime CPU",
+                                candidate="the TensorRT engine")
+    for name, off in (("small_miss", 1e-3), ("big_miss", 0.5), ("middle_miss", 1e-2)):
+        compare(name, batch, {"prediction": np.ones((1, 1), np.float32)},
+                {"prediction": np.full((1, 1), 1 + off, np.float32)}, 1e-5, 1e-5, report)
+    with pytest.raises(VerificationError, match=r"3 case\(s\) differ, worst big_miss: max_abs_error=5\.000e-01"):
+        report.require_passed("the TensorRT engine disagrees with ONNX Runtime CPU", "the engine was not kept")
+
+
 def test_tensorrt_lint_rejects_scatternd_reduction_and_accepts_tensorrt_export(export_checkpoint):
     cpu = onnx.load(str(export_checkpoint("gin", target="ort-cpu")))
     trt = onnx.load(str(export_checkpoint("gin", target="tensorrt")))
