@@ -119,11 +119,12 @@ class BatcherStats:
 class _Request:
     """One queued request: its graphs, and a future or a callback to answer it with."""
 
-    __slots__ = ("graphs", "future", "done", "unchecked", "enqueued_ns", "deadline_ns", "nodes", "edges")
+    __slots__ = ("graphs", "future", "done", "unchecked", "enqueued_ns", "deadline_ns", "nodes", "edges", "weight")
 
     def __init__(self, graphs: list[Graph], future: BatchFuture | None, done: Done | None, enqueued_ns: int,
-                 deadline_ns: int | None, unchecked: bool = False) -> None:
+                 deadline_ns: int | None, unchecked: bool = False, weight: int = 1) -> None:
         self.graphs = graphs
+        self.weight = weight  # the callers' requests it carries (the server's row groups: one per graph)
         self.future = future
         self.done = done
         self.unchecked = unchecked  # validated by the worker, with its batch
@@ -169,6 +170,7 @@ class Batcher:
         self._on_batch = on_batch
         self._queue: collections.deque[_Request] = collections.deque()
         self._queue_graphs = 0
+        self._queued = 0  # callers' requests waiting: the queue's requests, each by its weight
         self._cond = threading.Condition()
         self._closed = False
         self._busy = False  # a batch is running (on the worker, or inline in run_now)
@@ -202,7 +204,7 @@ class Batcher:
         return future
 
     def submit_callback(self, graphs: Sequence[Graph], done: Done, timeout_us: int | None = None, *,
-                        wake: bool = True, check_in_batch: bool = False) -> None:
+                        wake: bool = True, check_in_batch: bool = False, weight: int = 1) -> None:
         """As :meth:`submit`, but answered by calling ``done(results, error, timing)`` on the
         worker's thread instead of through a future: ``(results, None, timing)`` once it ran,
         ``(None, error, None)`` if it failed, timed out in the queue or (``check_in_batch``)
@@ -216,13 +218,17 @@ class Batcher:
         submitting thread more than the model's own run of a small molecule. A malformed
         request is then answered with the same :class:`GraphValidationError` through
         ``done``, and never runs with the others.
+
+        ``weight``: how many of its callers' requests this one carries (the server queues a
+        loop turn's one-graph requests as one, :mod:`edgemp.runtime.server.rows`). The queue's
+        size limit and :attr:`most_outstanding` count those, not the one.
         """
         # Only with room in the queue: a request that cannot be queued is validated first, so a
         # malformed one gets its 400, not a retryable 503 it would only be refused again after.
         if check_in_batch and self.checks_in_batch and graphs and not self._closed \
-                and len(self._queue) < self.config.max_queue_size:
+                and self._queued + weight <= self.config.max_queue_size:
             try:
-                self._enqueue(list(graphs), None, done, timeout_us, wake, unchecked=True)
+                self._enqueue(list(graphs), None, done, timeout_us, wake, unchecked=True, weight=weight)
                 return
             except (AttributeError, TypeError, IndexError):  # not even shaped like graphs: the checks name why
                 pass
@@ -230,24 +236,26 @@ class Batcher:
         if not checked:
             done([], None, RequestTiming(0, 0, 0, 0))
             return
-        self._enqueue(checked, None, done, timeout_us, wake)
+        self._enqueue(checked, None, done, timeout_us, wake, weight=weight)
 
     def _enqueue(self, checked: list, future: BatchFuture | None, done: Done | None, timeout_us: int | None,
-                 wake: bool, unchecked: bool = False) -> None:
+                 wake: bool, unchecked: bool = False, weight: int = 1) -> None:
         timeout_us = self.config.default_timeout_us if timeout_us is None else timeout_us
         if timeout_us < 0:
             raise EdgempError(f"timeout_us must be >= 0 (0 = no timeout), got {timeout_us}")
         now = time.perf_counter_ns()
-        req = _Request(checked, future, done, now, now + timeout_us * 1000 if timeout_us > 0 else None, unchecked)
+        req = _Request(checked, future, done, now, now + timeout_us * 1000 if timeout_us > 0 else None, unchecked,
+                       weight)
         with self._cond:
             if self._closed:
                 full = "closed"
-            elif len(self._queue) >= self.config.max_queue_size:
+            elif self._queued + weight > self.config.max_queue_size:
                 full = "full"
             else:
                 full = ""
                 self._queue.append(req)
                 self._queue_graphs += len(checked)
+                self._queued += weight
                 if wake:
                     self._cond.notify()
         if full == "closed":
@@ -340,7 +348,7 @@ class Batcher:
                 queue_ns_total=c.queue_ns, queue_count=c.queue_count,
                 compute_ns_total=c.compute_ns, compute_count=c.compute_count,
                 batches=c.batches, batch_graphs_total=c.batch_graphs, batch_nodes_total=c.batch_nodes,
-                queue_depth=len(self._queue), queue_graphs=self._queue_graphs,
+                queue_depth=self._queued, queue_graphs=self._queue_graphs,
                 recent_queue_ns=tuple(c.recent["queue"]), recent_compute_ns=tuple(c.recent["compute"]),
                 recent_batch_graphs=tuple(c.recent["graphs"]), recent_batch_nodes=tuple(c.recent["nodes"]),
             )
@@ -348,7 +356,7 @@ class Batcher:
     @property
     def queue_depth(self) -> int:
         """Requests waiting now (no lock: a gauge read, as cheap as the scrape that wants it)."""
-        return len(self._queue)
+        return self._queued
 
     @property
     def closed(self) -> bool:
@@ -362,6 +370,7 @@ class Batcher:
             if not drain:
                 self._queue.clear()
                 self._queue_graphs = 0
+                self._queued = 0
             self._cond.notify_all()
         for req in dropped:
             if not self._answered_invalid(req):
@@ -411,12 +420,14 @@ class Batcher:
                     for r in expired:
                         self._queue.remove(r)
                         self._queue_graphs -= len(r.graphs)
+                        self._queued -= r.weight
                     return [], expired
                 take, full = self._fit()
                 flush_at = self._queue[0].enqueued_ns + delay_ns
-                if full or self._closed or now >= flush_at or self._none_can_join(len(self._queue)):
+                if full or self._closed or now >= flush_at or self._none_can_join(self._queued):
                     batch = [self._queue.popleft() for _ in range(take)]
                     self._queue_graphs -= sum(len(r.graphs) for r in batch)
+                    self._queued -= sum(r.weight for r in batch)
                     self._busy_since_ns = now  # before _busy (see running_for_s)
                     self._busy = True
                     return batch, []
@@ -524,7 +535,7 @@ class Batcher:
             return
         compute_ns = time.perf_counter_ns() - start
         timings = [RequestTiming(start - req.enqueued_ns, compute_ns, size, nodes) for req in requests]
-        self._count_successes(timings)  # one lock for the batch, not one per request
+        self._count_successes(timings, [req.weight for req in requests])  # one lock for the batch
         pos = 0
         for req, timing in zip(requests, timings):
             k = len(req.graphs)
@@ -550,16 +561,17 @@ class Batcher:
     def _count_success(self, timing: RequestTiming) -> None:
         self._count_successes([timing])
 
-    def _count_successes(self, timings: list[RequestTiming]) -> None:
+    def _count_successes(self, timings: list[RequestTiming], weights: list[int] | None = None) -> None:
+        """Each timing is one queued request's; ``weights``: the callers' requests each carried."""
         with self._cond:
             c = self._counters
-            c.outcomes["success"] += len(timings)
-            c.queue_count += len(timings)
-            c.compute_count += len(timings)
             queue, compute = c.recent["queue"], c.recent["compute"]
-            for timing in timings:
-                c.queue_ns += timing.queue_ns
-                c.compute_ns += timing.compute_ns
+            for timing, weight in zip(timings, weights or [1] * len(timings)):
+                c.outcomes["success"] += weight
+                c.queue_count += weight
+                c.compute_count += weight
+                c.queue_ns += timing.queue_ns * weight
+                c.compute_ns += timing.compute_ns * weight
                 queue.append(timing.queue_ns)
                 compute.append(timing.compute_ns)
 

@@ -19,6 +19,7 @@ raised while serving a fast request is answered exactly as the middleware answer
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from email.utils import formatdate
@@ -28,9 +29,11 @@ from typing import TYPE_CHECKING, Any
 import httptools
 
 from edgemp.runtime.server import core, jsoncodec
+from edgemp.runtime.server.header_plans import header_bytes
 from edgemp.runtime.server.auth import bearer_matches, token_bytes
 from edgemp.runtime.server.body import BadBodyError
 from edgemp.runtime.server.middleware import BODY_READER, error_answer
+from edgemp.runtime.server.rows import RowGroups
 from edgemp.runtime.server.state import STATE
 from edgemp.runtime.server.v1 import v1_call
 from edgemp.runtime.server.v2 import HttpCall
@@ -108,12 +111,13 @@ class _Route:
     draining, the buffer's room and the body itself are looked at again.
     """
 
-    __slots__ = ("served", "v2", "header_length", "length", "url", "decode")
+    __slots__ = ("served", "v2", "header_length", "header_bytes", "length", "url", "decode")
 
     def __init__(self, served: Any, v2: bool, header_length: str | None, length: int, url: bytes) -> None:
         self.served = served
         self.v2 = v2
         self.header_length = header_length
+        self.header_bytes = header_bytes(header_length, length) if v2 else 0  # 0: no header plan can fit
         self.length = length
         self.url = url
         self.decode = self._decode_v2 if v2 else self._decode_v1
@@ -207,6 +211,7 @@ class FastPath:
         self.expected = token_bytes(token)
         self.max_length = min(self.reader.max_body_bytes, self.state.config.offload_bytes - 1)
         self._routes: dict[bytes, _Route] = {}  # a fast POST's head bytes -> what it decided
+        self._rows: dict[str, RowGroups] = {}  # per served model: its rows of this loop turn
 
     def take(self, conn: "GuardedRequestHandler", data: bytes) -> bool:
         """Serve ``data`` here if it is one whole fast request; False leaves it to aiohttp."""
@@ -272,8 +277,30 @@ class FastPath:
         except BadBodyError:  # the buffer is full: aiohttp's path gives the 503
             return False
         conn.fast_begin()
-        core.start(self.state, route.served, body, route.decode, _Answer(self.reader, len(body), conn, route))
+        if route.header_bytes:  # a V2 binary request whose header may have been answered before
+            rows = self._rows.get(route.served.name)
+            if rows is None:
+                rows = self._rows[route.served.name] = RowGroups(
+                    self.state, route.served, self.reader, asyncio.get_running_loop(), self._core, self._respond)
+            if rows.add(conn, route, body, route.header_bytes):
+                return True
+        self._core(conn, route, body)
         return True
+
+    def _core(self, conn: "GuardedRequestHandler", route: "_Route", body: bytes) -> None:
+        """A held, begun fast request on the request core; answered by :class:`_Answer`."""
+        core.start(self.state, route.served, body, route.decode, _Answer(self.reader, len(body), conn, route))
+
+    @staticmethod
+    def _respond(conn: "GuardedRequestHandler", payload: bytes, json_length: int) -> None:
+        """A row's V2 binary answer (:mod:`edgemp.runtime.server.rows`), written as :class:`_Answer` writes one."""
+        try:
+            response = _response(200, b"application/octet-stream", payload, json_length)
+        except Exception:  # noqa: BLE001 - cannot answer: close rather than leave the client waiting
+            logger.exception("could not write a V2 answer")
+            conn.fast_abort()
+            return
+        conn.fast_finish(response)
 
     def _model(self, url: bytes) -> tuple[Any, bool]:
         """The served model a ``/v2/models/{m}[/versions/{v}]/infer`` or ``/v1/models/{m}/predict``

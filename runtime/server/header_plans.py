@@ -38,9 +38,12 @@ class _Plan:
     memo: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def decode(self, body: bytes, header_bytes: int) -> InferRequest:
-        inputs = {name: np.ndarray(shape, dtype, body, header_bytes + offset)  # a read-only view
-                  for name, dtype, offset, shape in self.tensors}
-        return InferRequest(inputs, None, self.parameters, self.outputs, self.binary_default, self.memo)
+        return InferRequest(self.arrays(body, header_bytes), None, self.parameters, self.outputs, self.binary_default,
+                            self.memo)
+
+    def arrays(self, body: bytes, header_bytes: int) -> dict[str, np.ndarray]:
+        return {name: np.ndarray(shape, dtype, body, header_bytes + offset)  # a read-only view
+                for name, dtype, offset, shape in self.tensors}
 
 
 class HeaderPlans:
@@ -53,9 +56,14 @@ class HeaderPlans:
     def __len__(self) -> int:
         return len(self._plans)
 
+    def known(self, header: bytes, binary_bytes: int) -> "_Plan | None":
+        """The plan of a header decoded before, if a body with ``binary_bytes`` after it fits it."""
+        plan = self._plans.get(header)
+        return plan if plan is not None and plan.binary_bytes == binary_bytes else None
+
     def decode(self, body: bytes, header_length: str | None, expected: dict[str, str]) -> InferRequest:
         """As :func:`decode_infer_request` (same result, same errors), faster for a known header."""
-        n = _header_bytes(header_length, len(body))
+        n = header_bytes(header_length, len(body))
         if n == 0:
             return decode_infer_request(body, header_length, expected)
         header = body[:n]
@@ -74,7 +82,7 @@ class HeaderPlans:
         return request
 
 
-def _header_bytes(header_length: str | None, body_length: int) -> int:
+def header_bytes(header_length: str | None, body_length: int) -> int:
     """The header's length when this body's header may have a plan, else 0."""
     # ASCII digits only: str.isdigit() is also true of "²", which int() refuses.
     if header_length is None or not (0 < len(header_length) <= 4) or not header_length.isascii() \

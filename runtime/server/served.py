@@ -103,6 +103,7 @@ class ServedModel:
         self.input_types = {t.name: t.datatype for t in self.inputs}
         self._input_specs = {t.name: t for t in self.inputs}
         self.header_plans = HeaderPlans()  # V2 binary headers seen before, decoded once
+        self.rows_answered = 0  # requests answered as rows of a group (rows.py), on the event loop
         self.output_names = [t.name for t in self.outputs]
         self.closed = False
         self._wake_pending = False
@@ -203,21 +204,22 @@ class ServedModel:
         if self.limits is not None:
             self.limits.check(items)
 
-    def queue(self, items: Sequence, timeout_us: int | None, answer: Done) -> None:
+    def queue(self, items: Sequence, timeout_us: int | None, answer: Done, weight: int = 1) -> None:
         """Hand ``items`` to the batcher; ``answer(results, error, timing)`` is called on this
         event loop once they ran (or failed, malformed graphs included: they are checked by the
         batcher with their batch). Raises at once what cannot be queued, as
         :meth:`Batcher.submit_callback` does.
 
         Must be called on the serving event loop. The worker is woken once per loop turn,
-        so requests decoded together batch together.
+        so requests decoded together batch together. ``weight``: the clients' requests
+        ``items`` carry (:meth:`Batcher.submit_callback`).
         """
         loop = asyncio.get_running_loop()
         completions = self._completions
         if completions is None or completions.loop is not loop:
             completions = self._completions = _Completions(loop)
         self.batcher.submit_callback(items, functools.partial(completions.add, answer), timeout_us, wake=False,
-                                     check_in_batch=True)
+                                     check_in_batch=True, weight=weight)
         if not self._wake_pending:  # one wake-up per event-loop turn: requests decoded together batch together
             self._wake_pending = True
             loop.call_soon(self._wake)

@@ -132,6 +132,30 @@ class ModelStats:
             request_hist.observe(total_ns / 1e9)
             queue_hist.observe(queue_ns / 1e9)
 
+    def record_successes(self, rows: "list[tuple[int, int, int]]", infer_ns: int, output_ns: int) -> None:
+        """:meth:`record_success` for the one-graph requests of one batch, under one lock:
+        ``(total_ns, queue_ns, input_ns)`` each, the batch's compute and output time shared."""
+        success, queue, compute_input, compute_infer, compute_output = self._timed
+        request_hist, queue_hist = self._request_hist, self._queue_hist
+        k = len(rows)
+        with self._lock:
+            for total_ns, queue_ns, input_ns in rows:
+                success.ns += total_ns
+                queue.ns += queue_ns
+                compute_input.ns += input_ns
+                request_hist.observe(total_ns / 1e9)
+                queue_hist.observe(queue_ns / 1e9)
+            success.count += k
+            queue.count += k
+            compute_input.count += k
+            compute_infer.count += k
+            compute_infer.ns += infer_ns * k
+            compute_output.count += k
+            compute_output.ns += output_ns * k
+            self.inference_count += k
+            self.last_inference_ms = int(time.time() * 1000)
+            self._outcomes["success"] += k
+
     def record_failure(self, outcome: str, total_ns: int) -> None:
         """A failed request; a client's bad request is counted but not timed as a failure."""
         with self._lock:

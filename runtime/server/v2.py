@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from edgemp.runtime.server import core, jsoncodec
+from edgemp.runtime.server import core, jsoncodec, rows
 from edgemp.runtime.server.metadata import model_config, model_metadata, server_metadata
 from edgemp.runtime.server.metadata import repository_index as index_of
 from edgemp.runtime.server.middleware import one_line, read_body
@@ -93,7 +93,11 @@ class HttpCall(V2Call):
     def encode(self, results: list) -> tuple[bytes, int | None]:
         served, request = self.served, self.request
         if request.memo is not None:  # decoded through a header plan: its response header is kept too
-            return encode_planned_response(request.memo, served.name, served.version, request, self.outputs(results))
+            outputs = self.outputs(results)
+            payload, length = encode_planned_response(request.memo, served.name, served.version, request, outputs)
+            if "rows" not in request.memo:  # later requests with this header can be rows (rows.py)
+                rows.remember(request.memo, request, outputs, payload, length, served.spec.model.output_levels)
+            return payload, length
         return encode_infer_response(served.name, served.version, request, self.outputs(results))
 
 

@@ -1,0 +1,234 @@
+"""Row requests: the one-graph V2 binary requests of one event-loop turn, queued as one.
+
+At 32 clients the event loop's own work per request sets the served latency (one core reads,
+queues, encodes and answers every request of a batch in turn; benchmarks/results/server.md
+§0e-§0l). Through the request core a request is a chain of objects — scope, flight, call,
+decoded request, batcher request, completion, encoded answer — ~50 µs of Python each. Most
+of them say the same thing for every request whose V2 header the server has seen before.
+
+So once a header plan (:mod:`edgemp.runtime.server.header_plans`) has been answered through
+the request core as one graph, with binary outputs, no per-request parameters and no queue
+timeout, it keeps a :class:`RowPlan`: its response's JSON header and where each output's rows
+go. A later request with that header (on the HTTP fast path) is a row: its graph (views of
+its body, checked as :func:`~edgemp.runtime.server.layout.one_graph` checks them), its
+connection and its read time, admitted (counted in flight) and appended to its model's list
+of the turn. At the end of the turn the rows go to the batcher as one request that counts as
+as many as it carries (its queue limit and early close count the rows), and come back as one
+answer: each row's response is its plan's header and its output rows, its statistics are
+recorded as the request core records them.
+
+Anything else takes the request core, and so does a row whenever the group cannot answer it
+exactly as the core would: a turn's lone request while nothing else is in flight (the core
+runs it at once), a group the queue cannot take, and every row of a group whose batch failed
+(a malformed graph among them: each is then decoded and answered on its own, so only the
+culprit fails). The answers are the same bytes either way.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from edgemp.graph import Graph
+
+if TYPE_CHECKING:
+    from edgemp.runtime.server.served import ServedModel
+    from edgemp.runtime.server.state import ServerState
+
+logger = logging.getLogger(__name__)
+
+OPEN_PARAMETERS = frozenset({"binary_data_output"})  # request-level parameters a row may carry
+
+
+class RowPlan:
+    """A header plan's answer as rows: its response JSON header, per output its level and width,
+    and (once a row used it) where its one graph lies in the body."""
+
+    __slots__ = ("header", "outputs", "layout")
+
+    def __init__(self, header: bytes, outputs: tuple[tuple[str, bool, int], ...]) -> None:
+        self.header = header
+        self.outputs = outputs  # (name, node-level, width) in the answer's order
+        self.layout: _Layout | None = None
+
+
+class _Layout:
+    """One-graph tensors at fixed offsets: the graph's views, its values checked as
+    :func:`~edgemp.runtime.server.layout.one_graph` checks them (the shapes were, once)."""
+
+    __slots__ = ("x", "edge_index", "edge_attr", "counts_at", "node_graph", "nodes")
+
+    def __init__(self, tensors: tuple[tuple[str, np.dtype, int, tuple[int, ...]], ...], header_bytes: int) -> None:
+        at = {name: (dtype, header_bytes + offset, shape) for name, dtype, offset, shape in tensors}
+        self.x, self.edge_index, self.edge_attr = at["x"], at["edge_index"], at.get("edge_attr")
+        self.nodes = at["x"][2][0]
+        self.counts_at = at["graph_node_counts"][1]
+        start = at["node_graph"][1]
+        self.node_graph = (start, start + 8 * self.nodes, bytes(8 * self.nodes))  # all zero for one graph
+
+    def graph(self, body: bytes) -> Graph | None:
+        """The graph, or None when a value is wrong (the request core then names it)."""
+        c = self.counts_at
+        start, stop, zeros = self.node_graph
+        if self.nodes < 1 or int.from_bytes(body[c:c + 8], "little", signed=True) != self.nodes \
+                or body[start:stop] != zeros:
+            return None
+        x, ei, ea = self.x, self.edge_index, self.edge_attr
+        return Graph(x=np.ndarray(x[2], x[0], body, x[1]), edge_index=np.ndarray(ei[2], ei[0], body, ei[1]),
+                     edge_attr=None if ea is None else np.ndarray(ea[2], ea[0], body, ea[1]))
+
+
+def remember(memo: dict[str, Any], request: Any, outputs: list[tuple[str, np.ndarray, bool]],
+             payload: bytes, header_length: int | None, levels: dict[str, str]) -> None:
+    """Keep a :class:`RowPlan` in a header plan's ``memo`` after its request was answered
+    through the request core, if later requests with that header can be rows."""
+    if "rows" in memo or header_length is None or not memo.get("one_graph") or request.id is not None \
+            or request.timeout_us is not None or not set(request.parameters or ()) <= OPEN_PARAMETERS:
+        return
+    if not outputs or not all(binary and value.dtype == np.float32 and value.ndim == 2
+                              for _, value, binary in outputs):
+        return
+    memo["rows"] = RowPlan(payload[:header_length], tuple((name, levels.get(name, "graph") == "node", value.shape[1])
+                                                          for name, value, _ in outputs))
+
+
+class _Row:
+    __slots__ = ("conn", "body", "route", "plan", "graph", "start_ns", "input_ns")
+
+    def __init__(self, conn: Any, body: bytes, route: Any, plan: RowPlan, graph: Any, start_ns: int,
+                 input_ns: int) -> None:
+        self.conn = conn
+        self.body = body
+        self.route = route
+        self.plan = plan
+        self.graph = graph
+        self.start_ns = start_ns
+        self.input_ns = input_ns
+
+
+class RowGroups:
+    """One served model's rows of the current loop turn (see the module docstring); on the loop.
+
+    ``core(conn, route, body)`` starts a request on the request core, as the fast path does;
+    ``respond(conn, payload, header_length)`` writes a V2 binary answer and ends the request.
+    """
+
+    def __init__(self, state: "ServerState", served: "ServedModel", reader: Any, loop: Any,
+                 core: Callable[[Any, Any, bytes], None], respond: Callable[[Any, bytes, int], None]) -> None:
+        self.state = state
+        self.served = served
+        self.reader = reader
+        self.loop = loop
+        self.core = core
+        self.respond = respond
+        self.pending: list[_Row] = []
+        self.scheduled = False
+        budget = served.batcher.config
+        self.budget = (budget.max_batch_graphs, budget.max_batch_nodes, budget.max_batch_edges)
+        self.open = served.batcher.config.default_timeout_us == 0 and state.config.request_timeout_cap_us == 0
+
+    def add(self, conn: Any, route: Any, body: bytes, header_bytes: int) -> bool:
+        """Take a held, begun fast request as a row; False: it goes to the request core."""
+        if not self.open or header_bytes <= 0:
+            return False
+        start = time.perf_counter_ns()
+        plan = self.served.header_plans.known(body[:header_bytes], len(body) - header_bytes)
+        if plan is None:
+            return False
+        rows = plan.memo.get("rows")
+        if rows is None:
+            return False
+        layout = rows.layout
+        if layout is None:
+            layout = rows.layout = _Layout(plan.tensors, header_bytes)
+        graph = layout.graph(body)
+        if graph is None:  # the core names what is wrong
+            return False
+        self.state.inflight += 1  # admitted: the fast path took it only while not draining
+        self.pending.append(_Row(conn, body, route, rows, graph, start, time.perf_counter_ns() - start))
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self._flush)
+        return True
+
+    def _flush(self) -> None:
+        self.scheduled = False
+        rows, self.pending = self.pending, []
+        if len(rows) == 1 and self.state.inflight == 1:
+            self._to_core(rows)  # alone in the server: the core runs it at once, on this thread
+            return
+        max_graphs, max_nodes, max_edges = self.budget
+        group: list[_Row] = []
+        nodes = edges = 0
+        for row in rows:  # groups within the batch budget: the batcher runs a request whole
+            n, e = row.graph.num_nodes, row.graph.num_edges
+            if group and (len(group) == max_graphs or nodes + n > max_nodes or edges + e > max_edges):
+                self._queue(group)
+                group, nodes, edges = [], 0, 0
+            group.append(row)
+            nodes, edges = nodes + n, edges + e
+        self._queue(group)
+
+    def _queue(self, rows: list[_Row]) -> None:
+        flushed = time.perf_counter_ns()
+        try:
+            self.served.queue([row.graph for row in rows], 0,
+                              lambda results, error, timing: self._finish(rows, flushed, results, error, timing),
+                              weight=len(rows))
+        except Exception:  # noqa: BLE001 - a full queue, a closed batcher: each row gets the core's own answer
+            self._to_core(rows)
+
+    def _to_core(self, rows: list[_Row]) -> None:
+        """Each row as a request of the request core, which admits it again (or answers 503)."""
+        for row in rows:
+            self.state.leave()
+            self.core(row.conn, row.route, row.body)
+
+    def _finish(self, rows: list[_Row], flushed: int, results: Any, error: BaseException | None, timing: Any) -> None:
+        """The batcher's answer for a group, on the loop: each row answered and accounted."""
+        if error is not None:
+            self._to_core(rows)  # a malformed graph among them, or a failed run: one by one, only the culprit fails
+            return
+        out_start = time.perf_counter_ns()
+        try:
+            payloads = self._payloads(rows, results)
+        except Exception:  # noqa: BLE001 - never strand a row: the core answers each (as it answers them)
+            logger.exception("answering %d rows together failed; answering them one by one", len(rows))
+            self._to_core(rows)
+            return
+        queue_ns, compute_ns = timing.queue_ns, timing.compute_ns
+        now = time.perf_counter_ns()  # each row's time ends here: its answer is written in this callback
+        self.served.stats.record_successes([(now - row.start_ns, queue_ns + flushed - row.start_ns, row.input_ns)
+                                            for row in rows], compute_ns, (now - out_start) // len(rows))
+        self.reader.release_bytes(sum(len(row.body) for row in rows))
+        self.served.rows_answered += len(rows)
+        state, respond = self.state, self.respond
+        for row, payload in zip(rows, payloads):
+            state.leave()
+            respond(row.conn, payload, len(row.plan.header))
+
+    def _payloads(self, rows: list[_Row], results: Any) -> list[bytes]:
+        """Each row's V2 binary answer: its plan's JSON header, then its rows of each output."""
+        plan = rows[0].plan
+        tensors = results.tensors([name for name, _, _ in plan.outputs])
+        columns = []
+        for name, node_level, width in plan.outputs:
+            data = np.ascontiguousarray(tensors[name], np.float32).tobytes()
+            if node_level:
+                ends = np.cumsum([row.graph.num_nodes for row in rows]) * (4 * width)
+                columns.append([data[a:b] for a, b in zip([0, *ends[:-1].tolist()], ends.tolist())])
+            else:
+                step = 4 * width
+                columns.append([data[i * step:(i + 1) * step] for i in range(len(rows))])
+        outputs = plan.outputs
+        return [b"".join([row.plan.header, *(column[i] for column in columns)]) if row.plan.outputs == outputs
+                else self._payload(row, results, i) for i, row in enumerate(rows)]
+
+    @staticmethod
+    def _payload(row: _Row, results: Any, i: int) -> bytes:
+        """A row whose plan asks for other outputs than the group's first: its own rows."""
+        tensors = results[i : i + 1].tensors([name for name, _, _ in row.plan.outputs])
+        return b"".join([row.plan.header, *(np.ascontiguousarray(tensors[name], np.float32).tobytes()
+                                            for name, _, _ in row.plan.outputs)])

@@ -1,0 +1,165 @@
+"""Row requests (runtime/server/rows.py): the one-graph V2 binary requests of a loop turn go to
+the batcher as one, and each still gets exactly its own answer, its own error, or the core's 503.
+
+Many keep-alive connections each send one request at a time with a header seen before (same
+graph size): after the first, such requests are rows. Every answer is checked against the
+model run in process; the server's count of row answers shows the rows were taken.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgemp.graph import Graph
+from edgemp.runtime.batcher import BatcherConfig
+from edgemp.runtime.server import ServerConfig
+from edgemp.runtime.server.state import STATE
+from hardening_utils import EF, build_repo, raw_socket, start_thread_server
+from runtime_fixtures import random_graph
+from server_utils import (
+    assert_outputs_match,
+    batch_tensors,
+    decode_v2_response,
+    expected_layout,
+    read_response,
+    v2_binary_body,
+    wire,
+)
+
+CLIENTS = 12
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    return build_repo(tmp_path_factory.mktemp("rows_repo"))
+
+
+def _sized(rng: np.random.Generator, base: Graph) -> Graph:
+    """A graph of ``base``'s size (so its V2 header is ``base``'s) with other values."""
+    return Graph(x=rng.standard_normal(base.x.shape).astype(np.float32), edge_index=base.edge_index,
+                 edge_attr=None if base.edge_attr is None else rng.standard_normal(base.edge_attr.shape).astype(np.float32))
+
+
+def _request(model: str, graph: Graph, edit=None) -> bytes:
+    ef = 0 if graph.edge_attr is None else graph.edge_attr.shape[1]
+    tensors = {name: value.copy() for name, value in batch_tensors([graph], ef).items()}  # views of shared arrays
+    if edit is not None:
+        edit(tensors)
+    body, header_length = v2_binary_body(tensors)
+    return wire("POST", f"/v2/models/{model}/infer", body, {"Inference-Header-Content-Length": str(header_length)})
+
+
+def _clients(port: int, requests: list[list[bytes]]) -> list[list[tuple[int, dict, bytes]]]:
+    """One keep-alive connection per list, all at once, each sending its requests one at a time."""
+    answers: list = [None] * len(requests)
+    errors: list = []
+
+    def client(i: int) -> None:
+        try:
+            sock, buf, got = raw_socket(port), bytearray(), []
+            try:
+                for request in requests[i]:
+                    sock.sendall(request)
+                    got.append(read_response(sock, buf))
+            finally:
+                sock.close()
+            answers[i] = got
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    return answers
+
+
+@pytest.mark.parametrize("model", ["gnn", "gnn_edge", "gnn_dense"])
+def test_rows_answer_each_request_with_its_own_outputs(repo, model, request):
+    """Graph- and node-level outputs, with and without edge features, sparse and dense models:
+    every row's answer is its own graph's, as the model gives it alone."""
+    from edgemp.runtime.model import load
+
+    srv = start_thread_server(repo, ServerConfig(port=0, access_log=False), uvloop=True)
+    rng = np.random.default_rng(5)
+    ef = EF if model == "gnn_edge" else 0
+    bases = [random_graph(rng, n, e, ef) for n, e in ((5, 8), (9, 14), (2, 2))]  # three headers: rows of three plans
+    graphs = [[_sized(rng, bases[(i + r) % 3]) for r in range(6)] for i in range(CLIENTS)]
+    try:
+        answers = _clients(srv.port, [[_request(model, g) for g in row] for row in graphs])
+        served = srv.app[STATE].models[model]
+    finally:
+        srv.close()
+    with load(repo / model / "model.onnx") as m:
+        for i in range(CLIENTS):
+            for r, (status, headers, body) in enumerate(answers[i]):
+                assert status == 200 and headers["server"] == "edgemp", (i, r, body[:200])
+                _, outputs = decode_v2_response(body, headers.get("inference-header-content-length"))
+                assert_outputs_match(outputs, expected_layout(m, [graphs[i][r]]), f"client {i} request {r}")
+    assert served.rows_answered > CLIENTS, served.rows_answered  # most were rows, not the request core's
+    stats = served.stats.to_json(model, "1")
+    assert stats["inference_stats"]["success"]["count"] == CLIENTS * 6
+    assert stats["inference_count"] == CLIENTS * 6
+
+
+def test_a_malformed_row_fails_alone_and_the_others_are_answered(repo):
+    """A request with a header seen before but an edge to a node it does not have (found only when
+    its batch is checked) gets the core's 400; the requests batched with it get their answers."""
+    from edgemp.runtime.model import load
+
+    srv = start_thread_server(repo, ServerConfig(port=0, access_log=False),
+                              BatcherConfig(max_queue_delay_us=20_000), uvloop=True)
+    rng = np.random.default_rng(6)
+    base = random_graph(rng, 6, 10)
+    warm = [_request("gnn", _sized(rng, base)) for _ in range(CLIENTS)]
+    graphs = [_sized(rng, base) for _ in range(CLIENTS)]
+
+    def far_edge(tensors):
+        tensors["edge_index"][0, 0] = 10_000
+
+    second = [_request("gnn", g, far_edge if i == 3 else None) for i, g in enumerate(graphs)]
+    counts = [_request("gnn", g, (lambda t: t["graph_node_counts"].__setitem__(0, 1)) if i == 5 else None)
+              for i, g in enumerate(graphs)]
+    try:
+        answers = _clients(srv.port, [[warm[i], second[i], counts[i]] for i in range(CLIENTS)])
+        served = srv.app[STATE].models["gnn"]
+    finally:
+        srv.close()
+    with load(repo / "gnn" / "model.onnx") as m:
+        for i in range(CLIENTS):
+            for r, (status, headers, body) in enumerate(answers[i][1:], start=1):
+                if (r, i) in ((1, 3), (2, 5)):
+                    assert status == 400, (i, r, body)
+                    error = json.loads(body)["error"]
+                    assert ("10000" in error) if r == 1 else ("graph_node_counts" in error), error
+                    continue
+                assert status == 200, (i, r, body[:300])
+                _, outputs = decode_v2_response(body, headers.get("inference-header-content-length"))
+                assert_outputs_match(outputs, expected_layout(m, [graphs[i]]), f"client {i} request {r}")
+    assert served.rows_answered >= CLIENTS, served.rows_answered
+
+
+def test_rows_a_full_queue_cannot_take_get_the_cores_503(repo):
+    """The queue's limit counts rows: a group larger than the room left goes to the core one by
+    one, and those that do not fit get 503 as any request would; none is lost or answered twice."""
+    srv = start_thread_server(repo, ServerConfig(port=0, access_log=False),
+                              BatcherConfig(max_queue_size=3, max_queue_delay_us=50_000), uvloop=True)
+    rng = np.random.default_rng(7)
+    base = random_graph(rng, 6, 10)
+    try:
+        answers = _clients(srv.port, [[_request("gnn", _sized(rng, base)) for _ in range(4)] for _ in range(CLIENTS)])
+    finally:
+        srv.close()
+    statuses = [status for client in answers for status, _, _ in client]
+    assert len(statuses) == CLIENTS * 4 and set(statuses) <= {200, 503}, statuses
+    assert 200 in statuses and 503 in statuses, statuses
+    for client in answers:
+        for status, _, body in client:
+            if status == 503:
+                assert "queue is full" in json.loads(body)["error"], body
