@@ -9,7 +9,13 @@ the same run and under the same wrk load (benchmarks/wrk_load.py):
   edgemp's batching policy that reads and frames HTTP/1.1, spins for the model's CPU time for
   each batch, and writes a recorded answer of edgemp's. It has the model's cost and the
   sockets' cost, and nothing else: what this policy, on this core, with this model, could reach
-  without a per-request Python path.
+  without a per-request Python path;
+- ``py_floor_server`` (benchmarks/py_floor_server.py): the real model in Python on uvloop, as
+  ``edgemp serve`` runs it, with the same policy, but a request path of rows instead of objects
+  (a request is its body and its header's plan; the batch is collated and checked over the whole
+  batch, answers are the kept head plus the rows): what the Python request path would cost
+  written that way. Its answers are checked against edgemp's, byte for byte but the Date,
+  before the load.
 
 The model's time per batch size comes from the model alone, in this process before the load
 (``Model.validated_batch`` + ``run_batch`` + ``split``, the batcher's "compute", on the
@@ -132,6 +138,27 @@ def start_floor(tmp: Path, answer: bytes, table: list[float], delay_us: int, cpu
     return proc, port
 
 
+def start_py_floor(model: Path, delay_us: int, cpus: set[int] | None,
+                   max_batch: int = MAX_BATCH) -> tuple[subprocess.Popen, int]:
+    """benchmarks/py_floor_server.py on ``model``, ready."""
+    port = free_port()
+    pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
+    proc = subprocess.Popen([sys.executable, str(HERE / "py_floor_server.py"), str(model), str(port), str(delay_us),
+                             str(max_batch)], stdout=subprocess.PIPE, preexec_fn=pin)
+    if proc.stdout.readline().strip() != b"ready":
+        raise SystemExit(f"py_floor_server did not start (exit {proc.poll()})")
+    return proc, port
+
+
+def same_answers(port: int, other: int, bodies: list[bytes], lengths: list[str]) -> None:
+    """Exit unless the two servers answer each request with the same bytes (the Date apart)."""
+    for body, length in zip(bodies, lengths):
+        mine, theirs = (raw_answer(p, body, length) for p in (port, other))
+        strip = [b"".join(line for line in a.split(b"\r\n") if not line.startswith(b"Date: ")) for a in (mine, theirs)]
+        if strip[0] != strip[1]:
+            raise SystemExit(f"py_floor_server answered {mine[-200:]!r} where edgemp serve answered {theirs[-200:]!r}")
+
+
 def _batch_sizes(after: dict, before: dict) -> dict[int, int]:
     """How many batches of each size edgemp ran between two statistics."""
     counted = {b["batch_size"]: b["compute_infer"]["count"] for b in before["batch_stats"]}
@@ -173,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
                                              len(watched))
         srv = start_server(path, "--max-batch-graphs", str(MAX_BATCH), "--max-queue-size", "4096",
                            "--max-queue-delay-us", str(args.delay_us), cpus=server_cpus)
-        floor = None
+        floor = rows_server = None
         try:
             remote = remote_model(srv)
             encoded = [encode(request_tensors([g], remote), "binary") for g in graphs]
@@ -182,9 +209,12 @@ def main(argv: list[str] | None = None) -> None:
             script = wrk_load.write_script(tmp / "wrk", "/v2/models/m/infer", bodies, lengths)
             floor, floor_port = start_floor(tmp, raw_answer(srv.port, bodies[0], lengths[0]), table, args.delay_us,
                                             server_cpus)
+            rows_server, rows_port = start_py_floor(path, args.delay_us, server_cpus)
+            same_answers(rows_port, srv.port, bodies[:32], lengths[:32])
             if server_cpus:
                 os.sched_setaffinity(0, set(wrk_cpus))  # wrk inherits it
-            urls = {"edgemp serve": f"http://127.0.0.1:{srv.port}", "floor": f"http://127.0.0.1:{floor_port}"}
+            urls = {"edgemp serve": f"http://127.0.0.1:{srv.port}", "floor": f"http://127.0.0.1:{floor_port}",
+                    "rows (Python)": f"http://127.0.0.1:{rows_port}"}
             for url in urls.values():
                 wrk_load.run(url, args.clients, 2, script)  # warm-up
             ceilings = {name: wrk_load.run(f"{url}/v2/health/ready", args.clients, 2).rate
@@ -192,7 +222,8 @@ def main(argv: list[str] | None = None) -> None:
             rows = []
             for r in range(args.rounds):
                 for name, url in urls.items():
-                    before = _stats(srv.port) if name == "edgemp serve" else floor_stats(floor_port)
+                    port = {"floor": floor_port, "rows (Python)": rows_port}.get(name)
+                    before = _stats(srv.port) if name == "edgemp serve" else floor_stats(port)
                     steal0 = (wrk_load.steal_ticks(watched), wrk_load.steal_ticks(wrk_cpus))
                     t0 = time.monotonic()
                     res = wrk_load.run(url, args.clients, args.seconds, script)
@@ -208,25 +239,30 @@ def main(argv: list[str] | None = None) -> None:
                         mean_batch = (after["inference_count"] - before["inference_count"]) / max(execs, 1)
                         model_us = _model_mean(_batch_sizes(after, before), table)
                     else:
-                        b1, q1, s1 = floor_stats(floor_port)
+                        b1, q1, s1 = floor_stats(port)
                         execs = b1 - before[0]
-                        own = model_us = (s1 - before[2]) / max(execs, 1) / 1e3
+                        own = (s1 - before[2]) / max(execs, 1) / 1e3
                         mean_batch = (q1 - before[1]) / max(execs, 1)
+                        # the C floor spins the table's time; the Python one runs the model (its common
+                        # bound, as edgemp's, is the table's time for its mean batch)
+                        model_us = own if name == "floor" else table[min(round(mean_batch), MAX_BATCH) - 1]
                     rows.append((r + 1, name, res, mean_batch, own, model_us, stolen))
         finally:
             os.sched_setaffinity(0, set(cpus))
             srv.stop()
-            if floor is not None:
-                floor.kill()
-                floor.wait()
+            for proc in (floor, rows_server):
+                if proc is not None:
+                    proc.kill()
+                    proc.wait()
     delay = args.delay_us
     out += [f"GIN (hidden 64, 3 rounds, random weights), 256 molecule-sized graphs, one per request, V2 binary; wrk, "
             f"1 thread, {args.clients} connections, {args.seconds} s per window; edgemp serve --max-batch-graphs "
-            f"{MAX_BATCH} --max-queue-delay-us {delay}; the floor with the same policy.", "",
+            f"{MAX_BATCH} --max-queue-delay-us {delay}; the floor and the rows server with the same policy (the "
+            "rows server's common bound: the model's time at its mean batch).", "",
             f"The model alone per batch size (µs, median of 31; {table_stolen:.1%} of the servers' CPU stolen while "
             f"measured): " + ", ".join(f"{n}: {table[n - 1]:.0f}" for n in range(1, MAX_BATCH + 1)), "",
             f"wrk's own ceiling (against /v2/health/ready, 2 s): edgemp serve {ceilings['edgemp serve']:.0f} req/s, "
-            f"floor {ceilings['floor']:.0f} req/s", "",
+            f"floor {ceilings['floor']:.0f} req/s, rows server {ceilings['rows (Python)']:.0f} req/s", "",
             "| round | server | graphs/s | p50 µs | p99 µs | mean batch | its mean batch compute µs | its bound µs "
             "| p99 / its bound | the model's mean for its batches µs | common bound µs | p99 / common bound | "
             f"stolen: servers' CPU {','.join(map(str, watched))} | stolen: wrk's CPU {','.join(map(str, wrk_cpus))} |",

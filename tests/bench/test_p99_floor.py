@@ -133,3 +133,45 @@ def test_the_model_mean_weighs_each_batch_size_by_its_count():
     after = {"batch_stats": [{"batch_size": 8, "compute_infer": {"count": 5, "ns": 0}},
                              {"batch_size": 3, "compute_infer": {"count": 1, "ns": 0}}]}
     assert floor._batch_sizes(after, before) == {8: 3, 3: 1}
+
+
+def test_the_python_rows_server_answers_each_request_as_the_model_does(tmp_path):
+    """benchmarks/py_floor_server.py: concurrent one-graph V2 requests batch together, and each
+    answer holds exactly its own graph's prediction (the model's, run alone)."""
+    import numpy as np
+
+    pytest.importorskip("uvloop")
+    import edgemp.runtime as rt
+    from bench_server import export_random
+    from edgemp.bench.v2client import RemoteModel, encode, request_tensors
+    from edgemp.data.synthetic import molecule_like_graphs
+
+    path = export_random("gin", 16, 0, tmp_path / "gin.onnx")
+    graphs = molecule_like_graphs(48, 16, seed=3)
+    model = rt.load(path)
+    remote = RemoteModel.from_metadata({"name": "m", "inputs": [
+        {"name": "x", "datatype": "FP32", "shape": [-1, 16]}, {"name": "edge_index", "datatype": "INT64", "shape": [2, -1]},
+        {"name": "node_graph", "datatype": "INT64", "shape": [-1]},
+        {"name": "graph_node_counts", "datatype": "INT64", "shape": [-1]}],
+        "outputs": [{"name": "prediction", "datatype": "FP32", "shape": [-1, 1]}]})
+    proc, port = floor.start_py_floor(path, 2000, None, 64)
+    try:
+        socks = _connect(port, 16)
+        for round_ in range(3):
+            for k, sock in enumerate(socks):
+                body, headers = encode(request_tensors([graphs[round_ * 16 + k]], remote), "binary")
+                sock.sendall(b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nInference-Header-Content-Length: %s\r\n"
+                             b"Content-Length: %d\r\n\r\n" % (headers["Inference-Header-Content-Length"].encode(),
+                                                              len(body)) + body)
+            for k, sock in enumerate(socks):
+                answer = _read_until(sock, 1, b"}")
+                while len(answer) < answer.index(b"\r\n\r\n") + 4 + 144:  # its JSON header (140 bytes) and one float
+                    answer += sock.recv(65536)
+                got = np.frombuffer(answer[-4:], np.float32)[0]
+                want = model.predict([graphs[round_ * 16 + k]])[0]["prediction"].reshape(-1)[0]
+                assert abs(got - want) <= 1e-5 * max(1.0, abs(want)), (round_, k, got, want)
+        batches, requests, compute_ns = floor.floor_stats(port)
+        assert requests == 48 and batches < 48 and compute_ns > 0, (batches, requests)
+    finally:
+        proc.kill()
+        proc.wait()
