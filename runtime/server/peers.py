@@ -19,7 +19,8 @@ reaps a worker it folds that file into one sum of all the dead (:func:`fold_reti
 every total adds. So no total ever goes down, as Prometheus needs of a counter (any drop reads
 as a reset, and ``rate()`` then counts the whole total again). A worker also writes its file
 about once a second while its counters change, so what a worker killed outright served in its
-last second at most is missing from the totals, never subtracted.
+last second at most is missing from the totals, never subtracted (one killed as stuck also
+loses the batches its batcher ran while its event loop, which writes the file, was stuck).
 """
 from __future__ import annotations
 

@@ -9,11 +9,14 @@ batchers, the HTTP and gRPC listeners) on one port:
   ``SO_REUSEPORT``, so the kernel spreads new connections over the workers by their
   addresses. (One shared socket would not: asyncio accepts every queued connection in one
   go, so a burst of clients lands on whichever worker wakes first.) A keep-alive
-  connection stays with its worker, and so does its batching. A worker binds its sockets
-  only once its models are loaded: the kernel hands a listening socket its share of new
-  connections at once, so one bound while a replacement still loads would hold those
-  clients for the whole load (or for ever, if the load hangs). The supervisor holds the
-  port meanwhile (sockets in the group that never listen).
+  connection stays with its worker, and so does its batching. A replacement binds its
+  sockets only once its models are loaded: the kernel hands a listening socket its share of
+  new connections at once, so one bound while it still loads would hold those clients for the
+  whole load (or for ever, if the load hangs), while the workers already serving take them.
+  The first workers, and a replacement started while no worker serves, get sockets the
+  supervisor bound before the fork: a port with no listener in its group could be taken by
+  another server meanwhile (sockets that never listen do not keep a ``SO_REUSEADDR`` binder
+  off it).
 - **Statistics** (V2, gRPC and ``/metrics``) are summed over the workers when asked
   (:mod:`edgemp.runtime.server.peers`); health answers for the worker asked.
 - **Start**: the supervisor logs ``serving ...`` once every worker is ready. A worker that
@@ -38,7 +41,9 @@ batchers, the HTTP and gRPC listeners) on one port:
   stuck worker would hold forever, one that never got as far as serving included. A
   replacement that is not serving within the timeout, or 3 × the first start if that is
   longer, is killed and replaced in turn (its load hangs: a stuck file system, a deadlock in
-  native code), and counts as a death.
+  native code), and counts as a death; two in a row for the same worker stop the server
+  (exit 1), since a load that hangs twice will hang again and the process manager should
+  hear of it.
 - **Stop**: SIGTERM/SIGINT to the supervisor drain every worker (each as a lone server
   does); exit 0 once all have.
 
@@ -76,6 +81,7 @@ MAX_WORKERS = 256
 BACKLOG = 1024
 MAX_DEATHS = 3  # this many deaths (at least one per worker) within RESTART_WINDOW_S stop the server
 RESTART_WINDOW_S = 60.0
+MAX_HUNG_IN_A_ROW = 2  # replacements of one worker killed in a row for a load that hangs stop the server
 HEARTBEAT_S = 1.0  # how often a worker reports (more often for a timeout under 4 s)
 TICK_S = 0.1  # the supervisor's loop: how long it waits for a worker's message at a time
 # The supervisor's clock for silences advances by at most this between two looks: a longer gap
@@ -91,17 +97,20 @@ class Worker:
 
     index: int
     count: int
-    http: "_Address"  # bound by the worker once it can serve: one socket per address, as a lone server listens
+    http: "_Address"  # where it listens: one socket per address, as a lone server listens
     grpc: "_Address | None"
     peers: Peers
     notify_fd: int = -1  # the supervisor's pipe: "ready", "alive", or why it could not start
     timeout_s: float = DEFAULT_WORKER_TIMEOUT_S  # 0: never reports (the supervisor does not watch)
+    bound: "tuple[list[socket.socket], list[socket.socket] | None] | None" = None  # bound before the fork
 
     def bind_http(self) -> list[socket.socket]:
-        """This worker's listening HTTP sockets, new in the port's groups (call once it can serve)."""
-        return self.http.bind()
+        """This worker's listening HTTP sockets in the port's groups (call once it can serve)."""
+        return self.bound[0] if self.bound is not None else self.http.bind()
 
     def bind_grpc(self) -> list[socket.socket] | None:
+        if self.bound is not None:
+            return self.bound[1]
         return None if self.grpc is None else self.grpc.bind()
 
     def keep_reporting(self, state: "ServerState") -> None:
@@ -211,7 +220,7 @@ _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 class _Launcher:
-    """Forks workers; each binds its own new sockets in the port's groups once it can serve."""
+    """Forks workers, each with its own new sockets in the port's groups (see :meth:`launch`)."""
 
     def __init__(self, config: ServerConfig, count: int, serve_one: Callable[[Worker, Callable[[], None]], None],
                  folder: Path, read_fd: int, write_fd: int, timeout_s: float = DEFAULT_WORKER_TIMEOUT_S) -> None:
@@ -245,8 +254,18 @@ class _Launcher:
         if getattr(self, "grpc", None) is not None:
             self.grpc.close()
 
-    def launch(self, index: int) -> int:
-        """Start worker ``index``; its pid. It binds its own sockets once it has loaded its models."""
+    def launch(self, index: int, bind_first: bool) -> int:
+        """Start worker ``index``; its pid. ``bind_first``: its sockets are bound here, before the
+        fork (no worker serves: the port must have a listener); else it binds them once loaded."""
+        bound = None
+        if bind_first:
+            http = self.http.bind()
+            try:
+                bound = (http, self.grpc.bind() if self.grpc is not None else None)
+            except BaseException:
+                for sock in http:
+                    sock.close()
+                raise
         # A stop signal must not reach the child while it still has the supervisor's handlers:
         # blocked across the fork, the child restores the defaults first (a signal while it loads
         # the models ends it; its server installs its own drain handlers once it serves).
@@ -262,11 +281,13 @@ class _Launcher:
                     os.close(self.read_fd)
                     self.close()  # the supervisor's anchors: a worker must not hold the ports after it
                     code = _child(Worker(index, self.count, self.http, self.grpc, Peers(self.folder, index, self.count),
-                                         self.write_fd, self.timeout_s), self.serve_one)
+                                         self.write_fd, self.timeout_s, bound), self.serve_one)
                 finally:
                     os._exit(code)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # the supervisor's pending signal runs now
+            for sock in (bound[0] + (bound[1] or [])) if bound is not None else ():
+                sock.close()  # the worker holds its own: its sockets leave the groups when it exits
         return pid
 
 
@@ -385,6 +406,7 @@ class _Supervisor:
         self.launched: dict[int, float] = {}  # pid -> clock when it was started
         self.first_start_s = 0.0  # how long the first workers took to serve, all of them
         self.hung: set[int] = set()  # replacements killed for not serving in time: deaths, not start failures
+        self.hung_in_a_row: dict[int, int] = {}  # worker index -> its replacements killed as hung since one served
         self._buffer = b""
 
     def run(self) -> None:
@@ -406,7 +428,7 @@ class _Supervisor:
 
     def _launch(self, index: int) -> None:
         try:
-            pid = self.launcher.launch(index)
+            pid = self.launcher.launch(index, bind_first=not self.ready)
         except (EdgempError, OSError) as e:  # a socket that cannot be bound, or no fork
             self._fail(str(e) if isinstance(e, EdgempError) else f"could not start worker {index}: {e}")
             return
@@ -452,6 +474,7 @@ class _Supervisor:
 
     def _ready(self, index: int) -> None:
         self.ready.add(index)
+        self.hung_in_a_row.pop(index, None)
         self.heard[index] = self.clock
         if self.stopping:
             return
@@ -533,13 +556,19 @@ class _Supervisor:
             self.ready.discard(index)
             code = os.waitstatus_to_exitcode(status)
             if self.stopping:
-                if code not in (0, -signal.SIGTERM, -signal.SIGINT):  # not as asked
+                if code not in (0, -signal.SIGTERM, -signal.SIGINT) and not hung:  # not as asked
                     self._fail(f"worker {index} (pid {pid}) {_exit_reason(status)} while stopping")
                 continue
             what = f"worker {index} (pid {pid}) {_exit_reason(status)}"
             if not was_ready and not hung:
                 self._fail(f"{what} before it was ready; the other workers were stopped")
                 continue
+            if hung:
+                self.hung_in_a_row[index] = in_a_row = self.hung_in_a_row.get(index, 0) + 1
+                if in_a_row >= MAX_HUNG_IN_A_ROW:  # slower than the restart window: counted on its own
+                    self._fail(f"{what}; {in_a_row} replacements of worker {index} in a row were not serving in "
+                               "time (their load hangs), so the other workers were stopped")
+                    continue
             now = time.monotonic()
             self.deaths = [t for t in self.deaths if now - t < RESTART_WINDOW_S] + [now]
             if len(self.deaths) >= max(MAX_DEATHS, self.count):  # server-wide: deaths that rotate count too

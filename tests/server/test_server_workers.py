@@ -795,3 +795,67 @@ def test_a_worker_killed_outright_keeps_what_it_served_before_its_last_second(mo
     finally:
         code = srv.stop()
     assert code == 0, srv.log()[-3000:]
+
+
+def test_a_second_server_is_refused_while_the_first_still_loads(model_path, tmp_path):
+    """The first workers listen from before their load (as a lone server's port is held from its
+    start): sockets that never listen would let another server take or share the port meanwhile.
+    Here the first server's workers are frozen mid-load, so they would never have bound."""
+    proc = _serve_in_own_group(_slow_repository(model_path, tmp_path / "repo"), port := free_port(),
+                               "--workers", "2")
+    out = ""
+    workers = []
+    try:
+        out += _read_until(proc, "loaded model", 2)  # loading, not yet serving
+        workers = _worker_pids(proc.pid)
+        for pid in workers:
+            _freeze(pid)
+        second = subprocess.Popen([sys.executable, "-m", "edgemp.cli.serve", str(model_path), "--port", str(port),
+                                   "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  cwd=ROOT, start_new_session=True)
+        try:
+            said, _ = second.communicate(timeout=60)
+        finally:
+            if second.poll() is None:
+                os.killpg(second.pid, signal.SIGKILL)
+                second.wait()
+        assert second.returncode == 1 and f":{port}: Address already in use" in said, (second.returncode, said[-2000:])
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+        out += _read_until(proc, "with 2 workers", timeout=120)
+    finally:
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        out += _signal_and_collect(proc)
+    assert proc.returncode == 0, out[-3000:]
+
+
+def test_replacements_whose_load_hangs_twice_in_a_row_stop_the_server(model_path, tmp_path):
+    """A load that hung twice will hang again: the process manager hears of it (exit 1) rather
+    than the server killing a replacement every timeout for ever, one worker short."""
+    proc = _serve_in_own_group(_slow_repository(model_path, tmp_path / "repo"), free_port(),
+                               "--workers", "2", "--worker-timeout-s", "1")
+    out = ""
+    frozen = []
+    try:
+        out += _read_until(proc, "with 2 workers", timeout=120)
+        known = set(_worker_pids(proc.pid))
+        os.kill(min(known), signal.SIGKILL)
+        for _ in range(2):
+            deadline = time.monotonic() + 60
+            while not (new := set(_worker_pids(proc.pid)) - known):
+                assert time.monotonic() < deadline, "no replacement was started"
+                time.sleep(0.002)
+            frozen.append(new.pop())
+            known.add(frozen[-1])
+            _freeze(frozen[-1])
+        out += _signal_and_collect(proc, signal.SIGCONT, timeout=120)  # it stops by itself; the signal is harmless
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1, out[-3000:]
+    assert re.search(r"2 replacements of worker \d in a row were not serving in time \(their load hangs\)", out), \
+        out[-3000:]
