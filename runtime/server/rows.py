@@ -58,12 +58,12 @@ class _Layout:
     """One-graph tensors at fixed offsets: the graph's views, its values checked as
     :func:`~edgemp.runtime.server.layout.one_graph` checks them (the shapes were, once)."""
 
-    __slots__ = ("x", "edge_index", "edge_attr", "counts_at", "node_graph", "nodes")
+    __slots__ = ("x", "edge_index", "edge_attr", "counts_at", "node_graph", "nodes", "edges")
 
     def __init__(self, tensors: tuple[tuple[str, np.dtype, int, tuple[int, ...]], ...], header_bytes: int) -> None:
         at = {name: (dtype, header_bytes + offset, shape) for name, dtype, offset, shape in tensors}
         self.x, self.edge_index, self.edge_attr = at["x"], at["edge_index"], at.get("edge_attr")
-        self.nodes = at["x"][2][0]
+        self.nodes, self.edges = at["x"][2][0], at["edge_index"][2][1]
         self.counts_at = at["graph_node_counts"][1]
         start = at["node_graph"][1]
         self.node_graph = (start, start + 8 * self.nodes, bytes(8 * self.nodes))  # all zero for one graph
@@ -95,10 +95,11 @@ def remember(memo: dict[str, Any], request: Any, outputs: list[tuple[str, np.nda
 
 
 class _Row:
-    __slots__ = ("conn", "body", "route", "plan", "graph", "start_ns", "input_ns")
+    __slots__ = ("conn", "body", "route", "plan", "graph", "nodes", "edges", "start_ns", "input_ns")
 
-    def __init__(self, conn: Any, body: bytes, route: Any, plan: RowPlan, graph: Any, start_ns: int,
+    def __init__(self, conn: Any, body: bytes, route: Any, plan: RowPlan, graph: Any, layout: _Layout, start_ns: int,
                  input_ns: int) -> None:
+        self.nodes, self.edges = layout.nodes, layout.edges
         self.conn = conn
         self.body = body
         self.route = route
@@ -147,7 +148,7 @@ class RowGroups:
         if graph is None:  # the core names what is wrong
             return False
         self.state.inflight += 1  # admitted: the fast path took it only while not draining
-        self.pending.append(_Row(conn, body, route, rows, graph, start, time.perf_counter_ns() - start))
+        self.pending.append(_Row(conn, body, route, rows, graph, layout, start, time.perf_counter_ns() - start))
         if not self.scheduled:
             self.scheduled = True
             self.loop.call_soon(self._flush)
@@ -163,7 +164,7 @@ class RowGroups:
         group: list[_Row] = []
         nodes = edges = 0
         for row in rows:  # groups within the batch budget: the batcher runs a request whole
-            n, e = row.graph.num_nodes, row.graph.num_edges
+            n, e = row.nodes, row.edges
             if group and (len(group) == max_graphs or nodes + n > max_nodes or edges + e > max_edges):
                 self._queue(group)
                 group, nodes, edges = [], 0, 0
@@ -217,7 +218,7 @@ class RowGroups:
         for name, node_level, width in plan.outputs:
             data = np.ascontiguousarray(tensors[name], np.float32).tobytes()
             if node_level:
-                ends = np.cumsum([row.graph.num_nodes for row in rows]) * (4 * width)
+                ends = np.cumsum([row.nodes for row in rows]) * (4 * width)
                 columns.append([data[a:b] for a, b in zip([0, *ends[:-1].tolist()], ends.tolist())])
             else:
                 step = 4 * width
