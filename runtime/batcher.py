@@ -204,7 +204,7 @@ class Batcher:
         return future
 
     def submit_callback(self, graphs: Sequence[Graph], done: Done, timeout_us: int | None = None, *,
-                        wake: bool = True, check_in_batch: bool = False, weight: int = 1) -> None:
+                        wake: bool = True, check_in_batch: bool = False, weight: int = 1, force: bool = False) -> None:
         """As :meth:`submit`, but answered by calling ``done(results, error, timing)`` on the
         worker's thread instead of through a future: ``(results, None, timing)`` once it ran,
         ``(None, error, None)`` if it failed, timed out in the queue or (``check_in_batch``)
@@ -221,14 +221,16 @@ class Batcher:
 
         ``weight``: how many of its callers' requests this one carries (the server queues a
         loop turn's one-graph requests as one, :mod:`edgemp.runtime.server.rows`). The queue's
-        size limit and :attr:`most_outstanding` count those, not the one.
+        size limit and :attr:`most_outstanding` count those, not the one. ``force``: the queue
+        took these requests before (a group that failed, run again one by one): its size limit
+        does not refuse them now.
         """
         # Only with room in the queue: a request that cannot be queued is validated first, so a
         # malformed one gets its 400, not a retryable 503 it would only be refused again after.
         if check_in_batch and self.checks_in_batch and graphs and not self._closed \
-                and self._queued + weight <= self.config.max_queue_size:
+                and (force or self._queued + weight <= self.config.max_queue_size):
             try:
-                self._enqueue(list(graphs), None, done, timeout_us, wake, unchecked=True, weight=weight)
+                self._enqueue(list(graphs), None, done, timeout_us, wake, unchecked=True, weight=weight, force=force)
                 return
             except (AttributeError, TypeError, IndexError):  # not even shaped like graphs: the checks name why
                 pass
@@ -236,10 +238,10 @@ class Batcher:
         if not checked:
             done([], None, RequestTiming(0, 0, 0, 0))
             return
-        self._enqueue(checked, None, done, timeout_us, wake, weight=weight)
+        self._enqueue(checked, None, done, timeout_us, wake, weight=weight, force=force)
 
     def _enqueue(self, checked: list, future: BatchFuture | None, done: Done | None, timeout_us: int | None,
-                 wake: bool, unchecked: bool = False, weight: int = 1) -> None:
+                 wake: bool, unchecked: bool = False, weight: int = 1, force: bool = False) -> None:
         timeout_us = self.config.default_timeout_us if timeout_us is None else timeout_us
         if timeout_us < 0:
             raise EdgempError(f"timeout_us must be >= 0 (0 = no timeout), got {timeout_us}")
@@ -249,7 +251,7 @@ class Batcher:
         with self._cond:
             if self._closed:
                 full = "closed"
-            elif self._queued + weight > self.config.max_queue_size:
+            elif not force and self._queued + weight > self.config.max_queue_size:
                 full = "full"
             else:
                 full = ""

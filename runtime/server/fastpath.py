@@ -145,9 +145,8 @@ class _Answer:
     def __call__(self, payload: Any, error: BaseException | None) -> None:
         self.reader.release_bytes(self.held)
         try:
-            if error is not None:  # answered exactly as the middleware answers it
-                status, message = error_answer(error, "POST", self.url.decode("latin-1"))
-                response = _response(status, b"application/json; charset=utf-8", jsoncodec.dumps({"error": message}))
+            if error is not None:
+                response = _error_response(error, self.url)
             elif not self.v2:
                 response = _response(200, b"application/json", payload)
             elif payload[1] is None:  # a V2 JSON answer
@@ -199,6 +198,12 @@ def _response(status: int, content_type: bytes | None, body: bytes, json_length:
             _HEADS.clear()
         _HEADS[key] = head
     return b"".join((head, _CLOCK.date(), b"\r\nServer: edgemp\r\n\r\n", body))
+
+
+def _error_response(error: BaseException, url: bytes) -> bytes:
+    """A fast POST's error, answered exactly as the middleware answers it."""
+    status, message = error_answer(error, "POST", url.decode("latin-1"))
+    return _response(status, b"application/json; charset=utf-8", jsoncodec.dumps({"error": message}))
 
 
 class FastPath:
@@ -281,15 +286,11 @@ class FastPath:
             rows = self._rows.get(route.served.name)
             if rows is None:
                 rows = self._rows[route.served.name] = RowGroups(
-                    self.state, route.served, self.reader, asyncio.get_running_loop(), self._core, self._respond)
+                    self.state, route.served, self.reader, asyncio.get_running_loop(), self._respond, self._fail)
             if rows.add(conn, route, body, route.header_bytes):
                 return True
-        self._core(conn, route, body)
-        return True
-
-    def _core(self, conn: "GuardedRequestHandler", route: "_Route", body: bytes) -> None:
-        """A held, begun fast request on the request core; answered by :class:`_Answer`."""
         core.start(self.state, route.served, body, route.decode, _Answer(self.reader, len(body), conn, route))
+        return True
 
     @staticmethod
     def _respond(conn: "GuardedRequestHandler", payload: bytes, json_length: int) -> None:
@@ -298,6 +299,17 @@ class FastPath:
             response = _response(200, b"application/octet-stream", payload, json_length)
         except Exception:  # noqa: BLE001 - cannot answer: close rather than leave the client waiting
             logger.exception("could not write a V2 answer")
+            conn.fast_abort()
+            return
+        conn.fast_finish(response)
+
+    @staticmethod
+    def _fail(conn: "GuardedRequestHandler", route: "_Route", error: BaseException) -> None:
+        """A row's error, answered exactly as :class:`_Answer` answers the request core's."""
+        try:
+            response = _error_response(error, route.url)
+        except Exception:  # noqa: BLE001 - cannot answer: close rather than leave the client waiting
+            logger.exception("could not write the answer to %s", route.url.decode("latin-1"))
             conn.fast_abort()
             return
         conn.fast_finish(response)

@@ -10,18 +10,21 @@ So once a header plan (:mod:`edgemp.runtime.server.header_plans`) has been answe
 the request core as one graph, with binary outputs, no per-request parameters and no queue
 timeout, it keeps a :class:`RowPlan`: its response's JSON header and where each output's rows
 go. A later request with that header (on the HTTP fast path) is a row: its graph (views of
-its body, checked as :func:`~edgemp.runtime.server.layout.one_graph` checks them), its
+its body, its values checked as :func:`~edgemp.runtime.server.layout.one_graph` checks them), its
 connection and its read time, admitted (counted in flight) and appended to its model's list
 of the turn. At the end of the turn the rows go to the batcher as one request that counts as
 as many as it carries (its queue limit and early close count the rows), and come back as one
 answer: each row's response is its plan's header and its output rows, its statistics are
 recorded as the request core records them.
 
-Anything else takes the request core, and so does a row whenever the group cannot answer it
-exactly as the core would: a turn's lone request while nothing else is in flight (the core
-runs it at once), a group the queue cannot take, and every row of a group whose batch failed
-(a malformed graph among them: each is then decoded and answered on its own, so only the
-culprit fails). The answers are the same bytes either way.
+Anything else takes the request core. A row is admitted once and keeps that admission to its
+answer, as the core's requests do (a drain finishes it), and where a group cannot answer it
+the row is answered on its own as the core would answer it: a turn's lone row while nothing
+else is in flight runs at once on the loop's thread (``Batcher.run_now``); rows a full queue
+refuses as a group are queued one by one, each refused or taken as a request of the core's
+would be; and when a group's batch fails, each row is checked alone (a malformed one gets the
+same error) and the others run again, one by one, past the queue's limit, which took them
+once already. The answers are the same bytes as the core's, errors included.
 """
 from __future__ import annotations
 
@@ -32,10 +35,12 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from edgemp.graph import Graph
+from edgemp.runtime.server.state import outcome_of
 
 if TYPE_CHECKING:
     from edgemp.runtime.server.served import ServedModel
     from edgemp.runtime.server.state import ServerState
+
 
 logger = logging.getLogger(__name__)
 
@@ -112,18 +117,19 @@ class _Row:
 class RowGroups:
     """One served model's rows of the current loop turn (see the module docstring); on the loop.
 
-    ``core(conn, route, body)`` starts a request on the request core, as the fast path does;
-    ``respond(conn, payload, header_length)`` writes a V2 binary answer and ends the request.
+    A row is admitted once, in :meth:`add`, and ends once: answered by ``respond(conn, payload,
+    header_length)`` (a V2 binary answer) or failed by ``fail(conn, route, error)`` (the request
+    core's error answer for it), and counted in the statistics either way.
     """
 
     def __init__(self, state: "ServerState", served: "ServedModel", reader: Any, loop: Any,
-                 core: Callable[[Any, Any, bytes], None], respond: Callable[[Any, bytes, int], None]) -> None:
+                 respond: Callable[[Any, bytes, int], None], fail: Callable[[Any, Any, BaseException], None]) -> None:
         self.state = state
         self.served = served
         self.reader = reader
         self.loop = loop
-        self.core = core
         self.respond = respond
+        self.fail = fail
         self.pending: list[_Row] = []
         self.scheduled = False
         budget = served.batcher.config
@@ -158,7 +164,7 @@ class RowGroups:
         self.scheduled = False
         rows, self.pending = self.pending, []
         if len(rows) == 1 and self.state.inflight == 1:
-            self._to_core(rows)  # alone in the server: the core runs it at once, on this thread
+            self._run_alone(rows[0])  # alone in the server: run now, on this thread, as the core does
             return
         max_graphs, max_nodes, max_edges = self.budget
         group: list[_Row] = []
@@ -172,32 +178,65 @@ class RowGroups:
             nodes, edges = nodes + n, edges + e
         self._queue(group)
 
-    def _queue(self, rows: list[_Row]) -> None:
+    def _run_alone(self, row: _Row) -> None:
+        start = time.perf_counter_ns()
+        try:
+            done = self.served.batcher.run_now([row.graph])
+        except Exception as error:  # noqa: BLE001 - malformed (checked there) or a failed run: its answer
+            self._fail(row, error)
+            return
+        if done is None:  # something else came meanwhile: it batches
+            self._queue([row])
+            return
+        results, timing = done
+        self._answer([row], start, results, timing)
+
+    def _queue(self, rows: list[_Row], accepted: bool = False) -> None:
+        """Queue ``rows`` as one request; one by one if the queue cannot take them all (each as
+        the core's request would be). ``accepted``: the queue took them before (a group that
+        failed, run again row by row), so its limit does not refuse them now."""
         flushed = time.perf_counter_ns()
         try:
             self.served.queue([row.graph for row in rows], 0,
                               lambda results, error, timing: self._finish(rows, flushed, results, error, timing),
-                              weight=len(rows))
-        except Exception:  # noqa: BLE001 - a full queue, a closed batcher: each row gets the core's own answer
-            self._to_core(rows)
-
-    def _to_core(self, rows: list[_Row]) -> None:
-        """Each row as a request of the request core, which admits it again (or answers 503)."""
-        for row in rows:
-            self.state.leave()
-            self.core(row.conn, row.route, row.body)
+                              weight=len(rows), force=accepted)
+        except Exception as error:  # noqa: BLE001 - a full queue, a closed batcher
+            if len(rows) == 1:
+                self._fail(rows[0], error)
+                return
+            for row in rows:
+                self._queue([row], accepted)
 
     def _finish(self, rows: list[_Row], flushed: int, results: Any, error: BaseException | None, timing: Any) -> None:
-        """The batcher's answer for a group, on the loop: each row answered and accounted."""
-        if error is not None:
-            self._to_core(rows)  # a malformed graph among them, or a failed run: one by one, only the culprit fails
-            return
+        """The batcher's answer for a group, on the loop."""
+        if error is None:
+            self._answer(rows, flushed, results, timing)
+        elif len(rows) == 1:
+            self._fail(rows[0], error)  # checked and run alone: the error is its own
+        else:
+            self._split(rows)
+
+    def _split(self, rows: list[_Row]) -> None:
+        """A group whose batch failed: each row checked alone (a malformed one gets the error the
+        batcher gives a request of its own), the others run again, each alone, so only the culprit fails."""
+        validate = self.served.model.validate
+        for row in rows:
+            try:
+                validate([row.graph])
+            except Exception as error:  # noqa: BLE001 - the check's own failure is an answer too
+                self._fail(row, error)
+                continue
+            self._queue([row], accepted=True)
+
+    def _answer(self, rows: list[_Row], flushed: int, results: Any, timing: Any) -> None:
+        """Each row answered with its rows of the outputs, and accounted."""
         out_start = time.perf_counter_ns()
         try:
             payloads = self._payloads(rows, results)
-        except Exception:  # noqa: BLE001 - never strand a row: the core answers each (as it answers them)
-            logger.exception("answering %d rows together failed; answering them one by one", len(rows))
-            self._to_core(rows)
+        except Exception as error:  # noqa: BLE001 - never strand a row: each gets the error
+            logger.exception("answering %d rows failed", len(rows))
+            for row in rows:
+                self._fail(row, error)
             return
         queue_ns, compute_ns = timing.queue_ns, timing.compute_ns
         now = time.perf_counter_ns()  # each row's time ends here: its answer is written in this callback
@@ -206,9 +245,23 @@ class RowGroups:
         self.reader.release_bytes(sum(len(row.body) for row in rows))
         self.served.rows_answered += len(rows)
         state, respond = self.state, self.respond
-        for row, payload in zip(rows, payloads):
+        for row in rows:  # every row out of flight first: one answer that cannot be written strands no other
             state.leave()
-            respond(row.conn, payload, len(row.plan.header))
+        for row, payload in zip(rows, payloads):
+            try:
+                respond(row.conn, payload, len(row.plan.header))
+            except Exception:  # noqa: BLE001 - its connection is this row's alone
+                logger.exception("writing a V2 answer failed")
+
+    def _fail(self, row: _Row, error: BaseException) -> None:
+        """A row ends in ``error``, counted and answered as the request core counts and answers one."""
+        self.served.stats.record_failure(outcome_of(error), time.perf_counter_ns() - row.start_ns)
+        self.reader.release_bytes(len(row.body))
+        self.state.leave()
+        try:
+            self.fail(row.conn, row.route, error)
+        except Exception:  # noqa: BLE001 - its connection is this row's alone
+            logger.exception("writing an error answer failed")
 
     def _payloads(self, rows: list[_Row], results: Any) -> list[bytes]:
         """Each row's V2 binary answer: its plan's JSON header, then its rows of each output."""

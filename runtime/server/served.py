@@ -204,22 +204,23 @@ class ServedModel:
         if self.limits is not None:
             self.limits.check(items)
 
-    def queue(self, items: Sequence, timeout_us: int | None, answer: Done, weight: int = 1) -> None:
+    def queue(self, items: Sequence, timeout_us: int | None, answer: Done, weight: int = 1,
+              force: bool = False) -> None:
         """Hand ``items`` to the batcher; ``answer(results, error, timing)`` is called on this
         event loop once they ran (or failed, malformed graphs included: they are checked by the
         batcher with their batch). Raises at once what cannot be queued, as
         :meth:`Batcher.submit_callback` does.
 
         Must be called on the serving event loop. The worker is woken once per loop turn,
-        so requests decoded together batch together. ``weight``: the clients' requests
-        ``items`` carry (:meth:`Batcher.submit_callback`).
+        so requests decoded together batch together. ``weight`` and ``force``: as
+        :meth:`Batcher.submit_callback` takes them.
         """
         loop = asyncio.get_running_loop()
         completions = self._completions
         if completions is None or completions.loop is not loop:
             completions = self._completions = _Completions(loop)
         self.batcher.submit_callback(items, functools.partial(completions.add, answer), timeout_us, wake=False,
-                                     check_in_batch=True, weight=weight)
+                                     check_in_batch=True, weight=weight, force=force)
         if not self._wake_pending:  # one wake-up per event-loop turn: requests decoded together batch together
             self._wake_pending = True
             loop.call_soon(self._wake)

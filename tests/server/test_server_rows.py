@@ -163,3 +163,114 @@ def test_rows_a_full_queue_cannot_take_get_the_cores_503(repo):
         for status, _, body in client:
             if status == 503:
                 assert "queue is full" in json.loads(body)["error"], body
+
+
+def test_a_drain_finishes_admitted_rows_and_a_failed_group_keeps_its_answers(repo):
+    """SIGTERM while a group holding one malformed row waits in the queue: each admitted row is
+    answered as the core answers a request admitted before a drain (the culprit 400, the others
+    200), never 503 as if it had come after (rows used to be admitted a second time when a group
+    failed; found by review)."""
+    import time
+
+    srv = start_thread_server(repo, ServerConfig(port=0, access_log=False),
+                              BatcherConfig(max_queue_delay_us=400_000), uvloop=True)
+    rng = np.random.default_rng(8)
+    base = random_graph(rng, 6, 10)
+    idle = [raw_socket(srv.port) for _ in range(20)]  # open connections: the batch waits out its delay
+    socks = [raw_socket(srv.port) for _ in range(8)]
+    bufs = [bytearray() for _ in socks]
+    graphs = [_sized(rng, base) for _ in socks]
+    try:
+        for sock, buf in zip(socks, bufs):  # the header answered once through the core
+            sock.sendall(_request("gnn", _sized(rng, base)))
+            assert read_response(sock, buf)[0] == 200
+
+        def far_edge(tensors):
+            tensors["edge_index"][0, 0] = 10_000
+
+        requests = [_request("gnn", g, far_edge if i == 3 else None) for i, g in enumerate(graphs)]
+        barrier = threading.Barrier(len(socks))
+
+        def send(i: int) -> None:
+            barrier.wait()
+            socks[i].sendall(requests[i])
+
+        senders = [threading.Thread(target=send, args=(i,)) for i in range(len(socks))]
+        for t in senders:
+            t.start()
+        for t in senders:
+            t.join()
+        time.sleep(0.15)  # queued, waiting out the delay: now the drain
+        stopper = threading.Thread(target=srv.close)
+        stopper.start()
+        answers = [read_response(sock, buf) for sock, buf in zip(socks, bufs)]
+        stopper.join()
+    finally:
+        for sock in idle + socks:
+            sock.close()
+    from edgemp.runtime.model import load
+
+    with load(repo / "gnn" / "model.onnx") as m:
+        for i, (status, headers, body) in enumerate(answers):
+            if i == 3:
+                assert status == 400 and "edge_index holds node 10000" in json.loads(body)["error"], body
+                continue
+            assert status == 200, (i, body)
+            _, outputs = decode_v2_response(body, headers.get("inference-header-content-length"))
+            assert_outputs_match(outputs, expected_layout(m, [graphs[i]]), f"client {i}")
+    served = srv.app[STATE].models["gnn"]
+    outcomes = served.stats.metrics().outcomes
+    assert outcomes["success"] == 15 and outcomes["bad_request"] == 1 and outcomes["rejected"] == 0, outcomes
+    assert srv.app[STATE].inflight == 0
+
+
+def test_a_valid_row_of_a_failed_group_is_not_refused_by_a_queue_filled_meanwhile(repo):
+    """The queue took a group; its batch failed on a malformed row; requests filled the queue
+    meanwhile. The group's valid rows were accepted before, so they run again: 200, not 503."""
+    import time
+
+    from edgemp.runtime.model import Model
+
+    slow_check = Model.validated_batch
+
+    def slower(self, graphs):  # the worker busy with the failing batch while the queue fills up
+        if len(graphs) == 2:
+            time.sleep(0.3)
+        return slow_check(self, graphs)
+
+    srv = start_thread_server(repo, ServerConfig(port=0, access_log=False),
+                              BatcherConfig(max_queue_size=4, max_batch_nodes=12, max_queue_delay_us=1_000_000),
+                              uvloop=True)
+    rng = np.random.default_rng(9)
+    base, small = random_graph(rng, 6, 10), random_graph(rng, 2, 2)
+    idle = [raw_socket(srv.port) for _ in range(20)]
+    pair = [raw_socket(srv.port) for _ in range(2)]
+    fillers = [raw_socket(srv.port) for _ in range(4)]
+    bufs = {id(s): bytearray() for s in pair + fillers}
+    try:
+        for sock in pair:  # both headers answered once through the core
+            sock.sendall(_request("gnn", _sized(rng, base)))
+            assert read_response(sock, bufs[id(sock)])[0] == 200
+        for sock in fillers:
+            sock.sendall(_request("gnn", _sized(rng, small)))
+            assert read_response(sock, bufs[id(sock)])[0] == 200
+        Model.validated_batch = slower
+        valid = _sized(rng, base)
+
+        def far_edge(tensors):
+            tensors["edge_index"][0, 0] = 10_000
+
+        pair[0].sendall(_request("gnn", valid) + b"")  # both in one turn: one group, a batch of its own
+        pair[1].sendall(_request("gnn", _sized(rng, base), far_edge))
+        time.sleep(0.1)
+        for sock in fillers:
+            sock.sendall(_request("gnn", _sized(rng, small)))
+        answers = {i: read_response(sock, bufs[id(sock)]) for i, sock in enumerate(pair + fillers)}
+    finally:
+        Model.validated_batch = slow_check
+        for sock in idle + pair + fillers:
+            sock.close()
+        srv.close()
+    assert answers[1][0] == 400, answers[1]
+    assert answers[0][0] == 200, answers[0]
+    assert [answers[i][0] for i in range(2, 6)] == [200] * 4, answers
