@@ -200,6 +200,17 @@ def _response(status: int, content_type: bytes | None, body: bytes, json_length:
     return b"".join((head, _CLOCK.date(), b"\r\nServer: edgemp\r\n\r\n", body))
 
 
+def _write(conn: "GuardedRequestHandler", url: bytes, make: Any, *args: Any) -> None:
+    """Answer a fast request with ``make(*args)``; if that fails, close rather than leave the client waiting."""
+    try:
+        response = make(*args)
+    except Exception:  # noqa: BLE001
+        logger.exception("could not write the answer to %s", url.decode("latin-1"))
+        conn.fast_abort()
+        return
+    conn.fast_finish(response)
+
+
 def _error_response(error: BaseException, url: bytes) -> bytes:
     """A fast POST's error, answered exactly as the middleware answers it."""
     status, message = error_answer(error, "POST", url.decode("latin-1"))
@@ -293,26 +304,14 @@ class FastPath:
         return True
 
     @staticmethod
-    def _respond(conn: "GuardedRequestHandler", payload: bytes, json_length: int) -> None:
+    def _respond(conn: "GuardedRequestHandler", route: "_Route", payload: bytes, json_length: int) -> None:
         """A row's V2 binary answer (:mod:`edgemp.runtime.server.rows`), written as :class:`_Answer` writes one."""
-        try:
-            response = _response(200, b"application/octet-stream", payload, json_length)
-        except Exception:  # noqa: BLE001 - cannot answer: close rather than leave the client waiting
-            logger.exception("could not write a V2 answer")
-            conn.fast_abort()
-            return
-        conn.fast_finish(response)
+        _write(conn, route.url, _response, 200, b"application/octet-stream", payload, json_length)
 
     @staticmethod
     def _fail(conn: "GuardedRequestHandler", route: "_Route", error: BaseException) -> None:
         """A row's error, answered exactly as :class:`_Answer` answers the request core's."""
-        try:
-            response = _error_response(error, route.url)
-        except Exception:  # noqa: BLE001 - cannot answer: close rather than leave the client waiting
-            logger.exception("could not write the answer to %s", route.url.decode("latin-1"))
-            conn.fast_abort()
-            return
-        conn.fast_finish(response)
+        _write(conn, route.url, _error_response, error, route.url)
 
     def _model(self, url: bytes) -> tuple[Any, bool]:
         """The served model a ``/v2/models/{m}[/versions/{v}]/infer`` or ``/v1/models/{m}/predict``

@@ -38,12 +38,9 @@ class _Plan:
     memo: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def decode(self, body: bytes, header_bytes: int) -> InferRequest:
-        return InferRequest(self.arrays(body, header_bytes), None, self.parameters, self.outputs, self.binary_default,
-                            self.memo)
-
-    def arrays(self, body: bytes, header_bytes: int) -> dict[str, np.ndarray]:
-        return {name: np.ndarray(shape, dtype, body, header_bytes + offset)  # a read-only view
-                for name, dtype, offset, shape in self.tensors}
+        inputs = {name: np.ndarray(shape, dtype, body, header_bytes + offset)  # a read-only view
+                  for name, dtype, offset, shape in self.tensors}
+        return InferRequest(inputs, None, self.parameters, self.outputs, self.binary_default, self.memo)
 
 
 class HeaderPlans:

@@ -117,13 +117,13 @@ class _Row:
 class RowGroups:
     """One served model's rows of the current loop turn (see the module docstring); on the loop.
 
-    A row is admitted once, in :meth:`add`, and ends once: answered by ``respond(conn, payload,
-    header_length)`` (a V2 binary answer) or failed by ``fail(conn, route, error)`` (the request
+    A row is admitted once, in :meth:`add`, and ends once: answered by ``respond(conn, route,
+    payload, header_length)`` (a V2 binary answer) or failed by ``fail(conn, route, error)`` (the request
     core's error answer for it), and counted in the statistics either way.
     """
 
     def __init__(self, state: "ServerState", served: "ServedModel", reader: Any, loop: Any,
-                 respond: Callable[[Any, bytes, int], None], fail: Callable[[Any, Any, BaseException], None]) -> None:
+                 respond: Callable[[Any, Any, bytes, int], None], fail: Callable[[Any, Any, BaseException], None]) -> None:
         self.state = state
         self.served = served
         self.reader = reader
@@ -249,7 +249,7 @@ class RowGroups:
             state.leave()
         for row, payload in zip(rows, payloads):
             try:
-                respond(row.conn, payload, len(row.plan.header))
+                respond(row.conn, row.route, payload, len(row.plan.header))
             except Exception:  # noqa: BLE001 - its connection is this row's alone
                 logger.exception("writing a V2 answer failed")
 

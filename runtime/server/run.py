@@ -45,9 +45,10 @@ async def serve_app(
     """Serve ``app`` until ``stop`` is set (or SIGTERM/SIGINT arrives), then drain.
 
     ``on_ready`` receives the bound port (useful with ``port=0``). ``worker``: this process is
-    one of ``edgemp serve --workers N``'s (:mod:`edgemp.runtime.server.workers`): it binds its
-    sockets in the port's groups only now, with its models loaded, and sums its statistics
-    with the other workers'.
+    one of ``edgemp serve --workers N``'s (:mod:`edgemp.runtime.server.workers`): it listens on
+    the sockets its supervisor bound for it, or (a replacement beside serving workers) binds its
+    own in the port's groups only now, with its models loaded, and sums its statistics with the
+    other workers'.
     """
     state = app_state(app)
     if worker is not None:
