@@ -27,6 +27,7 @@ import numpy as np
 
 from edgemp.errors import EdgempError, QueueFullError, RequestTimeoutError, ShuttingDownError
 from edgemp.graph import Graph, GraphBatch, collate
+from edgemp.runtime.batch_outputs import BatchSlice
 from edgemp.runtime.model import Model
 
 logger = logging.getLogger(__name__)
@@ -297,15 +298,20 @@ class Batcher:
             self._busy_since_ns = time.perf_counter_ns()  # before _busy: running_for_s reads them in the other order
             self._busy = True
         try:
-            checked = self._admit(graphs)
             start = time.perf_counter_ns()
-            if not checked:
-                return [], RequestTiming(0, 0, 0, 0)
-            try:
-                results, size, nodes = self._run_items(checked)
-            except Exception:
-                self._count("failed")
-                raise
+            one = self._run_one(graphs)
+            if one is not None:
+                results, size, nodes = one, 1, graphs[0].x.shape[0]
+            else:
+                checked = self._admit(graphs)
+                start = time.perf_counter_ns()
+                if not checked:
+                    return [], RequestTiming(0, 0, 0, 0)
+                try:
+                    results, size, nodes = self._run_items(checked)
+                except Exception:
+                    self._count("failed")
+                    raise
             timing = RequestTiming(0, time.perf_counter_ns() - start, size, nodes)
             self._count_success(timing)
             self._record_batch(size, nodes, timing.compute_ns)
@@ -465,6 +471,18 @@ class Batcher:
             graphs, nodes, edges, take = g, n, e, take + 1
         full = graphs >= cfg.max_batch_graphs or nodes >= cfg.max_batch_nodes or edges >= cfg.max_batch_edges
         return take, full
+
+    def _run_one(self, items: Sequence) -> "BatchSlice | None":
+        """A lone graph through the model's shortcut (:meth:`Model.run_one`), unvalidated and
+        uncounted so far; None when it does not apply: validate, collate, run and split it."""
+        run_one = getattr(self.model, "run_one", None)
+        if run_one is None or len(items) != 1 or type(items[0]) is not Graph:
+            return None
+        try:
+            return run_one(items[0])
+        except Exception:
+            self._count("failed")
+            raise
 
     def _run_items(self, items: list, batch: "GraphBatch | None" = None) -> tuple[list[dict[str, np.ndarray]], int, int]:
         """Run one batch (``batch``: ``items`` already collated): per-item outputs, plus its

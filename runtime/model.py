@@ -51,6 +51,9 @@ class Model(InputLayout):
         self._levels = self.spec.model.output_levels
         self._paired_edges = self.spec.model.family.startswith(PAIRED_EDGE_FAMILIES)  # chemprop D-MPNN
         self._check_contract()
+        # run_one's shortcut: sparse models (their inputs are what a one-graph batch holds), no pair checks
+        self._runs_one = self.spec.form == "sparse" and not self._paired_edges
+        self._one_outputs = tuple((o.name, o.width, o.level == "node") for o in self.spec.model.outputs)
 
     # -- what the model is (inputs, providers and lifetime: InputLayout) ----------------
     @property
@@ -226,6 +229,43 @@ class Model(InputLayout):
                 raise ModelFormatError(f"{self.path or 'model'}: output {o.name!r} came back with shape "
                                        f"{list(value.shape)}; its metadata says [rows, {o.width}]")
         return outputs
+
+    def run_one(self, g: Graph) -> BatchSlice | None:
+        """One graph validated, run and split as ``split(run_batch(batch))`` of its validated batch
+        would give it, in fewer steps; None where any check would not pass (nothing ran: take the
+        general path, whose error names what is wrong).
+
+        The lone request's path (:meth:`Batcher.run_now`). After a model call the CPU's caches
+        hold the model, not the Python around it, so each object the general path builds
+        (conformed graph, batch, offsets) costs several times its warm price: validate, collate
+        and split took ~38 µs around a 23-atom MPNN's 200 µs run, this ~10 µs
+        (benchmarks/results/server.md §0m). Sparse models only: the others take the general path.
+        """
+        if not self._runs_one:
+            return None
+        m = self.spec.model
+        x, ei, ea = g.x, g.edge_index, g.edge_attr
+        if type(x) is not np.ndarray or x.dtype != np.float32 or x.ndim != 2 or not x.flags.c_contiguous \
+                or type(ei) is not np.ndarray or ei.dtype != np.int64 or ei.ndim != 2 or not ei.flags.c_contiguous:
+            return None
+        n, e = x.shape[0], ei.shape[1]
+        if n == 0 or x.shape[1] != m.node_features or ei.shape[0] != 2 or not np.isfinite(x).all():
+            return None
+        if e and (ei.min() < 0 or ei.max() >= n):
+            return None
+        feeds = {"x": x, "edge_index": ei, "node_graph": np.zeros(n, np.int64),
+                 "graph_node_counts": np.array([n], np.int64)}
+        if m.edge_features > 0:
+            if type(ea) is not np.ndarray or ea.dtype != np.float32 or ea.shape != (e, m.edge_features) \
+                    or not ea.flags.c_contiguous or not np.isfinite(ea).all():
+                return None
+            feeds["edge_attr"] = ea
+        outputs = self.runner.infer(feeds)
+        for name, width, node_level in self._one_outputs:
+            value = outputs[name]
+            if value.ndim != 2 or value.shape[1] != width or value.shape[0] != (n if node_level else 1):
+                return None  # the general path names it (a model that breaks its own metadata)
+        return BatchSlice(outputs, self._levels, np.array([0, n], np.int64), 0, 1)
 
     def split(self, outputs: dict[str, np.ndarray], batch: GraphBatch) -> BatchSlice:
         """Per-graph outputs as a sequence of dicts that slices without copying (the batcher's form)."""

@@ -407,10 +407,10 @@ def test_a_fast_500_logs_its_traceback(repo, caplog):
     try:
         model = srv.app[STATE].models["gnn"].model
 
-        def broken(batch):
+        def broken(feeds):
             raise RuntimeError("the backend blew up")
 
-        model.run_batch = broken  # this instance only
+        model.runner.infer = broken  # this instance only: a lone run and a batch both fail
         (graphs,) = same_size_graphs(23, 1)
         body, header_length = v2_binary_body(batch_tensors(graphs))
         request = wire("POST", "/v2/models/gnn/infer", body, {"Inference-Header-Content-Length": str(header_length)})
