@@ -132,17 +132,17 @@ def test_split_stops_early_on_a_message_of_tiny_fields():
     from edgemp.runtime.server import grpc_wire
 
     calls = []
-    original = grpc_wire._varint
+    original = grpc_wire.varint
 
     def counting(data, pos):
         calls.append(pos)
         return original(data, pos)
 
-    grpc_wire._varint = counting
+    grpc_wire.varint = counting
     try:
         assert split(b"\x08\x80\x01" * 87_000) is None  # varint values: each field calls _varint
     finally:
-        grpc_wire._varint = original
+        grpc_wire.varint = original
     assert 0 < len(calls) <= MAX_HEAD_BYTES
 
 
@@ -235,3 +235,41 @@ def test_full_decode_errors_stay_the_answer_for_planned_heads():
     assert planned is None
     with pytest.raises(EdgempError, match="bytes of data but shape"):
         decode_request(pb.ModelInferRequest.FromString(wire), EXPECTED)
+
+
+def test_a_head_then_raw_message_skips_the_walk(monkeypatch):
+    """A message that is a kept head followed by its raw entries (what tritonclient writes) is
+    planned by its length and bytes, without the field walk, and decodes as the full decode; a
+    message with an id, or of the same length with another head, still takes the walk."""
+    from edgemp.runtime.server import grpc_plans
+
+    rng = np.random.default_rng(6)
+    plans = GrpcPlans()
+    _prime(plans, _message(rng, 8, extra=True))
+    walks = []
+    monkeypatch.setattr(grpc_plans, "split", lambda data: walks.append(data) or split(data))
+    for _ in range(3):
+        data = _message(rng, 8, extra=True)
+        parts, planned = plans.lookup(data, lambda served: True)
+        assert planned is not None and not walks
+        assert parts == split(data)
+        _same(planned[1], _full(data)[1])
+    with_id = _message(rng, 8, rid="r", extra=True)
+    _, planned = plans.lookup(with_id, lambda served: True)
+    assert planned is not None and walks == [with_id]
+    other = bytearray(_message(rng, 8, extra=True))
+    other[other.index(b"prediction")] = ord("q")  # same length, another requested output
+    _, planned = plans.lookup(bytes(other), lambda served: True)
+    assert planned is None and walks[-1] == bytes(other)
+
+
+def test_forgotten_plans_leave_no_shortcut():
+    rng = np.random.default_rng(7)
+    plans = GrpcPlans(max_plans=2)
+    for nodes in (3, 4, 5):
+        _prime(plans, _message(rng, nodes))
+    assert len(plans) == 2
+    _, planned = plans.lookup(_message(rng, 3), lambda served: True)
+    assert planned is None  # the oldest went, from both tables
+    assert all(plans._plans.get(h) for heads in plans._by_length.values() for h in heads)
+    assert sum(len(h) for h in plans._by_length.values()) == 2
