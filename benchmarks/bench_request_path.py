@@ -21,7 +21,12 @@ instead: 32 HTTP/2 connections (a stand-in transport each) are handed one ModelI
 each per round, HEADERS and DATA in one read, as a raw client sends them; "take" is then
 the frames parsed, the header block, the message decoded, admitted and queued.
 
-    python benchmarks/bench_request_path.py [--rounds 400] [--protocol http|grpc|both]
+With ``--clients 1`` each round is one request, alone in the server: it runs inline on the
+loop's thread (``Batcher.run_now``), so the loop's CPU holds the model's run too; the table
+then shows the run (its compute time from the batcher's statistics) and the rest, which is
+what serving adds to a lone request before the sockets.
+
+    python benchmarks/bench_request_path.py [--rounds 400] [--protocol http|grpc|both] [--clients 32]
 """
 from __future__ import annotations
 
@@ -40,7 +45,7 @@ from edgemp.bench.v2client import encode
 from edgemp.data.synthetic import molecule_like_graphs
 from edgemp.graph import collate
 from edgemp.runtime.batcher import BatcherConfig
-from edgemp.runtime.server.app import create_app
+from edgemp.runtime.server.app import app_state, create_app
 from edgemp.runtime.server.config import ServerConfig
 from edgemp.runtime.server import loop as event_loop
 from edgemp.runtime.server.fastpath import attach
@@ -119,8 +124,7 @@ _GRPC_OK = _GRPC_STATUS + b"\x010"
 class GrpcConnections:
     """``CLIENTS`` HTTP/2 connections of the server's gRPC listener, each with a stand-in transport."""
 
-    def __init__(self, app, answered: Answered) -> None:
-        from edgemp.runtime.server.app import app_state
+    def __init__(self, app, answered: Answered, clients: int = CLIENTS) -> None:
         from edgemp.runtime.server.grpc_service import InferenceService
         from edgemp.runtime.server.h2 import frames as f
         from edgemp.runtime.server.h2.connection import H2Connection
@@ -133,7 +137,7 @@ class GrpcConnections:
         limits = ConnectionLimits()
         self.f = f
         self.conns = []
-        for _ in range(CLIENTS):
+        for _ in range(clients):
             conn = H2Connection(handler, limits)
             conn.connection_made(HeldTransport(answered))
             # as the raw benchmark client: windows wide open, so no answer waits for WINDOW_UPDATE
@@ -150,7 +154,7 @@ class GrpcConnections:
                 + f.frame(f.DATA, f.END_STREAM, sid, b"\x00" + len(message).to_bytes(4, "big") + message))
 
 
-async def run(model: Path, rounds: int, protocol: str = "http") -> dict[str, float]:
+async def run(model: Path, rounds: int, protocol: str = "http", clients: int = CLIENTS) -> dict[str, float]:
     app = create_app({"m": model}, ServerConfig(port=0, access_log=False),
                      BatcherConfig(max_batch_graphs=64, max_queue_size=4096))
     for hook in app.on_startup:
@@ -161,11 +165,11 @@ async def run(model: Path, rounds: int, protocol: str = "http") -> dict[str, flo
     if protocol == "grpc":
         from edgemp.runtime.server import grpc_proto as pb
 
-        grpc = GrpcConnections(app, answered)
+        grpc = GrpcConnections(app, answered, clients)
         messages = [pb.infer_request_bytes("m", {n: collate([g]).tensors()[n] for n in INPUTS}) for g in graphs]
 
         def take(k: int, r: int) -> bool:
-            grpc.conns[k].data_received(grpc.call_bytes(2 * r + 1, messages[(r * CLIENTS + k) % len(messages)]))
+            grpc.conns[k].data_received(grpc.call_bytes(2 * r + 1, messages[(r * clients + k) % len(messages)]))
             return True
     else:
         fast = attach(app)
@@ -174,35 +178,43 @@ async def run(model: Path, rounds: int, protocol: str = "http") -> dict[str, flo
             tensors = collate([g]).tensors()
             body, headers = encode({n: tensors[n] for n in INPUTS}, "binary")
             requests.append(wire(body, headers))
-        conns = [HeldConnection(answered) for _ in range(CLIENTS)]
+        conns = [HeldConnection(answered) for _ in range(clients)]
 
         def take(k: int, r: int) -> bool:
-            return fast.take(conns[k], requests[(r * CLIENTS + k) % len(requests)])
+            return fast.take(conns[k], requests[(r * clients + k) % len(requests)])
     take_s = loop_cpu_s = 0.0
     measured = 0
+    batcher = app_state(app).models["m"].batcher
     try:
         for r in range(rounds):
-            answered.count, answered.want = 0, CLIENTS
+            answered.count, answered.want = 0, clients
             answered.done.clear()
             cpu0 = time.thread_time()
             t0 = time.perf_counter()
-            for k in range(CLIENTS):
+            for k in range(clients):
                 if not take(k, r):
                     raise SystemExit("the fast path declined a request")
             t1 = time.perf_counter()
             await answered.done.wait()
             cpu1 = time.thread_time()
+            if r == rounds // 10:
+                before = batcher.stats()
             if r >= rounds // 10:  # the first tenth warms up (header plans, known heads, caches)
                 take_s += t1 - t0
                 loop_cpu_s += cpu1 - cpu0
-                measured += CLIENTS
+                measured += clients
         if answered.bad:
             raise SystemExit(f"{answered.bad} answers were not 200 (or gRPC OK); one: {answered.example!r}")
     finally:
         for hook in app.on_cleanup:
             await hook(app)
+    after = batcher.stats()
     take = take_s / measured * 1e6
-    return {"take": take, "answer": loop_cpu_s / measured * 1e6 - take, "loop": loop_cpu_s / measured * 1e6}
+    batches = after.batches - before.batches
+    # a run's compute time counts once per request it served: per batch, divide by the requests in it
+    model_us = (after.compute_ns_total - before.compute_ns_total) / max(after.compute_count - before.compute_count, 1) / 1e3
+    return {"take": take, "answer": loop_cpu_s / measured * 1e6 - take, "loop": loop_cpu_s / measured * 1e6,
+            "model": model_us * batches / measured}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -210,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=400)
     parser.add_argument("--protocol", choices=("http", "grpc", "both"), default="http",
                         help="the HTTP fast path (V2 binary), gRPC ModelInfer, or both side by side")
+    parser.add_argument("--clients", type=int, default=CLIENTS,
+                        help="requests per loop turn; 1: a lone request, which runs inline on the loop")
     args = parser.parse_args(argv)
     protocols = ("http", "grpc") if args.protocol == "both" else (args.protocol,)
     results = {}
@@ -217,11 +231,12 @@ def main(argv: list[str] | None = None) -> None:
         model = export_random("gin", 16, 0, Path(tmp) / "gin.onnx")
         for protocol in protocols:
             with frozen_startup_heap():  # as the server runs: its loop, its collector policy
-                results[protocol] = event_loop.run(run(model, args.rounds, protocol))
-    print(f"command: python benchmarks/bench_request_path.py --rounds {args.rounds} --protocol {args.protocol}")
+                results[protocol] = event_loop.run(run(model, args.rounds, protocol, args.clients))
+    print(f"command: python benchmarks/bench_request_path.py --rounds {args.rounds} --protocol {args.protocol}"
+          + (f" --clients {args.clients}" if args.clients != CLIENTS else ""))
     print(f"machine: {platform.machine()}, Python {platform.python_version()}")
     print("model: GIN (hidden 64, 3 rounds, random weights), 256 molecule-sized graphs (10-35 nodes), "
-          f"one per request, {CLIENTS} requests per loop turn, no sockets (HTTP: V2 binary; gRPC: ModelInfer, "
+          f"one per request, {args.clients} requests per loop turn, no sockets (HTTP: V2 binary; gRPC: ModelInfer, "
           "raw_input_contents)")
     print()
     print("| event loop, per request | " + " | ".join(f"{p} µs" for p in protocols) + " |")
@@ -230,6 +245,11 @@ def main(argv: list[str] | None = None) -> None:
                        ("answer", "answer: encode, account, respond (and the loop's callbacks)"),
                        ("loop", "loop thread CPU, all")):
         print(f"| {label} | " + " | ".join(f"{results[p][key]:.1f}" for p in protocols) + " |")
+    if args.clients == 1:  # alone in the server, a request runs on the loop's thread (Batcher.run_now)
+        print("| of which the model's run, inline | " + " | ".join(f"{results[p]['model']:.1f}" for p in protocols)
+              + " |")
+        print("| loop thread CPU less the model's run | "
+              + " | ".join(f"{results[p]['loop'] - results[p]['model']:.1f}" for p in protocols) + " |")
     sys.stdout.flush()
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from edgemp import __version__
 from edgemp.errors import EdgempError, MissingExtraError, clipped
-from edgemp.runtime.server import core
+from edgemp.runtime.server import core, grpc_rows
 from edgemp.runtime.server.auth import bearer_matches, token_bytes
 from edgemp.runtime.server.grpc_plans import GrpcPlans
 from edgemp.runtime.server.grpc_wire import encode_response
@@ -155,13 +155,17 @@ class _GrpcCall(V2Call):
         for name, value, _ in self.outputs(results):
             datatype = "FP32" if value.dtype.kind == "f" else "INT64"
             outputs.append((name, datatype, np.ascontiguousarray(value, dtype=DTYPES[datatype])))
-        return encode_response(self.served.name, self.served.version, self.request.id or "", outputs)
+        payload = encode_response(self.served.name, self.served.version, self.request.id or "", outputs)
+        memo = self.request.memo
+        if memo is not None and "rows" not in memo:  # later calls on this plan can be rows (grpc_rows.py)
+            grpc_rows.remember(memo, self.request, outputs, payload, self.served.spec.model.output_levels)
+        return payload
 
 
 class Rpc(NamedTuple):
-    """One RPC: its handler (bytes -> bytes; when ``deferred``, (bytes, answer) -> a
-    :class:`Cancellable` whose answer comes later, as :meth:`InferenceService.ModelInfer`) and
-    whether it needs the bearer token."""
+    """One RPC: its handler (bytes -> bytes; when ``deferred``, (bytes, answer, whether the call
+    has a deadline) -> a :class:`Cancellable` whose answer comes later, as
+    :meth:`InferenceService.ModelInfer`) and whether it needs the bearer token."""
 
     name: str
     handler: Callable[[bytes], Any]
@@ -178,6 +182,7 @@ class InferenceService:
         self.state = state
         self.pb = pb
         self.plans = GrpcPlans()
+        self.rows = grpc_rows.GrpcRows(state)
         token = state.config.auth_token
         self._expected = token_bytes(token)
         self.rpcs: dict[bytes, Rpc] = {}
@@ -253,7 +258,8 @@ class InferenceService:
             resp.models.add(**entry)
         return resp
 
-    def ModelStatistics(self, data: bytes, answer: core.Answer) -> "asyncio.Task | None":  # noqa: N802
+    def ModelStatistics(self, data: bytes, answer: core.Answer,  # noqa: N802
+                        deadline: bool = False) -> "asyncio.Task | None":
         """Deferred: under ``--workers N`` the other workers' counters are fetched first
         (:mod:`edgemp.runtime.server.peers`); alone, answered at once."""
         request = self._parse("ModelStatistics", data)
@@ -284,14 +290,18 @@ class InferenceService:
                                   ignore_unknown_fields=True)
         return resp.SerializeToString()
 
-    def ModelInfer(self, request: bytes, answer: core.Answer) -> "Cancellable | None":  # noqa: N802 - raw bytes in and out
+    def ModelInfer(self, request: bytes, answer: core.Answer,  # noqa: N802 - raw bytes in and out
+                   deadline: bool = False) -> "Cancellable | None":
         """Start the call; ``answer(serialized response, None)`` or ``answer(None, error)`` follows
-        on the loop unless the returned handle is cancelled first (None: answered already).
-        Raises what is wrong with the message itself (not a ModelInferRequest, an unknown model).
+        on the loop unless the returned handle is cancelled first (None: answered already, or
+        taken as a row, which ends with its batch). Raises what is wrong with the message itself
+        (not a ModelInferRequest, an unknown model).
 
-        A small message takes the request core's callback path (:func:`core.start`: no task,
-        coroutine or future per call, as the HTTP fast path); a large one a task on
-        :func:`core.infer`, whose decode and encode may move off the loop.
+        A small message on a plan the core answered before is a row (:mod:`grpc_rows`) unless
+        the call has a ``deadline`` (``grpc-timeout``); other small ones take the request core's
+        callback path (:func:`core.start`: no task, coroutine or future per call, as the HTTP
+        fast path); a large one a task on :func:`core.infer`, whose decode and encode may move
+        off the loop.
         """
         state = self.state
         small = len(request) < state.config.offload_bytes
@@ -300,6 +310,8 @@ class InferenceService:
             parts, planned = self.plans.lookup(request, self._current)
             if planned is not None:
                 served, decoded = planned
+                if not deadline and self.rows.take(served, decoded, answer):
+                    return None
                 return core.start(state, served, request, lambda _: _GrpcCall(served, decoded), answer)
         header = self.pb.ModelInferRequest()
         try:

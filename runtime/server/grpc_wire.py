@@ -150,6 +150,11 @@ def _described(model: str, version: str, outputs: tuple[tuple[str, str, tuple[in
     return parts
 
 
+def raw_output_prefix(nbytes: int) -> bytes:
+    """What precedes an output's bytes in a ModelInferResponse: field 6's tag and the length."""
+    return b"\x32" + _encode_varint(nbytes)
+
+
 def encode_response(model: str, version: str, request_id: str,
                     outputs: Sequence[tuple[str, str, np.ndarray]]) -> bytes:
     """A serialized ModelInferResponse: ``outputs`` as (name, V2 datatype, C-contiguous array)
@@ -160,6 +165,6 @@ def encode_response(model: str, version: str, request_id: str,
         parts.append(_field(3, request_id.encode()))
     parts.append(descriptions)
     for _, _, array in outputs:
-        parts.append(b"\x32" + _encode_varint(array.nbytes))  # field 6, length-delimited
+        parts.append(raw_output_prefix(array.nbytes))
         parts.append(array)  # its buffer, joined without an intermediate copy
     return b"".join(parts)

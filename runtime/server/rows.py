@@ -48,14 +48,18 @@ OPEN_PARAMETERS = frozenset({"binary_data_output"})  # request-level parameters 
 
 
 class RowPlan:
-    """A header plan's answer as rows: its response JSON header, per output its level and width,
-    and (once a row used it) where its one graph lies in the body."""
+    """A plan's answer as rows: what its response holds before the outputs' bytes (V2's JSON
+    header; gRPC's ModelInferResponse up to its raw contents), per output its level and width and
+    what comes right before its bytes (nothing in V2; gRPC's field tag and length), and (HTTP,
+    once a row used it) where its one graph lies in the body."""
 
-    __slots__ = ("header", "outputs", "layout")
+    __slots__ = ("header", "outputs", "before", "layout")
 
-    def __init__(self, header: bytes, outputs: tuple[tuple[str, bool, int], ...]) -> None:
+    def __init__(self, header: bytes, outputs: tuple[tuple[str, bool, int], ...],
+                 before: tuple[bytes, ...] | None = None) -> None:
         self.header = header
         self.outputs = outputs  # (name, node-level, width) in the answer's order
+        self.before = before or (b"",) * len(outputs)
         self.layout: _Layout | None = None
 
 
@@ -100,16 +104,16 @@ def remember(memo: dict[str, Any], request: Any, outputs: list[tuple[str, np.nda
 
 
 class _Row:
-    __slots__ = ("conn", "body", "route", "plan", "graph", "nodes", "edges", "start_ns", "input_ns")
+    __slots__ = ("conn", "held", "route", "plan", "graph", "nodes", "edges", "start_ns", "input_ns")
 
-    def __init__(self, conn: Any, body: bytes, route: Any, plan: RowPlan, graph: Any, layout: _Layout, start_ns: int,
-                 input_ns: int) -> None:
-        self.nodes, self.edges = layout.nodes, layout.edges
+    def __init__(self, conn: Any, held: int, route: Any, plan: RowPlan, graph: Any, nodes: int, edges: int,
+                 start_ns: int, input_ns: int) -> None:
         self.conn = conn
-        self.body = body
+        self.held = held  # body bytes the row holds in the reader's count until it ends
         self.route = route
         self.plan = plan
         self.graph = graph
+        self.nodes, self.edges = nodes, edges
         self.start_ns = start_ns
         self.input_ns = input_ns
 
@@ -153,12 +157,19 @@ class RowGroups:
         graph = layout.graph(body)
         if graph is None:  # the core names what is wrong
             return False
-        self.state.inflight += 1  # admitted: the fast path took it only while not draining
-        self.pending.append(_Row(conn, body, route, rows, graph, layout, start, time.perf_counter_ns() - start))
+        self.take(conn, route, rows, graph, layout.nodes, layout.edges, start, len(body))
+        return True
+
+    def take(self, conn: Any, route: Any, plan: RowPlan, graph: Graph, nodes: int, edges: int, start_ns: int,
+             held: int) -> None:
+        """Admit a checked row (its graph's values as the core checks them; the caller took it
+        only while not draining) into this turn's list; ``held``: bytes it releases when it ends."""
+        self.state.inflight += 1
+        self.pending.append(_Row(conn, held, route, plan, graph, nodes, edges, start_ns,
+                                 time.perf_counter_ns() - start_ns))
         if not self.scheduled:
             self.scheduled = True
             self.loop.call_soon(self._flush)
-        return True
 
     def _flush(self) -> None:
         self.scheduled = False
@@ -242,7 +253,7 @@ class RowGroups:
         now = time.perf_counter_ns()  # each row's time ends here: its answer is written in this callback
         self.served.stats.record_successes([(now - row.start_ns, queue_ns + flushed - row.start_ns, row.input_ns)
                                             for row in rows], compute_ns, (now - out_start) // len(rows))
-        self.reader.release_bytes(sum(len(row.body) for row in rows))
+        self.reader.release_bytes(sum(row.held for row in rows))
         self.served.rows_answered += len(rows)
         state, respond = self.state, self.respond
         for row in rows:  # every row out of flight first: one answer that cannot be written strands no other
@@ -256,7 +267,7 @@ class RowGroups:
     def _fail(self, row: _Row, error: BaseException) -> None:
         """A row ends in ``error``, counted and answered as the request core counts and answers one."""
         self.served.stats.record_failure(outcome_of(error), time.perf_counter_ns() - row.start_ns)
-        self.reader.release_bytes(len(row.body))
+        self.reader.release_bytes(row.held)
         self.state.leave()
         try:
             self.fail(row.conn, row.route, error)
@@ -264,8 +275,11 @@ class RowGroups:
             logger.exception("writing an error answer failed")
 
     def _payloads(self, rows: list[_Row], results: Any) -> list[bytes]:
-        """Each row's V2 binary answer: its plan's JSON header, then its rows of each output."""
+        """Each row's answer: its plan's header, then before each output its plan's bytes for it
+        and its rows of that output."""
         plan = rows[0].plan
+        if len(rows) == 1:
+            return [self._payload(plan, results)]
         tensors = results.tensors([name for name, _, _ in plan.outputs])
         columns = []
         for name, node_level, width in plan.outputs:
@@ -276,13 +290,18 @@ class RowGroups:
             else:
                 step = 4 * width
                 columns.append([data[i * step:(i + 1) * step] for i in range(len(rows))])
-        outputs = plan.outputs
-        return [b"".join([row.plan.header, *(column[i] for column in columns)]) if row.plan.outputs == outputs
-                else self._payload(row, results, i) for i, row in enumerate(rows)]
+        outputs, before = plan.outputs, plan.before
+        return [b"".join([row.plan.header, *(part for b, column in zip(before, columns) for part in (b, column[i]))])
+                if row.plan.outputs == outputs and row.plan.before == before
+                else self._payload(row.plan, results[i : i + 1]) for i, row in enumerate(rows)]
 
     @staticmethod
-    def _payload(row: _Row, results: Any, i: int) -> bytes:
-        """A row whose plan asks for other outputs than the group's first: its own rows."""
-        tensors = results[i : i + 1].tensors([name for name, _, _ in row.plan.outputs])
-        return b"".join([row.plan.header, *(np.ascontiguousarray(tensors[name], np.float32).tobytes()
-                                            for name, _, _ in row.plan.outputs)])
+    def _payload(plan: RowPlan, results: Any) -> bytes:
+        """One row's answer from its own results (a lone row, or one whose plan asks for other
+        outputs than its group's first)."""
+        tensors = results.tensors([name for name, _, _ in plan.outputs])
+        parts = [plan.header]
+        for (name, _, _), before in zip(plan.outputs, plan.before):
+            parts.append(before)
+            parts.append(np.ascontiguousarray(tensors[name], np.float32).tobytes())
+        return b"".join(parts)

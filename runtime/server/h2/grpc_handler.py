@@ -152,7 +152,7 @@ class GrpcHandler:
         rpc = call.rpc
         try:
             if rpc.deferred:
-                started = rpc.handler(payload, functools.partial(self._finish, conn, stream))
+                started = rpc.handler(payload, functools.partial(self._finish, conn, stream), stream.timer is not None)
                 if not stream.answered:  # answered already (a bad request): nothing to cancel
                     stream.task = started
             else:
