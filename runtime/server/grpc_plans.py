@@ -25,15 +25,14 @@ those are tried first by comparing bytes, and only the raw entries' tags and len
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from edgemp.runtime.server.grpc_wire import Split, raw_entry_bytes, split, varint
+from edgemp.runtime.server.grpc_wire import Split, raw_entry_prefix, split
 from edgemp.runtime.server.protocol import DTYPES, InferRequest, RequestedOutput
 
 MAX_PLANS = 512  # distinct (model, shapes, outputs, parameters) descriptions kept
-_RAW_TAG = 7 << 3 | 2  # raw_input_contents, length-delimited
 
 
 class _Plan(NamedTuple):
@@ -80,27 +79,11 @@ class GrpcPlans:
     def _head_then_raw(self, data: bytes) -> Split | None:
         """The split of a message that is a kept head followed by only its raw entries (see the
         module docstring); None for any other message (the walk splits it)."""
-        heads = self._by_length.get(len(data))
-        if heads is None:
-            return None
-        for head in heads:
-            if not data.startswith(head):
-                continue
-            raw, pos = [], len(head)
-            try:
-                for _, _, _, nbytes in self._plans[head].tensors:
-                    if data[pos] != _RAW_TAG:
-                        break
-                    length, pos = varint(data, pos + 1)
-                    if length != nbytes:
-                        break
-                    raw.append((pos, length))
-                    pos += length
-                else:
-                    if pos == len(data):
-                        return Split(head, b"", raw)
-            except (IndexError, ValueError):
-                pass
+        for head, separators, raw in self._by_length.get(len(data), ()):
+            # the head's bytes, then each entry's tag and length where its plan puts them: with the
+            # length right, the rest are the entries' bytes, as the walk would read them
+            if data.startswith(head) and all(data.startswith(sep, at) for sep, at in separators):
+                return Split(head, b"", raw)
         return None
 
     def keep(self, parts: Split, served: Any, message: Any, request: InferRequest) -> None:
@@ -119,13 +102,25 @@ class GrpcPlans:
         if len(self._plans) >= self.max_plans:
             self._forget(next(iter(self._plans)))  # the oldest goes (only the event loop writes here)
         self._plans[parts.head] = _Plan(served, tuple(tensors), request.parameters, request.outputs, {})
-        whole = len(parts.head) + sum(raw_entry_bytes(nbytes) for *_, nbytes in tensors)
-        self._by_length.setdefault(whole, []).append(parts.head)
+        whole, shortcut = _entries(parts.head, tensors)
+        self._by_length.setdefault(whole, []).append(shortcut)
 
     def _forget(self, head: bytes) -> None:
-        plan = self._plans.pop(head)
-        whole = len(head) + sum(raw_entry_bytes(nbytes) for *_, nbytes in plan.tensors)
-        heads = self._by_length[whole]
-        heads.remove(head)
-        if not heads:
+        whole, shortcut = _entries(head, self._plans.pop(head).tensors)
+        shortcuts = self._by_length[whole]
+        shortcuts.remove(shortcut)
+        if not shortcuts:
             del self._by_length[whole]
+
+
+def _entries(head: bytes, tensors: Sequence[tuple[str, np.dtype, tuple[int, ...], int]]
+             ) -> tuple[int, tuple[bytes, tuple[tuple[bytes, int], ...], list[tuple[int, int]]]]:
+    """A plan's message with no id, as its head then its raw entries: (its length, (the head, each
+    entry's tag and length with where they start, each entry's bytes as (offset, length)))."""
+    separators, raw, pos = [], [], len(head)
+    for *_, nbytes in tensors:
+        sep = raw_entry_prefix(nbytes)
+        separators.append((sep, pos))
+        raw.append((pos + len(sep), nbytes))
+        pos += len(sep) + nbytes
+    return pos, (head, tuple(separators), raw)

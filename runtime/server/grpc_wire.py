@@ -27,9 +27,9 @@ class Split(NamedTuple):
     raw: list[tuple[int, int]]  # (offset, length) of each raw_input_contents entry, in order
 
 
-def raw_entry_bytes(nbytes: int) -> int:
-    """What a raw_input_contents entry of ``nbytes`` takes in a message: tag, length, bytes."""
-    return 1 + len(_encode_varint(nbytes)) + nbytes
+def raw_entry_prefix(nbytes: int) -> bytes:
+    """What precedes a raw_input_contents entry of ``nbytes`` in a request: field 7's tag and the length."""
+    return b"\x3a" + _encode_varint(nbytes)
 
 
 def varint(data: bytes, pos: int) -> tuple[int, int]:

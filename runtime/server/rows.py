@@ -291,7 +291,9 @@ class RowGroups:
                 step = 4 * width
                 columns.append([data[i * step:(i + 1) * step] for i in range(len(rows))])
         outputs, before = plan.outputs, plan.before
-        return [b"".join([row.plan.header, *(part for b, column in zip(before, columns) for part in (b, column[i]))])
+        if any(before):  # gRPC: each output's tag and length before its bytes
+            columns = [[b + part for part in column] for b, column in zip(before, columns)]
+        return [b"".join([row.plan.header, *(column[i] for column in columns)])
                 if row.plan.outputs == outputs and row.plan.before == before
                 else self._payload(row.plan, results[i : i + 1]) for i, row in enumerate(rows)]
 

@@ -271,5 +271,5 @@ def test_forgotten_plans_leave_no_shortcut():
     assert len(plans) == 2
     _, planned = plans.lookup(_message(rng, 3), lambda served: True)
     assert planned is None  # the oldest went, from both tables
-    assert all(plans._plans.get(h) for heads in plans._by_length.values() for h in heads)
-    assert sum(len(h) for h in plans._by_length.values()) == 2
+    assert all(plans._plans.get(head) for shortcuts in plans._by_length.values() for head, *_ in shortcuts)
+    assert sum(len(s) for s in plans._by_length.values()) == 2
