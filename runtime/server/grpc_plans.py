@@ -98,8 +98,8 @@ class GrpcPlans:
             shape = tuple(tensor.shape)
             tensors.append((tensor.name, dtype, shape, length))
         if parts.head in self._plans:
-            return  # kept already (a message with an id, or another order, decoded the long way)
-        if len(self._plans) >= self.max_plans:
+            self._forget(parts.head)  # a stale plan (its model no longer served under its name) is replaced
+        elif len(self._plans) >= self.max_plans:
             self._forget(next(iter(self._plans)))  # the oldest goes (only the event loop writes here)
         self._plans[parts.head] = _Plan(served, tuple(tensors), request.parameters, request.outputs, {})
         whole, shortcut = _entries(parts.head, tensors)

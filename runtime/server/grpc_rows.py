@@ -10,9 +10,9 @@ message, its values checked as :func:`~edgemp.runtime.server.layout.one_graph` c
 joins its model's rows of the loop turn. Everything else, and a row whose values the check
 refuses, takes the request core, so errors stay the core's.
 
-A row's answer goes to the call's ``answer`` callback (the stream's); a stream reset meanwhile
-drops it, as the core's cancelled call would drop its results, and the row keeps its admission
-to the end of its batch, as HTTP rows do.
+A row's answer goes to the call's ``answer`` callback (the stream's). A stream reset, or a lost
+connection, cancels the row as it cancels the core's flight: out of flight at once, counted as
+nothing, its answer never written (its graph still runs if its batch does).
 """
 from __future__ import annotations
 
@@ -81,21 +81,21 @@ class GrpcRows:
         self.state = state
         self._groups: dict[str, RowGroups] = {}
 
-    def take(self, served: Any, request: InferRequest, answer: Callable[[Any, Any], None]) -> bool:
-        """Take a planned call as a row (True; ``answer`` follows once its batch ran), or False:
+    def take(self, served: Any, request: InferRequest, answer: Callable[[Any, Any], None]) -> Any:
+        """Take a planned call as a row: its handle (``done()``, ``cancel()``: a reset stream
+        cancels it, as it cancels the core's flight); ``answer`` follows once its batch ran. None:
         the request core takes it."""
         plan = request.memo.get("rows") if request.memo is not None else None
         if plan is None or request.id is not None or self.state.draining:  # an id is not in the plan: echoed
-            return False
+            return None
         start = time.perf_counter_ns()
         group = self._groups.get(served.name)
         if group is None or group.served is not served:
             group = self._groups[served.name] = RowGroups(self.state, served, _NothingHeld(),
                                                           asyncio.get_running_loop(), _respond, _fail)
         if not group.open:
-            return False
+            return None
         graph = _graph(request.inputs)
         if graph is None:
-            return False
-        group.take(answer, None, plan, graph, graph.x.shape[0], graph.edge_index.shape[1], start, 0)
-        return True
+            return None
+        return group.take(answer, None, plan, graph, graph.x.shape[0], graph.edge_index.shape[1], start, 0)

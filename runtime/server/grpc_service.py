@@ -293,8 +293,8 @@ class InferenceService:
     def ModelInfer(self, request: bytes, answer: core.Answer,  # noqa: N802 - raw bytes in and out
                    deadline: bool = False) -> "Cancellable | None":
         """Start the call; ``answer(serialized response, None)`` or ``answer(None, error)`` follows
-        on the loop unless the returned handle is cancelled first (None: answered already, or
-        taken as a row, which ends with its batch). Raises what is wrong with the message itself
+        on the loop unless the returned handle is cancelled first (None: answered already).
+        Raises what is wrong with the message itself
         (not a ModelInferRequest, an unknown model).
 
         A small message on a plan the core answered before is a row (:mod:`grpc_rows`) unless
@@ -310,8 +310,9 @@ class InferenceService:
             parts, planned = self.plans.lookup(request, self._current)
             if planned is not None:
                 served, decoded = planned
-                if not deadline and self.rows.take(served, decoded, answer):
-                    return None
+                row = None if deadline else self.rows.take(served, decoded, answer)
+                if row is not None:
+                    return row
                 return core.start(state, served, request, lambda _: _GrpcCall(served, decoded), answer)
         header = self.pb.ModelInferRequest()
         try:

@@ -104,10 +104,16 @@ def remember(memo: dict[str, Any], request: Any, outputs: list[tuple[str, np.nda
 
 
 class _Row:
-    __slots__ = ("conn", "held", "route", "plan", "graph", "nodes", "edges", "start_ns", "input_ns")
+    """One admitted row; ``done()`` and ``cancel()`` as the core's flight has them (a gRPC call
+    reset by its client cancels it: out of flight at once, no outcome, its answer never written)."""
 
-    def __init__(self, conn: Any, held: int, route: Any, plan: RowPlan, graph: Any, nodes: int, edges: int,
-                 start_ns: int, input_ns: int) -> None:
+    __slots__ = ("group", "ended", "conn", "held", "route", "plan", "graph", "nodes", "edges", "start_ns",
+                 "input_ns")
+
+    def __init__(self, group: "RowGroups", conn: Any, held: int, route: Any, plan: RowPlan, graph: Any, nodes: int,
+                 edges: int, start_ns: int, input_ns: int) -> None:
+        self.group = group
+        self.ended = False  # answered, failed or cancelled: nothing more happens to it
         self.conn = conn
         self.held = held  # body bytes the row holds in the reader's count until it ends
         self.route = route
@@ -116,6 +122,17 @@ class _Row:
         self.nodes, self.edges = nodes, edges
         self.start_ns = start_ns
         self.input_ns = input_ns
+
+    def done(self) -> bool:
+        return self.ended
+
+    def cancel(self, msg: Any = None) -> None:
+        """Its client went away: out of flight now, counted as nothing (its graph still runs if
+        its batch does: a batch is not taken apart)."""
+        if not self.ended:
+            self.ended = True
+            self.group.reader.release_bytes(self.held)
+            self.group.state.leave()
 
 
 class RowGroups:
@@ -161,19 +178,23 @@ class RowGroups:
         return True
 
     def take(self, conn: Any, route: Any, plan: RowPlan, graph: Graph, nodes: int, edges: int, start_ns: int,
-             held: int) -> None:
+             held: int) -> _Row:
         """Admit a checked row (its graph's values as the core checks them; the caller took it
-        only while not draining) into this turn's list; ``held``: bytes it releases when it ends."""
+        only while not draining) into this turn's list; ``held``: bytes it releases when it ends.
+        The row is its handle (``done()``, ``cancel()``)."""
         self.state.inflight += 1
-        self.pending.append(_Row(conn, held, route, plan, graph, nodes, edges, start_ns,
-                                 time.perf_counter_ns() - start_ns))
+        row = _Row(self, conn, held, route, plan, graph, nodes, edges, start_ns, time.perf_counter_ns() - start_ns)
+        self.pending.append(row)
         if not self.scheduled:
             self.scheduled = True
             self.loop.call_soon(self._flush)
+        return row
 
     def _flush(self) -> None:
         self.scheduled = False
-        rows, self.pending = self.pending, []
+        rows, self.pending = [row for row in self.pending if not row.ended], []
+        if not rows:
+            return
         if len(rows) == 1 and self.state.inflight == 1:
             self._run_alone(rows[0])  # alone in the server: run now, on this thread, as the core does
             return
@@ -216,7 +237,8 @@ class RowGroups:
                 self._fail(rows[0], error)
                 return
             for row in rows:
-                self._queue([row], accepted)
+                if not row.ended:
+                    self._queue([row], accepted)
 
     def _finish(self, rows: list[_Row], flushed: int, results: Any, error: BaseException | None, timing: Any) -> None:
         """The batcher's answer for a group, on the loop."""
@@ -232,6 +254,8 @@ class RowGroups:
         batcher gives a request of its own), the others run again, each alone, so only the culprit fails."""
         validate = self.served.model.validate
         for row in rows:
+            if row.ended:
+                continue  # cancelled: nothing to answer
             try:
                 validate([row.graph])
             except Exception as error:  # noqa: BLE001 - the check's own failure is an answer too
@@ -249,6 +273,11 @@ class RowGroups:
             for row in rows:
                 self._fail(row, error)
             return
+        if any(row.ended for row in rows):  # cancelled meanwhile: counted as nothing, never written
+            payloads = [p for row, p in zip(rows, payloads) if not row.ended]
+            rows = [row for row in rows if not row.ended]
+            if not rows:
+                return
         queue_ns, compute_ns = timing.queue_ns, timing.compute_ns
         now = time.perf_counter_ns()  # each row's time ends here: its answer is written in this callback
         self.served.stats.record_successes([(now - row.start_ns, queue_ns + flushed - row.start_ns, row.input_ns)
@@ -257,6 +286,7 @@ class RowGroups:
         self.served.rows_answered += len(rows)
         state, respond = self.state, self.respond
         for row in rows:  # every row out of flight first: one answer that cannot be written strands no other
+            row.ended = True
             state.leave()
         for row, payload in zip(rows, payloads):
             try:
@@ -266,6 +296,9 @@ class RowGroups:
 
     def _fail(self, row: _Row, error: BaseException) -> None:
         """A row ends in ``error``, counted and answered as the request core counts and answers one."""
+        if row.ended:
+            return  # cancelled: counted as nothing, never answered
+        row.ended = True
         self.served.stats.record_failure(outcome_of(error), time.perf_counter_ns() - row.start_ns)
         self.reader.release_bytes(row.held)
         self.state.leave()

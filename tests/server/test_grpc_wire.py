@@ -273,3 +273,20 @@ def test_forgotten_plans_leave_no_shortcut():
     assert planned is None  # the oldest went, from both tables
     assert all(plans._plans.get(head) for shortcuts in plans._by_length.values() for head, *_ in shortcuts)
     assert sum(len(s) for s in plans._by_length.values()) == 2
+
+
+def test_a_stale_plan_is_replaced_not_kept_twice():
+    """A head whose plan names a model no longer served decodes the long way and is kept again,
+    for the model served now: one plan, one shortcut."""
+    rng = np.random.default_rng(8)
+    plans = GrpcPlans()
+    first = _message(rng, 6)
+    _prime(plans, first)
+    data = _message(rng, 6)
+    parts, planned = plans.lookup(data, lambda served: False)
+    assert planned is None
+    msg, request = _full(data)
+    plans.keep(parts, "served again", msg, request)
+    assert len(plans) == 1 and sum(len(s) for s in plans._by_length.values()) == 1
+    _, planned = plans.lookup(_message(rng, 6), lambda served: served == "served again")
+    assert planned is not None and planned[0] == "served again"
