@@ -51,6 +51,7 @@ from edgemp.bench.rawhttp import RawConnection, build_request
 from edgemp.bench.v2client import V2_TYPES, RemoteModel, encode, request_tensors
 from edgemp.data.synthetic import molecule_like_graphs
 from edgemp.graph import Graph
+from edgemp.runtime.batcher import Batcher, BatcherConfig
 from edgemp.graphio import graph_to_json
 from edgemp.bench.local_server import free_port
 from h2_client import RawGrpcClient  # benchmarks/h2_client.py: this script's folder is on sys.path
@@ -150,6 +151,7 @@ def pct(samples_ns: list[int], q: float) -> float:
 
 # -- 1. latency -------------------------------------------------------------------------
 IN_PROCESS = "in-process Model.predict"
+LONE_RUN = "in-process Batcher.run_now (the server's own run of a lone request)"
 READY_PATH = "/inference.GRPCInferenceService/ServerReady"
 INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -177,8 +179,10 @@ def _latency_paths(srv: Server, model, graphs: list[Graph]) -> Iterator[dict[str
         return call
 
     in_process = lambda i: model.predict([graphs[i % n]])  # noqa: E731
+    lone = Batcher(model, BatcherConfig())  # what the server runs a request alone in it with
     paths: dict[str, Callable[[int], object]] = {
         f"{IN_PROCESS} (raw-client pass)": in_process,
+        LONE_RUN: lambda i: lone.run_now([graphs[i % n]]),
         "HTTP GET /v2/health/ready (floor)": lambda i: conn.request(ready),
         "HTTP V2 binary, raw client": raw(binary),
         "HTTP V2 JSON, raw client": raw(jsons),
@@ -230,6 +234,7 @@ def _latency_paths(srv: Server, model, graphs: list[Graph]) -> Iterator[dict[str
             "gRPC ModelInfer, grpcio channel": lambda i: infer_rpc(infer_wire[i % n]),
             "tritonclient.grpc": lambda i: tcg.infer("m", tcg_in[i % n]),
         }
+    lone.close()
 
 
 def _thread_cpu_ns(pid: int) -> tuple[int, int]:
@@ -294,7 +299,7 @@ def _measure(paths: dict[str, Callable[[int], object]], cpu_of: dict[str, Callab
             if i >= 100:
                 samples[name].append(dt)
     for name, call in paths.items():
-        in_process = name.startswith(IN_PROCESS)
+        in_process = name.startswith("in-process")
         clock = time.process_time if in_process else cpu_of[name]
         t0 = clock()
         for i in range(requests):
@@ -338,8 +343,14 @@ def latency(requests: int, tmp: Path, grpc: bool) -> list[str]:
         p50 = pct(s, 50)
         if name.startswith(IN_PROCESS):
             base = p50  # the rows after it, up to the next pass, are measured against it
-        over = "" if name.startswith(IN_PROCESS) or "floor" in name else f"{p50 - base:+.0f}"
+        over = "" if name.startswith("in-process") or "floor" in name else f"{p50 - base:+.0f}"
         lines.append(f"| {name} | {p50:.0f} | {pct(s, 99):.0f} | {over} | {cpu[name]:.0f} |")
+    lines.append("")
+    lone = pct(samples[LONE_RUN], 50)
+    served = [f"{name} {pct(samples[name], 50) - lone:+.0f} µs" for name in
+              ("HTTP V2 binary, raw client", "gRPC ModelInfer, raw HTTP/2 client") if name in samples]
+    lines.append(f"against the server's own lone run in process ({lone:.0f} µs p50, the model without the "
+                 f"network, the sockets or the protocols): " + ", ".join(served))
     lines.append("")
     lines.append("server CPU µs/call: the server process's user+system CPU over the same number of calls "
                  "per path, run after the interleaved timing (in-process rows: this process's CPU per predict); "
