@@ -12,17 +12,20 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
 from edgemp.graph import Graph, collate
 from edgemp.bench.local_server import free_port
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 # The Triton backend environment scripts/build_triton_env.sh builds (the README's test command builds it).
@@ -223,6 +226,35 @@ def serving_grpc(model: Path | str, tmp: Path, *args: str) -> Iterator[ServerPro
     assert srv.stop() == 0, srv.log()[-3000:]
     log = srv.log()
     assert "Traceback" not in log and "internal error" not in log and "never awaited" not in log, log[-5000:]
+
+
+def at_once(count: int, work: "Callable[[int], T]", timeout_s: float = 60.0) -> "list[T]":
+    """``work(i)`` for each i below ``count``, each on its own thread, all started together; their
+    results in order (the first error any raised is raised here)."""
+    results: list = [None] * count
+    errors: list = []
+
+    def run(i: int) -> None:
+        try:
+            results[i] = work(i)
+        except Exception as e:  # noqa: BLE001 - raised below, in the test's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout_s)
+    assert not errors, errors
+    assert not any(t.is_alive() for t in threads), "a client did not finish"
+    return results
+
+
+def same_size(rng: np.random.Generator, base: Graph) -> Graph:
+    """A graph of ``base``'s size (so a request for it has ``base``'s V2 header or gRPC
+    description) with other values."""
+    return Graph(x=rng.standard_normal(base.x.shape).astype(np.float32), edge_index=base.edge_index,
+                 edge_attr=None if base.edge_attr is None else rng.standard_normal(base.edge_attr.shape).astype(np.float32))
 
 
 def triton_grpc_inputs(tensors: dict) -> list:

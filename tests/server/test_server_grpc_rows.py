@@ -31,10 +31,12 @@ from hardening_utils import EF, build_repo, start_thread_server  # noqa: E402
 from runtime_fixtures import random_graph  # noqa: E402
 from server_utils import (  # noqa: E402
     assert_outputs_match,
+    at_once,
     batch_tensors,
     decode_v2_response,
     expected_layout,
     read_response,
+    same_size,
     triton_grpc_inputs,
     v2_binary_body,
     wire,
@@ -55,12 +57,6 @@ def _server(repo: Path, batcher: BatcherConfig | None = None):
     return srv
 
 
-def _sized(rng: np.random.Generator, base: Graph) -> Graph:
-    """A graph of ``base``'s size (so its message has ``base``'s description) with other values."""
-    return Graph(x=rng.standard_normal(base.x.shape).astype(np.float32), edge_index=base.edge_index,
-                 edge_attr=None if base.edge_attr is None else rng.standard_normal(base.edge_attr.shape).astype(np.float32))
-
-
 def _tensors(graph: Graph, edit=None) -> dict[str, np.ndarray]:
     ef = 0 if graph.edge_attr is None else graph.edge_attr.shape[1]
     tensors = {name: value.copy() for name, value in batch_tensors([graph], ef).items()}
@@ -72,35 +68,23 @@ def _tensors(graph: Graph, edit=None) -> dict[str, np.ndarray]:
 def _calls(port: int, calls: list[list[dict]]) -> list[list]:
     """One stock client per list, all at once, each making its calls one at a time; per call the
     result (a name -> array dict) or the InferenceServerException."""
-    results: list = [None] * len(calls)
-    errors: list = []
 
-    def client(i: int) -> None:
+    def client(i: int) -> list:
+        c, got = tg.InferenceServerClient(f"127.0.0.1:{port}"), []
         try:
-            c = tg.InferenceServerClient(f"127.0.0.1:{port}")
-            got = []
-            try:
-                for call in calls[i]:
-                    try:
-                        r = c.infer(call["model"], triton_grpc_inputs(call["tensors"]),
-                                    **{k: v for k, v in call.items() if k not in ("model", "tensors")})
-                        got.append({o.name: r.as_numpy(o.name) for o in r.get_response().outputs}
-                                   | {"@id": r.get_response().id})
-                    except InferenceServerException as e:
-                        got.append(e)
-            finally:
-                c.close()
-            results[i] = got
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(e)
+            for call in calls[i]:
+                try:
+                    r = c.infer(call["model"], triton_grpc_inputs(call["tensors"]),
+                                **{k: v for k, v in call.items() if k not in ("model", "tensors")})
+                    got.append({o.name: r.as_numpy(o.name) for o in r.get_response().outputs}
+                               | {"@id": r.get_response().id})
+                except InferenceServerException as e:
+                    got.append(e)
+        finally:
+            c.close()
+        return got
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
-    return results
+    return at_once(len(calls), client)
 
 
 def _check(answer, model, graph: Graph, where: str) -> None:
@@ -116,7 +100,7 @@ def test_grpc_rows_answer_each_call_with_its_own_outputs(repo, model):
     rng = np.random.default_rng(11)
     ef = EF if model == "gnn_edge" else 0
     bases = [random_graph(rng, n, e, ef) for n, e in ((5, 8), (9, 14), (2, 2))]
-    graphs = [[_sized(rng, bases[(i + r) % 3]) for r in range(6)] for i in range(CLIENTS)]
+    graphs = [[same_size(rng, bases[(i + r) % 3]) for r in range(6)] for i in range(CLIENTS)]
     try:
         answers = _calls(srv.grpc_port, [[{"model": model, "tensors": _tensors(g)} for g in row] for row in graphs])
         served = srv.app[STATE].models[model]
@@ -138,8 +122,8 @@ def test_grpc_and_http_rows_batch_together(repo):
     srv = _server(repo, BatcherConfig(max_queue_delay_us=2_000))
     rng = np.random.default_rng(12)
     base = random_graph(rng, 6, 9)
-    grpc_graphs = [[_sized(rng, base) for _ in range(5)] for _ in range(6)]
-    http_graphs = [[_sized(rng, base) for _ in range(5)] for _ in range(6)]
+    grpc_graphs = [[same_size(rng, base) for _ in range(5)] for _ in range(6)]
+    http_graphs = [[same_size(rng, base) for _ in range(5)] for _ in range(6)]
     http_answers: list = [None] * 6
 
     def http_client(i: int) -> None:
@@ -181,7 +165,7 @@ def test_a_malformed_grpc_row_gets_the_cores_error_and_the_others_their_answers(
     srv = _server(repo, BatcherConfig(max_queue_delay_us=20_000))
     rng = np.random.default_rng(13)
     base = random_graph(rng, 6, 10)
-    graphs = [_sized(rng, base) for _ in range(CLIENTS)]
+    graphs = [same_size(rng, base) for _ in range(CLIENTS)]
 
     def far_edge(tensors):
         tensors["edge_index"][0, 0] = 10_000
@@ -189,7 +173,7 @@ def test_a_malformed_grpc_row_gets_the_cores_error_and_the_others_their_answers(
     def stray(tensors):
         tensors["node_graph"][2] = 1
 
-    calls = [[{"model": "gnn", "tensors": _tensors(_sized(rng, base))},
+    calls = [[{"model": "gnn", "tensors": _tensors(same_size(rng, base))},
               {"model": "gnn", "tensors": _tensors(graphs[i], far_edge if i == 3 else stray if i == 5 else None)}]
              for i in range(CLIENTS)]
     try:
@@ -215,9 +199,9 @@ def test_calls_with_an_id_or_a_deadline_take_the_core(repo):
     srv = _server(repo)
     rng = np.random.default_rng(14)
     base = random_graph(rng, 7, 12)
-    graphs = [_sized(rng, base) for _ in range(4)]
+    graphs = [same_size(rng, base) for _ in range(4)]
     try:
-        warm = _calls(srv.grpc_port, [[{"model": "gnn", "tensors": _tensors(_sized(rng, base))}] * 3])
+        warm = _calls(srv.grpc_port, [[{"model": "gnn", "tensors": _tensors(same_size(rng, base))}] * 3])
         served = srv.app[STATE].models["gnn"]
         before = served.rows_answered
         answers = _calls(srv.grpc_port, [[
@@ -263,7 +247,7 @@ def test_rows_of_vanished_clients_and_a_drain_lose_nothing(repo):
     message = lambda g: pb.infer_request_bytes("gnn", _tensors(g))  # noqa: E731
     try:
         for _ in range(2):  # the plan is kept on the first call, and its row plan on the second
-            sock = _raw_call(srv.grpc_port, message(_sized(rng, base)))
+            sock = _raw_call(srv.grpc_port, message(same_size(rng, base)))
             got = b""
             while b"grpc-status" not in got:
                 got += sock.recv(1 << 16)
@@ -271,7 +255,7 @@ def test_rows_of_vanished_clients_and_a_drain_lose_nothing(repo):
             assert b"grpc-status\x010" in got, got
         state = srv.app[STATE]
         idle = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(16)]  # the batch waits its delay
-        graphs = [_sized(rng, base) for _ in range(8)]
+        graphs = [same_size(rng, base) for _ in range(8)]
         socks = [_raw_call(srv.grpc_port, message(g)) for g in graphs]
         deadline = time.time() + 10
         while state.inflight < 8 and time.time() < deadline:
@@ -320,7 +304,7 @@ def test_a_reset_row_is_counted_as_nothing_as_the_cores_call_is(repo):
     message = lambda g: pb.infer_request_bytes("gnn", _tensors(g))  # noqa: E731
     try:
         for _ in range(2):  # the plan, then its row plan
-            sock = _raw_call(srv.grpc_port, message(_sized(rng, base)))
+            sock = _raw_call(srv.grpc_port, message(same_size(rng, base)))
             got = b""
             while b"grpc-status" not in got:
                 got += sock.recv(1 << 16)
@@ -328,7 +312,7 @@ def test_a_reset_row_is_counted_as_nothing_as_the_cores_call_is(repo):
         served, state = srv.app[STATE].models["gnn"], srv.app[STATE]
         before = served.stats.to_json("gnn", "1")["inference_stats"]["success"]["count"]
         rows_before = served.rows_answered
-        for graph in (_sized(rng, base), random_graph(rng, 11, 3)):  # a row, then a call the core takes
+        for graph in (same_size(rng, base), random_graph(rng, 11, 3)):  # a row, then a call the core takes
             sock = _raw_call(srv.grpc_port, message(graph), then=f.rst_stream(1, f.CANCEL))
             time.sleep(0.1)
             sock.close()
@@ -339,7 +323,7 @@ def test_a_reset_row_is_counted_as_nothing_as_the_cores_call_is(repo):
         assert state.inflight == 0
         assert after["success"]["count"] == before and after["fail"]["count"] == 0
         assert served.rows_answered == rows_before
-        _calls(srv.grpc_port, [[{"model": "gnn", "tensors": _tensors(_sized(rng, base))}]])
+        _calls(srv.grpc_port, [[{"model": "gnn", "tensors": _tensors(same_size(rng, base))}]])
         assert served.stats.to_json("gnn", "1")["inference_stats"]["success"]["count"] == before + 1
     finally:
         srv.close()

@@ -22,10 +22,12 @@ from hardening_utils import EF, build_repo, raw_socket, start_thread_server
 from runtime_fixtures import random_graph
 from server_utils import (
     assert_outputs_match,
+    at_once,
     batch_tensors,
     decode_v2_response,
     expected_layout,
     read_response,
+    same_size,
     v2_binary_body,
     wire,
 )
@@ -36,12 +38,6 @@ CLIENTS = 12
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     return build_repo(tmp_path_factory.mktemp("rows_repo"))
-
-
-def _sized(rng: np.random.Generator, base: Graph) -> Graph:
-    """A graph of ``base``'s size (so its V2 header is ``base``'s) with other values."""
-    return Graph(x=rng.standard_normal(base.x.shape).astype(np.float32), edge_index=base.edge_index,
-                 edge_attr=None if base.edge_attr is None else rng.standard_normal(base.edge_attr.shape).astype(np.float32))
 
 
 def _request(model: str, graph: Graph, edit=None) -> bytes:
@@ -55,29 +51,18 @@ def _request(model: str, graph: Graph, edit=None) -> bytes:
 
 def _clients(port: int, requests: list[list[bytes]]) -> list[list[tuple[int, dict, bytes]]]:
     """One keep-alive connection per list, all at once, each sending its requests one at a time."""
-    answers: list = [None] * len(requests)
-    errors: list = []
 
-    def client(i: int) -> None:
+    def client(i: int) -> list:
+        sock, buf, got = raw_socket(port), bytearray(), []
         try:
-            sock, buf, got = raw_socket(port), bytearray(), []
-            try:
-                for request in requests[i]:
-                    sock.sendall(request)
-                    got.append(read_response(sock, buf))
-            finally:
-                sock.close()
-            answers[i] = got
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(e)
+            for request in requests[i]:
+                sock.sendall(request)
+                got.append(read_response(sock, buf))
+        finally:
+            sock.close()
+        return got
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(requests))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
-    return answers
+    return at_once(len(requests), client)
 
 
 @pytest.mark.parametrize("model", ["gnn", "gnn_edge", "gnn_dense"])
@@ -90,7 +75,7 @@ def test_rows_answer_each_request_with_its_own_outputs(repo, model, request):
     rng = np.random.default_rng(5)
     ef = EF if model == "gnn_edge" else 0
     bases = [random_graph(rng, n, e, ef) for n, e in ((5, 8), (9, 14), (2, 2))]  # three headers: rows of three plans
-    graphs = [[_sized(rng, bases[(i + r) % 3]) for r in range(6)] for i in range(CLIENTS)]
+    graphs = [[same_size(rng, bases[(i + r) % 3]) for r in range(6)] for i in range(CLIENTS)]
     try:
         answers = _clients(srv.port, [[_request(model, g) for g in row] for row in graphs])
         served = srv.app[STATE].models[model]
@@ -117,8 +102,8 @@ def test_a_malformed_row_fails_alone_and_the_others_are_answered(repo):
                               BatcherConfig(max_queue_delay_us=20_000), uvloop=True)
     rng = np.random.default_rng(6)
     base = random_graph(rng, 6, 10)
-    warm = [_request("gnn", _sized(rng, base)) for _ in range(CLIENTS)]
-    graphs = [_sized(rng, base) for _ in range(CLIENTS)]
+    warm = [_request("gnn", same_size(rng, base)) for _ in range(CLIENTS)]
+    graphs = [same_size(rng, base) for _ in range(CLIENTS)]
 
     def far_edge(tensors):
         tensors["edge_index"][0, 0] = 10_000
@@ -153,7 +138,7 @@ def test_rows_a_full_queue_cannot_take_get_the_cores_503(repo):
     rng = np.random.default_rng(7)
     base = random_graph(rng, 6, 10)
     try:
-        answers = _clients(srv.port, [[_request("gnn", _sized(rng, base)) for _ in range(4)] for _ in range(CLIENTS)])
+        answers = _clients(srv.port, [[_request("gnn", same_size(rng, base)) for _ in range(4)] for _ in range(CLIENTS)])
     finally:
         srv.close()
     statuses = [status for client in answers for status, _, _ in client]
@@ -179,10 +164,10 @@ def test_a_drain_finishes_admitted_rows_and_a_failed_group_keeps_its_answers(rep
     idle = [raw_socket(srv.port) for _ in range(20)]  # open connections: the batch waits out its delay
     socks = [raw_socket(srv.port) for _ in range(8)]
     bufs = [bytearray() for _ in socks]
-    graphs = [_sized(rng, base) for _ in socks]
+    graphs = [same_size(rng, base) for _ in socks]
     try:
         for sock, buf in zip(socks, bufs):  # the header answered once through the core
-            sock.sendall(_request("gnn", _sized(rng, base)))
+            sock.sendall(_request("gnn", same_size(rng, base)))
             assert read_response(sock, buf)[0] == 200
 
         def far_edge(tensors):
@@ -249,22 +234,22 @@ def test_a_valid_row_of_a_failed_group_is_not_refused_by_a_queue_filled_meanwhil
     bufs = {id(s): bytearray() for s in pair + fillers}
     try:
         for sock in pair:  # both headers answered once through the core
-            sock.sendall(_request("gnn", _sized(rng, base)))
+            sock.sendall(_request("gnn", same_size(rng, base)))
             assert read_response(sock, bufs[id(sock)])[0] == 200
         for sock in fillers:
-            sock.sendall(_request("gnn", _sized(rng, small)))
+            sock.sendall(_request("gnn", same_size(rng, small)))
             assert read_response(sock, bufs[id(sock)])[0] == 200
         Model.validated_batch = slower
-        valid = _sized(rng, base)
+        valid = same_size(rng, base)
 
         def far_edge(tensors):
             tensors["edge_index"][0, 0] = 10_000
 
         pair[0].sendall(_request("gnn", valid) + b"")  # both in one turn: one group, a batch of its own
-        pair[1].sendall(_request("gnn", _sized(rng, base), far_edge))
+        pair[1].sendall(_request("gnn", same_size(rng, base), far_edge))
         time.sleep(0.1)
         for sock in fillers:
-            sock.sendall(_request("gnn", _sized(rng, small)))
+            sock.sendall(_request("gnn", same_size(rng, small)))
         answers = {i: read_response(sock, bufs[id(sock)]) for i, sock in enumerate(pair + fillers)}
     finally:
         Model.validated_batch = slow_check
