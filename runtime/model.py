@@ -232,8 +232,8 @@ class Model(InputLayout):
 
     def run_one(self, g: Graph) -> BatchSlice | None:
         """One graph validated, run and split as ``split(run_batch(batch))`` of its validated batch
-        would give it, in fewer steps; None where any check would not pass (nothing ran: take the
-        general path, whose error names what is wrong).
+        would give it, in fewer steps; None where any check would not pass: the general path then
+        runs it and names what is wrong (nothing ran, unless the model's outputs broke its metadata).
 
         The lone request's path (:meth:`Batcher.run_now`). After a model call the CPU's caches
         hold the model, not the Python around it, so each object the general path builds

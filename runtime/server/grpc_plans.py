@@ -20,8 +20,8 @@ stay the one answer for bad requests.
 
 Most clients (tritonclient, edgemp's own) write the fields in number order with no id, so such
 a message is its head followed by its raw entries, and its length says which plans can match:
-those are tried first by comparing bytes, and only the raw entries' tags and lengths are read
-(the same fields the walk would find, at a third of its cost).
+for those, its head and each raw entry's tag and length are compared at the offsets the plan
+gives, with no walk over its fields (they are the fields the walk would find).
 """
 from __future__ import annotations
 
@@ -49,7 +49,9 @@ class GrpcPlans:
     def __init__(self, max_plans: int = MAX_PLANS) -> None:
         self.max_plans = max_plans
         self._plans: dict[bytes, _Plan] = {}
-        self._by_length: dict[int, list[bytes]] = {}  # a message's length with no id -> heads it may start with
+        # a no-id message's length -> (head, each raw entry's tag and length with its offset, the raw
+        # entries' (offset, length)) of the plans it may be (_entries)
+        self._by_length: dict[int, list[tuple[bytes, tuple[tuple[bytes, int], ...], list[tuple[int, int]]]]] = {}
 
     def __len__(self) -> int:
         return len(self._plans)

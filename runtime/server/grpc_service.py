@@ -294,8 +294,7 @@ class InferenceService:
                    deadline: bool = False) -> "Cancellable | None":
         """Start the call; ``answer(serialized response, None)`` or ``answer(None, error)`` follows
         on the loop unless the returned handle is cancelled first (None: answered already).
-        Raises what is wrong with the message itself
-        (not a ModelInferRequest, an unknown model).
+        Raises what is wrong with the message itself (not a ModelInferRequest, an unknown model).
 
         A small message on a plan the core answered before is a row (:mod:`grpc_rows`) unless
         the call has a ``deadline`` (``grpc-timeout``); other small ones take the request core's

@@ -138,9 +138,11 @@ class _Row:
 class RowGroups:
     """One served model's rows of the current loop turn (see the module docstring); on the loop.
 
-    A row is admitted once, in :meth:`add`, and ends once: answered by ``respond(conn, route,
-    payload, header_length)`` (a V2 binary answer) or failed by ``fail(conn, route, error)`` (the request
-    core's error answer for it), and counted in the statistics either way.
+    A row is admitted once, in :meth:`take` (HTTP's :meth:`add` checks its body first; gRPC's
+    rows come from :mod:`edgemp.runtime.server.grpc_rows`), and ends once: answered by
+    ``respond(conn, route, payload, header_length)`` or failed by ``fail(conn, route, error)`` (the
+    request core's error answer for it), counted in the statistics either way; or cancelled
+    (its client reset a gRPC stream), counted as nothing.
     """
 
     def __init__(self, state: "ServerState", served: "ServedModel", reader: Any, loop: Any,
