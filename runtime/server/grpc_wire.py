@@ -32,7 +32,7 @@ def raw_entry_prefix(nbytes: int) -> bytes:
     return b"\x3a" + _encode_varint(nbytes)
 
 
-def varint(data: bytes, pos: int) -> tuple[int, int]:
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
     """(value, next position); IndexError when truncated, ValueError past 10 bytes."""
     b = data[pos]
     if b < 0x80:
@@ -67,7 +67,7 @@ def split(data: bytes) -> Split | None:
             if tag < 0x80:
                 pos += 1
             else:
-                tag, pos = varint(data, pos)
+                tag, pos = _varint(data, pos)
                 if pos - start > 5 or tag > 0xFFFFFFFF:
                     return None  # protobuf refuses tags over 5 bytes or 32 bits
             field, wire = tag >> 3, tag & 7
@@ -76,7 +76,7 @@ def split(data: bytes) -> Split | None:
                 if length < 0x80:
                     pos += 1
                 else:
-                    length, pos = varint(data, pos)
+                    length, pos = _varint(data, pos)
                 if pos + length > end:
                     return None
                 if field == _RAW or field == _ID:
@@ -96,7 +96,7 @@ def split(data: bytes) -> Split | None:
             elif field == _RAW or field == _ID:
                 return None  # wrong wire type: the parser's error, not ours
             elif wire == 0:
-                _, pos = varint(data, pos)
+                _, pos = _varint(data, pos)
             elif wire == 1:
                 pos += 8
             elif wire == 5:

@@ -132,17 +132,17 @@ def test_split_stops_early_on_a_message_of_tiny_fields():
     from edgemp.runtime.server import grpc_wire
 
     calls = []
-    original = grpc_wire.varint
+    original = grpc_wire._varint
 
     def counting(data, pos):
         calls.append(pos)
         return original(data, pos)
 
-    grpc_wire.varint = counting
+    grpc_wire._varint = counting
     try:
         assert split(b"\x08\x80\x01" * 87_000) is None  # varint values: each field calls _varint
     finally:
-        grpc_wire.varint = original
+        grpc_wire._varint = original
     assert 0 < len(calls) <= MAX_HEAD_BYTES
 
 
